@@ -1,0 +1,212 @@
+/* The public API and the generic (slow) paths behind the inline fast paths
+ * of internal.h: tier selection, remote (cross-thread) frees, validation and
+ * misuse reports, realloc, calloc, aligned allocation, usable size. */
+#include <errno.h>
+#include <string.h>
+
+#include "internal.h"
+
+static _Atomic(uint64_t) remote_small, remote_large;
+
+uint64_t _hak_remote_small_frees(void) { return atomic_load(&remote_small); }
+uint64_t _hak_remote_large_frees(void) { return atomic_load(&remote_large); }
+
+static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* site, bool* zeroed) {
+  if (hak_unlikely(heap == &_hak_heap_empty)) {
+    heap = _hak_heap_get();
+    if (heap == NULL) goto oom;
+  }
+  if (hak_unlikely(size > PTRDIFF_MAX)) goto oom;
+  void* p;
+  if (align <= HAK_ALIGN && size <= HAK_SMALL_MAX) {
+    p = _hak_page_alloc_small(heap, _hak_bin_of(size));
+    if (p == NULL) goto oom;
+    hak_count(heap->counters.small_allocs, 1);
+    _hak_site_alloc(site, size); /* one sample per page refill */
+    return p;
+  }
+  if (size <= HAK_SMALL_MAX) {
+    size_t bin = _hak_bin_aligned(size, align);
+    if (bin < HAK_BINS) {
+      p = _hak_page_alloc_small(heap, bin);
+      if (p == NULL) goto oom;
+      hak_count(heap->counters.small_allocs, 1);
+      return p;
+    }
+  }
+  _hak_site_alloc(site, size);
+  if (size < (size_t)hak_option(HAK_OPT_HUGE_THRESHOLD) &&
+      size + align <= (size_t)HAK_LARGE_MAX_SLICES << HAK_SLICE_SHIFT) {
+    p = _hak_page_alloc_large(heap, size, align < HAK_ALIGN ? HAK_ALIGN : align, site);
+    if (p != NULL) return p;
+  }
+  bool fresh = false;
+  p = _hak_huge_alloc(size, align, site, &fresh);
+  if (p == NULL) goto oom;
+  if (zeroed) *zeroed = fresh;
+  return p;
+oom:
+  errno = ENOMEM;
+  return NULL;
+}
+
+void* _hak_alloc_generic(hak_heap_t* heap, size_t size, size_t align, const void* site) {
+  return alloc_ex(heap, size, align, site, NULL);
+}
+
+/* ---- free ------------------------------------------------------------- */
+
+/* A free of a block of another thread's page: tag it (an atomic exchange,
+ * so two racing frees cannot both succeed), push it on the page's
+ * thread_free list and tell the owner heap a sweep is due. */
+static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
+  uintptr_t tag = hak_freed_tag(b);
+  if (atomic_exchange_explicit(&b->tag, tag, memory_order_relaxed) == tag) {
+    _hak_error(HAK_ERR_DOUBLE_FREE, fn, b);
+    return;
+  }
+  bool large = page->kind == HAK_SLICE_LARGE;
+  hak_heap_t* owner = page->heap;
+  hak_block_t* head = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
+  do b->next = head;
+  while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &head, b, memory_order_release,
+                                                memory_order_relaxed));
+  if (atomic_load_explicit(&owner->remote_pending, memory_order_relaxed) == 0)
+    atomic_store_explicit(&owner->remote_pending, 1, memory_order_release);
+  if (large) hak_atomic_add(remote_large, 1);
+  else hak_atomic_add(remote_small, 1);
+}
+
+/* Classifies a pointer inside a registered segment that is not a live
+ * block's start: a freed block (double free) or anything else. */
+static void segment_misuse(hak_page_t* page, const void* p, hak_fn_t fn) {
+  const hak_block_t* b = p;
+  bool aligned = ((uintptr_t)p & (HAK_ALIGN - 1)) == 0;
+  bool in_page = page->kind == HAK_SLICE_SMALL || page->kind == HAK_SLICE_LARGE;
+  bool at_block = in_page ? hak_page_block_index(page, (uintptr_t)p) != UINT32_MAX
+                          : page->kind == HAK_SLICE_FREE && aligned;
+  if (at_block && atomic_load_explicit(&b->tag, memory_order_relaxed) == hak_freed_tag(p))
+    _hak_error(fn == HAK_FN_USABLE_SIZE ? HAK_ERR_FREED_USABLE_SIZE : HAK_ERR_DOUBLE_FREE, fn, p);
+  else
+    _hak_error(HAK_ERR_INVALID_FREE, fn, p);
+}
+
+void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
+  if (p == NULL) return;
+  uintptr_t a = (uintptr_t)p;
+  uint8_t m = hak_segmap_get(a);
+  if (m == HAK_MAP_SEGMENT) {
+    hak_page_t* page = hak_page_of(p);
+    hak_heap_t* owner = page->heap;
+    if (owner == NULL || hak_page_block_index(page, a) == UINT32_MAX) {
+      segment_misuse(page, p, fn);
+      return;
+    }
+    hak_block_t* b = p;
+    if (owner != _hak_heap_tls) {
+      free_remote(page, b, fn);
+      return;
+    }
+    if (atomic_load_explicit(&b->tag, memory_order_relaxed) == hak_freed_tag(p)) {
+      _hak_error(HAK_ERR_DOUBLE_FREE, fn, p);
+      return;
+    }
+    /* a local free the fast path did not take (not inlined at this call) */
+    atomic_store_explicit(&b->tag, hak_freed_tag(p), memory_order_relaxed);
+    b->next = page->free;
+    page->free = b;
+    hak_count(owner->counters.small_frees, 1);
+    if (--page->used == 0 || page->in_full) _hak_page_free_slow(owner, page);
+    return;
+  }
+  if (m >= HAK_MAP_HUGE) {
+    _hak_huge_free(p, fn, site);
+    return;
+  }
+  _hak_error(_hak_huge_recently_freed(p) ? HAK_ERR_DOUBLE_FREE : HAK_ERR_INVALID_FREE, fn, p);
+}
+
+/* ---- usable size, realloc, calloc, aligned ------------------------------ */
+
+size_t _hak_usable_size(const void* p, hak_fn_t fn) {
+  if (p == NULL) return 0;
+  uintptr_t a = (uintptr_t)p;
+  uint8_t m = hak_segmap_get(a);
+  if (m == HAK_MAP_SEGMENT) {
+    hak_page_t* page = hak_page_of(p);
+    if (page->heap == NULL || hak_page_block_index(page, a) == UINT32_MAX ||
+        atomic_load_explicit(&((const hak_block_t*)p)->tag, memory_order_relaxed) == hak_freed_tag(p)) {
+      segment_misuse(page, p, fn);
+      return 0;
+    }
+    return page->block_size;
+  }
+  if (m >= HAK_MAP_HUGE) {
+    hak_huge_t* h = _hak_huge_header(p, fn);
+    return h ? h->size : 0;
+  }
+  hak_error_t e = fn == HAK_FN_USABLE_SIZE ? HAK_ERR_FREED_USABLE_SIZE : HAK_ERR_DOUBLE_FREE;
+  _hak_error(_hak_huge_recently_freed(p) ? e : HAK_ERR_INVALID_FREE, fn, p);
+  return 0;
+}
+
+void* _hak_realloc(void* p, size_t size, const void* site) {
+  if (p == NULL) return hak_alloc_fast(size, site);
+  size_t old = _hak_usable_size(p, HAK_FN_REALLOC);
+  if (old == 0) { /* misuse, reported; the block is left alone */
+    errno = EINVAL;
+    return NULL;
+  }
+  if (size == 0) { /* as glibc: free and return NULL */
+    hak_free_fast(p, site, HAK_FN_REALLOC);
+    return NULL;
+  }
+  if (size > PTRDIFF_MAX) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (size <= old && size >= old / 2) return p;
+  void* q = hak_alloc_fast(size, site);
+  if (q == NULL) return NULL;
+  memcpy(q, p, size < old ? size : old);
+  hak_free_fast(p, site, HAK_FN_REALLOC);
+  return q;
+}
+
+void* _hak_calloc(size_t n, size_t size, const void* site) {
+  size_t total;
+  if (__builtin_mul_overflow(n, size, &total) || total > PTRDIFF_MAX) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  bool zeroed = false;
+  void* p = total <= HAK_SMALL_FAST_MAX ? hak_alloc_fast(total, site)
+                                        : alloc_ex(_hak_heap_tls, total, 0, site, &zeroed);
+  if (p != NULL && !zeroed) memset(p, 0, total);
+  return p;
+}
+
+void* _hak_aligned(size_t align, size_t size, const void* site) {
+  if (align == 0 || (align & (align - 1)) != 0) {
+    errno = EINVAL;
+    return NULL;
+  }
+  if (align <= HAK_ALIGN) return hak_alloc_fast(size, site);
+  if (size > PTRDIFF_MAX || align > ((size_t)1 << 30)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return alloc_ex(_hak_heap_tls, size, align, site, NULL);
+}
+
+/* ---- public API ---------------------------------------------------------- */
+#define CALLER __builtin_return_address(0)
+
+void* hak_malloc(size_t size) { return hak_alloc_fast(size, CALLER); }
+void hak_free(void* p) { hak_free_fast(p, CALLER, HAK_FN_FREE); }
+void* hak_calloc(size_t n, size_t size) { return _hak_calloc(n, size, CALLER); }
+void* hak_realloc(void* p, size_t size) { return _hak_realloc(p, size, CALLER); }
+void* hak_aligned_alloc(size_t align, size_t size) { return _hak_aligned(align, size, CALLER); }
+size_t hak_usable_size(const void* p) { return _hak_usable_size(p, HAK_FN_USABLE_SIZE); }
+void* hak_alloc_at(size_t size, const void* site) { return hak_alloc_fast(size, site); }
+void hak_free_at(void* p, const void* site) { hak_free_fast(p, site, HAK_FN_FREE); }

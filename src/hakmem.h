@@ -1,0 +1,95 @@
+/* hakmem: a call-site aware memory allocator.  Public API.
+ *
+ * Every function is thread-safe.  The malloc family (malloc, free, ...) is
+ * provided by libhakmem.so (LD_PRELOAD) and forwards to these functions. */
+#ifndef HAKMEM_H
+#define HAKMEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define HAK_API __attribute__((visibility("default")))
+
+/* malloc/free/calloc/realloc with the C semantics; sizes above PTRDIFF_MAX
+ * and overflowing products return NULL with errno == ENOMEM. */
+HAK_API void* hak_malloc(size_t size);
+HAK_API void hak_free(void* ptr);
+HAK_API void* hak_calloc(size_t count, size_t size);
+HAK_API void* hak_realloc(void* ptr, size_t size);
+
+/* alignment: a power of two (any, up to 1 GiB); size: any.  NULL with errno
+ * EINVAL for a bad alignment, ENOMEM when out of memory. */
+HAK_API void* hak_aligned_alloc(size_t alignment, size_t size);
+
+/* Bytes usable from ptr (>= the size asked for); 0 for NULL. */
+HAK_API size_t hak_usable_size(const void* ptr);
+
+/* Call-site entry points: site is the caller's return address (the malloc
+ * shim passes its caller's), the label the allocator keeps statistics and
+ * policy under. */
+HAK_API void* hak_alloc_at(size_t size, const void* site);
+HAK_API void hak_free_at(void* ptr, const void* site);
+
+/* Statistics.  One list of fields generates the struct, the text dump and
+ * the JSON dump (HAKMEM_STATS=1 / json at exit).  JSON key = group.name. */
+#define HAK_STATS_FIELDS(X)                                                 \
+  X(served, small, "allocations served by size classes (<= 128 KiB)")      \
+  X(served, large, "allocations served by slice runs in segments")         \
+  X(served, huge, "allocations served by direct mmap")                     \
+  X(freed, small, "small blocks freed")                                    \
+  X(freed, large, "large blocks freed")                                    \
+  X(freed, huge, "huge blocks freed")                                      \
+  X(freed, remote, "frees by a thread other than the owner")               \
+  X(os, mmap_calls, "mmap system calls")                                   \
+  X(os, munmap_calls, "munmap system calls")                               \
+  X(os, madvise_calls, "madvise system calls")                             \
+  X(os, mapped_bytes, "bytes currently mapped")                            \
+  X(os, mapped_bytes_peak, "peak of mapped_bytes")                         \
+  X(segments, current, "segments owned by heaps")                          \
+  X(segments, cached, "empty segments kept for reuse")                     \
+  X(pages, initialized, "size-class pages set up")                         \
+  X(pages, retired, "pages given back to their segment")                   \
+  X(heaps, created, "thread heaps created")                                \
+  X(heaps, reused, "thread heaps taken over from exited threads")          \
+  X(heaps, abandoned, "heaps of exited threads waiting for a thread")      \
+  X(sites, tracked, "call sites in the site table")                        \
+  X(sites, sampled, "allocations recorded in the site table")              \
+  X(errors, double_free, "double frees detected")                          \
+  X(errors, invalid_free, "frees of pointers hakmem never returned")       \
+  X(errors, freed_usable_size, "usable_size asked of a freed block")
+
+typedef struct hak_stats_s {
+#define HAK_STATS_GROUP_MEMBER(group, name, doc) uint64_t group##_##name;
+  HAK_STATS_FIELDS(HAK_STATS_GROUP_MEMBER)
+#undef HAK_STATS_GROUP_MEMBER
+} hak_stats_t;
+
+/* Fills *out with a snapshot of the process-wide counters. */
+HAK_API void hak_stats_get(hak_stats_t* out);
+
+/* Writes the statistics to fd: as text (json == 0) or one JSON line. */
+HAK_API void hak_stats_print(int fd, int json);
+
+/* Prints the options table (README.md's format) to fd. */
+HAK_API void hak_options_print_markdown(int fd);
+
+/* Call-site record, as kept by the site table. */
+typedef struct hak_site_info_s {
+  const void* site;
+  uint64_t allocs;
+  uint64_t frees;
+  uint64_t bytes;
+} hak_site_info_t;
+
+/* Copies up to max sites (most allocations first); returns how many. */
+HAK_API size_t hak_sites_get(hak_site_info_t* out, size_t max);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HAKMEM_H */

@@ -1,0 +1,135 @@
+/* Options: one table, read once at process start from HAKMEM_<NAME>.
+ * A bad value is reported on stderr and the default kept.  README.md's
+ * options table lists exactly these rows (options_test checks it). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+typedef struct hak_option_desc_s {
+  const char* name;        /* environment variable is HAKMEM_<name>         */
+  long def, min, max;
+  const char* const* words; /* accepted words (value = index), or NULL      */
+  bool is_string;
+  const char* doc;
+} hak_option_desc_t;
+
+static const char* const on_error_words[] = {"abort", "report", NULL};
+static const char* const stats_words[] = {"0", "1", "json", NULL};
+
+#define KiB 1024L
+#define MiB (1024L * 1024L)
+
+static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
+    [HAK_OPT_ON_ERROR] = {"ON_ERROR", 0, 0, 1, on_error_words, false,
+                          "abort: report misuse and abort; report: report and leave the block alone"},
+    [HAK_OPT_STATS] = {"STATS", 0, 0, 2, stats_words, false,
+                       "0: nothing; 1: statistics as text at exit; json: one JSON line at exit"},
+    [HAK_OPT_SEGMENT_CACHE] = {"SEGMENT_CACHE", 4, 0, 1024, NULL, false,
+                               "empty 4 MiB segments kept for reuse before unmapping"},
+    [HAK_OPT_HUGE_THRESHOLD] = {"HUGE_THRESHOLD", 2 * MiB, 256 * KiB, 256 * MiB, NULL, false,
+                                "bytes; requests this large or larger are mapped directly"},
+    [HAK_OPT_STATS_FILE] = {"STATS_FILE", 0, 0, 0, NULL, true,
+                            "append the statistics to this file instead of stderr"},
+};
+
+long _hak_options[HAK_OPT_COUNT] = {
+    [HAK_OPT_ON_ERROR] = 0,
+    [HAK_OPT_STATS] = 0,
+    [HAK_OPT_SEGMENT_CACHE] = 4,
+    [HAK_OPT_HUGE_THRESHOLD] = 2 * MiB,
+};
+const char* _hak_stats_file;
+
+/* Parses a decimal number with an optional k/m/g suffix. */
+static bool parse_long(const char* s, long* out) {
+  if (*s == '\0') return false;
+  long v = 0;
+  for (; *s >= '0' && *s <= '9'; s++) {
+    if (v > (__LONG_MAX__ - 9) / 10) return false;
+    v = v * 10 + (*s - '0');
+  }
+  long mul = 1;
+  if (*s == 'k' || *s == 'K') mul = KiB, s++;
+  else if (*s == 'm' || *s == 'M') mul = MiB, s++;
+  else if (*s == 'g' || *s == 'G') mul = 1024 * MiB, s++;
+  if (*s != '\0' || v > __LONG_MAX__ / mul) return false;
+  *out = v * mul;
+  return true;
+}
+
+static void option_bad(const hak_option_desc_t* d, const char* value) {
+  hak_out_t o = {.fd = 2};
+  _hak_out_str(&o, "hakmem: warning: HAKMEM_");
+  _hak_out_str(&o, d->name);
+  _hak_out_str(&o, "=\"");
+  for (size_t i = 0; value[i] && i < 64; i++) {
+    char c[2] = {value[i] >= 32 && value[i] < 127 ? value[i] : '?', 0};
+    _hak_out_str(&o, c);
+  }
+  _hak_out_str(&o, "\" is invalid; using the default ");
+  if (d->words) _hak_out_str(&o, d->words[d->def]);
+  else _hak_out_u64(&o, (uint64_t)d->def);
+  _hak_out_str(&o, "\n");
+  _hak_out_flush(&o);
+}
+
+/* Value of one option from its string; false if invalid. */
+static bool option_parse(const hak_option_desc_t* d, const char* value, long* out) {
+  if (d->words) {
+    for (long i = 0; d->words[i]; i++)
+      if (strcmp(value, d->words[i]) == 0) return (*out = i), true;
+    if (d->words == stats_words && strcmp(value, "text") == 0) return (*out = 1), true;
+    return false;
+  }
+  return parse_long(value, out) && *out >= d->min && *out <= d->max;
+}
+
+void _hak_options_init(void) {
+  char name[64];
+  for (int i = 0; i < HAK_OPT_COUNT; i++) {
+    const hak_option_desc_t* d = &option_descs[i];
+    strcpy(name, "HAKMEM_");
+    strcat(name, d->name);
+    const char* value = getenv(name);
+    _hak_options[i] = d->def;
+    if (value == NULL) continue;
+    if (d->is_string) {
+      if (i == HAK_OPT_STATS_FILE) _hak_stats_file = value[0] ? value : NULL;
+      continue;
+    }
+    long v;
+    if (option_parse(d, value, &v)) _hak_options[i] = v;
+    else option_bad(d, value);
+  }
+}
+
+/* Prints the table as README.md's markdown rows (used by options_test). */
+void hak_options_print_markdown(int fd) {
+  hak_out_t o = {.fd = fd};
+  for (int i = 0; i < HAK_OPT_COUNT; i++) {
+    const hak_option_desc_t* d = &option_descs[i];
+    _hak_out_str(&o, "| `HAKMEM_");
+    _hak_out_str(&o, d->name);
+    _hak_out_str(&o, "` | ");
+    if (d->is_string) _hak_out_str(&o, "(unset)");
+    else if (d->words) _hak_out_str(&o, d->words[d->def]);
+    else _hak_out_u64(&o, (uint64_t)d->def);
+    _hak_out_str(&o, " | ");
+    if (d->is_string) _hak_out_str(&o, "path");
+    else if (d->words) {
+      for (int w = 0; d->words[w]; w++) {
+        if (w) _hak_out_str(&o, ", ");
+        _hak_out_str(&o, d->words[w]);
+      }
+    } else {
+      _hak_out_u64(&o, (uint64_t)d->min);
+      _hak_out_str(&o, " .. ");
+      _hak_out_u64(&o, (uint64_t)d->max);
+    }
+    _hak_out_str(&o, " | ");
+    _hak_out_str(&o, d->doc);
+    _hak_out_str(&o, " |\n");
+  }
+  _hak_out_flush(&o);
+}

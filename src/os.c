@@ -1,0 +1,102 @@
+/* The OS layer: the only file that calls mmap, munmap, madvise and the
+ * clock.  Everything goes through the _hak_os table so tests and fuzzers can
+ * substitute a fake OS and a fake clock. */
+#include <errno.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static void* os_map(void* hint, size_t size) {
+  void* p = mmap(hint, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+static int os_unmap(void* addr, size_t size) { return munmap(addr, size) == 0 ? 0 : errno; }
+
+static int os_advise(void* addr, size_t size, int advice) {
+  return madvise(addr, size, advice) == 0 ? 0 : errno;
+}
+
+static uint64_t os_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns};
+const hak_os_t* _hak_os = &_hak_os_default;
+
+static _Atomic(uint64_t) os_mmap_calls, os_munmap_calls, os_madvise_calls;
+static _Atomic(uint64_t) os_mapped, os_mapped_peak;
+static _Atomic(uintptr_t) os_hint; /* where the next aligned mapping may go */
+
+static void os_account(size_t size, bool map) {
+  if (map) {
+    uint64_t now = hak_atomic_add(os_mapped, size) + size;
+    uint64_t peak = atomic_load_explicit(&os_mapped_peak, memory_order_relaxed);
+    while (now > peak && !atomic_compare_exchange_weak_explicit(&os_mapped_peak, &peak, now,
+                                                                 memory_order_relaxed, memory_order_relaxed)) {
+    }
+  } else {
+    atomic_fetch_sub_explicit(&os_mapped, size, memory_order_relaxed);
+  }
+}
+
+static void os_unmap_counted(void* addr, size_t size) {
+  if (size == 0) return;
+  hak_atomic_add(os_munmap_calls, 1);
+  _hak_os->unmap(addr, size);
+}
+
+/* A mapping of size bytes whose address is a multiple of align.  First try
+ * the hinted address (usually right after the previous aligned mapping);
+ * otherwise over-map by align and trim both ends. */
+void* _hak_os_alloc_aligned(size_t size, size_t align) {
+  uintptr_t hint = atomic_load_explicit(&os_hint, memory_order_relaxed);
+  hak_atomic_add(os_mmap_calls, 1);
+  uint8_t* p = _hak_os->map((void*)hint, size);
+  if (p == NULL) return NULL;
+  if (((uintptr_t)p & (align - 1)) != 0) {
+    os_unmap_counted(p, size);
+    if (size + align < size) return NULL;
+    hak_atomic_add(os_mmap_calls, 1);
+    uint8_t* raw = _hak_os->map(NULL, size + align);
+    if (raw == NULL) return NULL;
+    p = (uint8_t*)(((uintptr_t)raw + align - 1) & ~(uintptr_t)(align - 1));
+    os_unmap_counted(raw, (size_t)(p - raw));
+    os_unmap_counted(p + size, (size_t)((raw + size + align) - (p + size)));
+  }
+  atomic_store_explicit(&os_hint, (uintptr_t)p + size, memory_order_relaxed);
+  os_account(size, true);
+  return p;
+}
+
+void _hak_os_free(void* addr, size_t size) {
+  os_unmap_counted(addr, size);
+  os_account(size, false);
+}
+
+/* Random bits without allocating or making a system call: the kernel's
+ * AT_RANDOM bytes mixed with addresses (ASLR) and the clock. */
+uint64_t _hak_os_random(void) {
+  uint64_t x = (uint64_t)(uintptr_t)&os_hint ^ ((uint64_t)(uintptr_t)&x << 17);
+  const uint64_t* r = (const uint64_t*)getauxval(AT_RANDOM);
+  if (r != NULL) x ^= r[0] ^ (r[1] << 1);
+  x ^= _hak_os->now_ns();
+  /* splitmix64 finalizer */
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+void _hak_os_stats(hak_stats_t* st) {
+  st->os_mmap_calls = atomic_load(&os_mmap_calls);
+  st->os_munmap_calls = atomic_load(&os_munmap_calls);
+  st->os_madvise_calls = atomic_load(&os_madvise_calls);
+  st->os_mapped_bytes = atomic_load(&os_mapped);
+  st->os_mapped_bytes_peak = atomic_load(&os_mapped_peak);
+}

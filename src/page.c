@@ -1,0 +1,227 @@
+/* Pages: a run of slices carved lazily into blocks of one size class, and
+ * the per-heap queues that hold them.
+ *
+ * Each bin has a queue of pages with (possibly) free blocks; heap->direct
+ * caches the page the fast path pops from.  A page found without free
+ * blocks moves to the heap's full list; it comes back when its owner frees
+ * into it (page_free_slow) or when a sweep finds blocks other threads freed
+ * (they set heap->remote_pending).  A page whose blocks are all free is
+ * retired to its segment unless it is its bin's only page. */
+#include <string.h>
+
+#include "internal.h"
+
+/* The page every bin of an uninitialized heap points to: no free block, so
+ * the fast path falls through to the generic path. */
+hak_page_t _hak_page_empty;
+
+static void queue_push_front(hak_page_queue_t* q, hak_page_t* page) {
+  page->prev = NULL;
+  page->next = q->first;
+  if (q->first) q->first->prev = page;
+  else q->last = page;
+  q->first = page;
+}
+
+static void queue_remove(hak_page_queue_t* q, hak_page_t* page) {
+  if (page->prev) page->prev->next = page->next;
+  else q->first = page->next;
+  if (page->next) page->next->prev = page->prev;
+  else q->last = page->prev;
+  page->next = page->prev = NULL;
+}
+
+static hak_page_queue_t* page_queue(hak_heap_t* heap, hak_page_t* page) {
+  return page->in_full ? &heap->full : &heap->bins[page->bin];
+}
+
+/* Moves the blocks other threads freed into the owner's free list. */
+void _hak_page_collect(hak_page_t* page) {
+  if (atomic_load_explicit(&page->thread_free, memory_order_relaxed) == NULL) return;
+  hak_block_t* list = atomic_exchange_explicit(&page->thread_free, NULL, memory_order_acquire);
+  if (list == NULL) return;
+  uint32_t n = 1;
+  hak_block_t* last = list;
+  while (last->next != NULL) {
+    last = last->next;
+    n++;
+  }
+  last->next = page->free;
+  page->free = list;
+  page->used -= n;
+}
+
+/* Carves more never-used blocks (about 4 KiB worth, at least 4) onto the
+ * free list, in address order, each tagged free. */
+static void page_extend(hak_page_t* page) {
+  uint32_t cap = atomic_load_explicit(&page->capacity, memory_order_relaxed);
+  uint32_t n = 4096 / page->block_size;
+  if (n < 4) n = 4;
+  if (n > page->reserved - cap) n = page->reserved - cap;
+  uint8_t* first = page->start + (size_t)cap * page->block_size;
+  hak_block_t* head = page->free;
+  for (uint32_t i = n; i-- > 0;) {
+    hak_block_t* b = (hak_block_t*)(first + (size_t)i * page->block_size);
+    b->next = head;
+    atomic_store_explicit(&b->tag, hak_freed_tag(b), memory_order_relaxed);
+    head = b;
+  }
+  page->free = head;
+  atomic_store_explicit(&page->capacity, cap + n, memory_order_release);
+}
+
+static hak_page_t* page_new(hak_heap_t* heap, size_t bin) {
+  hak_page_t* page = _hak_segment_alloc_slices(heap, _hak_bin_slices(bin));
+  if (page == NULL) return NULL;
+  size_t bs = _hak_bin_size(bin);
+  page->kind = HAK_SLICE_SMALL;
+  page->bin = (uint8_t)bin;
+  page->block_size = (uint32_t)bs;
+  page->div_magic = (uint32_t)((((uint64_t)1 << 32) + bs - 1) / bs);
+  page->reserved = (uint32_t)((page->slice_count << HAK_SLICE_SHIFT) / bs);
+  page->free = NULL;
+  page->used = 0;
+  atomic_store_explicit(&page->capacity, 0, memory_order_relaxed);
+  page->heap = heap;
+  queue_push_front(&heap->bins[bin], page);
+  hak_count(heap->counters.pages_init, 1);
+  return page;
+}
+
+static void page_to_full(hak_heap_t* heap, hak_page_t* page) {
+  queue_remove(&heap->bins[page->bin], page);
+  page->in_full = 1;
+  queue_push_front(&heap->full, page);
+}
+
+static void page_unfull(hak_heap_t* heap, hak_page_t* page) {
+  queue_remove(&heap->full, page);
+  page->in_full = 0;
+  queue_push_front(&heap->bins[page->bin], page);
+}
+
+static void page_retire(hak_heap_t* heap, hak_page_t* page) {
+  queue_remove(page_queue(heap, page), page);
+  if (page->kind == HAK_SLICE_SMALL) {
+    if (heap->direct[page->bin] == page) {
+      hak_page_t* next = heap->bins[page->bin].first;
+      heap->direct[page->bin] = next ? next : &_hak_page_empty;
+    }
+  }
+  hak_count(heap->counters.pages_retired, 1);
+  _hak_segment_free_slices(heap, page);
+}
+
+/* Brings back full pages into which other threads have freed blocks.  Runs
+ * only when some remote free happened since the last sweep. */
+void _hak_heap_sweep_full(hak_heap_t* heap) {
+  /* exchange, not load+store: a remote free's flag set in between is kept */
+  if (atomic_load_explicit(&heap->remote_pending, memory_order_relaxed) == 0) return;
+  if (atomic_exchange_explicit(&heap->remote_pending, 0, memory_order_acquire) == 0) return;
+  hak_page_t* next;
+  for (hak_page_t* page = heap->full.first; page != NULL; page = next) {
+    next = page->next;
+    _hak_page_collect(page);
+    if (page->used == 0) page_retire(heap, page); /* large blocks end here */
+    else if (page->free != NULL) page_unfull(heap, page);
+  }
+}
+
+/* A large block: one block in a run of slices, kept on the full list so a
+ * sweep collects it when another thread frees it.  align <= the run. */
+void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const void* site) {
+  _hak_heap_sweep_full(heap);
+  size_t pad = align > HAK_SLICE_SIZE ? align - HAK_SLICE_SIZE : 0;
+  size_t n = (size + pad + HAK_SLICE_SIZE - 1) >> HAK_SLICE_SHIFT;
+  if (n > HAK_LARGE_MAX_SLICES) return NULL;
+  hak_page_t* page = _hak_segment_alloc_slices(heap, n);
+  if (page == NULL) return NULL;
+  uint8_t* run = page->start;
+  uint8_t* p = (uint8_t*)(((uintptr_t)run + align - 1) & ~(uintptr_t)(align - 1));
+  page->kind = HAK_SLICE_LARGE;
+  page->start = p;
+  page->block_size = (uint32_t)((run + (n << HAK_SLICE_SHIFT)) - p);
+  page->div_magic = (uint32_t)((((uint64_t)1 << 32) + page->block_size - 1) / page->block_size);
+  page->reserved = 1;
+  atomic_store_explicit(&page->capacity, 1, memory_order_relaxed);
+  page->used = 1;
+  page->free = NULL;
+  page->site = (uintptr_t)site;
+  page->heap = heap;
+  page->in_full = 1;
+  queue_push_front(&heap->full, page);
+  atomic_store_explicit(&((hak_block_t*)p)->tag, 0, memory_order_relaxed);
+  hak_count(heap->counters.large_allocs, 1);
+  return p;
+}
+
+/* The generic small path: a page of this bin with a free block, found by
+ * collecting remote frees, extending, sweeping the full list, or setting up
+ * a new page; then one block from it. */
+void* _hak_page_alloc_small(hak_heap_t* heap, size_t bin) {
+  for (int attempt = 0; attempt < 2; attempt++) {
+    hak_page_t* next;
+    for (hak_page_t* page = heap->bins[bin].first; page != NULL; page = next) {
+      next = page->next;
+      _hak_page_collect(page);
+      if (page->free == NULL && atomic_load_explicit(&page->capacity, memory_order_relaxed) < page->reserved)
+        page_extend(page);
+      if (page->free != NULL) {
+        heap->direct[bin] = page;
+        hak_block_t* b = page->free;
+        page->free = b->next;
+        page->used++;
+        atomic_store_explicit(&b->tag, 0, memory_order_relaxed);
+        return b;
+      }
+      page_to_full(heap, page);
+    }
+    heap->direct[bin] = &_hak_page_empty;
+    if (attempt == 0) _hak_heap_sweep_full(heap);
+  }
+  hak_page_t* page = page_new(heap, bin);
+  if (page == NULL) return NULL;
+  page_extend(page);
+  heap->direct[bin] = page;
+  hak_block_t* b = page->free;
+  page->free = b->next;
+  page->used++;
+  atomic_store_explicit(&b->tag, 0, memory_order_relaxed);
+  return b;
+}
+
+/* After a local free left the page empty or on the full list. */
+void _hak_page_free_slow(hak_heap_t* heap, hak_page_t* page) {
+  if (page->kind == HAK_SLICE_LARGE) {
+    /* the fast path counted it as small */
+    hak_count(heap->counters.small_frees, (uint64_t)-1);
+    hak_count(heap->counters.large_frees, 1);
+    _hak_site_free((const void*)page->site);
+    page_retire(heap, page);
+    return;
+  }
+  if (page->in_full) page_unfull(heap, page);
+  if (page->used == 0) {
+    hak_page_queue_t* q = &heap->bins[page->bin];
+    if (q->first != page || q->last != page) page_retire(heap, page);
+  }
+}
+
+/* Retires every page with no live block (thread exit). */
+void _hak_heap_release_empty(hak_heap_t* heap) {
+  atomic_store_explicit(&heap->remote_pending, 1, memory_order_relaxed);
+  _hak_heap_sweep_full(heap);
+  for (size_t bin = 0; bin < HAK_BINS; bin++) {
+    hak_page_t* next;
+    for (hak_page_t* page = heap->bins[bin].first; page != NULL; page = next) {
+      next = page->next;
+      _hak_page_collect(page);
+      if (page->used == 0) page_retire(heap, page);
+    }
+    heap->direct[bin] = heap->bins[bin].first ? heap->bins[bin].first : &_hak_page_empty;
+  }
+  for (hak_segment_t *seg = heap->segments, *next; seg != NULL; seg = next) {
+    next = seg->next;
+    if (seg->used_slices == 0) _hak_segment_release(heap, seg);
+  }
+}

@@ -1,0 +1,25 @@
+/* The segment map: one byte per 4 MiB chunk of the user address space
+ * (32 MiB of zero-filled BSS; only the touched pages become resident).
+ * Any pointer's owner is found with one load and never by reading memory
+ * that may not be mapped.  Values are described in types.h. */
+#include "internal.h"
+
+_Atomic(uint8_t) _hak_segmap[HAK_SEGMAP_ENTRIES];
+
+/* Marks [base, base+size) as hakmem's.  base is 4 MiB aligned. */
+void _hak_segmap_set(uintptr_t base, size_t size, bool huge) {
+  size_t first = base >> HAK_SEGMENT_SHIFT;
+  size_t n = (size + HAK_SEGMENT_MASK) >> HAK_SEGMENT_SHIFT;
+  for (size_t i = 0; i < n && first + i < HAK_SEGMAP_ENTRIES; i++) {
+    uint8_t v = HAK_MAP_SEGMENT;
+    if (huge) v = (uint8_t)(i < HAK_MAP_HUGE_FAR - HAK_MAP_HUGE ? HAK_MAP_HUGE + i : HAK_MAP_HUGE_FAR);
+    atomic_store_explicit(&_hak_segmap[first + i], v, memory_order_release);
+  }
+}
+
+void _hak_segmap_clear(uintptr_t base, size_t size) {
+  size_t first = base >> HAK_SEGMENT_SHIFT;
+  size_t n = (size + HAK_SEGMENT_MASK) >> HAK_SEGMENT_SHIFT;
+  for (size_t i = 0; i < n && first + i < HAK_SEGMAP_ENTRIES; i++)
+    atomic_store_explicit(&_hak_segmap[first + i], HAK_MAP_NONE, memory_order_release);
+}

@@ -1,0 +1,135 @@
+/* Segments: 4 MiB aligned regions owned by one heap, cut into 64 slices of
+ * 64 KiB.  Slice 0 holds the segment header and the page descriptors; runs
+ * of the other slices become pages (small) or single large blocks.
+ *
+ * A heap keeps one empty segment of its own; further empty segments go to a
+ * process-wide cache (HAKMEM_SEGMENT_CACHE of them) and beyond it back to
+ * the OS.  Only the owner thread touches a segment's slices and mask. */
+#include <string.h>
+
+#include "internal.h"
+
+static pthread_mutex_t seg_lock = PTHREAD_MUTEX_INITIALIZER;
+static hak_segment_t* seg_cache;      /* empty segments, linked by next */
+static size_t seg_cache_count;
+static _Atomic(uint64_t) seg_current;  /* owned by heaps */
+
+static void segment_init(hak_segment_t* seg, hak_heap_t* heap) {
+  memset(seg, 0, sizeof(*seg));
+  seg->magic = HAK_SEGMENT_MAGIC;
+  seg->heap = heap;
+  seg->free_mask = ~(uint64_t)1; /* slice 0 is the header */
+  seg->slices[0].kind = HAK_SLICE_META;
+  seg->slices[0].slice_count = 1;
+}
+
+static hak_segment_t* segment_alloc(hak_heap_t* heap) {
+  pthread_mutex_lock(&seg_lock);
+  hak_segment_t* seg = seg_cache;
+  if (seg != NULL) {
+    seg_cache = seg->next;
+    seg_cache_count--;
+  }
+  pthread_mutex_unlock(&seg_lock);
+  if (seg == NULL) {
+    seg = _hak_os_alloc_aligned(HAK_SEGMENT_SIZE, HAK_SEGMENT_SIZE);
+    if (seg == NULL) return NULL;
+    segment_init(seg, heap);
+    _hak_segmap_set((uintptr_t)seg, HAK_SEGMENT_SIZE, false);
+  } else {
+    segment_init(seg, heap);
+  }
+  seg->next = heap->segments;
+  if (heap->segments) heap->segments->prev = seg;
+  heap->segments = seg;
+  heap->segment_count++;
+  hak_atomic_add(seg_current, 1);
+  return seg;
+}
+
+/* Gives an empty segment back: to the cache, or to the OS. */
+void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
+  if (seg->prev) seg->prev->next = seg->next;
+  else heap->segments = seg->next;
+  if (seg->next) seg->next->prev = seg->prev;
+  heap->segment_count--;
+  atomic_fetch_sub(&seg_current, 1);
+  seg->heap = NULL;
+  seg->prev = NULL;
+  pthread_mutex_lock(&seg_lock);
+  if (seg_cache_count < (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) {
+    seg->next = seg_cache;
+    seg_cache = seg;
+    seg_cache_count++;
+    seg = NULL;
+  }
+  pthread_mutex_unlock(&seg_lock);
+  if (seg != NULL) {
+    seg->magic = 0;
+    _hak_segmap_clear((uintptr_t)seg, HAK_SEGMENT_SIZE);
+    _hak_os_free(seg, HAK_SEGMENT_SIZE);
+  }
+}
+
+/* First run of n set bits in mask, or -1. */
+static int mask_find_run(uint64_t mask, size_t n) {
+  uint64_t m = mask;
+  for (size_t k = 1; k < n && m; k++) m &= mask >> k;
+  return m ? __builtin_ctzll(m) : -1;
+}
+
+/* A run of n free slices from one of the heap's segments (a new segment if
+ * none has room), set up as a page head plus interior descriptors. */
+hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
+  hak_segment_t* seg;
+  int start = -1;
+  for (seg = heap->segments; seg != NULL; seg = seg->next) {
+    start = mask_find_run(seg->free_mask, n);
+    if (start >= 0) break;
+  }
+  if (seg == NULL) {
+    seg = segment_alloc(heap);
+    if (seg == NULL) return NULL;
+    start = mask_find_run(seg->free_mask, n);
+  }
+  uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << start;
+  seg->free_mask &= ~bits;
+  seg->used_slices += (uint32_t)n;
+  hak_page_t* page = &seg->slices[start];
+  for (size_t i = 1; i < n; i++) {
+    hak_page_t* s = &seg->slices[start + i];
+    s->kind = HAK_SLICE_INTERIOR;
+    s->slice_back = (uint8_t)i;
+  }
+  page->slice_count = (uint32_t)n;
+  page->slice_index = (uint32_t)start;
+  page->slice_back = 0;
+  page->start = hak_slice_addr(seg, (size_t)start);
+  return page;
+}
+
+/* Returns a retired page's slices; an empty segment is released unless it
+ * is the heap's last one. */
+void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page) {
+  hak_segment_t* seg = hak_segment_of(page);
+  size_t start = page->slice_index, n = page->slice_count;
+  for (size_t i = 0; i < n; i++) memset(&seg->slices[start + i], 0, sizeof(hak_page_t));
+  seg->free_mask |= (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << start;
+  seg->used_slices -= (uint32_t)n;
+  if (seg->used_slices == 0 && (heap->segment_count > 1 || heap->abandoned))
+    _hak_segment_release(heap, seg);
+}
+
+void _hak_segment_stats(hak_stats_t* st) {
+  st->segments_current = atomic_load(&seg_current);
+  pthread_mutex_lock(&seg_lock);
+  st->segments_cached = seg_cache_count;
+  pthread_mutex_unlock(&seg_lock);
+}
+
+void _hak_segment_lock(bool lock) {
+  if (lock) pthread_mutex_lock(&seg_lock);
+  else pthread_mutex_unlock(&seg_lock);
+}
+
+void _hak_segment_fork_child(void) { pthread_mutex_init(&seg_lock, NULL); }

@@ -1,0 +1,195 @@
+/* hakmem internal types.  Each struct carries its invariants in the comment
+ * above it; the checker (a later issue) asserts exactly those sentences. */
+#ifndef HAK_TYPES_H
+#define HAK_TYPES_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hakmem.h"
+
+/* ---------------------------------------------------------------------------
+ * Geometry.  All tier boundaries live here.
+ * ------------------------------------------------------------------------- */
+#define HAK_SEGMENT_SHIFT 22                          /* 4 MiB segments   */
+#define HAK_SEGMENT_SIZE ((size_t)1 << HAK_SEGMENT_SHIFT)
+#define HAK_SEGMENT_MASK (HAK_SEGMENT_SIZE - 1)
+#define HAK_SLICE_SHIFT 16                            /* 64 KiB slices    */
+#define HAK_SLICE_SIZE ((size_t)1 << HAK_SLICE_SHIFT)
+#define HAK_SLICES (HAK_SEGMENT_SIZE / HAK_SLICE_SIZE) /* 64, slice 0 = meta */
+
+#define HAK_ALIGN 16            /* minimum alignment of every block          */
+#define HAK_SMALL_FAST_MAX 1024 /* sizes served through the lookup table      */
+#define HAK_SMALL_MAX (128 * 1024) /* largest size-class block                */
+#define HAK_HUGE_THRESHOLD_DEFAULT (2 * 1024 * 1024) /* >= this: direct mmap  */
+#define HAK_LARGE_MAX_SLICES (HAK_SLICES - 1)
+
+#define HAK_BINS 48             /* size classes: 16 B ... 128 KiB           */
+
+/* Address space covered by the ownership map: user space of x86-64/arm64. */
+#define HAK_VA_BITS 47
+#define HAK_SEGMAP_ENTRIES ((size_t)1 << (HAK_VA_BITS - HAK_SEGMENT_SHIFT))
+
+/* Segment map values, one byte per 4 MiB chunk of address space:
+ *   0                 not hakmem's
+ *   HAK_MAP_SEGMENT   a segment (small and large blocks) starts here
+ *   HAK_MAP_HUGE + d  chunk d chunks after the head chunk of a huge mapping
+ *                     (d <= HAK_MAP_HUGE_FAR - HAK_MAP_HUGE - 1)
+ *   HAK_MAP_HUGE_FAR  further inside a huge mapping (only interior pointers) */
+enum {
+  HAK_MAP_NONE = 0,
+  HAK_MAP_SEGMENT = 1,
+  HAK_MAP_HUGE = 2,
+  HAK_MAP_HUGE_FAR = 255,
+};
+
+/* ---------------------------------------------------------------------------
+ * Blocks.  A free block stores its successor in word 0 and a "freed" tag in
+ * word 1: tag == (address ^ _hak_free_key).  Allocation clears the tag, so a
+ * second free of the same block finds the tag and is reported; the key is
+ * random per process so user data does not match it by accident.
+ * ------------------------------------------------------------------------- */
+typedef struct hak_block_s {
+  struct hak_block_s* next;
+  _Atomic(uintptr_t) tag;
+} hak_block_t;
+
+struct hak_heap_s;
+struct hak_segment_s;
+
+typedef enum {
+  HAK_SLICE_FREE = 0, /* not part of a page                                 */
+  HAK_SLICE_META,     /* slice 0: segment header and page descriptors       */
+  HAK_SLICE_SMALL,    /* head slice of a size-class page                    */
+  HAK_SLICE_LARGE,    /* head slice of a one-block large run                */
+  HAK_SLICE_INTERIOR, /* inside a multi-slice page; slice_back -> head      */
+} hak_slice_kind_t;
+
+/* A page: a run of slices carved into blocks of one size class (small) or
+ * holding exactly one block (large).  The descriptor lives in the segment
+ * header, indexed by slice; interior slices point back to the head.
+ *
+ * Invariants (owner thread's view, thread_free drained):
+ *   used == capacity - |free|
+ *   every block of free lies in [start, start + capacity*block_size) at a
+ *     multiple of block_size, and carries the freed tag
+ *   capacity <= reserved; blocks past capacity were never handed out
+ *   used == 0 && !is the bin's current page  =>  page is retired
+ *   in_full == 1  <=>  page is on the heap's full list, else on its bin queue
+ * thread_free: blocks freed by other threads, pushed with CAS, taken whole by
+ * the owner (page_collect), which then subtracts them from used. */
+typedef struct hak_page_s {
+  /* hot: read by the fast paths */
+  hak_block_t* free;            /* owner-only free list                     */
+  struct hak_heap_s* heap;      /* owning heap, NULL when not a live page   */
+  uint8_t* start;               /* first block                              */
+  uint32_t block_size;          /* bytes per block (large: usable bytes)    */
+  uint32_t div_magic;           /* ceil(2^32 / block_size) for small pages  */
+  uint32_t used;                /* blocks handed out and not yet collected  */
+  uint8_t in_full;              /* on the heap's full list                  */
+  uint8_t kind;                 /* hak_slice_kind_t                         */
+  uint8_t bin;                  /* size class (small)                       */
+  uint8_t slice_back;           /* interior slices: distance to head slice  */
+  /* cold */
+  _Atomic(uint32_t) capacity;   /* blocks carved so far (read by remote free)*/
+  uint32_t reserved;            /* blocks that fit                          */
+  uint32_t slice_count;         /* slices in this page (head only)          */
+  uint32_t slice_index;         /* index of the head slice                  */
+  uintptr_t site;               /* call site of a large block               */
+  _Atomic(hak_block_t*) thread_free; /* frees from other threads           */
+  struct hak_page_s* next;      /* bin queue or full list                   */
+  struct hak_page_s* prev;
+} hak_page_t;
+
+/* A segment: 4 MiB aligned, registered in the segment map.  Slice 0 holds
+ * this header; slices 1..63 hold pages.
+ * Invariants: bit i of free_mask set <=> slices[i].kind == HAK_SLICE_FREE;
+ *   bit 0 never set; used_slices == 63 - popcount(free_mask);
+ *   every live page's heap == this segment's heap. */
+typedef struct hak_segment_s {
+  uint64_t magic;                 /* HAK_SEGMENT_MAGIC while registered    */
+  struct hak_heap_s* heap;        /* owner; NULL while in the cache         */
+  uint64_t free_mask;             /* free slices                            */
+  uint32_t used_slices;
+  uint32_t _pad;
+  struct hak_segment_s* next;     /* heap's segment list / cache list      */
+  struct hak_segment_s* prev;
+  hak_page_t slices[HAK_SLICES];
+} hak_segment_t;
+
+#define HAK_SEGMENT_MAGIC 0x48414b4d454d5347ULL /* "HAKMEMSG" */
+
+typedef struct hak_page_queue_s {
+  hak_page_t* first;
+  hak_page_t* last;
+} hak_page_queue_t;
+
+/* Per-thread counters: plain fields written by the owner only (relaxed
+ * atomics so a concurrent hak_stats_get is not a data race), summed by
+ * stats.c.  Fields are listed once in HAK_HEAP_COUNTERS. */
+#define HAK_HEAP_COUNTERS(X) \
+  X(small_allocs) X(small_frees) X(large_allocs) X(large_frees) \
+  X(pages_init) X(pages_retired)
+
+typedef struct hak_heap_counters_s {
+#define HAK_X(n) _Atomic(uint64_t) n;
+  HAK_HEAP_COUNTERS(HAK_X)
+#undef HAK_X
+} hak_heap_counters_t;
+
+/* A thread heap.  Owned by exactly one thread at a time (or by none while
+ * on the abandoned list, when only remote frees touch its pages).
+ * Invariants: direct[b] is a page of bin b on bins[b] or &_hak_page_empty;
+ *   every page on bins[b] has bin b and in_full == 0; every page on full has
+ *   in_full == 1; every segment on segments has heap == this. */
+typedef struct hak_heap_s {
+  hak_page_t* direct[HAK_BINS];   /* the page each bin allocates from      */
+  hak_page_queue_t bins[HAK_BINS];
+  hak_page_queue_t full;
+  hak_segment_t* segments;
+  size_t segment_count;
+  _Atomic(uintptr_t) remote_pending; /* set by remote frees: sweep full list */
+  hak_heap_counters_t counters;
+  struct hak_heap_s* next_all;    /* registry of every heap ever made      */
+  struct hak_heap_s* next_free;   /* abandoned heaps waiting for a thread  */
+  bool abandoned;
+} hak_heap_t;
+
+/* Huge block header, at the start of its (4 MiB aligned) mapping.  The user
+ * pointer is base + offset.  checksum covers the other fields. */
+typedef struct hak_huge_s {
+  uint64_t magic;
+  size_t map_size;                /* bytes mapped                           */
+  size_t size;                    /* usable bytes from the user pointer     */
+  size_t offset;                  /* user pointer - header                  */
+  uintptr_t site;
+  _Atomic(uint64_t) state;        /* HAK_HUGE_LIVE / HAK_HUGE_FREED         */
+  uint64_t checksum;
+} hak_huge_t;
+
+#define HAK_HUGE_MAGIC 0x48414b4d48554745ULL /* "HAKMHUGE" */
+#define HAK_HUGE_LIVE 0x4c495645u
+#define HAK_HUGE_FREED 0x46524545u
+
+/* The kinds of misuse reported by error.c. */
+typedef enum {
+  HAK_ERR_DOUBLE_FREE,
+  HAK_ERR_INVALID_FREE,
+  HAK_ERR_FREED_USABLE_SIZE,
+  HAK_ERR_CORRUPT,
+} hak_error_t;
+
+/* Options (options.c): one row per knob. */
+typedef enum {
+  HAK_OPT_ON_ERROR,        /* 0 abort, 1 report                             */
+  HAK_OPT_STATS,           /* 0 off, 1 text, 2 json                         */
+  HAK_OPT_SEGMENT_CACHE,   /* empty segments kept for reuse                 */
+  HAK_OPT_HUGE_THRESHOLD,  /* bytes; >= goes straight to mmap               */
+  HAK_OPT_STATS_FILE,      /* path the statistics are appended to           */
+  HAK_OPT_COUNT
+} hak_option_t;
+
+#endif /* HAK_TYPES_H */

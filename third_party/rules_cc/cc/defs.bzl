@@ -1,0 +1,17 @@
+"""Minimal rules_cc: binds the public rule names to Bazel 4.2.3's native rules.
+
+Debian's bazel-rules-cc is too new for Bazel 4.2.3; @bazel_tools//tools/cpp
+only needs these names to exist.
+"""
+
+cc_library = native.cc_library
+cc_binary = native.cc_binary
+cc_test = native.cc_test
+cc_import = native.cc_import
+cc_toolchain = native.cc_toolchain
+cc_toolchain_suite = native.cc_toolchain_suite
+cc_proto_library = native.cc_proto_library
+fdo_prefetch_hints = native.fdo_prefetch_hints
+fdo_profile = native.fdo_profile
+objc_library = native.objc_library
+objc_import = native.objc_import
