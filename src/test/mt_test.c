@@ -1,0 +1,246 @@
+/* Threads: cross-thread frees with content checks on every tier, double
+ * frees across threads, 1,000 short-lived threads reusing heaps, and fork
+ * while other threads allocate.  Uses the hak_* API so it also runs under
+ * TSan and ASan. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "src/hakmem.h"
+#include "src/test/test.h"
+
+#define KiB ((size_t)1024)
+#define MiB (1024 * KiB)
+
+/* ---- producer/consumer ring ------------------------------------------- */
+typedef struct {
+  void* ptr;
+  size_t size;
+  unsigned seed;
+} item_t;
+
+#define RING 256
+typedef struct {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  item_t items[RING];
+  size_t head, tail;
+  bool done;
+} ring_t;
+
+static void ring_push(ring_t* r, item_t it) {
+  pthread_mutex_lock(&r->lock);
+  while (r->tail - r->head == RING) pthread_cond_wait(&r->cond, &r->lock);
+  r->items[r->tail++ % RING] = it;
+  pthread_cond_broadcast(&r->cond);
+  pthread_mutex_unlock(&r->lock);
+}
+
+static bool ring_pop(ring_t* r, item_t* it) {
+  pthread_mutex_lock(&r->lock);
+  while (r->head == r->tail && !r->done) pthread_cond_wait(&r->cond, &r->lock);
+  bool ok = r->head != r->tail;
+  if (ok) *it = r->items[r->head++ % RING];
+  pthread_cond_broadcast(&r->cond);
+  pthread_mutex_unlock(&r->lock);
+  return ok;
+}
+
+static void fill(void* p, size_t n, unsigned seed) {
+  unsigned char* c = p;
+  for (size_t i = 0; i < n; i++) c[i] = (unsigned char)(seed ^ (i * 7));
+}
+static bool check(const void* p, size_t n, unsigned seed) {
+  const unsigned char* c = p;
+  for (size_t i = 0; i < n; i++)
+    if (c[i] != (unsigned char)(seed ^ (i * 7))) return false;
+  return true;
+}
+
+static size_t random_size(uint64_t* rng) {
+  uint64_t r = hak_test_rand(rng);
+  switch (r % 16) {
+    case 0: return 128 * KiB + r % (900 * KiB);  /* large */
+    case 1: return (r >> 8) % 64 == 0 ? 2 * MiB + r % MiB : 200; /* huge, rarely */
+    case 2: case 3: return 1024 + r % (127 * KiB); /* medium size classes */
+    default: return r % 1024;                      /* small */
+  }
+}
+
+#define PRODUCERS 3
+static ring_t rings[PRODUCERS];
+static _Atomic(int) bad_blocks;
+
+static void* producer(void* arg) {
+  ring_t* r = arg;
+  uint64_t rng = (uint64_t)(uintptr_t)arg | 1;
+  int n = 20000 / HAK_TEST_SCALE;
+  for (int i = 0; i < n; i++) {
+    item_t it = {.size = random_size(&rng), .seed = (unsigned)i};
+    it.ptr = hak_malloc(it.size);
+    if (it.ptr == NULL) abort();
+    fill(it.ptr, it.size, it.seed);
+    /* keep some blocks locally and free them here, interleaved */
+    if (i % 5 == 0) {
+      hak_free(it.ptr);
+      continue;
+    }
+    ring_push(r, it);
+  }
+  pthread_mutex_lock(&r->lock);
+  r->done = true;
+  pthread_cond_broadcast(&r->cond);
+  pthread_mutex_unlock(&r->lock);
+  return NULL;
+}
+
+static void* consumer(void* arg) {
+  ring_t* r = arg;
+  item_t it;
+  while (ring_pop(r, &it)) {
+    if (!check(it.ptr, it.size, it.seed) || hak_usable_size(it.ptr) < it.size) atomic_fetch_add(&bad_blocks, 1);
+    hak_free(it.ptr); /* a cross-thread free */
+  }
+  return NULL;
+}
+
+TEST(cross_thread_frees_keep_contents) {
+  hak_stats_t a, b;
+  hak_stats_get(&a);
+  pthread_t p[PRODUCERS], c[PRODUCERS];
+  for (int i = 0; i < PRODUCERS; i++) {
+    pthread_mutex_init(&rings[i].lock, NULL);
+    pthread_cond_init(&rings[i].cond, NULL);
+    rings[i].head = rings[i].tail = 0;
+    rings[i].done = false;
+    pthread_create(&p[i], NULL, producer, &rings[i]);
+    pthread_create(&c[i], NULL, consumer, &rings[i]);
+  }
+  for (int i = 0; i < PRODUCERS; i++) {
+    pthread_join(p[i], NULL);
+    pthread_join(c[i], NULL);
+  }
+  hak_stats_get(&b);
+  EXPECT_EQ_U(atomic_load(&bad_blocks), 0);
+  EXPECT_TRUE(b.freed_remote - a.freed_remote > 0 || b.freed_small - a.freed_small > 0);
+  /* every block handed out came back */
+  uint64_t served = (b.served_small - a.served_small) + (b.served_large - a.served_large) +
+                    (b.served_huge - a.served_huge);
+  uint64_t freed = (b.freed_small - a.freed_small) + (b.freed_large - a.freed_large) +
+                   (b.freed_huge - a.freed_huge);
+  EXPECT_EQ_U(served, freed);
+}
+
+/* ---- double free across threads -------------------------------------- */
+static void* free_in_thread(void* p) {
+  hak_free(p);
+  return NULL;
+}
+
+static void double_free_across_threads(void* arg) {
+  void* p = hak_malloc((size_t)(uintptr_t)arg);
+  pthread_t t;
+  pthread_create(&t, NULL, free_in_thread, p);
+  pthread_join(t, NULL);
+  hak_free(p); /* second free, by the owner */
+}
+
+static void double_free_both_remote(void* arg) {
+  void* p = hak_malloc((size_t)(uintptr_t)arg);
+  pthread_t t;
+  pthread_create(&t, NULL, free_in_thread, p);
+  pthread_join(t, NULL);
+  pthread_create(&t, NULL, free_in_thread, p); /* second free, another thread */
+  pthread_join(t, NULL);
+}
+
+TEST(double_free_from_another_thread_is_reported) {
+  static const size_t sizes[] = {24, 3000, 100 * KiB, 700 * KiB, 3 * MiB};
+  for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+    EXPECT_DEATH(double_free_across_threads, (void*)(uintptr_t)sizes[i], "double free in free(", NULL);
+    EXPECT_DEATH(double_free_both_remote, (void*)(uintptr_t)sizes[i], "double free in free(", NULL);
+  }
+}
+
+/* ---- 1,000 short-lived threads ---------------------------------------- */
+static void* short_lived(void* arg) {
+  void* keep = arg;
+  void* p[32];
+  for (int i = 0; i < 32; i++) {
+    p[i] = hak_malloc((size_t)(16 + i * 40));
+    fill(p[i], (size_t)(16 + i * 40), (unsigned)i);
+  }
+  for (int i = 0; i < 32; i++) {
+    if (!check(p[i], (size_t)(16 + i * 40), (unsigned)i)) atomic_fetch_add(&bad_blocks, 1);
+    hak_free(p[i]);
+  }
+  hak_free(keep); /* a block of the main thread */
+  return hak_malloc(64); /* outlives this thread: freed by main */
+}
+
+TEST(thousand_short_lived_threads_reuse_heaps) {
+  hak_stats_t a, b;
+  hak_stats_get(&a);
+  for (int i = 0; i < 1000; i += 4) {
+    pthread_t t[4];
+    for (int k = 0; k < 4; k++) pthread_create(&t[k], NULL, short_lived, hak_malloc(100));
+    for (int k = 0; k < 4; k++) {
+      void* r;
+      pthread_join(t[k], &r);
+      ASSERT_NOT_NULL(r);
+      hak_free(r);
+    }
+  }
+  hak_stats_get(&b);
+  EXPECT_EQ_U(atomic_load(&bad_blocks), 0);
+  /* heaps of exited threads are taken over: far fewer heaps than threads */
+  EXPECT_TRUE(b.heaps_created - a.heaps_created <= 16);
+  EXPECT_TRUE(b.heaps_reused - a.heaps_reused >= 900);
+  EXPECT_TRUE(b.segments_current <= 64);
+}
+
+/* ---- fork while other threads allocate --------------------------------- */
+static _Atomic(bool) stop_workers;
+
+static void* busy_worker(void* arg) {
+  uint64_t rng = (uint64_t)(uintptr_t)arg;
+  void* slots[64] = {0};
+  while (!atomic_load(&stop_workers)) {
+    size_t i = hak_test_rand(&rng) % 64;
+    hak_free(slots[i]);
+    slots[i] = hak_malloc(random_size(&rng) % (256 * KiB));
+  }
+  for (int i = 0; i < 64; i++) hak_free(slots[i]);
+  return NULL;
+}
+
+TEST(fork_while_other_threads_allocate) {
+  pthread_t t[3];
+  atomic_store(&stop_workers, false);
+  for (int i = 0; i < 3; i++) pthread_create(&t[i], NULL, busy_worker, (void*)(uintptr_t)(i + 7));
+  for (int round = 0; round < 20; round++) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      /* the child allocates on every tier, frees, and exits cleanly */
+      for (int i = 0; i < 2000; i++) {
+        size_t n = (size_t)(i % 7 == 0 ? 300 * KiB : i % 50 == 0 ? 3 * MiB : (size_t)(i % 1000));
+        void* p = hak_malloc(n);
+        if (p == NULL) _exit(2);
+        size_t touch = n < 4096 ? n : 4096; /* head and tail pages */
+        fill(p, touch, 1);
+        fill((char*)p + n - touch, touch, 2);
+        if (!check((char*)p + n - touch, touch, 2)) _exit(3);
+        hak_free(p);
+      }
+      _exit(0);
+    }
+    ASSERT_TRUE(pid > 0);
+    int st;
+    waitpid(pid, &st, 0);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  atomic_store(&stop_workers, true);
+  for (int i = 0; i < 3; i++) pthread_join(t[i], NULL);
+}
+
+TEST_MAIN()
