@@ -102,6 +102,7 @@ void _hak_init(void) {
  * malloc). */
 __attribute__((constructor)) static void hak_constructor(void) {
   _hak_init();
+  _hak_options_init(); /* no-op unless the first read came before environ */
   pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 

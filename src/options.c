@@ -85,7 +85,15 @@ static bool option_parse(const hak_option_desc_t* d, const char* value, long* ou
   return parse_long(value, out) && *out >= d->min && *out <= d->max;
 }
 
+/* Called at the first allocation, which can come before libc has set up
+ * the environment (ld.so allocates through us); then it is read again from
+ * the library constructor, once the environment exists. */
+static bool options_read;
+
 void _hak_options_init(void) {
+  extern char** environ;
+  if (options_read || environ == NULL) return;
+  options_read = true;
   char name[64];
   for (int i = 0; i < HAK_OPT_COUNT; i++) {
     const hak_option_desc_t* d = &option_descs[i];

@@ -3,6 +3,7 @@
  * substitute a fake OS and a fake clock. */
 #include <errno.h>
 #include <sys/auxv.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -83,8 +84,12 @@ void _hak_os_free(void* addr, size_t size) {
  * AT_RANDOM bytes mixed with addresses (ASLR) and the clock. */
 uint64_t _hak_os_random(void) {
   uint64_t x = (uint64_t)(uintptr_t)&os_hint ^ ((uint64_t)(uintptr_t)&x << 17);
-  const uint64_t* r = (const uint64_t*)getauxval(AT_RANDOM);
-  if (r != NULL) x ^= r[0] ^ (r[1] << 1);
+  const void* r = (const void*)getauxval(AT_RANDOM); /* 16 bytes, unaligned */
+  if (r != NULL) {
+    uint64_t w[2];
+    memcpy(w, r, sizeof(w));
+    x ^= w[0] ^ (w[1] << 1);
+  }
   x ^= _hak_os->now_ns();
   /* splitmix64 finalizer */
   x += 0x9e3779b97f4a7c15ULL;
