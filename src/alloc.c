@@ -22,7 +22,11 @@ static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* s
     p = _hak_page_alloc_small(heap, _hak_bin_of(size));
     if (p == NULL) goto oom;
     hak_count(heap->counters.small_allocs, 1);
-    _hak_site_alloc(site, size); /* one sample per page refill */
+    hak_count(heap->counters.refills, 1);
+    if (hak_unlikely(--heap->sample_countdown == 0)) { /* 1 in 64 refills */
+      heap->sample_countdown = 64;
+      _hak_site_alloc(site, size);
+    }
     return p;
   }
   if (size <= HAK_SMALL_MAX) {
@@ -83,7 +87,7 @@ static void segment_misuse(hak_page_t* page, const void* p, hak_fn_t fn) {
   const hak_block_t* b = p;
   bool aligned = ((uintptr_t)p & (HAK_ALIGN - 1)) == 0;
   bool in_page = page->kind == HAK_SLICE_SMALL || page->kind == HAK_SLICE_LARGE;
-  bool at_block = in_page ? hak_page_block_index(page, (uintptr_t)p) != UINT32_MAX
+  bool at_block = in_page ? hak_page_is_block(page, (uintptr_t)p)
                           : page->kind == HAK_SLICE_FREE && aligned;
   if (at_block && atomic_load_explicit(&b->tag, memory_order_relaxed) == hak_freed_tag(p))
     _hak_error(fn == HAK_FN_USABLE_SIZE ? HAK_ERR_FREED_USABLE_SIZE : HAK_ERR_DOUBLE_FREE, fn, p);
@@ -98,7 +102,7 @@ void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
   if (m == HAK_MAP_SEGMENT) {
     hak_page_t* page = hak_page_of(p);
     hak_heap_t* owner = page->heap;
-    if (owner == NULL || hak_page_block_index(page, a) == UINT32_MAX) {
+    if (owner == NULL || !hak_page_is_block(page, a)) {
       segment_misuse(page, p, fn);
       return;
     }
@@ -134,7 +138,7 @@ size_t _hak_usable_size(const void* p, hak_fn_t fn) {
   uint8_t m = hak_segmap_get(a);
   if (m == HAK_MAP_SEGMENT) {
     hak_page_t* page = hak_page_of(p);
-    if (page->heap == NULL || hak_page_block_index(page, a) == UINT32_MAX ||
+    if (page->heap == NULL || !hak_page_is_block(page, a) ||
         atomic_load_explicit(&((const hak_block_t*)p)->tag, memory_order_relaxed) == hak_freed_tag(p)) {
       segment_misuse(page, p, fn);
       return 0;

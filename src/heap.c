@@ -158,6 +158,7 @@ void _hak_heap_stats(hak_stats_t* st) {
   st->freed_large += sum.large_frees;
   st->pages_initialized = sum.pages_init;
   st->pages_retired = sum.pages_retired;
+  st->pages_refills = sum.refills;
   pthread_mutex_lock(&heap_lock);
   st->heaps_created = heaps_created;
   st->heaps_reused = heaps_reused;

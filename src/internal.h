@@ -109,14 +109,13 @@ HAK_INTERNAL void _hak_page_free_slow(hak_heap_t* heap, hak_page_t* page);
 HAK_INTERNAL void _hak_page_collect(hak_page_t* page);
 HAK_INTERNAL void _hak_heap_sweep_full(hak_heap_t* heap);
 HAK_INTERNAL void _hak_heap_release_empty(hak_heap_t* heap);
-/* Index of p in page, or UINT32_MAX if p is not the start of a carved block. */
-static inline uint32_t hak_page_block_index(const hak_page_t* page, uintptr_t a) {
-  size_t off = a - (uintptr_t)page->start;
-  size_t i = (off * page->div_magic) >> 32;
-  if (hak_likely(i < atomic_load_explicit(&page->capacity, memory_order_relaxed) &&
-                 i * page->block_size == off))
-    return (uint32_t)i;
-  return UINT32_MAX;
+/* True if a is the start of a carved block of page: one bound test and one
+ * exact-divisibility test by multiplication (Lemire et al., "Faster
+ * remainder by direct computation", valid for off and block_size < 2^32). */
+static inline bool hak_page_is_block(const hak_page_t* page, uintptr_t a) {
+  uint64_t off = a - (uintptr_t)page->start;
+  return off < atomic_load_explicit(&page->carved, memory_order_relaxed) &&
+         off * page->div_check < page->div_check;
 }
 
 /* ---- heap.c: thread heaps, their life cycle, process init, fork ---------- */
@@ -195,8 +194,12 @@ static inline void hak_free_fast(void* p, const void* site, hak_fn_t fn) {
     hak_heap_t* heap = _hak_heap_tls;
     hak_block_t* b = (hak_block_t*)p;
     uintptr_t tag = hak_freed_tag(p);
-    if (hak_likely(page->heap == heap && hak_page_block_index(page, a) != UINT32_MAX &&
+#ifdef HAK_UNCHECKED_FREE /* measurement only: the cost of the two checks */
+    if (hak_likely(page->heap == heap)) {
+#else
+    if (hak_likely(page->heap == heap && hak_page_is_block(page, a) &&
                    atomic_load_explicit(&b->tag, memory_order_relaxed) != tag)) {
+#endif
       atomic_store_explicit(&b->tag, tag, memory_order_relaxed);
       b->next = page->free;
       page->free = b;

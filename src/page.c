@@ -23,6 +23,14 @@ static void queue_push_front(hak_page_queue_t* q, hak_page_t* page) {
   q->first = page;
 }
 
+static void queue_push_back(hak_page_queue_t* q, hak_page_t* page) {
+  page->next = NULL;
+  page->prev = q->last;
+  if (q->last) q->last->next = page;
+  else q->first = page;
+  q->last = page;
+}
+
 static void queue_remove(hak_page_queue_t* q, hak_page_t* page) {
   if (page->prev) page->prev->next = page->next;
   else q->first = page->next;
@@ -54,7 +62,7 @@ void _hak_page_collect(hak_page_t* page) {
 /* Carves more never-used blocks (about 4 KiB worth, at least 4) onto the
  * free list, in address order, each tagged free. */
 static void page_extend(hak_page_t* page) {
-  uint32_t cap = atomic_load_explicit(&page->capacity, memory_order_relaxed);
+  uint32_t cap = page->capacity;
   uint32_t n = 4096 / page->block_size;
   if (n < 4) n = 4;
   if (n > page->reserved - cap) n = page->reserved - cap;
@@ -67,7 +75,8 @@ static void page_extend(hak_page_t* page) {
     head = b;
   }
   page->free = head;
-  atomic_store_explicit(&page->capacity, cap + n, memory_order_release);
+  page->capacity = cap + n;
+  atomic_store_explicit(&page->carved, (cap + n) * page->block_size, memory_order_release);
 }
 
 static hak_page_t* page_new(hak_heap_t* heap, size_t bin) {
@@ -77,11 +86,12 @@ static hak_page_t* page_new(hak_heap_t* heap, size_t bin) {
   page->kind = HAK_SLICE_SMALL;
   page->bin = (uint8_t)bin;
   page->block_size = (uint32_t)bs;
-  page->div_magic = (uint32_t)((((uint64_t)1 << 32) + bs - 1) / bs);
+  page->div_check = UINT64_MAX / bs + 1;
   page->reserved = (uint32_t)((page->slice_count << HAK_SLICE_SHIFT) / bs);
   page->free = NULL;
   page->used = 0;
-  atomic_store_explicit(&page->capacity, 0, memory_order_relaxed);
+  page->capacity = 0;
+  atomic_store_explicit(&page->carved, 0, memory_order_relaxed);
   page->heap = heap;
   queue_push_front(&heap->bins[bin], page);
   hak_count(heap->counters.pages_init, 1);
@@ -141,9 +151,10 @@ void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const v
   page->kind = HAK_SLICE_LARGE;
   page->start = p;
   page->block_size = (uint32_t)((run + (n << HAK_SLICE_SHIFT)) - p);
-  page->div_magic = (uint32_t)((((uint64_t)1 << 32) + page->block_size - 1) / page->block_size);
+  page->div_check = UINT64_MAX / page->block_size + 1;
   page->reserved = 1;
-  atomic_store_explicit(&page->capacity, 1, memory_order_relaxed);
+  page->capacity = 1;
+  atomic_store_explicit(&page->carved, page->block_size, memory_order_relaxed);
   page->used = 1;
   page->free = NULL;
   page->site = (uintptr_t)site;
@@ -155,39 +166,59 @@ void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const v
   return p;
 }
 
-/* The generic small path: a page of this bin with a free block, found by
- * collecting remote frees, extending, sweeping the full list, or setting up
- * a new page; then one block from it. */
-void* _hak_page_alloc_small(hak_heap_t* heap, size_t bin) {
-  for (int attempt = 0; attempt < 2; attempt++) {
-    hak_page_t* next;
-    for (hak_page_t* page = heap->bins[bin].first; page != NULL; page = next) {
-      next = page->next;
-      _hak_page_collect(page);
-      if (page->free == NULL && atomic_load_explicit(&page->capacity, memory_order_relaxed) < page->reserved)
-        page_extend(page);
-      if (page->free != NULL) {
-        heap->direct[bin] = page;
-        hak_block_t* b = page->free;
-        page->free = b->next;
-        page->used++;
-        atomic_store_explicit(&b->tag, 0, memory_order_relaxed);
-        return b;
-      }
-      page_to_full(heap, page);
-    }
-    heap->direct[bin] = &_hak_page_empty;
-    if (attempt == 0) _hak_heap_sweep_full(heap);
-  }
-  hak_page_t* page = page_new(heap, bin);
-  if (page == NULL) return NULL;
-  page_extend(page);
-  heap->direct[bin] = page;
+static void* page_pop(hak_heap_t* heap, hak_page_t* page) {
+  heap->direct[page->bin] = page;
   hak_block_t* b = page->free;
   page->free = b->next;
   page->used++;
   atomic_store_explicit(&b->tag, 0, memory_order_relaxed);
   return b;
+}
+
+/* The generic small path: a page of this bin with free blocks, found by
+ * collecting remote frees, extending, sweeping the full list, or setting up
+ * a new page; then one block from it.
+ * A page is taken at once if at least 1/8 of it is free; otherwise the
+ * search goes on (at most 8 pages) and a new page is set up rather than
+ * switching to a nearly full one every few allocations.  This keeps the
+ * fast path hit rate high at the cost of at most ~1/8 slack per bin. */
+#define PAGE_SEARCH 8
+void* _hak_page_alloc_small(hak_heap_t* heap, size_t bin) {
+  hak_page_t* best = NULL;
+  uint32_t best_free = 0;
+  for (int attempt = 0; attempt < 2; attempt++) {
+    hak_page_t* next;
+    int visited = 0;
+    for (hak_page_t* page = heap->bins[bin].first; page != NULL && visited < PAGE_SEARCH; page = next) {
+      next = page->next;
+      visited++;
+      _hak_page_collect(page);
+      uint32_t cap = page->capacity;
+      uint32_t avail = page->reserved - page->used; /* free now or carvable */
+      if (avail == 0) {
+        page_to_full(heap, page);
+        continue;
+      }
+      if (page->free == NULL && cap < page->reserved) page_extend(page);
+      if (avail >= page->reserved / 8) return page_pop(heap, page);
+      if (avail > best_free) best = page, best_free = avail;
+      /* rotate: the next search starts with pages not looked at now */
+      if (page != heap->bins[bin].last) {
+        queue_remove(&heap->bins[bin], page);
+        queue_push_back(&heap->bins[bin], page);
+      }
+    }
+    heap->direct[bin] = &_hak_page_empty;
+    if (attempt == 0) _hak_heap_sweep_full(heap);
+  }
+  hak_page_t* page = page_new(heap, bin);
+  if (page == NULL) {
+    if (best == NULL) return NULL;
+    page = best; /* out of memory for a new page: take what there is */
+  } else if (page->free == NULL) {
+    page_extend(page);
+  }
+  return page_pop(heap, page);
 }
 
 /* After a local free left the page empty or on the full list. */
@@ -201,10 +232,7 @@ void _hak_page_free_slow(hak_heap_t* heap, hak_page_t* page) {
     return;
   }
   if (page->in_full) page_unfull(heap, page);
-  if (page->used == 0) {
-    hak_page_queue_t* q = &heap->bins[page->bin];
-    if (q->first != page || q->last != page) page_retire(heap, page);
-  }
+  if (page->used == 0 && heap->direct[page->bin] != page) page_retire(heap, page);
 }
 
 /* Retires every page with no live block (thread exit). */

@@ -73,28 +73,30 @@ typedef enum {
  * header, indexed by slice; interior slices point back to the head.
  *
  * Invariants (owner thread's view, thread_free drained):
- *   used == capacity - |free|
- *   every block of free lies in [start, start + capacity*block_size) at a
- *     multiple of block_size, and carries the freed tag
+ *   used == capacity - |free|;  carved == capacity * block_size
+ *   every block of free lies in [start, start + carved) at a multiple of
+ *     block_size, and carries the freed tag
  *   capacity <= reserved; blocks past capacity were never handed out
  *   used == 0 && !is the bin's current page  =>  page is retired
  *   in_full == 1  <=>  page is on the heap's full list, else on its bin queue
  * thread_free: blocks freed by other threads, pushed with CAS, taken whole by
  * the owner (page_collect), which then subtracts them from used. */
 typedef struct hak_page_s {
-  /* hot: read by the fast paths */
+  /* hot: read by the fast paths (first cache line) */
   hak_block_t* free;            /* owner-only free list                     */
   struct hak_heap_s* heap;      /* owning heap, NULL when not a live page   */
   uint8_t* start;               /* first block                              */
+  uint64_t div_check;           /* ceil(2^64 / block_size): off is a block
+                                   start iff off * div_check < div_check    */
+  _Atomic(uint32_t) carved;     /* bytes carved: capacity * block_size      */
   uint32_t block_size;          /* bytes per block (large: usable bytes)    */
-  uint32_t div_magic;           /* ceil(2^32 / block_size) for small pages  */
   uint32_t used;                /* blocks handed out and not yet collected  */
   uint8_t in_full;              /* on the heap's full list                  */
   uint8_t kind;                 /* hak_slice_kind_t                         */
   uint8_t bin;                  /* size class (small)                       */
   uint8_t slice_back;           /* interior slices: distance to head slice  */
   /* cold */
-  _Atomic(uint32_t) capacity;   /* blocks carved so far (read by remote free)*/
+  uint32_t capacity;            /* blocks carved so far                     */
   uint32_t reserved;            /* blocks that fit                          */
   uint32_t slice_count;         /* slices in this page (head only)          */
   uint32_t slice_index;         /* index of the head slice                  */
@@ -102,7 +104,10 @@ typedef struct hak_page_s {
   _Atomic(hak_block_t*) thread_free; /* frees from other threads           */
   struct hak_page_s* next;      /* bin queue or full list                   */
   struct hak_page_s* prev;
+  uint8_t _pad[32];             /* 128 bytes: descriptor index by shift     */
 } hak_page_t;
+
+_Static_assert(sizeof(hak_page_t) == 128, "page descriptor is 128 bytes");
 
 /* A segment: 4 MiB aligned, registered in the segment map.  Slice 0 holds
  * this header; slices 1..63 hold pages.
@@ -132,7 +137,7 @@ typedef struct hak_page_queue_s {
  * stats.c.  Fields are listed once in HAK_HEAP_COUNTERS. */
 #define HAK_HEAP_COUNTERS(X) \
   X(small_allocs) X(small_frees) X(large_allocs) X(large_frees) \
-  X(pages_init) X(pages_retired)
+  X(pages_init) X(pages_retired) X(refills)
 
 typedef struct hak_heap_counters_s {
 #define HAK_X(n) _Atomic(uint64_t) n;
@@ -152,6 +157,7 @@ typedef struct hak_heap_s {
   hak_segment_t* segments;
   size_t segment_count;
   _Atomic(uintptr_t) remote_pending; /* set by remote frees: sweep full list */
+  uint32_t sample_countdown;      /* small refills until the next site sample */
   hak_heap_counters_t counters;
   struct hak_heap_s* next_all;    /* registry of every heap ever made      */
   struct hak_heap_s* next_free;   /* abandoned heaps waiting for a thread  */
