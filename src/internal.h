@@ -46,6 +46,7 @@ HAK_INTERNAL uint64_t _hak_os_random(void);   /* no allocation, no syscall */
 HAK_INTERNAL extern long _hak_options[HAK_OPT_COUNT];
 HAK_INTERNAL extern const char* _hak_stats_file;
 HAK_INTERNAL void _hak_options_init(void);
+HAK_INTERNAL void _hak_options_reload(void); /* tests */
 static inline long hak_option(hak_option_t o) { return _hak_options[o]; }
 
 /* ---- output.c: formatted writes without stdio or allocation ------------ */

@@ -41,6 +41,18 @@ long _hak_options[HAK_OPT_COUNT] = {
 };
 const char* _hak_stats_file;
 
+/* Options are read at the first allocation, which can come before libc has
+ * set up the environment (ld.so allocates through us); then they are read
+ * again from the library constructor, once the environment exists. */
+static bool options_read;
+
+/* Tests: read the environment again. */
+void _hak_options_reload(void) {
+  options_read = false;
+  _hak_stats_file = NULL;
+  _hak_options_init();
+}
+
 /* Parses a decimal number with an optional k/m/g suffix. */
 static bool parse_long(const char* s, long* out) {
   if (*s == '\0') return false;
@@ -85,10 +97,6 @@ static bool option_parse(const hak_option_desc_t* d, const char* value, long* ou
   return parse_long(value, out) && *out >= d->min && *out <= d->max;
 }
 
-/* Called at the first allocation, which can come before libc has set up
- * the environment (ld.so allocates through us); then it is read again from
- * the library constructor, once the environment exists. */
-static bool options_read;
 
 void _hak_options_init(void) {
   extern char** environ;

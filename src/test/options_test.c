@@ -1,0 +1,119 @@
+/* Options: junk and out-of-range values are reported and the default kept;
+ * good values (with k/m/g suffixes) are taken; README.md's options table is
+ * exactly what the code's table prints. */
+#include "src/internal.h"
+#include "src/test/test.h"
+
+static char captured[4096];
+
+static void reload_child(void* arg) {
+  (void)arg;
+  _hak_options_reload();
+}
+
+/* Sets NAME=VALUE, re-reads the options, and returns the option's value;
+ * stderr of the re-read lands in captured. */
+static long with_env(const char* name, const char* value, hak_option_t opt) {
+  setenv(name, value, 1);
+  hak_run_child(reload_child, NULL, captured, sizeof(captured));
+  _hak_options_reload();
+  unsetenv(name);
+  long v = hak_option(opt);
+  _hak_options_reload();
+  return v;
+}
+
+#define EXPECT_REJECTED(name, value, opt, def)                                       \
+  do {                                                                               \
+    EXPECT_EQ_U(with_env(name, value, opt), def);                                     \
+    if (strstr(captured, "hakmem: warning: " name "=") == NULL ||                    \
+        strstr(captured, "is invalid; using the default") == NULL)                   \
+      HAK_FAIL_AT("no warning for %s=%s: \"%s\"", name, value, captured);            \
+  } while (0)
+
+#define EXPECT_TAKEN(name, value, opt, want)          \
+  do {                                                \
+    EXPECT_EQ_U(with_env(name, value, opt), want);    \
+    if (captured[0] != 0) HAK_FAIL_AT("unexpected warning: %s", captured); \
+  } while (0)
+
+TEST(defaults_without_environment) {
+  _hak_options_reload();
+  EXPECT_EQ_U(hak_option(HAK_OPT_ON_ERROR), 0);
+  EXPECT_EQ_U(hak_option(HAK_OPT_STATS), 0);
+  EXPECT_EQ_U(hak_option(HAK_OPT_SEGMENT_CACHE), 4);
+  EXPECT_EQ_U(hak_option(HAK_OPT_HUGE_THRESHOLD), 2 << 20);
+  EXPECT_TRUE(_hak_stats_file == NULL);
+}
+
+TEST(good_values_are_taken) {
+  EXPECT_TAKEN("HAKMEM_ON_ERROR", "report", HAK_OPT_ON_ERROR, 1);
+  EXPECT_TAKEN("HAKMEM_ON_ERROR", "abort", HAK_OPT_ON_ERROR, 0);
+  EXPECT_TAKEN("HAKMEM_STATS", "json", HAK_OPT_STATS, 2);
+  EXPECT_TAKEN("HAKMEM_STATS", "1", HAK_OPT_STATS, 1);
+  EXPECT_TAKEN("HAKMEM_STATS", "text", HAK_OPT_STATS, 1);
+  EXPECT_TAKEN("HAKMEM_SEGMENT_CACHE", "0", HAK_OPT_SEGMENT_CACHE, 0);
+  EXPECT_TAKEN("HAKMEM_SEGMENT_CACHE", "1024", HAK_OPT_SEGMENT_CACHE, 1024);
+  EXPECT_TAKEN("HAKMEM_HUGE_THRESHOLD", "4m", HAK_OPT_HUGE_THRESHOLD, 4 << 20);
+  EXPECT_TAKEN("HAKMEM_HUGE_THRESHOLD", "512K", HAK_OPT_HUGE_THRESHOLD, 512 << 10);
+  EXPECT_TAKEN("HAKMEM_HUGE_THRESHOLD", "262144", HAK_OPT_HUGE_THRESHOLD, 262144);
+}
+
+TEST(junk_and_out_of_range_keep_the_default) {
+  EXPECT_REJECTED("HAKMEM_ON_ERROR", "bogus", HAK_OPT_ON_ERROR, 0);
+  EXPECT_REJECTED("HAKMEM_ON_ERROR", "", HAK_OPT_ON_ERROR, 0);
+  EXPECT_REJECTED("HAKMEM_ON_ERROR", "REPORT ", HAK_OPT_ON_ERROR, 0);
+  EXPECT_REJECTED("HAKMEM_STATS", "2", HAK_OPT_STATS, 0);
+  EXPECT_REJECTED("HAKMEM_SEGMENT_CACHE", "-1", HAK_OPT_SEGMENT_CACHE, 4);
+  EXPECT_REJECTED("HAKMEM_SEGMENT_CACHE", "1025", HAK_OPT_SEGMENT_CACHE, 4);
+  EXPECT_REJECTED("HAKMEM_SEGMENT_CACHE", "12abc", HAK_OPT_SEGMENT_CACHE, 4);
+  EXPECT_REJECTED("HAKMEM_SEGMENT_CACHE", "", HAK_OPT_SEGMENT_CACHE, 4);
+  EXPECT_REJECTED("HAKMEM_SEGMENT_CACHE", "99999999999999999999999", HAK_OPT_SEGMENT_CACHE, 4);
+  EXPECT_REJECTED("HAKMEM_HUGE_THRESHOLD", "1k", HAK_OPT_HUGE_THRESHOLD, 2 << 20);
+  EXPECT_REJECTED("HAKMEM_HUGE_THRESHOLD", "9999999999g", HAK_OPT_HUGE_THRESHOLD, 2 << 20);
+  EXPECT_REJECTED("HAKMEM_HUGE_THRESHOLD", "4mb", HAK_OPT_HUGE_THRESHOLD, 2 << 20);
+  /* control characters are not echoed raw */
+  EXPECT_REJECTED("HAKMEM_ON_ERROR", "a\033[2Jb", HAK_OPT_ON_ERROR, 0);
+  EXPECT_TRUE(strchr(captured, '\033') == NULL);
+}
+
+TEST(stats_file_is_a_path) {
+  setenv("HAKMEM_STATS_FILE", "/tmp/x.json", 1);
+  _hak_options_reload();
+  EXPECT_TRUE(_hak_stats_file != NULL && strcmp(_hak_stats_file, "/tmp/x.json") == 0);
+  unsetenv("HAKMEM_STATS_FILE");
+  _hak_options_reload();
+  EXPECT_TRUE(_hak_stats_file == NULL);
+}
+
+/* README.md's rows starting with "| `HAKMEM_" are the code's table. */
+TEST(readme_options_table_matches_the_code) {
+  const char* srcdir = getenv("TEST_SRCDIR");
+  const char* ws = getenv("TEST_WORKSPACE");
+  char path[4096];
+  snprintf(path, sizeof(path), "%s/%s/README.md", srcdir ? srcdir : ".", ws ? ws : ".");
+  FILE* f = fopen(path, "r");
+  ASSERT_TRUE(f != NULL);
+  static char readme[8192];
+  size_t len = 0;
+  char line[1024];
+  while (fgets(line, sizeof(line), f))
+    if (strncmp(line, "| `HAKMEM_", 10) == 0 && len + strlen(line) < sizeof(readme)) {
+      strcpy(readme + len, line);
+      len += strlen(line);
+    }
+  fclose(f);
+  int fds[2];
+  ASSERT_TRUE(pipe(fds) == 0);
+  hak_options_print_markdown(fds[1]);
+  close(fds[1]);
+  static char code[8192];
+  ssize_t n = read(fds[0], code, sizeof(code) - 1);
+  close(fds[0]);
+  ASSERT_TRUE(n > 0);
+  code[n] = 0;
+  if (strcmp(readme, code) != 0)
+    HAK_FAIL_AT("README.md options table differs from the code's:\n--- README\n%s--- code\n%s", readme, code);
+}
+
+TEST_MAIN()
