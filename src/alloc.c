@@ -60,22 +60,28 @@ void* _hak_alloc_generic(hak_heap_t* heap, size_t size, size_t align, const void
 
 /* ---- free ------------------------------------------------------------- */
 
-/* A free of a block of another thread's page: tag it (an atomic exchange,
- * so two racing frees cannot both succeed), push it on the page's
- * thread_free list and tell the owner heap a sweep is due. */
+/* A free of a block of another thread's page: tag it, push it on the
+ * page's thread_free list (one CAS) and tell the owner heap a sweep is due.
+ * A free that follows another free of the same block (in any thread, as
+ * ordered by the program) finds the tag.  Two frees racing each other are
+ * not ordered by the program and are not guaranteed to be caught. */
 static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
   uintptr_t tag = hak_freed_tag(b);
-  if (atomic_exchange_explicit(&b->tag, tag, memory_order_relaxed) == tag) {
+  if (atomic_load_explicit(&b->tag, memory_order_relaxed) == tag) {
     _hak_error(HAK_ERR_DOUBLE_FREE, fn, b);
     return;
   }
+  atomic_store_explicit(&b->tag, tag, memory_order_relaxed);
   bool large = page->kind == HAK_SLICE_LARGE;
   hak_heap_t* owner = page->heap;
   hak_block_t* head = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
   do b->next = head;
-  while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &head, b, memory_order_release,
+  while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &head, b, memory_order_seq_cst,
                                                 memory_order_relaxed));
-  if (atomic_load_explicit(&owner->remote_pending, memory_order_relaxed) == 0)
+  /* a page on the full list is only looked at again by a sweep (see
+   * page.c:page_to_full for why this cannot miss) */
+  if (atomic_load_explicit(&page->in_full, memory_order_seq_cst) &&
+      atomic_load_explicit(&owner->remote_pending, memory_order_relaxed) == 0)
     atomic_store_explicit(&owner->remote_pending, 1, memory_order_release);
   if (large) hak_atomic_add(remote_large, 1);
   else hak_atomic_add(remote_small, 1);

@@ -98,15 +98,22 @@ static hak_page_t* page_new(hak_heap_t* heap, size_t bin) {
   return page;
 }
 
+/* Remote frees set heap->remote_pending only for pages they see in_full.
+ * Dekker-style: the owner stores in_full then reads thread_free, a remote
+ * free pushes to thread_free then reads in_full, each separated by a full
+ * fence, so one of them sees the other and no block is stranded. */
 static void page_to_full(hak_heap_t* heap, hak_page_t* page) {
   queue_remove(&heap->bins[page->bin], page);
-  page->in_full = 1;
+  atomic_store_explicit(&page->in_full, 1, memory_order_relaxed);
   queue_push_front(&heap->full, page);
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&page->thread_free, memory_order_relaxed) != NULL)
+    atomic_store_explicit(&heap->remote_pending, 1, memory_order_relaxed);
 }
 
 static void page_unfull(hak_heap_t* heap, hak_page_t* page) {
   queue_remove(&heap->full, page);
-  page->in_full = 0;
+  atomic_store_explicit(&page->in_full, 0, memory_order_relaxed);
   queue_push_front(&heap->bins[page->bin], page);
 }
 
@@ -159,7 +166,7 @@ void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const v
   page->free = NULL;
   page->site = (uintptr_t)site;
   page->heap = heap;
-  page->in_full = 1;
+  atomic_store_explicit(&page->in_full, 1, memory_order_relaxed);
   queue_push_front(&heap->full, page);
   atomic_store_explicit(&((hak_block_t*)p)->tag, 0, memory_order_relaxed);
   hak_count(heap->counters.large_allocs, 1);

@@ -75,3 +75,20 @@ HAK_SHIM_API void* pvalloc(size_t size) {
 }
 
 HAK_SHIM_API size_t malloc_usable_size(void* p) { return _hak_usable_size(p, HAK_FN_USABLE_SIZE); }
+
+/* glibc's internal names, which some libraries call directly: same
+ * functions, so a block never crosses allocators. */
+void* __libc_malloc(size_t size);
+void __libc_free(void* p);
+void* __libc_calloc(size_t n, size_t size);
+void* __libc_realloc(void* p, size_t size);
+void* __libc_memalign(size_t align, size_t size);
+void* __libc_valloc(size_t size);
+void* __libc_pvalloc(size_t size);
+HAK_SHIM_API void* __libc_malloc(size_t size) { return hak_alloc_fast(size, CALLER); }
+HAK_SHIM_API void __libc_free(void* p) { hak_free_fast(p, CALLER, HAK_FN_FREE); }
+HAK_SHIM_API void* __libc_calloc(size_t n, size_t size) { return _hak_calloc(n, size, CALLER); }
+HAK_SHIM_API void* __libc_realloc(void* p, size_t size) { return _hak_realloc(p, size, CALLER); }
+HAK_SHIM_API void* __libc_memalign(size_t align, size_t size) { return memalign(align, size); }
+HAK_SHIM_API void* __libc_valloc(size_t size) { return valloc(size); }
+HAK_SHIM_API void* __libc_pvalloc(size_t size) { return pvalloc(size); }

@@ -91,7 +91,7 @@ typedef struct hak_page_s {
   _Atomic(uint32_t) carved;     /* bytes carved: capacity * block_size      */
   uint32_t block_size;          /* bytes per block (large: usable bytes)    */
   uint32_t used;                /* blocks handed out and not yet collected  */
-  uint8_t in_full;              /* on the heap's full list                  */
+  _Atomic(uint8_t) in_full;     /* on the heap's full list (read by remote) */
   uint8_t kind;                 /* hak_slice_kind_t                         */
   uint8_t bin;                  /* size class (small)                       */
   uint8_t slice_back;           /* interior slices: distance to head slice  */
@@ -156,7 +156,10 @@ typedef struct hak_heap_s {
   hak_page_queue_t full;
   hak_segment_t* segments;
   size_t segment_count;
-  _Atomic(uintptr_t) remote_pending; /* set by remote frees: sweep full list */
+  /* set by remote frees into full pages: sweep the full list.  On its own
+   * cache line: other threads read it while the owner updates the rest. */
+  _Alignas(64) _Atomic(uintptr_t) remote_pending;
+  char _pad_pending[56];
   uint32_t sample_countdown;      /* small refills until the next site sample */
   hak_heap_counters_t counters;
   struct hak_heap_s* next_all;    /* registry of every heap ever made      */

@@ -9,6 +9,8 @@
  *                         other thread, which frees them (cross-thread frees)
  * Prints "<mode> <ops> <seconds> <ns/op>"; an op is one malloc or one free. */
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,41 +72,42 @@ static double bench_hot(long ops) {
 }
 
 #define BATCH 64
-#define QUEUE 64
+#define QUEUE 256 /* batches in flight per direction (power of two) */
+
+/* Single-producer single-consumer ring of batches, lock-free, so that the
+ * hand-off costs little next to the allocator. */
 typedef struct {
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
+  _Atomic(unsigned long) head, tail;
   char** batch[QUEUE];
-  unsigned head, tail;
 } queue_t;
 
 static queue_t queues[2];
 static long xt_batches;
 
 static void queue_push(queue_t* q, char** b) {
-  pthread_mutex_lock(&q->lock);
-  while (q->tail - q->head == QUEUE) pthread_cond_wait(&q->cond, &q->lock);
-  q->batch[q->tail++ % QUEUE] = b;
-  pthread_cond_broadcast(&q->cond);
-  pthread_mutex_unlock(&q->lock);
+  unsigned long t = atomic_load_explicit(&q->tail, memory_order_relaxed);
+  while (t - atomic_load_explicit(&q->head, memory_order_acquire) == QUEUE) sched_yield();
+  q->batch[t % QUEUE] = b;
+  atomic_store_explicit(&q->tail, t + 1, memory_order_release);
 }
 
 static char** queue_pop(queue_t* q) {
-  pthread_mutex_lock(&q->lock);
-  while (q->tail == q->head) pthread_cond_wait(&q->cond, &q->lock);
-  char** b = q->batch[q->head++ % QUEUE];
-  pthread_cond_broadcast(&q->cond);
-  pthread_mutex_unlock(&q->lock);
+  unsigned long h = atomic_load_explicit(&q->head, memory_order_relaxed);
+  while (atomic_load_explicit(&q->tail, memory_order_acquire) == h) sched_yield();
+  char** b = q->batch[h % QUEUE];
+  atomic_store_explicit(&q->head, h + 1, memory_order_release);
   return b;
 }
 
 static void* xt_thread(void* arg) {
   int me = (int)(intptr_t)arg;
   uint64_t s = 0x9E3779B97F4A7C15ULL * (uint64_t)(me + 1);
-  char** pool[QUEUE];
-  for (int i = 0; i < QUEUE; i++) pool[i] = malloc(BATCH * sizeof(char*));
+  enum { POOL = 2 * QUEUE + 2 };
+  static char** pools[2][POOL];
+  char*** pool = pools[me];
+  for (int i = 0; i < POOL; i++) pool[i] = malloc(BATCH * sizeof(char*));
   for (long i = 0; i < xt_batches; i++) {
-    char** b = pool[i % QUEUE];
+    char** b = pool[i % POOL];
     for (int k = 0; k < BATCH; k++) {
       size_t n = small_size(&s);
       b[k] = malloc(n);
@@ -115,15 +118,12 @@ static void* xt_thread(void* arg) {
     char** theirs = queue_pop(&queues[me]);
     for (int k = 0; k < BATCH; k++) free(theirs[k]); /* cross-thread */
   }
+  for (int i = 0; i < POOL; i++) free(pool[i]);
   return NULL;
 }
 
 static double bench_xt(long ops) {
   xt_batches = ops / (2 * 2 * BATCH);
-  for (int i = 0; i < 2; i++) {
-    pthread_mutex_init(&queues[i].lock, NULL);
-    pthread_cond_init(&queues[i].cond, NULL);
-  }
   pthread_t t[2];
   double t0 = now();
   for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, xt_thread, (void*)(intptr_t)i);
