@@ -44,6 +44,19 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(freed, large, "large blocks freed")                                    \
   X(freed, huge, "huge blocks freed")                                      \
   X(freed, remote, "frees by a thread other than the owner")               \
+  X(bigcache, hits, "huge allocations served from BigCache")              \
+  X(bigcache, misses, "cacheable huge allocations BigCache could not serve") \
+  X(bigcache, puts, "freed huge blocks offered to BigCache")               \
+  X(bigcache, evictions, "blocks sent from BigCache to the batch queue")   \
+  X(bigcache, expired, "evictions of blocks idle past the expiry")         \
+  X(bigcache, bytes, "bytes of mappings cached now")                       \
+  X(batch, queued, "mappings queued for release")                          \
+  X(batch, flushes, "releases of the queue")                               \
+  X(batch, madvise_calls, "madvise calls made by releases")                \
+  X(batch, bytes_advised, "bytes released with madvise")                   \
+  X(batch, munmaps, "mappings unmapped beyond the retained budget")        \
+  X(batch, reused, "huge allocations served by a retained mapping")        \
+  X(batch, retained_bytes, "released mappings kept for reuse now")         \
   X(os, mmap_calls, "mmap system calls")                                   \
   X(os, munmap_calls, "munmap system calls")                               \
   X(os, madvise_calls, "madvise system calls")                             \
@@ -85,6 +98,10 @@ typedef struct hak_site_info_s {
   uint64_t frees;
   uint64_t bytes;
 } hak_site_info_t;
+
+/* Empties BigCache and the batch queue, unmaps retained and cached memory
+ * and the calling thread's empty pages: returns memory to the OS. */
+HAK_API void hak_collect(void);
 
 /* Copies up to max sites (most allocations first); returns how many. */
 HAK_API size_t hak_sites_get(hak_site_info_t* out, size_t max);

@@ -72,12 +72,15 @@ static void heap_thread_exit(void* arg) {
 static void fork_prepare(void) {
   pthread_mutex_lock(&heap_lock);
   _hak_segment_lock(true);
+  _hak_madvq_lock(true);
 }
 static void fork_parent(void) {
+  _hak_madvq_lock(false);
   _hak_segment_lock(false);
   pthread_mutex_unlock(&heap_lock);
 }
 static void fork_child(void) {
+  _hak_madvq_fork_child();
   _hak_segment_fork_child();
   pthread_mutex_init(&heap_lock, NULL);
 }
@@ -164,4 +167,12 @@ void _hak_heap_stats(hak_stats_t* st) {
   st->heaps_reused = heaps_reused;
   st->heaps_abandoned = heaps_abandoned_now;
   pthread_mutex_unlock(&heap_lock);
+}
+
+void hak_collect(void) {
+  hak_heap_t* heap = _hak_heap_tls;
+  if (heap != &_hak_heap_empty) _hak_heap_release_empty(heap);
+  _hak_bigcache_drain();
+  _hak_madvq_flush(true);
+  _hak_segment_trim();
 }

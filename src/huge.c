@@ -1,52 +1,80 @@
 /* Huge blocks: one direct mapping each, 4 MiB aligned and a multiple of
  * 4 MiB long (so no other mapping shares a chunk of the segment map), with
- * a checked header at the start of the mapping:
+ * a checked header in the 64 bytes below the user pointer (types.h).
  *
- *   base                          base + offset                  base+map_size
- *   | hak_huge_t ... padding ... | user block (size bytes) ...  |
+ *   base         base + offset - 64   base + offset            base + map_size
+ *   |  (unused)  | hak_huge_t         | user block (size) ...  |
  *
- * offset is 64 for ordinary requests and the alignment for aligned ones.
+ * Allocation: BigCache (same site and class) first, then a retained
+ * mapping of the batch queue, then mmap.  Blocks of 2 MiB and more start
+ * 2 MiB into the mapping, 2 MiB aligned, advised MADV_HUGEPAGE.
+ * Free: BigCache, else the batch queue; munmap happens only there.
  * The segment map marks every chunk with its distance to the head chunk,
  * so a pointer's header is found without reading unmapped memory.  Freed
- * mappings are remembered in a small ring so that a second free of an
- * unmapped block is reported as a double free. */
+ * user pointers are remembered in a small ring so that a second free of
+ * an unmapped block is still reported as a double free. */
 #include <string.h>
+#include <sys/mman.h>
 
 #include "internal.h"
 
-#define HUGE_HEADER 64
 #define RECENT 64
+#define THP_SIZE ((size_t)2 << 20)
 
 static _Atomic(uint64_t) huge_allocs, huge_frees;
 static _Atomic(uintptr_t) recent[RECENT];
 static _Atomic(size_t) recent_next;
 
-_Static_assert(sizeof(hak_huge_t) <= HUGE_HEADER, "huge header");
-
 static uint64_t huge_checksum(const hak_huge_t* h) {
-  uint64_t x = h->magic ^ (h->map_size * 0x9e3779b97f4a7c15ULL) ^ (h->size << 1) ^ (h->offset << 7) ^
-               (uint64_t)h->site ^ _hak_free_key;
+  uint64_t x = h->magic ^ (h->map_size * 0x9e3779b97f4a7c15ULL) ^ (h->size << 1) ^ ((uint64_t)h->offset << 7) ^
+               (uint64_t)h->base ^ ((uint64_t)(uint32_t)h->cls << 40) ^ _hak_free_key;
   return x * 0xff51afd7ed558ccdULL;
 }
 
+/* Where the user block starts in its mapping. */
+size_t _hak_huge_offset(size_t size, size_t align) {
+  size_t off = size >= THP_SIZE ? THP_SIZE : HAK_HUGE_HEADER;
+  return align > off ? align : off;
+}
+
 void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh) {
-  size_t offset = align > HUGE_HEADER ? align : HUGE_HEADER;
-  size_t map_align = align > HAK_SEGMENT_SIZE ? align : HAK_SEGMENT_SIZE;
-  if (size > PTRDIFF_MAX - offset - HAK_SEGMENT_SIZE) return NULL;
+  _hak_madvq_tick();
+  int cls = align <= HAK_HUGE_HEADER ? _hak_bigcache_class(size) : -1;
+  if (cls >= 0) {
+    size = _hak_bigcache_class_size(cls); /* reusable by any request of the class */
+    hak_huge_t* h = _hak_bigcache_get(site, cls);
+    if (h != NULL) {
+      h->site = (uintptr_t)site;
+      atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
+      hak_atomic_add(huge_allocs, 1);
+      *fresh = false;
+      return (uint8_t*)h->base + h->offset;
+    }
+  }
+  size_t offset = _hak_huge_offset(size, align);
+  if (size > PTRDIFF_MAX - offset - HAK_SEGMENT_SIZE || align > ((size_t)1 << 30)) return NULL;
   size_t map_size = (offset + size + HAK_SEGMENT_MASK) & ~(size_t)HAK_SEGMENT_MASK;
-  uint8_t* base = _hak_os_alloc_aligned(map_size, map_align);
-  if (base == NULL) return NULL;
-  hak_huge_t* h = (hak_huge_t*)base;
+  uint8_t* base = NULL;
+  if (align <= HAK_SEGMENT_SIZE) base = (uint8_t*)_hak_madvq_reuse(map_size);
+  *fresh = base == NULL;
+  if (base == NULL) {
+    base = _hak_os_alloc_aligned(map_size, align > HAK_SEGMENT_SIZE ? align : HAK_SEGMENT_SIZE);
+    if (base == NULL) return NULL;
+    if (size >= THP_SIZE && hak_option(HAK_OPT_THP))
+      _hak_os_advise(base + offset, (map_size - offset) & ~(THP_SIZE - 1), MADV_HUGEPAGE);
+    _hak_segmap_set((uintptr_t)base, map_size, true);
+  }
+  hak_huge_t* h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER);
   h->magic = HAK_HUGE_MAGIC;
+  h->base = (uintptr_t)base;
   h->map_size = map_size;
   h->size = map_size - offset;
-  h->offset = offset;
+  h->offset = (uint32_t)offset;
+  h->cls = cls;
   h->site = (uintptr_t)site;
   atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
   h->checksum = huge_checksum(h);
-  _hak_segmap_set((uintptr_t)base, map_size, true);
   hak_atomic_add(huge_allocs, 1);
-  *fresh = true;
   return base + offset;
 }
 
@@ -57,8 +85,11 @@ static hak_huge_t* huge_lookup(const void* p) {
   uint8_t m = hak_segmap_get(a);
   if (m < HAK_MAP_HUGE || m == HAK_MAP_HUGE_FAR) return NULL;
   uintptr_t head = ((a >> HAK_SEGMENT_SHIFT) - (uintptr_t)(m - HAK_MAP_HUGE)) << HAK_SEGMENT_SHIFT;
-  hak_huge_t* h = (hak_huge_t*)head;
-  if (h->magic != HAK_HUGE_MAGIC || h->checksum != huge_checksum(h) || head + h->offset != a) return NULL;
+  if (a < head + HAK_HUGE_HEADER || (a & (HAK_ALIGN - 1)) != 0) return NULL;
+  hak_huge_t* h = (hak_huge_t*)(a - HAK_HUGE_HEADER); /* inside the mapping */
+  if (h->magic != HAK_HUGE_MAGIC || h->base != head || h->checksum != huge_checksum(h) ||
+      head + h->offset != a)
+    return NULL;
   return h;
 }
 
@@ -86,12 +117,11 @@ void _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
     return;
   }
   _hak_site_free((const void*)h->site);
-  size_t map_size = h->map_size;
+  hak_atomic_add(huge_frees, 1);
   size_t slot = atomic_fetch_add_explicit(&recent_next, 1, memory_order_relaxed) % RECENT;
   atomic_store_explicit(&recent[slot], (uintptr_t)p, memory_order_relaxed);
-  _hak_segmap_clear((uintptr_t)h, map_size);
-  _hak_os_free(h, map_size);
-  hak_atomic_add(huge_frees, 1);
+  if (h->cls >= 0 && _hak_bigcache_put(h)) return;
+  _hak_madvq_push(h->base, h->map_size);
 }
 
 bool _hak_huge_recently_freed(const void* p) {

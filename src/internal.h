@@ -39,6 +39,7 @@ HAK_INTERNAL extern const hak_os_t* _hak_os;   /* tests swap in a fake     */
 /* size and align: multiples of the OS page; align a power of two. */
 HAK_INTERNAL void* _hak_os_alloc_aligned(size_t size, size_t align);
 HAK_INTERNAL void _hak_os_free(void* addr, size_t size);
+HAK_INTERNAL int _hak_os_advise(void* addr, size_t size, int advice); /* counted */
 HAK_INTERNAL void _hak_os_stats(hak_stats_t* st);
 HAK_INTERNAL uint64_t _hak_os_random(void);   /* no allocation, no syscall */
 
@@ -87,6 +88,7 @@ HAK_INTERNAL hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n);
 HAK_INTERNAL void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page);
 HAK_INTERNAL void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg);
 HAK_INTERNAL void _hak_segment_stats(hak_stats_t* st);
+HAK_INTERNAL void _hak_segment_trim(void);
 HAK_INTERNAL void _hak_segment_lock(bool lock);     /* fork */
 HAK_INTERNAL void _hak_segment_fork_child(void);
 static inline hak_segment_t* hak_segment_of(const void* p) {
@@ -134,6 +136,26 @@ HAK_INTERNAL void _hak_huge_free(void* p, hak_fn_t fn, const void* site);
 HAK_INTERNAL hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn); /* NULL if invalid (reported) */
 HAK_INTERNAL bool _hak_huge_recently_freed(const void* p);
 HAK_INTERNAL void _hak_huge_stats(hak_stats_t* st);
+HAK_INTERNAL size_t _hak_huge_offset(size_t size, size_t align);
+
+/* ---- bigcache.c: freed huge blocks kept per (site, class) ----------------- */
+HAK_INTERNAL int _hak_bigcache_class(size_t size);        /* -1: bypass */
+HAK_INTERNAL size_t _hak_bigcache_class_size(int cls);
+HAK_INTERNAL hak_huge_t* _hak_bigcache_get(const void* site, int cls);
+HAK_INTERNAL bool _hak_bigcache_put(hak_huge_t* h);
+HAK_INTERNAL void _hak_bigcache_drain(void);
+HAK_INTERNAL size_t _hak_bigcache_check(void);
+HAK_INTERNAL void _hak_bigcache_stats(hak_stats_t* st);
+
+/* ---- madvq.c: the batch queue ------------------------------------------- */
+HAK_INTERNAL void _hak_madvq_push(uintptr_t base, size_t size);
+HAK_INTERNAL void _hak_madvq_tick(void);
+HAK_INTERNAL void _hak_madvq_flush(bool all);
+HAK_INTERNAL uintptr_t _hak_madvq_reuse(size_t size);
+HAK_INTERNAL size_t _hak_madvq_check(void);
+HAK_INTERNAL void _hak_madvq_lock(bool lock);
+HAK_INTERNAL void _hak_madvq_fork_child(void);
+HAK_INTERNAL void _hak_madvq_stats(hak_stats_t* st);
 
 /* ---- site.c: call-site table -------------------------------------------- */
 HAK_INTERNAL void _hak_site_alloc(const void* site, size_t size);

@@ -31,6 +31,22 @@ static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
                                 "bytes; requests this large or larger are mapped directly"},
     [HAK_OPT_STATS_FILE] = {"STATS_FILE", 0, 0, 0, NULL, true,
                             "append the statistics to this file instead of stderr"},
+    [HAK_OPT_THP] = {"THP", 1, 0, 1, NULL, false,
+                     "1: advise transparent huge pages for blocks of 2 MiB and more"},
+    [HAK_OPT_BIGCACHE_BYTES] = {"BIGCACHE_BYTES", 256 * MiB, 0, 64 * 1024 * MiB, NULL, false,
+                                "bytes of freed huge blocks BigCache keeps mapped for reuse"},
+    [HAK_OPT_BIGCACHE_SLOTS] = {"BIGCACHE_SLOTS", 4, 0, 8, NULL, false,
+                                "blocks kept per (call site, size class)"},
+    [HAK_OPT_BIGCACHE_EXPIRY_MS] = {"BIGCACHE_EXPIRY_MS", 2000, 0, 3600000, NULL, false,
+                                    "a block idle in BigCache this long goes to the batch queue"},
+    [HAK_OPT_BATCH_BYTES] = {"BATCH_BYTES", 8 * MiB, 0, 1024 * MiB, NULL, false,
+                             "the batch queue is released (madvise) once it holds this many bytes"},
+    [HAK_OPT_BATCH_RANGES] = {"BATCH_RANGES", 256, 1, 256, NULL, false,
+                              "... or this many ranges"},
+    [HAK_OPT_BATCH_DEADLINE_MS] = {"BATCH_DEADLINE_MS", 100, 0, 60000, NULL, false,
+                                   "... or when its oldest range has waited this long"},
+    [HAK_OPT_RETAIN_BYTES] = {"RETAIN_BYTES", 64 * MiB, 0, 64 * 1024 * MiB, NULL, false,
+                              "released mappings kept for reuse; beyond this they are unmapped"},
 };
 
 long _hak_options[HAK_OPT_COUNT] = {
@@ -38,6 +54,14 @@ long _hak_options[HAK_OPT_COUNT] = {
     [HAK_OPT_STATS] = 0,
     [HAK_OPT_SEGMENT_CACHE] = 4,
     [HAK_OPT_HUGE_THRESHOLD] = 2 * MiB,
+    [HAK_OPT_THP] = 1,
+    [HAK_OPT_BIGCACHE_BYTES] = 256 * MiB,
+    [HAK_OPT_BIGCACHE_SLOTS] = 4,
+    [HAK_OPT_BIGCACHE_EXPIRY_MS] = 2000,
+    [HAK_OPT_BATCH_BYTES] = 8 * MiB,
+    [HAK_OPT_BATCH_RANGES] = 256,
+    [HAK_OPT_BATCH_DEADLINE_MS] = 100,
+    [HAK_OPT_RETAIN_BYTES] = 64 * MiB,
 };
 const char* _hak_stats_file;
 

@@ -75,6 +75,11 @@ void* _hak_os_alloc_aligned(size_t size, size_t align) {
   return p;
 }
 
+int _hak_os_advise(void* addr, size_t size, int advice) {
+  hak_atomic_add(os_madvise_calls, 1);
+  return _hak_os->advise(addr, size, advice);
+}
+
 void _hak_os_free(void* addr, size_t size) {
   os_unmap_counted(addr, size);
   os_account(size, false);

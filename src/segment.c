@@ -120,6 +120,22 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page) {
     _hak_segment_release(heap, seg);
 }
 
+/* Unmaps every cached empty segment (hak_collect). */
+void _hak_segment_trim(void) {
+  pthread_mutex_lock(&seg_lock);
+  hak_segment_t* list = seg_cache;
+  seg_cache = NULL;
+  seg_cache_count = 0;
+  pthread_mutex_unlock(&seg_lock);
+  while (list != NULL) {
+    hak_segment_t* next = list->next;
+    list->magic = 0;
+    _hak_segmap_clear((uintptr_t)list, HAK_SEGMENT_SIZE);
+    _hak_os_free(list, HAK_SEGMENT_SIZE);
+    list = next;
+  }
+}
+
 void _hak_segment_stats(hak_stats_t* st) {
   st->segments_current = atomic_load(&seg_current);
   pthread_mutex_lock(&seg_lock);

@@ -11,6 +11,8 @@ void hak_stats_get(hak_stats_t* st) {
   memset(st, 0, sizeof(*st));
   _hak_heap_stats(st);
   _hak_huge_stats(st);
+  _hak_bigcache_stats(st);
+  _hak_madvq_stats(st);
   _hak_os_stats(st);
   _hak_segment_stats(st);
   _hak_site_stats(st);

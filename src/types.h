@@ -167,18 +167,27 @@ typedef struct hak_heap_s {
   bool abandoned;
 } hak_heap_t;
 
-/* Huge block header, at the start of its (4 MiB aligned) mapping.  The user
- * pointer is base + offset.  checksum covers the other fields. */
+/* Huge block header, the 64 bytes just below the user pointer.  The mapping
+ * starts at base (4 MiB aligned, a multiple of 4 MiB long); the user block
+ * starts at base + offset: 64 for blocks under 2 MiB, 2 MiB for larger ones
+ * (so they are 2 MiB aligned for transparent huge pages), the alignment for
+ * aligned requests.  checksum covers the fields that never change while
+ * the mapping lives (magic, base, map_size, size, offset, cls). */
 typedef struct hak_huge_s {
   uint64_t magic;
+  uintptr_t base;                 /* start of the mapping                   */
   size_t map_size;                /* bytes mapped                           */
   size_t size;                    /* usable bytes from the user pointer     */
-  size_t offset;                  /* user pointer - header                  */
-  uintptr_t site;
-  _Atomic(uint64_t) state;        /* HAK_HUGE_LIVE / HAK_HUGE_FREED         */
+  uint32_t offset;                /* user pointer - base (<= 1 GiB)         */
+  int32_t cls;                    /* BigCache class, -1 if not cacheable    */
+  uintptr_t site;                 /* call site of the last allocation       */
+  _Atomic(uint32_t) state;        /* HAK_HUGE_LIVE / HAK_HUGE_FREED         */
+  uint32_t _pad;
   uint64_t checksum;
 } hak_huge_t;
 
+#define HAK_HUGE_HEADER 64
+_Static_assert(sizeof(hak_huge_t) <= HAK_HUGE_HEADER, "huge header fits 64 bytes");
 #define HAK_HUGE_MAGIC 0x48414b4d48554745ULL /* "HAKMHUGE" */
 #define HAK_HUGE_LIVE 0x4c495645u
 #define HAK_HUGE_FREED 0x46524545u
@@ -198,6 +207,14 @@ typedef enum {
   HAK_OPT_SEGMENT_CACHE,   /* empty segments kept for reuse                 */
   HAK_OPT_HUGE_THRESHOLD,  /* bytes; >= goes straight to mmap               */
   HAK_OPT_STATS_FILE,      /* path the statistics are appended to           */
+  HAK_OPT_THP,             /* advise huge pages for blocks >= 2 MiB         */
+  HAK_OPT_BIGCACHE_BYTES,  /* BigCache budget                               */
+  HAK_OPT_BIGCACHE_SLOTS,  /* slots per (site, class) row                   */
+  HAK_OPT_BIGCACHE_EXPIRY_MS, /* idle blocks leave BigCache after this      */
+  HAK_OPT_BATCH_BYTES,     /* batch queue flushes at this many bytes ...    */
+  HAK_OPT_BATCH_RANGES,    /* ... or this many ranges ...                   */
+  HAK_OPT_BATCH_DEADLINE_MS, /* ... or when the oldest waited this long     */
+  HAK_OPT_RETAIN_BYTES,    /* advised mappings kept for reuse before munmap */
   HAK_OPT_COUNT
 } hak_option_t;
 

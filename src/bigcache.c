@@ -1,0 +1,179 @@
+/* BigCache: freed huge blocks kept mapped, per (call site, size class), so
+ * that the next allocation of that class from that site reuses the mapping
+ * with no system call and no page fault.
+ *
+ * - Classes (the original's): 512 KiB, 1, 2, 3, 4, 6, 8, 16 MiB.  A huge
+ *   request of a class is mapped at the class size so any later request of
+ *   the class fits; larger requests bypass the cache.
+ * - Rows: 256 site buckets x 8 classes, HAKMEM_BIGCACHE_SLOTS (4) slots
+ *   each.  A slot holds a mapping's base (4 MiB aligned) with the time it
+ *   was cached in the low 22 bits (milliseconds, modulo 2^22), so expiry
+ *   never reads a block another thread may have taken; put and get claim
+ *   slots with one compare-and-swap: thread-safe without a lock.
+ * - Budget: at most HAKMEM_BIGCACHE_BYTES (256 MiB) cached in all; a block
+ *   that does not fit, the oldest block of a full row, and a block idle for
+ *   HAKMEM_BIGCACHE_EXPIRY_MS (2 s) are evicted: to the batch queue, never
+ *   straight to munmap.
+ * - Expiry is checked on puts to the row and by a sweep of 1/16 of the
+ *   table on every 16th put; hak_collect() evicts everything.
+ *
+ * Invariants: a slot's block has state FREED and cls == the slot's class;
+ * no block is in two slots or in a slot and the batch queue;
+ * cached_bytes == sum of the mapping sizes in slots (when quiescent). */
+#include "internal.h"
+
+#define BC_SITES 256
+#define BC_CLASSES 8
+#define BC_SLOTS_MAX 8
+
+static const size_t bc_class_size[BC_CLASSES] = {
+    512u << 10, 1u << 20, 2u << 20, 3u << 20, 4u << 20, 6u << 20, 8u << 20, 16u << 20,
+};
+
+#define TIME_BITS 22
+#define TIME_MASK ((uintptr_t)HAK_SEGMENT_MASK)
+_Static_assert(HAK_SEGMENT_SHIFT == TIME_BITS, "slot packs time into the base's zero bits");
+
+static _Atomic(uintptr_t) bc_slots[BC_SITES][BC_CLASSES][BC_SLOTS_MAX];
+static _Atomic(uint64_t) bc_bytes;
+static _Atomic(uint64_t) st_hits, st_misses, st_puts, st_evictions, st_expired;
+static _Atomic(uint32_t) bc_sweep_cursor, bc_put_count;
+
+int _hak_bigcache_class(size_t size) {
+  for (int c = 0; c < BC_CLASSES; c++)
+    if (size <= bc_class_size[c]) return c;
+  return -1;
+}
+
+size_t _hak_bigcache_class_size(int cls) { return bc_class_size[cls]; }
+
+static size_t bc_row(uintptr_t site) {
+  site ^= site >> 15;
+  site *= 0x2c1b3c6dU;
+  site ^= site >> 12;
+  return site % BC_SITES;
+}
+
+static uintptr_t now_ms(uint64_t now_ns) { return (uintptr_t)(now_ns / 1000000u) & TIME_MASK; }
+
+static hak_huge_t* slot_header(uintptr_t v, int cls) {
+  return (hak_huge_t*)((v & ~TIME_MASK) + _hak_huge_offset(bc_class_size[cls], 0) - HAK_HUGE_HEADER);
+}
+
+static void bc_evict(uintptr_t v, int cls) {
+  hak_huge_t* h = slot_header(v, cls);
+  atomic_fetch_sub_explicit(&bc_bytes, h->map_size, memory_order_relaxed);
+  hak_atomic_add(st_evictions, 1);
+  _hak_madvq_push(h->base, h->map_size);
+}
+
+/* Evicts blocks of one row idle longer than the expiry. */
+static void bc_expire_row(_Atomic(uintptr_t)* row, int cls, uint64_t now) {
+  uintptr_t expiry = (uintptr_t)hak_option(HAK_OPT_BIGCACHE_EXPIRY_MS);
+  uintptr_t t = now_ms(now);
+  for (int i = 0; i < BC_SLOTS_MAX; i++) {
+    uintptr_t v = atomic_load_explicit(&row[i], memory_order_acquire);
+    if (v == 0 || ((t - v) & TIME_MASK) < expiry) continue;
+    if (atomic_compare_exchange_strong(&row[i], &v, 0)) {
+      hak_atomic_add(st_expired, 1);
+      bc_evict(v, cls);
+    }
+  }
+}
+
+static void bc_sweep_some(uint64_t now) {
+  uint32_t start = atomic_fetch_add(&bc_sweep_cursor, BC_SITES / 16) % BC_SITES;
+  for (uint32_t s = start; s < start + BC_SITES / 16; s++)
+    for (int c = 0; c < BC_CLASSES; c++) bc_expire_row(bc_slots[s % BC_SITES][c], c, now);
+}
+
+/* A cached block of this class for this site, or NULL (a miss). */
+hak_huge_t* _hak_bigcache_get(const void* site, int cls) {
+  _Atomic(uintptr_t)* row = bc_slots[bc_row((uintptr_t)site)][cls];
+  int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
+  for (int i = 0; i < slots; i++) {
+    uintptr_t v = atomic_load_explicit(&row[i], memory_order_acquire);
+    if (v != 0 && atomic_compare_exchange_strong(&row[i], &v, 0)) {
+      hak_huge_t* h = slot_header(v, cls);
+      atomic_fetch_sub_explicit(&bc_bytes, h->map_size, memory_order_relaxed);
+      hak_atomic_add(st_hits, 1);
+      return h;
+    }
+  }
+  hak_atomic_add(st_misses, 1);
+  return NULL;
+}
+
+/* Keeps a freed block (state FREED, cls >= 0, site = the row's site);
+ * false if it did not fit and must go to the batch queue (counted as an
+ * eviction). */
+bool _hak_bigcache_put(hak_huge_t* h) {
+  uint64_t now = _hak_os->now_ns();
+  uintptr_t v = h->base | now_ms(now);
+  int cls = h->cls;
+  hak_atomic_add(st_puts, 1);
+  _Atomic(uintptr_t)* row = bc_slots[bc_row(h->site)][cls];
+  int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
+  if ((atomic_fetch_add(&bc_put_count, 1) & 15) == 0) bc_sweep_some(now);
+  bc_expire_row(row, cls, now);
+  uint64_t budget = (uint64_t)hak_option(HAK_OPT_BIGCACHE_BYTES);
+  if (slots == 0 || atomic_fetch_add(&bc_bytes, h->map_size) + h->map_size > budget) {
+    if (slots != 0) atomic_fetch_sub(&bc_bytes, h->map_size);
+    hak_atomic_add(st_evictions, 1);
+    return false;
+  }
+  for (int attempt = 0; attempt < 2; attempt++) {
+    for (int i = 0; i < slots; i++) {
+      uintptr_t empty = 0;
+      if (atomic_compare_exchange_strong(&row[i], &empty, v)) return true;
+    }
+    /* row full: evict its oldest block, then try again */
+    int oldest = -1;
+    uintptr_t oldest_age = 0;
+    for (int i = 0; i < slots; i++) {
+      uintptr_t o = atomic_load_explicit(&row[i], memory_order_acquire);
+      uintptr_t age = (now_ms(now) - o) & TIME_MASK;
+      if (o != 0 && (oldest < 0 || age > oldest_age)) oldest = i, oldest_age = age;
+    }
+    if (oldest >= 0) {
+      uintptr_t o = atomic_load_explicit(&row[oldest], memory_order_acquire);
+      if (o != 0 && atomic_compare_exchange_strong(&row[oldest], &o, 0)) bc_evict(o, cls);
+    }
+  }
+  atomic_fetch_sub(&bc_bytes, h->map_size);
+  hak_atomic_add(st_evictions, 1);
+  return false;
+}
+
+/* Evicts everything (hak_collect). */
+void _hak_bigcache_drain(void) {
+  for (int s = 0; s < BC_SITES; s++)
+    for (int c = 0; c < BC_CLASSES; c++)
+      for (int i = 0; i < BC_SLOTS_MAX; i++) {
+        uintptr_t v = atomic_exchange(&bc_slots[s][c][i], 0);
+        if (v != 0) bc_evict(v, c);
+      }
+}
+
+/* Checker: every cached block is a freed huge block of its slot's class. */
+size_t _hak_bigcache_check(void) {
+  size_t bad = 0;
+  for (int s = 0; s < BC_SITES; s++)
+    for (int c = 0; c < BC_CLASSES; c++)
+      for (int i = 0; i < BC_SLOTS_MAX; i++) {
+        uintptr_t v = atomic_load(&bc_slots[s][c][i]);
+        if (v == 0) continue;
+        hak_huge_t* h = slot_header(v, c);
+        if (h->magic != HAK_HUGE_MAGIC || h->cls != c || atomic_load(&h->state) != HAK_HUGE_FREED) bad++;
+      }
+  return bad;
+}
+
+void _hak_bigcache_stats(hak_stats_t* st) {
+  st->bigcache_hits = atomic_load(&st_hits);
+  st->bigcache_misses = atomic_load(&st_misses);
+  st->bigcache_puts = atomic_load(&st_puts);
+  st->bigcache_evictions = atomic_load(&st_evictions);
+  st->bigcache_expired = atomic_load(&st_expired);
+  st->bigcache_bytes = atomic_load(&bc_bytes);
+}

@@ -1,0 +1,207 @@
+/* The batch queue: huge mappings leaving BigCache wait here and are
+ * released to the OS in batches, so that TLB shootdowns and system calls
+ * are amortized.
+ *
+ * - madvq_push adds a mapping [base, base+size).  The queue is released
+ *   when it holds HAKMEM_BATCH_BYTES (8 MiB) or HAKMEM_BATCH_RANGES (256)
+ *   ranges, when its oldest range has waited HAKMEM_BATCH_DEADLINE_MS
+ *   (checked on every huge allocation and free), or on hak_collect().
+ * - Release sorts the ranges by address and coalesces neighbours (huge
+ *   mappings are usually placed back to back), then advises each run with
+ *   MADV_FREE (MADV_DONTNEED where the kernel lacks it): one system call
+ *   per run, not per block.
+ * - Released mappings stay mapped and registered, retained for reuse by
+ *   the next huge allocation of the same mapping size (no mmap).  Only when
+ *   more than HAKMEM_RETAIN_BYTES are retained are the oldest unmapped.
+ *   hak_collect() unmaps everything.
+ * - Flushing never allocates: ranges are copied to the stack.  One mutex
+ *   guards the queue and the retained list; no system call runs under it.
+ *
+ * Invariants: queued and retained ranges are disjoint, 4 MiB aligned, each
+ * a whole registered huge mapping that no live block and no BigCache slot
+ * uses; queue_bytes == sum of queued sizes; retained_bytes likewise. */
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "internal.h"
+
+#define QUEUE_MAX 256
+#define RETAINED_MAX 512
+
+typedef struct range_s {
+  uintptr_t base;
+  size_t size;
+} range_t;
+
+static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
+static range_t queue[QUEUE_MAX];
+static size_t queue_len, queue_bytes;
+static uint64_t queue_oldest_ns;
+static range_t retained[RETAINED_MAX]; /* oldest first */
+static size_t retained_len, retained_bytes;
+
+static _Atomic(size_t) q_pending; /* queue_len, readable without the lock */
+static _Atomic(uint64_t) st_queued, st_flushes, st_madvise_calls, st_bytes_advised, st_munmaps,
+    st_reused, st_retained_bytes;
+
+static bool flush_due(uint64_t now) {
+  if (queue_len == 0) return false;
+  return queue_bytes >= (size_t)hak_option(HAK_OPT_BATCH_BYTES) ||
+         queue_len >= (size_t)hak_option(HAK_OPT_BATCH_RANGES) || queue_len == QUEUE_MAX ||
+         now - queue_oldest_ns >= (uint64_t)hak_option(HAK_OPT_BATCH_DEADLINE_MS) * 1000000u;
+}
+
+void _hak_madvq_push(uintptr_t base, size_t size) {
+  uint64_t now = _hak_os->now_ns();
+  bool full;
+  pthread_mutex_lock(&q_lock);
+  while (queue_len == QUEUE_MAX) { /* only if flushes lag behind pushes */
+    pthread_mutex_unlock(&q_lock);
+    _hak_madvq_flush(false);
+    pthread_mutex_lock(&q_lock);
+  }
+  if (queue_len == 0) queue_oldest_ns = now;
+  queue[queue_len++] = (range_t){base, size};
+  atomic_store_explicit(&q_pending, queue_len, memory_order_relaxed);
+  queue_bytes += size;
+  full = flush_due(now);
+  pthread_mutex_unlock(&q_lock);
+  hak_atomic_add(st_queued, 1);
+  if (full) _hak_madvq_flush(false);
+}
+
+void _hak_madvq_tick(void) {
+  if (atomic_load_explicit(&q_pending, memory_order_relaxed) == 0) return;
+  uint64_t now = _hak_os->now_ns();
+  pthread_mutex_lock(&q_lock);
+  bool due = flush_due(now);
+  pthread_mutex_unlock(&q_lock);
+  if (due) _hak_madvq_flush(false);
+}
+
+static void sort_ranges(range_t* r, size_t n) {
+  for (size_t i = 1; i < n; i++) {
+    range_t x = r[i];
+    size_t j = i;
+    for (; j > 0 && r[j - 1].base > x.base; j--) r[j] = r[j - 1];
+    r[j] = x;
+  }
+}
+
+static void advise_run(uintptr_t base, size_t size) {
+  hak_atomic_add(st_madvise_calls, 1);
+  if (_hak_os_advise((void*)base, size, MADV_FREE) == EINVAL) {
+    hak_atomic_add(st_madvise_calls, 1);
+    _hak_os_advise((void*)base, size, MADV_DONTNEED);
+  }
+  hak_atomic_add(st_bytes_advised, size);
+}
+
+/* Releases the queue; with all, also unmaps every retained mapping. */
+void _hak_madvq_flush(bool all) {
+  range_t batch[QUEUE_MAX];
+  range_t unmap[RETAINED_MAX + QUEUE_MAX];
+  size_t n, nu = 0;
+  pthread_mutex_lock(&q_lock);
+  n = queue_len;
+  memcpy(batch, queue, n * sizeof(range_t));
+  queue_len = queue_bytes = 0;
+  atomic_store_explicit(&q_pending, 0, memory_order_relaxed);
+  pthread_mutex_unlock(&q_lock);
+
+  if (n > 0) {
+    hak_atomic_add(st_flushes, 1);
+    sort_ranges(batch, n);
+    uintptr_t run = batch[0].base;
+    size_t run_size = batch[0].size;
+    for (size_t i = 1; i < n; i++) {
+      if (batch[i].base == run + run_size) {
+        run_size += batch[i].size;
+        continue;
+      }
+      advise_run(run, run_size);
+      run = batch[i].base;
+      run_size = batch[i].size;
+    }
+    advise_run(run, run_size);
+  }
+
+  pthread_mutex_lock(&q_lock);
+  for (size_t i = 0; i < n; i++) {
+    if (retained_len == RETAINED_MAX) { /* table full: the oldest goes */
+      unmap[nu++] = retained[0];
+      retained_bytes -= retained[0].size;
+      memmove(retained, retained + 1, --retained_len * sizeof(range_t));
+    }
+    retained[retained_len++] = batch[i];
+    retained_bytes += batch[i].size;
+  }
+  size_t budget = all ? 0 : (size_t)hak_option(HAK_OPT_RETAIN_BYTES);
+  size_t drop = 0;
+  while (drop < retained_len && retained_bytes > budget) {
+    unmap[nu++] = retained[drop];
+    retained_bytes -= retained[drop].size;
+    drop++;
+  }
+  retained_len -= drop;
+  memmove(retained, retained + drop, retained_len * sizeof(range_t));
+  atomic_store(&st_retained_bytes, retained_bytes);
+  pthread_mutex_unlock(&q_lock);
+
+  for (size_t i = 0; i < nu; i++) { /* deferred munmap, beyond the budget */
+    _hak_segmap_clear(unmap[i].base, unmap[i].size);
+    _hak_os_free((void*)unmap[i].base, unmap[i].size);
+    hak_atomic_add(st_munmaps, 1);
+  }
+}
+
+/* A retained mapping of exactly size bytes (newest first), or 0. */
+uintptr_t _hak_madvq_reuse(size_t size) {
+  uintptr_t base = 0;
+  pthread_mutex_lock(&q_lock);
+  for (size_t i = retained_len; i-- > 0;) {
+    if (retained[i].size != size) continue;
+    base = retained[i].base;
+    retained_bytes -= size;
+    memmove(retained + i, retained + i + 1, (--retained_len - i) * sizeof(range_t));
+    atomic_store(&st_retained_bytes, retained_bytes);
+    break;
+  }
+  pthread_mutex_unlock(&q_lock);
+  if (base) hak_atomic_add(st_reused, 1);
+  return base;
+}
+
+/* Checker: queued and retained ranges are disjoint and aligned. */
+size_t _hak_madvq_check(void) {
+  size_t bad = 0;
+  pthread_mutex_lock(&q_lock);
+  range_t all[QUEUE_MAX + RETAINED_MAX];
+  size_t n = 0;
+  for (size_t i = 0; i < queue_len; i++) all[n++] = queue[i];
+  for (size_t i = 0; i < retained_len; i++) all[n++] = retained[i];
+  pthread_mutex_unlock(&q_lock);
+  sort_ranges(all, n);
+  for (size_t i = 0; i < n; i++) {
+    if ((all[i].base & HAK_SEGMENT_MASK) || (all[i].size & HAK_SEGMENT_MASK)) bad++;
+    if (i > 0 && all[i - 1].base + all[i - 1].size > all[i].base) bad++;
+  }
+  return bad;
+}
+
+void _hak_madvq_lock(bool lock) {
+  if (lock) pthread_mutex_lock(&q_lock);
+  else pthread_mutex_unlock(&q_lock);
+}
+void _hak_madvq_fork_child(void) { pthread_mutex_init(&q_lock, NULL); }
+
+void _hak_madvq_stats(hak_stats_t* st) {
+  st->batch_queued = atomic_load(&st_queued);
+  st->batch_flushes = atomic_load(&st_flushes);
+  st->batch_madvise_calls = atomic_load(&st_madvise_calls);
+  st->batch_bytes_advised = atomic_load(&st_bytes_advised);
+  st->batch_munmaps = atomic_load(&st_munmaps);
+  st->batch_reused = atomic_load(&st_reused);
+  st->batch_retained_bytes = atomic_load(&st_retained_bytes);
+}
