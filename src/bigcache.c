@@ -64,7 +64,7 @@ static void bc_evict(uintptr_t v, int cls) {
   hak_huge_t* h = slot_header(v, cls);
   atomic_fetch_sub_explicit(&bc_bytes, h->map_size, memory_order_relaxed);
   hak_atomic_add(st_evictions, 1);
-  _hak_madvq_push(h->base, h->map_size);
+  _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
 }
 
 /* Evicts blocks of one row idle longer than the expiry. */

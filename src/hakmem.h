@@ -56,6 +56,7 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(batch, bytes_advised, "bytes released with madvise")                   \
   X(batch, munmaps, "mappings unmapped beyond the retained budget")        \
   X(batch, reused, "huge allocations served by a retained mapping")        \
+  X(batch, taken_back, "huge allocations served by a still-queued mapping") \
   X(batch, retained_bytes, "released mappings kept for reuse now")         \
   X(os, mmap_calls, "mmap system calls")                                   \
   X(os, munmap_calls, "munmap system calls")                               \

@@ -55,7 +55,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh) 
   if (size > PTRDIFF_MAX - offset - HAK_SEGMENT_SIZE || align > ((size_t)1 << 30)) return NULL;
   size_t map_size = (offset + size + HAK_SEGMENT_MASK) & ~(size_t)HAK_SEGMENT_MASK;
   uint8_t* base = NULL;
-  if (align <= HAK_SEGMENT_SIZE) base = (uint8_t*)_hak_madvq_reuse(map_size);
+  if (align <= HAK_SEGMENT_SIZE) base = (uint8_t*)_hak_madvq_reuse(map_size); /* contents: stale */
   *fresh = base == NULL;
   if (base == NULL) {
     base = _hak_os_alloc_aligned(map_size, align > HAK_SEGMENT_SIZE ? align : HAK_SEGMENT_SIZE);
@@ -68,7 +68,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh) 
   h->magic = HAK_HUGE_MAGIC;
   h->base = (uintptr_t)base;
   h->map_size = map_size;
-  h->size = map_size - offset;
+  h->size = cls >= 0 ? size : map_size - offset; /* what may be touched */
   h->offset = (uint32_t)offset;
   h->cls = cls;
   h->site = (uintptr_t)site;
@@ -121,7 +121,7 @@ void _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
   size_t slot = atomic_fetch_add_explicit(&recent_next, 1, memory_order_relaxed) % RECENT;
   atomic_store_explicit(&recent[slot], (uintptr_t)p, memory_order_relaxed);
   if (h->cls >= 0 && _hak_bigcache_put(h)) return;
-  _hak_madvq_push(h->base, h->map_size);
+  _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
 }
 
 bool _hak_huge_recently_freed(const void* p) {

@@ -13,9 +13,9 @@
  *   used 180 s), so policy does not flap on noise.
  * - ELO ranks 12 global threshold strategies (512 KiB .. 32 MiB,
  *   geometric).  Epsilon-greedy (10 %) selection gathers cost samples;
- *   a candidate with >= 50 samples since its last match plays the champion
+ *   candidates with >= 50 samples since their last match play each other
  *   (K = 32), the lower scale-free cost 40 % CPU + 30 % faults + 30 % memory
- *   winning.  Once every candidate has played, only the top 6 stay active,
+ *   winning; the champion (best rating) is the policy in force.  Once every candidate has played, only the top 6 stay active,
  *   so exploration is not wasted on losers.
  * - The lifecycle turns learning off once p99 has converged (FROZEN) and
  *   back on when the workload changes (p99 degrades, or the size mix
@@ -148,8 +148,10 @@ void _hak_ucb_update(hak_ucb_t* u, int arm, double reward) {
 
 /* One evaluation.  The challenger is the arm with the highest mean among
  * those with >= HAK_UCB_MIN_PULLS pulls (ties -> lower index).  It "wins"
- * when it is not current, current also has >= HAK_UCB_MIN_PULLS pulls, and
- * its mean is >= HAK_UCB_MARGIN x current's (and strictly greater).  A win
+ * when it is not current and its mean is >= HAK_UCB_MARGIN x current's and
+ * strictly greater.  Current's own pull count is not required: UCB stops
+ * pulling a bad arm, and a bad current arm must still be replaceable
+ * (unplayed, its mean counts as 0).  A win
  * by the same arm as last time extends the streak, a win by another arm
  * restarts it at 1, anything else clears it.  With the streak at
  * HAK_UCB_STREAK the challenger is adopted, unless an earlier adoption
@@ -162,8 +164,7 @@ bool _hak_ucb_evaluate(hak_ucb_t* u, uint64_t now_ns, uint64_t cooldown_ns) {
   for (int a = 0; a < HAK_UCB_ARMS; a++)
     if (u->pulls[a] >= HAK_UCB_MIN_PULLS && (best < 0 || _hak_ucb_mean(u, a) > _hak_ucb_mean(u, best))) best = a;
   double mb = _hak_ucb_mean(u, best), mc = _hak_ucb_mean(u, u->current);
-  if (best < 0 || best == u->current || u->pulls[u->current] < HAK_UCB_MIN_PULLS ||
-      !(mb >= HAK_UCB_MARGIN * mc && mb > mc)) {
+  if (best < 0 || best == u->current || !(mb >= HAK_UCB_MARGIN * mc && mb > mc)) {
     u->challenger = -1;
     u->streak = 0;
     return false;
@@ -187,17 +188,21 @@ bool _hak_ucb_evaluate(hak_ucb_t* u, uint64_t now_ns, uint64_t cooldown_ns) {
 size_t _hak_ucb_threshold(const hak_ucb_t* u) { return _hak_ucb_thresholds[u->current]; }
 
 /* ---- ELO ---------------------------------------------------------------------------
- * Matches: at _hak_elo_play the champion (fixed at the start of the call) is
- * the referee of every match: if it has >= HAK_ELO_MIN_SAMPLES samples since
- * its last match, it plays, in index order, every other active candidate
- * that has too, each match using the means accumulated so far and the
- * ratings as updated by the previous match.  A non-ready champion means no
- * match this call (it gets 90 % of the samples, so that is short).  Then the
- * accumulators of everyone who played are reset.  Pruning starts once every
- * candidate has played at least one match (so none is eliminated on its
- * untested initial rating); from then on, after each play that played a
- * match, exactly the top HAK_ELO_SURVIVORS of all 12 by rating (ties ->
- * lower index) are active: a survivor that keeps losing can fall below an
+ * Matches: at _hak_elo_play every pair of ready candidates (active, with
+ * >= HAK_ELO_MIN_SAMPLES samples since their last match) plays once, in
+ * index order (0-1, 0-2, ..., 1-2, ...), each match using the means
+ * accumulated so far and the ratings as updated by the previous match; then
+ * the accumulators of everyone who played are reset.  The champion gets
+ * ~90 % of the samples, so it is ready at nearly every call and meets each
+ * challenger as that one becomes ready; challengers ready at the same call
+ * also meet each other, which orders the losers (champion-only matches would
+ * leave them all at about the same rating, making the cut arbitrary).
+ * Calling play at window boundaries rather than per sample lets more
+ * challengers become ready together.  Pruning starts once every candidate
+ * has played at least one match (so none is eliminated on its untested
+ * initial rating); from then on, after each play that played a match,
+ * exactly the top HAK_ELO_SURVIVORS of all 12 by rating (ties -> lower
+ * index) are active: a survivor that keeps losing can fall below an
  * eliminated candidate's frozen rating, which brings that one back. */
 const size_t _hak_elo_thresholds[HAK_ELO_CANDIDATES] = {
     524288, 765952, 1118208, 1630208, 2379776, 3473408,
@@ -279,15 +284,16 @@ static void elo_reset(hak_elo_cand_t* c) {
 }
 
 int _hak_elo_play(hak_elo_t* e) {
-  int ch = _hak_elo_champion(e), played = 0;
-  if (!e->c[ch].active || e->c[ch].n < HAK_ELO_MIN_SAMPLES) return 0;
-  bool done[HAK_ELO_CANDIDATES] = {false};
-  for (int i = 0; i < HAK_ELO_CANDIDATES; i++) {
-    if (i == ch || !e->c[i].active || e->c[i].n < HAK_ELO_MIN_SAMPLES) continue;
-    elo_match(e, ch, i);
-    done[i] = done[ch] = true;
-    played++;
-  }
+  bool ready[HAK_ELO_CANDIDATES], done[HAK_ELO_CANDIDATES] = {false};
+  for (int i = 0; i < HAK_ELO_CANDIDATES; i++) ready[i] = e->c[i].active && e->c[i].n >= HAK_ELO_MIN_SAMPLES;
+  int played = 0;
+  for (int i = 0; i < HAK_ELO_CANDIDATES; i++)
+    for (int j = i + 1; j < HAK_ELO_CANDIDATES && ready[i]; j++) {
+      if (!ready[j]) continue;
+      elo_match(e, i, j);
+      done[i] = done[j] = true;
+      played++;
+    }
   if (played == 0) return 0;
   bool all_played = true;
   for (int i = 0; i < HAK_ELO_CANDIDATES; i++) {

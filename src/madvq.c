@@ -2,14 +2,19 @@
  * released to the OS in batches, so that TLB shootdowns and system calls
  * are amortized.
  *
- * - madvq_push adds a mapping [base, base+size).  The queue is released
- *   when it holds HAKMEM_BATCH_BYTES (8 MiB) or HAKMEM_BATCH_RANGES (256)
+ * - madvq_push adds a mapping [base, base+size) whose block ends at
+ *   base + used and of which `bytes` may be resident.  The queue is
+ *   released when those bytes reach HAKMEM_BATCH_BYTES (8 MiB) or it holds
+ *   HAKMEM_BATCH_RANGES (256)
  *   ranges, when its oldest range has waited HAKMEM_BATCH_DEADLINE_MS
  *   (checked on every huge allocation and free), or on hak_collect().
- * - Release sorts the ranges by address and coalesces neighbours (huge
- *   mappings are usually placed back to back), then advises each run with
- *   MADV_FREE (MADV_DONTNEED where the kernel lacks it): one system call
- *   per run, not per block.
+ * - Release sorts the ranges by address and coalesces neighbouring
+ *   mappings (usually placed back to back), then advises each run, from
+ *   its first base to its last mapping's used end, with MADV_FREE
+ *   (MADV_DONTNEED where the kernel lacks it): one system call per run,
+ *   not per block (advising never-touched tails in between costs nothing).
+ * - A huge allocation whose mapping size matches a queued range takes it
+ *   back before it is ever advised (no system call, no page fault).
  * - Released mappings stay mapped and registered, retained for reuse by
  *   the next huge allocation of the same mapping size (no mmap).  Only when
  *   more than HAKMEM_RETAIN_BYTES are retained are the oldest unmapped.
@@ -31,7 +36,9 @@
 
 typedef struct range_s {
   uintptr_t base;
-  size_t size;
+  size_t size;  /* the whole mapping */
+  size_t used;  /* bytes from base to the end of the block */
+  size_t bytes; /* bytes that may be resident (block and header page) */
 } range_t;
 
 static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -42,6 +49,7 @@ static range_t retained[RETAINED_MAX]; /* oldest first */
 static size_t retained_len, retained_bytes;
 
 static _Atomic(size_t) q_pending; /* queue_len, readable without the lock */
+static _Atomic(uint64_t) st_requeued; /* taken back from the queue unadvised */
 static _Atomic(uint64_t) st_queued, st_flushes, st_madvise_calls, st_bytes_advised, st_munmaps,
     st_reused, st_retained_bytes;
 
@@ -52,7 +60,7 @@ static bool flush_due(uint64_t now) {
          now - queue_oldest_ns >= (uint64_t)hak_option(HAK_OPT_BATCH_DEADLINE_MS) * 1000000u;
 }
 
-void _hak_madvq_push(uintptr_t base, size_t size) {
+void _hak_madvq_push(uintptr_t base, size_t size, size_t used, size_t bytes) {
   uint64_t now = _hak_os->now_ns();
   bool full;
   pthread_mutex_lock(&q_lock);
@@ -62,9 +70,9 @@ void _hak_madvq_push(uintptr_t base, size_t size) {
     pthread_mutex_lock(&q_lock);
   }
   if (queue_len == 0) queue_oldest_ns = now;
-  queue[queue_len++] = (range_t){base, size};
+  queue[queue_len++] = (range_t){base, size, used, bytes};
   atomic_store_explicit(&q_pending, queue_len, memory_order_relaxed);
-  queue_bytes += size;
+  queue_bytes += bytes;
   full = flush_due(now);
   pthread_mutex_unlock(&q_lock);
   hak_atomic_add(st_queued, 1);
@@ -113,18 +121,12 @@ void _hak_madvq_flush(bool all) {
   if (n > 0) {
     hak_atomic_add(st_flushes, 1);
     sort_ranges(batch, n);
-    uintptr_t run = batch[0].base;
-    size_t run_size = batch[0].size;
-    for (size_t i = 1; i < n; i++) {
-      if (batch[i].base == run + run_size) {
-        run_size += batch[i].size;
-        continue;
-      }
-      advise_run(run, run_size);
-      run = batch[i].base;
-      run_size = batch[i].size;
+    size_t first = 0;
+    for (size_t i = 1; i <= n; i++) {
+      if (i < n && batch[i].base == batch[i - 1].base + batch[i - 1].size) continue;
+      advise_run(batch[first].base, batch[i - 1].base + batch[i - 1].used - batch[first].base);
+      first = i;
     }
-    advise_run(run, run_size);
   }
 
   pthread_mutex_lock(&q_lock);
@@ -156,10 +158,25 @@ void _hak_madvq_flush(bool all) {
   }
 }
 
-/* A retained mapping of exactly size bytes (newest first), or 0. */
+/* A mapping of exactly size bytes to reuse, or 0: first one still waiting
+ * in the queue (it was never advised: no madvise, no page faults), then a
+ * retained one (newest first). */
 uintptr_t _hak_madvq_reuse(size_t size) {
   uintptr_t base = 0;
+  if (atomic_load_explicit(&q_pending, memory_order_relaxed) == 0 &&
+      atomic_load_explicit(&st_retained_bytes, memory_order_relaxed) == 0)
+    return 0;
   pthread_mutex_lock(&q_lock);
+  for (size_t i = queue_len; i-- > 0;) {
+    if (queue[i].size != size) continue;
+    base = queue[i].base;
+    queue_bytes -= queue[i].bytes;
+    queue[i] = queue[--queue_len];
+    atomic_store_explicit(&q_pending, queue_len, memory_order_relaxed);
+    pthread_mutex_unlock(&q_lock);
+    hak_atomic_add(st_requeued, 1);
+    return base;
+  }
   for (size_t i = retained_len; i-- > 0;) {
     if (retained[i].size != size) continue;
     base = retained[i].base;
@@ -203,5 +220,6 @@ void _hak_madvq_stats(hak_stats_t* st) {
   st->batch_bytes_advised = atomic_load(&st_bytes_advised);
   st->batch_munmaps = atomic_load(&st_munmaps);
   st->batch_reused = atomic_load(&st_reused);
+  st->batch_taken_back = atomic_load(&st_requeued);
   st->batch_retained_bytes = atomic_load(&st_retained_bytes);
 }

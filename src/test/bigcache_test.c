@@ -1,0 +1,219 @@
+/* BigCache and the batch queue on a fake clock and a counting OS (real
+ * memory, recorded madvise/munmap ranges): hit/miss, eviction order,
+ * budget, expiry, batch thresholds, deadline, coalescing, deferred munmap,
+ * retained reuse, nothing released twice, hak_collect. */
+#include <sys/mman.h>
+
+#include "src/internal.h"
+#include "src/test/test.h"
+
+#define MiB ((size_t)1 << 20)
+
+static uint64_t fake_now = 1000000000ull;
+static uint64_t fake_clock(void) { return fake_now; }
+static void advance_ms(uint64_t ms) { fake_now += ms * 1000000ull; }
+
+#define LOG_MAX 4096
+static struct {
+  uintptr_t base;
+  size_t size;
+} advised[LOG_MAX], unmapped[LOG_MAX];
+static int n_advised, n_unmapped;
+
+static int fake_advise(void* addr, size_t size, int advice) {
+  if (advice == MADV_FREE || advice == MADV_DONTNEED) {
+    if (n_advised < LOG_MAX) advised[n_advised++].base = (uintptr_t)addr, advised[n_advised - 1].size = size;
+  }
+  return _hak_os_default.advise(addr, size, advice);
+}
+static int fake_unmap(void* addr, size_t size) {
+  if (n_unmapped < LOG_MAX) unmapped[n_unmapped++].base = (uintptr_t)addr, unmapped[n_unmapped - 1].size = size;
+  return _hak_os_default.unmap(addr, size);
+}
+
+static hak_os_t fake_os;
+
+static void setup(long slots, long budget, long expiry_ms, long batch_bytes, long batch_ranges, long deadline_ms,
+                  long retain) {
+  hak_collect(); /* start empty */
+  fake_os = _hak_os_default;
+  fake_os.now_ns = fake_clock;
+  fake_os.advise = fake_advise;
+  fake_os.unmap = fake_unmap;
+  _hak_os = &fake_os;
+  _hak_options[HAK_OPT_HUGE_THRESHOLD] = 256 << 10; /* 512 KiB and up are huge */
+  _hak_options[HAK_OPT_BIGCACHE_SLOTS] = slots;
+  _hak_options[HAK_OPT_BIGCACHE_BYTES] = budget;
+  _hak_options[HAK_OPT_BIGCACHE_EXPIRY_MS] = expiry_ms;
+  _hak_options[HAK_OPT_BATCH_BYTES] = batch_bytes;
+  _hak_options[HAK_OPT_BATCH_RANGES] = batch_ranges;
+  _hak_options[HAK_OPT_BATCH_DEADLINE_MS] = deadline_ms;
+  _hak_options[HAK_OPT_RETAIN_BYTES] = retain;
+  n_advised = n_unmapped = 0;
+}
+
+static hak_stats_t stats(void) {
+  hak_stats_t s;
+  hak_stats_get(&s);
+  return s;
+}
+
+#define SITE(n) ((const void*)(uintptr_t)(0x400000 + (n) * 64))
+
+TEST(hit_reuses_the_mapping_of_the_same_site_and_class) {
+  setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  hak_stats_t a = stats();
+  char* p = hak_alloc_at(2 * MiB, SITE(1));
+  ASSERT_NOT_NULL(p);
+  EXPECT_EQ_U((uintptr_t)p % (2 * MiB), 0); /* 2 MiB aligned */
+  p[0] = 1;
+  hak_free_at(p, SITE(1));
+  hak_stats_t before_hit = stats();
+  char* q = hak_alloc_at(2 * MiB - 100, SITE(1)); /* same class */
+  EXPECT_TRUE(q == p);
+  EXPECT_EQ_U(stats().os_mmap_calls, before_hit.os_mmap_calls); /* no system call */
+  EXPECT_EQ_U(stats().os_madvise_calls, before_hit.os_madvise_calls);
+  char* r = hak_alloc_at(2 * MiB, SITE(2));         /* other site: miss */
+  EXPECT_TRUE(r != p);
+  hak_stats_t b = stats();
+  EXPECT_EQ_U(b.bigcache_hits - a.bigcache_hits, 1);
+  EXPECT_EQ_U(b.bigcache_misses - a.bigcache_misses, 2);
+  EXPECT_EQ_U(b.bigcache_puts - a.bigcache_puts, 1);
+  hak_free_at(q, SITE(1));
+  hak_free_at(r, SITE(2));
+  EXPECT_EQ_U(_hak_bigcache_check(), 0);
+}
+
+TEST(full_row_evicts_its_oldest_block) {
+  setup(2, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  char* p[3];
+  for (int i = 0; i < 3; i++) p[i] = hak_alloc_at(1 * MiB, SITE(3));
+  hak_stats_t a = stats();
+  for (int i = 0; i < 3; i++) {
+    hak_free_at(p[i], SITE(3));
+    advance_ms(1);
+  }
+  hak_stats_t b = stats();
+  EXPECT_EQ_U(b.bigcache_evictions - a.bigcache_evictions, 1);
+  EXPECT_EQ_U(b.batch_queued - a.batch_queued, 1);
+  /* p[0] was the oldest: the two left are p[1] and p[2] */
+  char* x = hak_alloc_at(1 * MiB, SITE(3));
+  char* y = hak_alloc_at(1 * MiB, SITE(3));
+  EXPECT_TRUE((x == p[1] && y == p[2]) || (x == p[2] && y == p[1]));
+  hak_free_at(x, SITE(3));
+  hak_free_at(y, SITE(3));
+}
+
+TEST(budget_bounds_cached_bytes) {
+  setup(4, 8 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB); /* two 4 MiB mappings */
+  char* p[3];
+  for (int i = 0; i < 3; i++) p[i] = hak_alloc_at(2 * MiB, SITE(10 + i));
+  hak_stats_t a = stats();
+  for (int i = 0; i < 3; i++) hak_free_at(p[i], SITE(10 + i));
+  hak_stats_t b = stats();
+  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB);
+  EXPECT_EQ_U(b.bigcache_evictions - a.bigcache_evictions, 1);
+  EXPECT_EQ_U(b.batch_queued - a.batch_queued, 1);
+}
+
+TEST(idle_blocks_expire_to_the_batch_queue) {
+  setup(4, 256 * MiB, 50, 1024 * MiB, 256, 100000, 1024 * MiB);
+  char* p = hak_alloc_at(3 * MiB, SITE(20));
+  char* q = hak_alloc_at(3 * MiB, SITE(20));
+  hak_free_at(p, SITE(20));
+  advance_ms(100);
+  hak_stats_t a = stats();
+  hak_free_at(q, SITE(20)); /* a put to the row expires p */
+  hak_stats_t b = stats();
+  EXPECT_EQ_U(b.bigcache_expired - a.bigcache_expired, 1);
+  EXPECT_EQ_U(b.batch_queued - a.batch_queued, 1);
+  EXPECT_TRUE(hak_alloc_at(3 * MiB, SITE(20)) == q);
+}
+
+TEST(batch_flushes_at_range_count_and_coalesces) {
+  setup(0, 0, 100000, 1024 * MiB, 4, 100000, 1024 * MiB); /* BigCache off */
+  char* p[8];
+  for (int i = 0; i < 8; i++) p[i] = hak_alloc_at(1 * MiB, SITE(30));
+  hak_stats_t a = stats();
+  for (int i = 0; i < 3; i++) hak_free_at(p[i], SITE(30));
+  EXPECT_EQ_U(stats().batch_flushes - a.batch_flushes, 0);
+  EXPECT_EQ_U(n_advised, 0);
+  hak_free_at(p[3], SITE(30));
+  hak_stats_t b = stats();
+  EXPECT_EQ_U(b.batch_flushes - a.batch_flushes, 1);
+  /* each 1 MiB block's 4 MiB mapping is advised up to the block's end;
+   * coalesced runs also cover the untouched tails between them */
+  EXPECT_TRUE(b.batch_bytes_advised - a.batch_bytes_advised >= 4 * (1 * MiB + 64));
+  EXPECT_TRUE(b.batch_bytes_advised - a.batch_bytes_advised <= 4 * 4 * MiB);
+  /* one madvise per run of adjacent mappings: at most one per range */
+  EXPECT_TRUE(b.batch_madvise_calls - a.batch_madvise_calls <= 4);
+  EXPECT_EQ_U((uint64_t)n_advised, b.batch_madvise_calls - a.batch_madvise_calls);
+  for (int i = 4; i < 8; i++) hak_free_at(p[i], SITE(30));
+  EXPECT_EQ_U(stats().batch_flushes - a.batch_flushes, 2);
+}
+
+TEST(batch_flushes_at_byte_threshold_and_deadline) {
+  setup(0, 0, 100000, 8 * MiB, 256, 100, 1024 * MiB);
+  char* p = hak_alloc_at(3 * MiB, SITE(40));
+  char* q = hak_alloc_at(3 * MiB, SITE(40));
+  char* r = hak_alloc_at(3 * MiB, SITE(40));
+  char* t = hak_alloc_at(3 * MiB, SITE(40));
+  hak_stats_t a = stats();
+  hak_free_at(p, SITE(40)); /* 3 MiB queued */
+  hak_free_at(q, SITE(40)); /* 6 MiB: still below 8 MiB */
+  EXPECT_EQ_U(stats().batch_flushes, a.batch_flushes);
+  hak_free_at(r, SITE(40)); /* 9 MiB: flush */
+  EXPECT_EQ_U(stats().batch_flushes, a.batch_flushes + 1);
+  hak_free_at(t, SITE(40));
+  EXPECT_EQ_U(stats().batch_flushes, a.batch_flushes + 1);
+  advance_ms(150);          /* past the deadline: the next huge call flushes */
+  char* s = hak_alloc_at(20 * MiB, SITE(41)); /* bypasses BigCache, no reuse */
+  EXPECT_EQ_U(stats().batch_flushes, a.batch_flushes + 2);
+  hak_free_at(s, SITE(41));
+}
+
+TEST(munmap_is_deferred_beyond_the_retained_budget_and_nothing_twice) {
+  setup(0, 0, 100000, 1024 * MiB, 6, 100000, 8 * MiB);
+  char* p[6];
+  for (int i = 0; i < 6; i++) p[i] = hak_alloc_at(1 * MiB, SITE(50));
+  n_unmapped = 0; /* from here on only the batch queue unmaps */
+  hak_stats_t a = stats();
+  for (int i = 0; i < 6; i++) hak_free_at(p[i], SITE(50));
+  hak_stats_t b = stats();
+  EXPECT_EQ_U(b.batch_flushes - a.batch_flushes, 1);
+  EXPECT_EQ_U(b.batch_retained_bytes, 8 * MiB);        /* two 4 MiB mappings kept */
+  EXPECT_EQ_U(b.batch_munmaps - a.batch_munmaps, 4);  /* the rest unmapped */
+  /* a retained mapping serves the next allocation of its size: no mmap */
+  char* r = hak_alloc_at(1 * MiB, SITE(51));
+  hak_stats_t c = stats();
+  EXPECT_EQ_U(c.batch_reused - b.batch_reused, 1);
+  EXPECT_EQ_U(c.os_mmap_calls, b.os_mmap_calls);
+  memset(r, 7, 1 * MiB); /* usable */
+  hak_free_at(r, SITE(51));
+  hak_collect();
+  hak_stats_t d = stats();
+  EXPECT_EQ_U(d.batch_retained_bytes, 0);
+  EXPECT_EQ_U(d.bigcache_bytes, 0);
+  /* nothing unmapped twice, nothing advised twice in one flush */
+  for (int i = 0; i < n_unmapped; i++)
+    for (int j = i + 1; j < n_unmapped; j++)
+      if (unmapped[i].base < unmapped[j].base + unmapped[j].size && unmapped[j].base < unmapped[i].base + unmapped[i].size)
+        HAK_FAIL_AT("range %#lx unmapped twice", (unsigned long)unmapped[i].base);
+  EXPECT_EQ_U(_hak_madvq_check(), 0);
+}
+
+TEST(double_free_of_a_cached_block_is_reported) {
+  setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  _hak_options[HAK_OPT_ON_ERROR] = 1; /* report and go on */
+  char* p = hak_alloc_at(2 * MiB, SITE(60));
+  hak_stats_t a = stats();
+  hak_free_at(p, SITE(60));
+  hak_free_at(p, SITE(60)); /* p sits in BigCache: still a double free */
+  hak_stats_t b = stats();
+  EXPECT_EQ_U(b.errors_double_free - a.errors_double_free, 1);
+  EXPECT_EQ_U(b.bigcache_puts - a.bigcache_puts, 1);
+  EXPECT_EQ_U(_hak_bigcache_check(), 0);
+  _hak_options[HAK_OPT_ON_ERROR] = 0;
+}
+
+TEST_MAIN()

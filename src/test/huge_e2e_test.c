@@ -1,0 +1,88 @@
+/* End to end through malloc (the shim is linked in): the original's VM
+ * scenario is served by BigCache with no page faults beyond the first
+ * touch; a cold churn over many sites and sizes beyond BigCache's budget
+ * is released through the batch queue in batches, and hak_collect() gives
+ * the memory back to the OS. */
+#include <stdint.h>
+#include <sys/resource.h>
+
+#include "src/hakmem.h"
+#include "src/test/test.h"
+
+static long minflt(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_minflt;
+}
+
+static long rss_kib(void) {
+  FILE* f = fopen("/proc/self/statm", "r");
+  long pages = 0, resident = 0;
+  if (f == NULL) return -1;
+  if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = -1;
+  fclose(f);
+  return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+TEST(vm_scenario_is_served_by_bigcache_without_page_faults) {
+  enum { ITERS = 100, SIZE = 2 << 20 };
+  hak_stats_t a, b;
+  hak_stats_get(&a);
+  long f0 = minflt();
+  for (int i = 0; i < ITERS; i++) {
+    volatile char* p = malloc(SIZE);
+    ASSERT_NOT_NULL(p);
+    for (size_t k = 0; k < SIZE; k += 4096) p[k] = (char)k; /* one byte per page */
+    free((void*)p);
+  }
+  long faults = minflt() - f0;
+  hak_stats_get(&b);
+  uint64_t hits = b.bigcache_hits - a.bigcache_hits, misses = b.bigcache_misses - a.bigcache_misses;
+  printf("vm: %d iterations, bigcache hits %lu misses %lu, minor faults %ld\n", ITERS, (unsigned long)hits,
+         (unsigned long)misses, faults);
+  EXPECT_EQ_U(hits + misses, ITERS);
+  EXPECT_TRUE(hits * 100 >= (hits + misses) * 99);
+  /* the first touch of one block needs at most SIZE/4096 faults; nothing after */
+  EXPECT_TRUE(faults <= SIZE / 4096 + 16);
+  EXPECT_EQ_U(b.served_huge - a.served_huge, ITERS);
+}
+
+TEST(cold_churn_is_released_in_batches_and_collect_returns_memory) {
+  static const size_t sizes[] = {512 << 10, 700 << 10, 1 << 20, 1536 << 10, 2 << 20, 3 << 20, 4 << 20};
+  enum { LIVE = 8, OPS = 3000 };
+  char* live[LIVE] = {0};
+  const void* site[LIVE] = {0};
+  uint64_t rng = 12345;
+  hak_stats_t a, b;
+  hak_stats_get(&a);
+  for (int i = 0; i < OPS; i++) {
+    int k = i % LIVE;
+    if (live[k]) hak_free_at(live[k], site[k]);
+    uint64_t r = hak_test_rand(&rng);
+    size_t n = sizes[r % 7];
+    site[k] = (const void*)(uintptr_t)(0x10000 + (r >> 8) % 200 * 16); /* 200 sites */
+    live[k] = hak_alloc_at(n, site[k]);
+    ASSERT_NOT_NULL(live[k]);
+    for (size_t o = 0; o < n; o += 4096) live[k][o] = 1;
+  }
+  for (int k = 0; k < LIVE; k++) hak_free_at(live[k], site[k]);
+  long before = rss_kib();
+  hak_collect();
+  long after = rss_kib();
+  hak_stats_get(&b);
+  uint64_t ev = b.bigcache_evictions - a.bigcache_evictions;
+  uint64_t flushes = b.batch_flushes - a.batch_flushes;
+  uint64_t madv = b.batch_madvise_calls - a.batch_madvise_calls;
+  printf("churn: evictions %lu, flushes %lu, madvise calls %lu, taken back %lu, rss %ld -> %ld KiB\n",
+         (unsigned long)ev, (unsigned long)flushes, (unsigned long)madv,
+         (unsigned long)(b.batch_taken_back - a.batch_taken_back), before, after);
+  EXPECT_TRUE(ev > OPS / 2); /* beyond the budget: most blocks leave BigCache */
+  EXPECT_TRUE(flushes > 0);
+  EXPECT_TRUE(flushes * 2 < ev);  /* batches, not one release per block */
+  EXPECT_TRUE(madv * 2 < ev);     /* and fewer system calls than evictions */
+  EXPECT_TRUE(after * 4 < before); /* hak_collect returned the memory */
+  EXPECT_EQ_U(b.batch_retained_bytes, 0);
+  EXPECT_EQ_U(b.bigcache_bytes, 0);
+}
+
+TEST_MAIN()
