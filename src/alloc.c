@@ -72,16 +72,16 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
     return;
   }
   atomic_store_explicit(&b->tag, tag, memory_order_relaxed);
+  /* everything read from the page is read before the push: afterwards the
+   * owner may collect the block and retire the page at once */
   bool large = page->kind == HAK_SLICE_LARGE;
-  hak_heap_t* owner = page->heap;
-  hak_block_t* head = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
-  do b->next = head;
-  while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &head, b, memory_order_seq_cst,
-                                                memory_order_relaxed));
-  /* a page on the full list is only looked at again by a sweep (see
-   * page.c:page_to_full for why this cannot miss) */
-  if (atomic_load_explicit(&page->in_full, memory_order_seq_cst) &&
-      atomic_load_explicit(&owner->remote_pending, memory_order_relaxed) == 0)
+  hak_heap_t* owner = page->heap; /* heaps are never freed */
+  uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
+  do b->next = (hak_block_t*)(tf & ~HAK_TF_FULL);
+  while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &tf, (uintptr_t)b | (tf & HAK_TF_FULL),
+                                                memory_order_release, memory_order_relaxed));
+  /* a full page is only looked at again by a sweep: ask for one */
+  if ((tf & HAK_TF_FULL) && atomic_load_explicit(&owner->remote_pending, memory_order_relaxed) == 0)
     atomic_store_explicit(&owner->remote_pending, 1, memory_order_release);
   if (large) hak_atomic_add(remote_large, 1);
   else hak_atomic_add(remote_small, 1);

@@ -45,9 +45,12 @@ static hak_page_queue_t* page_queue(hak_heap_t* heap, hak_page_t* page) {
 
 /* Moves the blocks other threads freed into the owner's free list. */
 void _hak_page_collect(hak_page_t* page) {
-  if (atomic_load_explicit(&page->thread_free, memory_order_relaxed) == NULL) return;
-  hak_block_t* list = atomic_exchange_explicit(&page->thread_free, NULL, memory_order_acquire);
-  if (list == NULL) return;
+  uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
+  if ((tf & ~HAK_TF_FULL) == 0) return;
+  while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &tf, tf & HAK_TF_FULL, memory_order_acquire,
+                                                memory_order_relaxed)) {
+  }
+  hak_block_t* list = (hak_block_t*)(tf & ~HAK_TF_FULL);
   uint32_t n = 1;
   hak_block_t* last = list;
   while (last->next != NULL) {
@@ -98,22 +101,21 @@ static hak_page_t* page_new(hak_heap_t* heap, size_t bin) {
   return page;
 }
 
-/* Remote frees set heap->remote_pending only for pages they see in_full.
- * Dekker-style: the owner stores in_full then reads thread_free, a remote
- * free pushes to thread_free then reads in_full, each separated by a full
- * fence, so one of them sees the other and no block is stranded. */
+/* Remote frees set heap->remote_pending only for full pages: the flag bit
+ * in thread_free is set here by an atomic OR, and a remote push's CAS sees
+ * it; blocks pushed before the OR are seen here. */
 static void page_to_full(hak_heap_t* heap, hak_page_t* page) {
   queue_remove(&heap->bins[page->bin], page);
-  atomic_store_explicit(&page->in_full, 1, memory_order_relaxed);
+  page->in_full = 1;
   queue_push_front(&heap->full, page);
-  atomic_thread_fence(memory_order_seq_cst);
-  if (atomic_load_explicit(&page->thread_free, memory_order_relaxed) != NULL)
-    atomic_store_explicit(&heap->remote_pending, 1, memory_order_relaxed);
+  uintptr_t tf = atomic_fetch_or_explicit(&page->thread_free, HAK_TF_FULL, memory_order_acq_rel);
+  if ((tf & ~HAK_TF_FULL) != 0) atomic_store_explicit(&heap->remote_pending, 1, memory_order_relaxed);
 }
 
 static void page_unfull(hak_heap_t* heap, hak_page_t* page) {
   queue_remove(&heap->full, page);
-  atomic_store_explicit(&page->in_full, 0, memory_order_relaxed);
+  page->in_full = 0;
+  atomic_fetch_and_explicit(&page->thread_free, ~HAK_TF_FULL, memory_order_relaxed);
   queue_push_front(&heap->bins[page->bin], page);
 }
 
@@ -166,7 +168,8 @@ void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const v
   page->free = NULL;
   page->site = (uintptr_t)site;
   page->heap = heap;
-  atomic_store_explicit(&page->in_full, 1, memory_order_relaxed);
+  page->in_full = 1;
+  atomic_store_explicit(&page->thread_free, HAK_TF_FULL, memory_order_relaxed);
   queue_push_front(&heap->full, page);
   atomic_store_explicit(&((hak_block_t*)p)->tag, 0, memory_order_relaxed);
   hak_count(heap->counters.large_allocs, 1);

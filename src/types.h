@@ -80,7 +80,10 @@ typedef enum {
  *   used == 0 && !is the bin's current page  =>  page is retired
  *   in_full == 1  <=>  page is on the heap's full list, else on its bin queue
  * thread_free: blocks freed by other threads, pushed with CAS, taken whole by
- * the owner (page_collect), which then subtracts them from used. */
+ * the owner (page_collect), which then subtracts them from used.  Its bit 0
+ * (HAK_TF_FULL) mirrors in_full, so a remote free learns from its own CAS
+ * whether the owner must be told (heap->remote_pending), without touching
+ * the page after the push (the owner may retire it at once). */
 typedef struct hak_page_s {
   /* hot: read by the fast paths (first cache line) */
   hak_block_t* free;            /* owner-only free list                     */
@@ -91,7 +94,7 @@ typedef struct hak_page_s {
   _Atomic(uint32_t) carved;     /* bytes carved: capacity * block_size      */
   uint32_t block_size;          /* bytes per block (large: usable bytes)    */
   uint32_t used;                /* blocks handed out and not yet collected  */
-  _Atomic(uint8_t) in_full;     /* on the heap's full list (read by remote) */
+  uint8_t in_full;              /* on the heap's full list (owner only)     */
   uint8_t kind;                 /* hak_slice_kind_t                         */
   uint8_t bin;                  /* size class (small)                       */
   uint8_t slice_back;           /* interior slices: distance to head slice  */
@@ -101,13 +104,14 @@ typedef struct hak_page_s {
   uint32_t slice_count;         /* slices in this page (head only)          */
   uint32_t slice_index;         /* index of the head slice                  */
   uintptr_t site;               /* call site of a large block               */
-  _Atomic(hak_block_t*) thread_free; /* frees from other threads           */
+  _Atomic(uintptr_t) thread_free; /* frees from other threads | HAK_TF_FULL */
   struct hak_page_s* next;      /* bin queue or full list                   */
   struct hak_page_s* prev;
   uint8_t _pad[32];             /* 128 bytes: descriptor index by shift     */
 } hak_page_t;
 
 _Static_assert(sizeof(hak_page_t) == 128, "page descriptor is 128 bytes");
+#define HAK_TF_FULL ((uintptr_t)1)
 
 /* A segment: 4 MiB aligned, registered in the segment map.  Slice 0 holds
  * this header; slices 1..63 hold pages.

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 
 #include "src/hakmem.h"
+#include "src/internal.h"
 #include "src/test/test.h"
 
 #define KiB ((size_t)1024)
@@ -241,6 +242,85 @@ TEST(fork_while_other_threads_allocate) {
   }
   atomic_store(&stop_workers, true);
   for (int i = 0; i < 3; i++) pthread_join(t[i], NULL);
+}
+
+/* ---- BigCache and the batch queue under contention ------------------- */
+static void* huge_churn(void* arg) {
+  uint64_t rng = (uint64_t)(uintptr_t)arg * 7919 + 1;
+  static const size_t sizes[] = {600 * KiB, 1 * MiB, 2 * MiB, 3 * MiB, 5 * MiB};
+  void* mine[4] = {0};
+  for (int i = 0; i < 300 / HAK_TEST_SCALE; i++) {
+    uint64_t r = hak_test_rand(&rng);
+    const void* site = (const void*)(uintptr_t)(0x1000 + (r >> 20) % 4 * 16); /* shared sites */
+    size_t n = sizes[r % 5];
+    char* p = hak_alloc_at(n, site);
+    if (p == NULL) abort();
+    p[0] = 1;
+    p[n - 1] = 2;
+    if (i % 3 == 0) {
+      /* hand it to the ring: another thread frees it */
+      ring_push(&rings[(uintptr_t)arg % PRODUCERS], (item_t){p, n, 0});
+    } else {
+      size_t k = r % 4;
+      if (mine[k]) hak_free_at(mine[k], site);
+      mine[k] = p;
+    }
+    if (i % 97 == 0) hak_collect();
+  }
+  for (int k = 0; k < 4; k++) hak_free(mine[k]);
+  return NULL;
+}
+
+static void* huge_freer(void* arg) {
+  ring_t* r = arg;
+  item_t it;
+  while (ring_pop(r, &it)) {
+    char* p = it.ptr;
+    if (p[0] != 1 || p[it.size - 1] != 2) atomic_fetch_add(&bad_blocks, 1);
+    hak_free(p);
+  }
+  return NULL;
+}
+
+TEST(bigcache_and_batch_queue_under_contention) {
+  /* tiny budget and thresholds: evictions race with hits, flushes with frees */
+  long saved[HAK_OPT_COUNT];
+  memcpy(saved, _hak_options, sizeof(saved));
+  _hak_options[HAK_OPT_HUGE_THRESHOLD] = 512 * 1024;
+  _hak_options[HAK_OPT_BIGCACHE_BYTES] = 16 << 20;
+  _hak_options[HAK_OPT_BIGCACHE_SLOTS] = 2;
+  _hak_options[HAK_OPT_BATCH_RANGES] = 3;
+  _hak_options[HAK_OPT_RETAIN_BYTES] = 8 << 20;
+  hak_stats_t a, b;
+  hak_stats_get(&a);
+  enum { T = 4 };
+  pthread_t t[T], f[PRODUCERS];
+  for (int i = 0; i < PRODUCERS; i++) {
+    rings[i].head = rings[i].tail = 0;
+    rings[i].done = false;
+    pthread_create(&f[i], NULL, huge_freer, &rings[i]);
+  }
+  for (int i = 0; i < T; i++) pthread_create(&t[i], NULL, huge_churn, (void*)(uintptr_t)(i + 1));
+  for (int i = 0; i < T; i++) pthread_join(t[i], NULL);
+  for (int i = 0; i < PRODUCERS; i++) {
+    pthread_mutex_lock(&rings[i].lock);
+    rings[i].done = true;
+    pthread_cond_broadcast(&rings[i].cond);
+    pthread_mutex_unlock(&rings[i].lock);
+    pthread_join(f[i], NULL);
+  }
+  hak_collect();
+  hak_stats_get(&b);
+  EXPECT_EQ_U(atomic_load(&bad_blocks), 0);
+  EXPECT_EQ_U(b.errors_double_free, a.errors_double_free);
+  EXPECT_EQ_U(b.served_huge - a.served_huge, b.freed_huge - a.freed_huge);
+  EXPECT_TRUE(b.bigcache_hits > a.bigcache_hits);
+  EXPECT_TRUE(b.batch_flushes > a.batch_flushes);
+  EXPECT_EQ_U(b.bigcache_bytes, 0);
+  EXPECT_EQ_U(b.batch_retained_bytes, 0);
+  EXPECT_EQ_U(_hak_bigcache_check(), 0);
+  EXPECT_EQ_U(_hak_madvq_check(), 0);
+  memcpy(_hak_options, saved, sizeof(saved));
 }
 
 TEST_MAIN()
