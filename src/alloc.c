@@ -19,7 +19,17 @@ static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* s
   if (hak_unlikely(size > PTRDIFF_MAX)) goto oom;
   void* p;
   if (align <= HAK_ALIGN && size <= HAK_SMALL_MAX) {
-    p = _hak_page_alloc_small(heap, _hak_bin_of(size));
+    size_t bin = _hak_bin_of(size);
+    hak_page_t* page = heap->direct[bin];
+    hak_block_t* b = page->free;
+    if (hak_likely(b != NULL)) { /* sizes past the lookup table: same pop */
+      page->free = b->next;
+      page->used++;
+      atomic_store_explicit(&b->tag, 0, memory_order_relaxed);
+      hak_count(heap->counters.small_allocs, 1);
+      return b;
+    }
+    p = _hak_page_alloc_small(heap, bin);
     if (p == NULL) goto oom;
     hak_count(heap->counters.small_allocs, 1);
     hak_count(heap->counters.refills, 1);
