@@ -11,6 +11,10 @@ static _Atomic(uint64_t) remote_small, remote_large;
 uint64_t _hak_remote_small_frees(void) { return atomic_load(&remote_small); }
 uint64_t _hak_remote_large_frees(void) { return atomic_load(&remote_large); }
 
+/* Tier selection.  Below 64 KiB (and for the size classes' own alignment)
+ * the size classes serve; from 64 KiB the policy (policy.c) decides first
+ * whether the request goes straight to a mapping (huge), and that decision
+ * is what routes it. */
 static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* site, bool* zeroed) {
   if (hak_unlikely(heap == &_hak_heap_empty)) {
     heap = _hak_heap_get();
@@ -18,7 +22,8 @@ static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* s
   }
   if (hak_unlikely(size > PTRDIFF_MAX)) goto oom;
   void* p;
-  if (align <= HAK_ALIGN && size <= HAK_SMALL_MAX) {
+  bool mid = size < (64u << 10) || (hak_option(HAK_OPT_MODE) == 0 && size <= HAK_SMALL_MAX);
+  if (align <= HAK_ALIGN && mid) {
     size_t bin = _hak_bin_of(size);
     hak_page_t* page = heap->direct[bin];
     hak_block_t* b = page->free;
@@ -39,24 +44,36 @@ static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* s
     }
     return p;
   }
-  if (size <= HAK_SMALL_MAX) {
-    size_t bin = _hak_bin_aligned(size, align);
-    if (bin < HAK_BINS) {
-      p = _hak_page_alloc_small(heap, bin);
-      if (p == NULL) goto oom;
-      hak_count(heap->counters.small_allocs, 1);
-      return p;
+  hak_site_t* s = _hak_site_alloc(site, size);
+  hak_decision_t d;
+  size_t threshold = _hak_policy_decide(s, size, &d);
+  bool fresh = false;
+  if (size < threshold) {
+    if (size <= HAK_SMALL_MAX) {
+      size_t bin = align <= HAK_ALIGN ? _hak_bin_of(size) : _hak_bin_aligned(size, align);
+      if (bin < HAK_BINS) {
+        uint64_t maps = atomic_load_explicit(&_hak_os_map_count, memory_order_relaxed);
+        p = _hak_page_alloc_small(heap, bin);
+        if (p == NULL) goto oom;
+        hak_count(heap->counters.small_allocs, 1);
+        fresh = atomic_load_explicit(&_hak_os_map_count, memory_order_relaxed) != maps;
+        _hak_policy_record(&d, false, fresh, _hak_bin_size(bin));
+        return p;
+      }
+    }
+    if (size + align <= (size_t)HAK_LARGE_MAX_SLICES << HAK_SLICE_SHIFT) {
+      uint64_t maps = atomic_load_explicit(&_hak_os_map_count, memory_order_relaxed);
+      p = _hak_page_alloc_large(heap, size, align < HAK_ALIGN ? HAK_ALIGN : align, site);
+      if (p != NULL) {
+        fresh = atomic_load_explicit(&_hak_os_map_count, memory_order_relaxed) != maps;
+        _hak_policy_record(&d, false, fresh, hak_page_of(p)->block_size);
+        return p;
+      }
     }
   }
-  _hak_site_alloc(site, size);
-  if (size < (size_t)hak_option(HAK_OPT_HUGE_THRESHOLD) &&
-      size + align <= (size_t)HAK_LARGE_MAX_SLICES << HAK_SLICE_SHIFT) {
-    p = _hak_page_alloc_large(heap, size, align < HAK_ALIGN ? HAK_ALIGN : align, site);
-    if (p != NULL) return p;
-  }
-  bool fresh = false;
   p = _hak_huge_alloc(size, align, site, &fresh);
   if (p == NULL) goto oom;
+  _hak_policy_record(&d, true, fresh, _hak_huge_usable(p));
   if (zeroed) *zeroed = fresh;
   return p;
 oom:

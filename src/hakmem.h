@@ -58,6 +58,13 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(batch, reused, "huge allocations served by a retained mapping")        \
   X(batch, taken_back, "huge allocations served by a still-queued mapping") \
   X(batch, retained_bytes, "released mappings kept for reuse now")         \
+  X(learn, decisions, "large requests routed by the policy (evolving)")    \
+  X(learn, samples, "sampled (timed) large requests")                      \
+  X(learn, explored, "samples routed by an exploratory choice")            \
+  X(learn, adoptions, "UCB1 arms adopted by sites")                        \
+  X(learn, matches, "ELO matches played")                                  \
+  X(learn, windows, "lifecycle windows closed")                            \
+  X(learn, routed_huge, "requests >= 64 KiB the policy sent to mmap")      \
   X(os, mmap_calls, "mmap system calls")                                   \
   X(os, munmap_calls, "munmap system calls")                               \
   X(os, madvise_calls, "madvise system calls")                             \
@@ -98,6 +105,7 @@ typedef struct hak_site_info_s {
   uint64_t allocs;
   uint64_t frees;
   uint64_t bytes;
+  uint64_t threshold; /* learned mmap threshold (evolving mode), 0: default */
 } hak_site_info_t;
 
 /* Empties BigCache and the batch queue, unmaps retained and cached memory

@@ -73,13 +73,16 @@ static void fork_prepare(void) {
   pthread_mutex_lock(&heap_lock);
   _hak_segment_lock(true);
   _hak_madvq_lock(true);
+  _hak_policy_lock(true);
 }
 static void fork_parent(void) {
+  _hak_policy_lock(false);
   _hak_madvq_lock(false);
   _hak_segment_lock(false);
   pthread_mutex_unlock(&heap_lock);
 }
 static void fork_child(void) {
+  _hak_policy_fork_child();
   _hak_madvq_fork_child();
   _hak_segment_fork_child();
   pthread_mutex_init(&heap_lock, NULL);

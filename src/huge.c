@@ -124,6 +124,8 @@ void _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
   _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
 }
 
+size_t _hak_huge_usable(const void* p) { return ((const hak_huge_t*)((uintptr_t)p - HAK_HUGE_HEADER))->size; }
+
 bool _hak_huge_recently_freed(const void* p) {
   for (size_t i = 0; i < RECENT; i++)
     if (atomic_load_explicit(&recent[i], memory_order_relaxed) == (uintptr_t)p) return true;

@@ -33,6 +33,7 @@ typedef struct hak_os_s {
   int (*unmap)(void* addr, size_t size);     /* 0 or errno                  */
   int (*advise)(void* addr, size_t size, int advice); /* 0 or errno         */
   uint64_t (*now_ns)(void);                  /* monotonic clock             */
+  uint64_t (*faults)(void);                  /* this thread's page faults   */
 } hak_os_t;
 HAK_INTERNAL extern const hak_os_t _hak_os_default;
 HAK_INTERNAL extern const hak_os_t* _hak_os;   /* tests swap in a fake     */
@@ -40,6 +41,7 @@ HAK_INTERNAL extern const hak_os_t* _hak_os;   /* tests swap in a fake     */
 HAK_INTERNAL void* _hak_os_alloc_aligned(size_t size, size_t align);
 HAK_INTERNAL void _hak_os_free(void* addr, size_t size);
 HAK_INTERNAL int _hak_os_advise(void* addr, size_t size, int advice); /* counted */
+HAK_INTERNAL extern _Atomic(uint64_t) _hak_os_map_count;
 HAK_INTERNAL void _hak_os_stats(hak_stats_t* st);
 HAK_INTERNAL uint64_t _hak_os_random(void);   /* no allocation, no syscall */
 
@@ -137,6 +139,7 @@ HAK_INTERNAL hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn); /* NULL i
 HAK_INTERNAL bool _hak_huge_recently_freed(const void* p);
 HAK_INTERNAL void _hak_huge_stats(hak_stats_t* st);
 HAK_INTERNAL size_t _hak_huge_offset(size_t size, size_t align);
+HAK_INTERNAL size_t _hak_huge_usable(const void* p); /* p: a live huge block */
 
 /* ---- bigcache.c: freed huge blocks kept per (site, class) ----------------- */
 HAK_INTERNAL int _hak_bigcache_class(size_t size);        /* -1: bypass */
@@ -158,10 +161,30 @@ HAK_INTERNAL void _hak_madvq_fork_child(void);
 HAK_INTERNAL void _hak_madvq_stats(hak_stats_t* st);
 
 /* ---- site.c: call-site table -------------------------------------------- */
-HAK_INTERNAL void _hak_site_alloc(const void* site, size_t size);
+HAK_INTERNAL hak_site_t* _hak_site_alloc(const void* site, size_t size); /* NULL: not tracked */
+HAK_INTERNAL bool _hak_site_trylock(hak_site_t* s);
+HAK_INTERNAL void _hak_site_unlock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_free(const void* site);
 HAK_INTERNAL void _hak_site_stats(hak_stats_t* st);
 HAK_INTERNAL void _hak_site_reset(void);   /* tests */
+
+/* ---- policy.c: which tier serves a large request (learned per site) ---- */
+typedef enum { HAK_DECIDE_NONE, HAK_DECIDE_TIMED, HAK_DECIDE_UCB, HAK_DECIDE_ELO } hak_decide_kind_t;
+typedef struct hak_decision_s {
+  hak_decide_kind_t kind;
+  uint32_t epoch_seq;
+  hak_site_t* site;
+  size_t size;
+  uint64_t t0;
+} hak_decision_t;
+HAK_INTERNAL size_t _hak_policy_decide(hak_site_t* s, size_t size, hak_decision_t* d);
+HAK_INTERNAL void _hak_policy_record(hak_decision_t* d, bool huge, bool fresh, size_t reserved);
+HAK_INTERNAL void _hak_policy_stats(hak_stats_t* st);
+HAK_INTERNAL const char* _hak_policy_mode_name(void);
+HAK_INTERNAL const char* _hak_policy_state_name(void);
+HAK_INTERNAL bool _hak_policy_elo(hak_elo_t* out);
+HAK_INTERNAL void _hak_policy_lock(bool lock);
+HAK_INTERNAL void _hak_policy_fork_child(void);
 
 /* ---- stats.c ------------------------------------------------------------ */
 HAK_INTERNAL void _hak_stats_at_exit(void);

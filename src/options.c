@@ -16,6 +16,7 @@ typedef struct hak_option_desc_s {
 
 static const char* const on_error_words[] = {"abort", "report", NULL};
 static const char* const stats_words[] = {"0", "1", "json", NULL};
+static const char* const mode_words[] = {"baseline", "evolving", NULL};
 
 #define KiB 1024L
 #define MiB (1024L * 1024L)
@@ -47,6 +48,10 @@ static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
                                    "... or when its oldest range has waited this long"},
     [HAK_OPT_RETAIN_BYTES] = {"RETAIN_BYTES", 64 * MiB, 0, 64 * 1024 * MiB, NULL, false,
                               "released mappings kept for reuse; beyond this they are unmapped"},
+    [HAK_OPT_MODE] = {"MODE", 0, 0, 1, mode_words, false,
+                      "baseline: fixed HUGE_THRESHOLD; evolving: per-site thresholds learned (UCB1, ELO)"},
+    [HAK_OPT_SEED] = {"SEED", 0, 0, __LONG_MAX__, NULL, false,
+                      "seed of the learners' random choices; 0: a random seed"},
 };
 
 long _hak_options[HAK_OPT_COUNT] = {

@@ -1,10 +1,12 @@
 /* The OS layer: the only file that calls mmap, munmap, madvise and the
  * clock.  Everything goes through the _hak_os table so tests and fuzzers can
  * substitute a fake OS and a fake clock. */
+#define _GNU_SOURCE /* RUSAGE_THREAD */
 #include <errno.h>
 #include <sys/auxv.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,10 +29,17 @@ static uint64_t os_now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns};
+static uint64_t os_faults(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_THREAD, &ru) != 0) return 0;
+  return (uint64_t)ru.ru_minflt + (uint64_t)ru.ru_majflt;
+}
+
+const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns, os_faults};
 const hak_os_t* _hak_os = &_hak_os_default;
 
-static _Atomic(uint64_t) os_mmap_calls, os_munmap_calls, os_madvise_calls;
+static _Atomic(uint64_t) os_munmap_calls, os_madvise_calls;
+_Atomic(uint64_t) _hak_os_map_count; /* mmap calls: also tells the policy a block was fresh */
 static _Atomic(uint64_t) os_mapped, os_mapped_peak;
 static _Atomic(uintptr_t) os_hint; /* where the next aligned mapping may go */
 
@@ -57,13 +66,13 @@ static void os_unmap_counted(void* addr, size_t size) {
  * otherwise over-map by align and trim both ends. */
 void* _hak_os_alloc_aligned(size_t size, size_t align) {
   uintptr_t hint = atomic_load_explicit(&os_hint, memory_order_relaxed);
-  hak_atomic_add(os_mmap_calls, 1);
+  hak_atomic_add(_hak_os_map_count, 1);
   uint8_t* p = _hak_os->map((void*)hint, size);
   if (p == NULL) return NULL;
   if (((uintptr_t)p & (align - 1)) != 0) {
     os_unmap_counted(p, size);
     if (size + align < size) return NULL;
-    hak_atomic_add(os_mmap_calls, 1);
+    hak_atomic_add(_hak_os_map_count, 1);
     uint8_t* raw = _hak_os->map(NULL, size + align);
     if (raw == NULL) return NULL;
     p = (uint8_t*)(((uintptr_t)raw + align - 1) & ~(uintptr_t)(align - 1));
@@ -104,7 +113,7 @@ uint64_t _hak_os_random(void) {
 }
 
 void _hak_os_stats(hak_stats_t* st) {
-  st->os_mmap_calls = atomic_load(&os_mmap_calls);
+  st->os_mmap_calls = atomic_load(&_hak_os_map_count);
   st->os_munmap_calls = atomic_load(&os_munmap_calls);
   st->os_madvise_calls = atomic_load(&os_madvise_calls);
   st->os_mapped_bytes = atomic_load(&os_mapped);

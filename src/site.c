@@ -1,10 +1,10 @@
 /* Call sites: a fixed table keyed by return address.  Open addressing with
  * a bounded probe of 8 slots; when all 8 are taken, the coldest of them
- * (fewest allocations) is evicted.  Updated only on large and huge
- * allocations and on the small generic path (one sample per page refill),
- * never on the small fast path.  Counters are relaxed atomics: a site being
- * evicted while another thread counts into it loses a few counts, never
- * memory safety. */
+ * (fewest allocations) is evicted, its learning state reset.  Updated on
+ * large and huge allocations and on the small generic path (one sample per
+ * 64 page refills), never on the small fast path.  Counters are relaxed
+ * atomics: a site being evicted while another thread counts into it loses
+ * a few counts, never memory safety. */
 #include <string.h>
 
 #include "internal.h"
@@ -12,12 +12,7 @@
 #define SITE_SLOTS 1024
 #define SITE_PROBE 8
 
-typedef struct site_s {
-  _Atomic(uintptr_t) key;
-  _Atomic(uint64_t) allocs, frees, bytes;
-} site_t;
-
-static site_t sites[SITE_SLOTS];
+static hak_site_t sites[SITE_SLOTS];
 static _Atomic(uint64_t) site_samples;
 
 static size_t site_hash(uintptr_t k) {
@@ -27,16 +22,43 @@ static size_t site_hash(uintptr_t k) {
   return (size_t)(k & (SITE_SLOTS - 1));
 }
 
-static site_t* site_find(uintptr_t key, bool insert) {
+bool _hak_site_trylock(hak_site_t* s) {
+  int expected = 0;
+  return atomic_compare_exchange_strong_explicit(&s->lock, &expected, 1, memory_order_acquire, memory_order_relaxed);
+}
+
+void _hak_site_unlock(hak_site_t* s) { atomic_store_explicit(&s->lock, 0, memory_order_release); }
+
+/* Clears a slot for a new key; false if its learner is busy. */
+static bool site_reset(hak_site_t* s) {
+  if (!_hak_site_trylock(s)) return false;
+  atomic_store_explicit(&s->allocs, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->frees, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->bytes, 0, memory_order_relaxed);
+  for (int i = 0; i < HAK_SITE_HIST; i++) atomic_store_explicit(&s->hist[i], 0, memory_order_relaxed);
+  atomic_store_explicit(&s->threshold, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->large_count, 0, memory_order_relaxed);
+  s->epoch_kind = 0;
+  s->epoch_left = s->epochs = s->epoch_n = 0;
+  s->epoch_faults0 = s->epoch_cpu_ns = s->epoch_bytes = s->epoch_waste = 0;
+  _hak_ucb_init(&s->ucb, HAK_UCB_ARMS - 1);
+  _hak_site_unlock(s);
+  return true;
+}
+
+static hak_site_t* site_find(uintptr_t key, bool insert) {
   size_t h = site_hash(key);
-  site_t* coldest = NULL;
+  hak_site_t* coldest = NULL;
   for (size_t i = 0; i < SITE_PROBE; i++) {
-    site_t* s = &sites[(h + i) & (SITE_SLOTS - 1)];
-    uintptr_t k = atomic_load_explicit(&s->key, memory_order_relaxed);
+    hak_site_t* s = &sites[(h + i) & (SITE_SLOTS - 1)];
+    uintptr_t k = atomic_load_explicit(&s->key, memory_order_acquire);
     if (k == key) return s;
     if (!insert) continue;
     if (k == 0) {
-      if (atomic_compare_exchange_strong(&s->key, &k, key)) return s;
+      if (atomic_compare_exchange_strong(&s->key, &k, key)) {
+        site_reset(s);
+        return s;
+      }
       if (k == key) return s;
     }
     if (coldest == NULL || atomic_load_explicit(&s->allocs, memory_order_relaxed) <
@@ -46,24 +68,32 @@ static site_t* site_find(uintptr_t key, bool insert) {
   if (!insert || coldest == NULL) return NULL;
   uintptr_t old = atomic_load_explicit(&coldest->key, memory_order_relaxed);
   if (!atomic_compare_exchange_strong(&coldest->key, &old, key)) return NULL;
-  atomic_store_explicit(&coldest->allocs, 0, memory_order_relaxed);
-  atomic_store_explicit(&coldest->frees, 0, memory_order_relaxed);
-  atomic_store_explicit(&coldest->bytes, 0, memory_order_relaxed);
+  site_reset(coldest);
   return coldest;
 }
 
-void _hak_site_alloc(const void* site, size_t size) {
-  if (site == NULL) return;
-  site_t* s = site_find((uintptr_t)site, true);
+static int hist_bucket(size_t size) {
+  static const size_t edges[HAK_SITE_HIST - 1] = {64u << 10, 256u << 10, 512u << 10, 1u << 20,
+                                                  2u << 20, 4u << 20, 16u << 20};
+  int b = 0;
+  while (b < HAK_SITE_HIST - 1 && size >= edges[b]) b++;
+  return b;
+}
+
+hak_site_t* _hak_site_alloc(const void* site, size_t size) {
+  if (site == NULL) return NULL;
+  hak_site_t* s = site_find((uintptr_t)site, true);
   hak_atomic_add(site_samples, 1);
-  if (s == NULL) return;
+  if (s == NULL) return NULL;
   hak_atomic_add(s->allocs, 1);
   hak_atomic_add(s->bytes, size);
+  hak_atomic_add(s->hist[hist_bucket(size)], 1);
+  return s;
 }
 
 void _hak_site_free(const void* site) {
   if (site == NULL) return;
-  site_t* s = site_find((uintptr_t)site, false);
+  hak_site_t* s = site_find((uintptr_t)site, false);
   if (s != NULL) hak_atomic_add(s->frees, 1);
 }
 
@@ -77,9 +107,7 @@ void _hak_site_stats(hak_stats_t* st) {
 void _hak_site_reset(void) {
   for (size_t i = 0; i < SITE_SLOTS; i++) {
     atomic_store(&sites[i].key, 0);
-    atomic_store(&sites[i].allocs, 0);
-    atomic_store(&sites[i].frees, 0);
-    atomic_store(&sites[i].bytes, 0);
+    site_reset(&sites[i]);
   }
 }
 
@@ -89,7 +117,7 @@ size_t hak_sites_get(hak_site_info_t* out, size_t max) {
     uintptr_t k = atomic_load_explicit(&sites[i].key, memory_order_relaxed);
     if (k == 0) continue;
     hak_site_info_t info = {(const void*)k, atomic_load(&sites[i].allocs), atomic_load(&sites[i].frees),
-                            atomic_load(&sites[i].bytes)};
+                            atomic_load(&sites[i].bytes), atomic_load(&sites[i].threshold)};
     /* insertion into the top-max list, most allocations first */
     size_t j = n < max ? n++ : max;
     while (j > 0 && out[j - 1].allocs < info.allocs) {

@@ -17,8 +17,75 @@ void hak_stats_get(hak_stats_t* st) {
   _hak_segment_stats(st);
   _hak_site_stats(st);
   _hak_error_stats(st);
+  _hak_policy_stats(st);
   st->freed_small += _hak_remote_small_frees();
   st->freed_large += _hak_remote_large_frees();
+}
+
+static void out_double(hak_out_t* o, double v) {
+  if (v != v) v = 0;
+  if (v < 0) {
+    _hak_out_str(o, "-");
+    v = -v;
+  }
+  uint64_t whole = (uint64_t)v;
+  _hak_out_u64(o, whole);
+  _hak_out_str(o, ".");
+  uint64_t frac = (uint64_t)((v - (double)whole) * 10.0);
+  _hak_out_u64(o, frac > 9 ? 9 : frac);
+}
+
+/* The learn group's non-numeric members: mode, state, the ELO table. */
+static void json_learn_extras(hak_out_t* o) {
+  _hak_out_str(o, ",\"mode\":\"");
+  _hak_out_str(o, _hak_policy_mode_name());
+  _hak_out_str(o, "\",\"state\":\"");
+  _hak_out_str(o, _hak_policy_state_name());
+  _hak_out_str(o, "\",\"elo\":[");
+  hak_elo_t elo;
+  if (_hak_policy_elo(&elo)) {
+    for (int i = 0; i < HAK_ELO_CANDIDATES; i++) {
+      _hak_out_str(o, i ? ",{\"threshold\":" : "{\"threshold\":");
+      _hak_out_u64(o, elo.c[i].threshold);
+      _hak_out_str(o, ",\"rating\":");
+      out_double(o, elo.c[i].rating);
+      _hak_out_str(o, ",\"samples\":");
+      _hak_out_u64(o, elo.c[i].samples);
+      _hak_out_str(o, elo.c[i].active ? ",\"active\":true}" : ",\"active\":false}");
+    }
+  }
+  _hak_out_str(o, "]");
+}
+
+/* The ELO leaderboard, best first (text statistics, evolving mode). */
+static void text_leaderboard(hak_out_t* o) {
+  hak_elo_t elo;
+  if (!_hak_policy_elo(&elo)) {
+    _hak_out_str(o, "  ELO leaderboard: no large allocation sampled yet\n");
+    return;
+  }
+  int order[HAK_ELO_CANDIDATES];
+  for (int i = 0; i < HAK_ELO_CANDIDATES; i++) order[i] = i;
+  for (int i = 1; i < HAK_ELO_CANDIDATES; i++)
+    for (int j = i; j > 0 && elo.c[order[j]].rating > elo.c[order[j - 1]].rating; j--) {
+      int t = order[j];
+      order[j] = order[j - 1];
+      order[j - 1] = t;
+    }
+  _hak_out_str(o, "  ELO leaderboard (mmap threshold candidates)\n");
+  _hak_out_str(o, "    rank  threshold KiB  rating  samples  active\n");
+  for (int r = 0; r < HAK_ELO_CANDIDATES; r++) {
+    const hak_elo_cand_t* c = &elo.c[order[r]];
+    _hak_out_str(o, "    ");
+    _hak_out_u64(o, (uint64_t)r + 1);
+    _hak_out_str(o, r + 1 < 10 ? "     " : "    ");
+    _hak_out_u64(o, c->threshold >> 10);
+    _hak_out_str(o, "  ");
+    out_double(o, c->rating);
+    _hak_out_str(o, "  ");
+    _hak_out_u64(o, c->samples);
+    _hak_out_str(o, c->active ? "  yes\n" : "  no\n");
+  }
 }
 
 void hak_stats_print(int fd, int json) {
@@ -29,21 +96,27 @@ void hak_stats_print(int fd, int json) {
   if (json) {
     _hak_out_str(&o, "{\"pid\":");
     _hak_out_u64(&o, (uint64_t)getpid());
-#define HAK_X(g, n, doc)                                  \
-  if (group == NULL || strcmp(group, #g) != 0) {          \
+#define HAK_X(g, n, doc)                                           \
+  if (group == NULL || strcmp(group, #g) != 0) {                   \
+    if (group != NULL && strcmp(group, "learn") == 0) json_learn_extras(&o); \
     _hak_out_str(&o, group ? "},\"" #g "\":{" : ",\"" #g "\":{"); \
-    group = #g;                                           \
-  } else {                                                \
-    _hak_out_str(&o, ",");                                \
-  }                                                       \
-  _hak_out_str(&o, "\"" #n "\":");                        \
+    group = #g;                                                    \
+  } else {                                                         \
+    _hak_out_str(&o, ",");                                         \
+  }                                                                \
+  _hak_out_str(&o, "\"" #n "\":");                                 \
   _hak_out_u64(&o, st.g##_##n);
     HAK_STATS_FIELDS(HAK_X)
 #undef HAK_X
+    if (group != NULL && strcmp(group, "learn") == 0) json_learn_extras(&o);
     _hak_out_str(&o, "}}\n");
   } else {
     _hak_out_str(&o, "hakmem statistics (pid ");
     _hak_out_u64(&o, (uint64_t)getpid());
+    _hak_out_str(&o, ", mode ");
+    _hak_out_str(&o, _hak_policy_mode_name());
+    _hak_out_str(&o, ", learning ");
+    _hak_out_str(&o, _hak_policy_state_name());
     _hak_out_str(&o, ")\n");
 #define HAK_X(g, n, doc)                           \
   _hak_out_str(&o, "  " #g "." #n);                \
@@ -52,6 +125,7 @@ void hak_stats_print(int fd, int json) {
   _hak_out_str(&o, "\n");
     HAK_STATS_FIELDS(HAK_X)
 #undef HAK_X
+    if (hak_option(HAK_OPT_MODE) == 1) text_leaderboard(&o);
   }
   _hak_out_flush(&o);
 }

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "hakmem.h"
+#include "learn.h"
 
 /* ---------------------------------------------------------------------------
  * Geometry.  All tier boundaries live here.
@@ -196,6 +197,31 @@ _Static_assert(sizeof(hak_huge_t) <= HAK_HUGE_HEADER, "huge header fits 64 bytes
 #define HAK_HUGE_LIVE 0x4c495645u
 #define HAK_HUGE_FREED 0x46524545u
 
+/* A call site (site.c).  Keyed by return address; counters are relaxed
+ * atomics.  The policy fields: threshold is the snapshot every large
+ * allocation of the site reads (0: the global default); ucb is guarded by
+ * lock (a try-lock: a busy site skips learning for that sample).
+ * Invariants: key != 0 for a used slot; hist sums to <= allocs;
+ * threshold is 0 or one of _hak_ucb_thresholds. */
+#define HAK_SITE_HIST 8 /* < 64K, < 256K, < 512K, < 1M, < 2M, < 4M, < 16M, more */
+typedef struct hak_site_s {
+  _Atomic(uintptr_t) key;
+  _Atomic(uint64_t) allocs, frees, bytes;
+  _Atomic(uint64_t) hist[HAK_SITE_HIST];
+  _Atomic(uint32_t) threshold;
+  _Atomic(uint32_t) large_count; /* large/huge allocations: sampling     */
+  _Atomic(int) lock;
+  /* evolving: the epoch being measured (policy.c), under lock */
+  int epoch_kind;                /* 0 none, else HAK_DECIDE_UCB / _ELO     */
+  int epoch_arm;
+  uint32_t epoch_left;           /* requests still to route by epoch_arm  */
+  uint32_t epoch_seq;
+  uint32_t epochs;               /* closed UCB epochs                     */
+  uint32_t epoch_n;
+  uint64_t epoch_faults0, epoch_cpu_ns, epoch_bytes, epoch_waste;
+  hak_ucb_t ucb;
+} hak_site_t;
+
 /* The kinds of misuse reported by error.c. */
 typedef enum {
   HAK_ERR_DOUBLE_FREE,
@@ -219,6 +245,8 @@ typedef enum {
   HAK_OPT_BATCH_RANGES,    /* ... or this many ranges ...                   */
   HAK_OPT_BATCH_DEADLINE_MS, /* ... or when the oldest waited this long     */
   HAK_OPT_RETAIN_BYTES,    /* advised mappings kept for reuse before munmap */
+  HAK_OPT_MODE,            /* 0 baseline, 1 evolving                        */
+  HAK_OPT_SEED,            /* learners' random seed (0: from the OS)        */
   HAK_OPT_COUNT
 } hak_option_t;
 
