@@ -55,7 +55,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh) 
   if (size > PTRDIFF_MAX - offset - HAK_SEGMENT_SIZE || align > ((size_t)1 << 30)) return NULL;
   size_t map_size = (offset + size + HAK_SEGMENT_MASK) & ~(size_t)HAK_SEGMENT_MASK;
   uint8_t* base = NULL;
-  if (align <= HAK_SEGMENT_SIZE) base = (uint8_t*)_hak_madvq_reuse(map_size); /* contents: stale */
+  if (align <= HAK_SEGMENT_SIZE) base = (uint8_t*)_hak_madvq_reuse(map_size, &map_size); /* stale contents */
   *fresh = base == NULL;
   if (base == NULL) {
     base = _hak_os_alloc_aligned(map_size, align > HAK_SEGMENT_SIZE ? align : HAK_SEGMENT_SIZE);

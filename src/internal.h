@@ -154,7 +154,7 @@ HAK_INTERNAL void _hak_bigcache_stats(hak_stats_t* st);
 HAK_INTERNAL void _hak_madvq_push(uintptr_t base, size_t size, size_t used, size_t bytes);
 HAK_INTERNAL void _hak_madvq_tick(void);
 HAK_INTERNAL void _hak_madvq_flush(bool all);
-HAK_INTERNAL uintptr_t _hak_madvq_reuse(size_t size);
+HAK_INTERNAL uintptr_t _hak_madvq_reuse(size_t size, size_t* got);
 HAK_INTERNAL size_t _hak_madvq_check(void);
 HAK_INTERNAL void _hak_madvq_lock(bool lock);
 HAK_INTERNAL void _hak_madvq_fork_child(void);

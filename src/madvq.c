@@ -158,18 +158,27 @@ void _hak_madvq_flush(bool all) {
   }
 }
 
-/* A mapping of exactly size bytes to reuse, or 0: first one still waiting
- * in the queue (it was never advised: no madvise, no page faults), then a
- * retained one (newest first). */
-uintptr_t _hak_madvq_reuse(size_t size) {
+/* Best fit among [size, 4 x size] in r[0..n), newest first on ties; -1. */
+static long best_fit(const range_t* r, size_t n, size_t size) {
+  long best = -1;
+  for (size_t i = n; i-- > 0;)
+    if (r[i].size >= size && r[i].size <= 4 * size && (best < 0 || r[i].size < r[best].size)) best = (long)i;
+  return best;
+}
+
+/* A mapping of at least size bytes (at most 4x: the rest stays virtual)
+ * to reuse, or 0; *got is its size.  First one still waiting in the queue
+ * (never advised: no system call, no page fault), then a retained one. */
+uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
   uintptr_t base = 0;
   if (atomic_load_explicit(&q_pending, memory_order_relaxed) == 0 &&
       atomic_load_explicit(&st_retained_bytes, memory_order_relaxed) == 0)
     return 0;
   pthread_mutex_lock(&q_lock);
-  for (size_t i = queue_len; i-- > 0;) {
-    if (queue[i].size != size) continue;
+  long i = best_fit(queue, queue_len, size);
+  if (i >= 0) {
     base = queue[i].base;
+    *got = queue[i].size;
     queue_bytes -= queue[i].bytes;
     queue[i] = queue[--queue_len];
     atomic_store_explicit(&q_pending, queue_len, memory_order_relaxed);
@@ -177,13 +186,13 @@ uintptr_t _hak_madvq_reuse(size_t size) {
     hak_atomic_add(st_requeued, 1);
     return base;
   }
-  for (size_t i = retained_len; i-- > 0;) {
-    if (retained[i].size != size) continue;
+  i = best_fit(retained, retained_len, size);
+  if (i >= 0) {
     base = retained[i].base;
-    retained_bytes -= size;
-    memmove(retained + i, retained + i + 1, (--retained_len - i) * sizeof(range_t));
+    *got = retained[i].size;
+    retained_bytes -= retained[i].size;
+    memmove(retained + i, retained + i + 1, (--retained_len - (size_t)i) * sizeof(range_t));
     atomic_store(&st_retained_bytes, retained_bytes);
-    break;
   }
   pthread_mutex_unlock(&q_lock);
   if (base) hak_atomic_add(st_reused, 1);

@@ -79,7 +79,7 @@ TEST(cold_churn_is_released_in_batches_and_collect_returns_memory) {
   EXPECT_TRUE(ev > OPS / 2); /* beyond the budget: most blocks leave BigCache */
   EXPECT_TRUE(flushes > 0);
   EXPECT_TRUE(flushes * 2 < ev);  /* batches, not one release per block */
-  EXPECT_TRUE(madv * 2 < ev);     /* and fewer system calls than evictions */
+  EXPECT_TRUE(madv * 4 <= ev);    /* and a quarter of the system calls or fewer */
   EXPECT_TRUE(after * 4 < before); /* hak_collect returned the memory */
   EXPECT_EQ_U(b.batch_retained_bytes, 0);
   EXPECT_EQ_U(b.bigcache_bytes, 0);
