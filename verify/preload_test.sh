@@ -57,6 +57,10 @@ if small < min_small:
     sys.exit(f"{name}: hakmem served only {small} small allocations (< {min_small})")
 if errs:
     sys.exit(f"{name}: {errs} errors reported")
+import os
+mode = os.environ.get("HAKMEM_MODE", "baseline")
+if any(l["learn"]["mode"] != mode for l in lines):
+    sys.exit(f"{name}: hakmem ran in another mode than {mode}")
 PYEOF
 }
 
