@@ -282,8 +282,9 @@ static void* huge_freer(void* arg) {
   return NULL;
 }
 
-TEST(bigcache_and_batch_queue_under_contention) {
-  /* tiny budget and thresholds: evictions race with hits, flushes with frees */
+/* tiny budget and thresholds: evictions race with hits, flushes with frees;
+ * in evolving mode the per-site learners race too */
+static void huge_contention(long mode) {
   long saved[HAK_OPT_COUNT];
   memcpy(saved, _hak_options, sizeof(saved));
   _hak_options[HAK_OPT_HUGE_THRESHOLD] = 512 * 1024;
@@ -291,6 +292,7 @@ TEST(bigcache_and_batch_queue_under_contention) {
   _hak_options[HAK_OPT_BIGCACHE_SLOTS] = 2;
   _hak_options[HAK_OPT_BATCH_RANGES] = 3;
   _hak_options[HAK_OPT_RETAIN_BYTES] = 8 << 20;
+  _hak_options[HAK_OPT_MODE] = mode;
   hak_stats_t a, b;
   hak_stats_get(&a);
   enum { T = 4 };
@@ -320,7 +322,11 @@ TEST(bigcache_and_batch_queue_under_contention) {
   EXPECT_EQ_U(b.batch_retained_bytes, 0);
   EXPECT_EQ_U(_hak_bigcache_check(), 0);
   EXPECT_EQ_U(_hak_madvq_check(), 0);
+  if (mode == 1) EXPECT_TRUE(b.learn_samples > a.learn_samples);
   memcpy(_hak_options, saved, sizeof(saved));
 }
+
+TEST(bigcache_and_batch_queue_under_contention) { huge_contention(0); }
+TEST(learning_under_contention) { huge_contention(1); }
 
 TEST_MAIN()
