@@ -10,7 +10,7 @@
  *   was cached in the low 22 bits (milliseconds, modulo 2^22), so expiry
  *   never reads a block another thread may have taken; put and get claim
  *   slots with one compare-and-swap: thread-safe without a lock.
- * - Budget: at most HAKMEM_BIGCACHE_BYTES (256 MiB) cached in all; a block
+ * - Budget: at most HAKMEM_BIGCACHE_BYTES (64 MiB) cached in all; a block
  *   that does not fit, the oldest block of a full row, and a block idle for
  *   HAKMEM_BIGCACHE_EXPIRY_MS (2 s) are evicted: to the batch queue, never
  *   straight to munmap.

@@ -18,6 +18,7 @@ __thread hak_heap_t* _hak_heap_tls __attribute__((tls_model("initial-exec"))) = 
 
 hak_heap_t _hak_heap_empty = {.direct = {[0 ... HAK_BINS - 1] = &_hak_page_empty}};
 uintptr_t _hak_free_key;
+size_t _hak_fast_limit = HAK_SMALL_FAST_MAX; /* until the options are read */
 
 static pthread_mutex_t heap_lock = PTHREAD_MUTEX_INITIALIZER; /* pool + meta */
 static _Atomic(hak_heap_t*) heaps_all;     /* every heap, append-only      */
@@ -99,6 +100,7 @@ void _hak_init(void) {
   heap_reset_direct(&_hak_heap_empty);
   _hak_free_key = (uintptr_t)_hak_os_random() | 1;
   _hak_options_init();
+  _hak_fast_limit = hak_option(HAK_OPT_MODE) == 1 ? (64u << 10) - 1 : HAK_SMALL_MAX;
   pthread_key_create(&heap_key, heap_thread_exit);
   atomic_store_explicit(&init_state, 2, memory_order_release);
 }
@@ -109,6 +111,7 @@ void _hak_init(void) {
 __attribute__((constructor)) static void hak_constructor(void) {
   _hak_init();
   _hak_options_init(); /* no-op unless the first read came before environ */
+  _hak_fast_limit = hak_option(HAK_OPT_MODE) == 1 ? (64u << 10) - 1 : HAK_SMALL_MAX;
   pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 

@@ -71,6 +71,12 @@ HAK_INTERNAL void _hak_warning(const char* msg, const char* detail);
 /* ---- size_class.c ------------------------------------------------------ */
 HAK_INTERNAL extern const uint8_t _hak_bin_lut[HAK_SMALL_FAST_MAX / HAK_ALIGN + 1];
 HAK_INTERNAL size_t _hak_bin_of(size_t size);            /* size <= SMALL_MAX */
+/* The same as _hak_bin_of for 1 KiB < size <= SMALL_MAX, inline. */
+static inline size_t hak_bin_of_mid(size_t size) {
+  size_t s = size - 1;
+  size_t b = 63 - (size_t)__builtin_clzll(s);
+  return 8 + (b - 7) * 4 + ((s >> (b - 2)) & 3);
+}
 HAK_INTERNAL size_t _hak_bin_size(size_t bin);
 HAK_INTERNAL size_t _hak_bin_slices(size_t bin);         /* page size in slices */
 HAK_INTERNAL size_t _hak_bin_aligned(size_t size, size_t align); /* HAK_BINS if none */
@@ -127,6 +133,9 @@ static inline bool hak_page_is_block(const hak_page_t* page, uintptr_t a) {
 HAK_INTERNAL extern __thread hak_heap_t* _hak_heap_tls __attribute__((tls_model("initial-exec")));
 HAK_INTERNAL extern hak_heap_t _hak_heap_empty;
 HAK_INTERNAL extern uintptr_t _hak_free_key;
+/* Largest size the fast path serves: HAK_SMALL_MAX, or 64 KiB - 1 in
+ * evolving mode, where larger requests ask the policy first. */
+HAK_INTERNAL extern size_t _hak_fast_limit;
 HAK_INTERNAL hak_heap_t* _hak_heap_get(void);       /* init thread if needed */
 HAK_INTERNAL void _hak_init(void);
 HAK_INTERNAL void _hak_heap_stats(hak_stats_t* st);
@@ -212,8 +221,12 @@ static inline uintptr_t hak_freed_tag(const void* p) { return (uintptr_t)p ^ _ha
  * ------------------------------------------------------------------------- */
 static inline void* hak_alloc_fast(size_t size, const void* site) {
   hak_heap_t* heap = _hak_heap_tls;
-  if (hak_likely(size <= HAK_SMALL_FAST_MAX)) {
-    hak_page_t* page = heap->direct[_hak_bin_lut[(size + HAK_ALIGN - 1) / HAK_ALIGN]];
+  size_t bin;
+  if (hak_likely(size <= HAK_SMALL_FAST_MAX)) bin = _hak_bin_lut[(size + HAK_ALIGN - 1) / HAK_ALIGN];
+  else if (size <= _hak_fast_limit) bin = hak_bin_of_mid(size); /* 5 more instructions */
+  else return _hak_alloc_generic(heap, size, 0, site);
+  {
+    hak_page_t* page = heap->direct[bin];
     hak_block_t* b = page->free;
     if (hak_likely(b != NULL)) {
       page->free = b->next;

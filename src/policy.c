@@ -12,7 +12,8 @@
  *    global candidates (512 KiB .. 32 MiB) once ELO has played, else the
  *    default;
  *  - while learning (lifecycle LEARN, or CANARY for 5 % of epochs) a site
- *    runs epochs: HAK_POLICY_EPOCH (8) consecutive requests routed by one
+ *    runs epochs, one every 64 of its requests (the 56 in between cost one
+ *    counter): HAK_POLICY_EPOCH (8) consecutive requests routed by one
  *    choice, the site's UCB1 arm (epoch started by a request under 2 MiB)
  *    or an epsilon-greedy ELO candidate (2 MiB and more).  An epoch's cost
  *    is measured from its first request to the first request of the next
@@ -36,6 +37,7 @@
 #include "internal.h"
 
 #define HAK_POLICY_EPOCH 8
+#define HAK_POLICY_GAP 56 /* unmeasured requests between two epochs */
 #define HAK_POLICY_EVAL 4
 #define HAK_POLICY_TIMED 8
 #define HAK_POLICY_MIN (64u << 10)
@@ -140,20 +142,34 @@ size_t _hak_policy_decide(hak_site_t* s, size_t size, hak_decision_t* d) {
   uint32_t t = s ? atomic_load_explicit(&s->threshold, memory_order_relaxed) : 0;
   uint32_t e = atomic_load_explicit(&elo_threshold, memory_order_relaxed);
   size_t thr = t ? t : e ? e : def;
-  if (s == NULL || !_hak_site_trylock(s)) return thr;
+  if (s == NULL) return thr;
+  /* a site's requests cycle through 64 positions: 0..7 an epoch, 8 closes
+   * it, 9..63 use the snapshot; one request in 8 is timed for the window */
+  uint32_t n = atomic_fetch_add_explicit(&s->large_count, 1, memory_order_relaxed);
+  uint32_t pos = n % (HAK_POLICY_EPOCH + HAK_POLICY_GAP);
+  bool timed = n % HAK_POLICY_TIMED == 0;
+  if (pos > HAK_POLICY_EPOCH && !timed) return thr;
+  if (!_hak_site_trylock(s)) return thr;
   uint64_t now = _hak_os->now_ns();
-  if (s->epoch_left == 0) {
-    epoch_close(s, now);
-    if (!epoch_start(s, size, now)) {
-      _hak_site_unlock(s);
-      if ((atomic_fetch_add_explicit(&s->large_count, 1, memory_order_relaxed) % HAK_POLICY_TIMED) == 0) {
-        d->kind = HAK_DECIDE_TIMED; /* for the window's p99 */
-        d->size = size;
-        d->t0 = now;
-        hak_atomic_add(st_samples, 1);
-      }
-      return thr;
+  bool epoch = false;
+  if (pos == HAK_POLICY_EPOCH) {
+    epoch_close(s, now); /* its cost includes touching its blocks */
+  } else if (pos < HAK_POLICY_EPOCH) {
+    if (pos == 0) {
+      epoch_close(s, now); /* one left open by a busy lock */
+      epoch_start(s, size, now);
     }
+    epoch = s->epoch_kind != 0 && s->epoch_left > 0;
+  }
+  if (!epoch) {
+    _hak_site_unlock(s);
+    if (timed) {
+      d->kind = HAK_DECIDE_TIMED;
+      d->size = size;
+      d->t0 = now;
+      hak_atomic_add(st_samples, 1);
+    }
+    return thr;
   }
   s->epoch_left--;
   d->kind = (hak_decide_kind_t)s->epoch_kind;

@@ -38,10 +38,11 @@ static void rounds(const void* site, int n) {
 TEST(evolving_site_moves_to_the_known_best_threshold) {
   static int site;
   _hak_options[HAK_OPT_MODE] = 1;
+  _hak_fast_limit = (64u << 10) - 1;
   hak_stats_t a, b;
   hak_stats_get(&a);
   int r = 0;
-  for (; r < 2000 && (site_threshold(&site) == 0 || site_threshold(&site) == UINT64_MAX); r += 50) rounds(&site, 50);
+  for (; r < 5000 && (site_threshold(&site) == 0 || site_threshold(&site) == UINT64_MAX); r += 50) rounds(&site, 50);
   hak_stats_get(&b);
   uint64_t t = site_threshold(&site);
   printf("adopted threshold %lu after %d rounds; samples %lu, explored %lu, adoptions %lu\n", (unsigned long)t, r,
@@ -65,6 +66,7 @@ TEST(evolving_site_moves_to_the_known_best_threshold) {
 TEST(baseline_never_moves) {
   static int site2;
   _hak_options[HAK_OPT_MODE] = 0;
+  _hak_fast_limit = HAK_SMALL_MAX;
   hak_stats_t a, b;
   hak_stats_get(&a);
   rounds(&site2, 200);

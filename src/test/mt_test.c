@@ -293,6 +293,7 @@ static void huge_contention(long mode) {
   _hak_options[HAK_OPT_BATCH_RANGES] = 3;
   _hak_options[HAK_OPT_RETAIN_BYTES] = 8 << 20;
   _hak_options[HAK_OPT_MODE] = mode;
+  _hak_fast_limit = mode == 1 ? (64u << 10) - 1 : HAK_SMALL_MAX;
   hak_stats_t a, b;
   hak_stats_get(&a);
   enum { T = 4 };
@@ -324,6 +325,7 @@ static void huge_contention(long mode) {
   EXPECT_EQ_U(_hak_madvq_check(), 0);
   if (mode == 1) EXPECT_TRUE(b.learn_samples > a.learn_samples);
   memcpy(_hak_options, saved, sizeof(saved));
+  _hak_fast_limit = HAK_SMALL_MAX;
 }
 
 TEST(bigcache_and_batch_queue_under_contention) { huge_contention(0); }

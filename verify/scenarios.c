@@ -1,0 +1,199 @@
+/* Benchmark scenarios, one per process, run unchanged under every allocator
+ * (LD_PRELOAD of this same binary).  Each writes one JSON line to stdout:
+ *   {"scenario":..,"iters":..,"ops":..,"seconds":..,"ns_per_iter":..,
+ *    "minflt":..,"majflt":..,"maxrss_kib":..}
+ * Faults and time cover the scenario (setup included); RSS is the peak
+ * resident set (VmHWM).
+ * The scenarios (README.md "Benchmark" defines them the same way):
+ *   json   1000 x: malloc 64 KiB, write one byte per 4 KiB page, free
+ *   mir     100 x: the same with 256 KiB
+ *   vm      100 x: the same with 2 MiB
+ *   mixed   400 x: 64 KiB every iteration, 256 KiB every 4th, 2 MiB every
+ *           16th, each written one byte per page, freed at the iteration's
+ *           end (newest first)
+ *   small  1,000,000 x: free a random one of 10,000 live blocks and
+ *           allocate a new one of a random size in 16..1024 B (first and
+ *           last byte written)
+ *   mid     200,000 x: the same over 1,000 live blocks of 2..32 KiB
+ *   mt      larson-like server: 2 threads x 500,000 x: swap a new block of
+ *           16..1024 B into a random one of 2,000 shared slots and free the
+ *           block taken out (allocated by either thread: ~half the frees
+ *           are cross-thread)
+ *   cold    300 x: from one of 64 call sites, malloc a block of 2..24 MiB
+ *           (8 sizes), write one byte per page, keep the last 4 live:
+ *           beyond any cache budget
+ * An iteration is the unit of "ns_per_iter"; "ops" counts mallocs + frees. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#define KiB ((size_t)1024)
+#define MiB (1024 * KiB)
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint64_t rnd(uint64_t* s) {
+  *s ^= *s << 13;
+  *s ^= *s >> 7;
+  *s ^= *s << 17;
+  return *s;
+}
+
+static void touch(volatile char* p, size_t n) {
+  for (size_t o = 0; o < n; o += 4096) p[o] = (char)o;
+}
+
+static long iters, ops;
+
+static void fixed(size_t size, long n) {
+  iters = n;
+  ops = 2 * n;
+  for (long i = 0; i < n; i++) {
+    char* p = malloc(size);
+    if (p == NULL) abort();
+    touch(p, size);
+    free(p);
+  }
+}
+
+static void mixed(void) {
+  iters = 400;
+  for (long i = 0; i < iters; i++) {
+    char* b[3];
+    int n = 0;
+    b[n++] = malloc(64 * KiB);
+    touch(b[0], 64 * KiB);
+    if (i % 4 == 0) touch(b[n++] = malloc(256 * KiB), 256 * KiB);
+    if (i % 16 == 0) touch(b[n++] = malloc(2 * MiB), 2 * MiB);
+    ops += 2 * n;
+    while (n > 0) free(b[--n]);
+  }
+}
+
+static void replace(long n, int live, size_t lo, size_t hi) {
+  char** slot = malloc((size_t)live * sizeof(char*));
+  uint64_t s = 88172645463325252ULL;
+  for (int i = 0; i < live; i++) {
+    size_t k = lo + rnd(&s) % (hi - lo + 1);
+    slot[i] = malloc(k);
+    slot[i][0] = 1;
+  }
+  iters = n;
+  ops = 2 * n;
+  for (long i = 0; i < n; i++) {
+    size_t j = (size_t)(rnd(&s) % (uint64_t)live);
+    free(slot[j]);
+    size_t k = lo + rnd(&s) % (hi - lo + 1);
+    slot[j] = malloc(k);
+    slot[j][0] = (char)i;
+    slot[j][k - 1] = (char)i;
+  }
+  for (int i = 0; i < live; i++) free(slot[i]);
+  free(slot);
+}
+
+#define MT_SLOTS 2000
+#define MT_ITERS 500000
+static _Atomic(char*) mt_slot[MT_SLOTS];
+
+static void* mt_worker(void* arg) {
+  uint64_t s = 0x9E3779B97F4A7C15ULL * ((uint64_t)(uintptr_t)arg + 1);
+  for (long i = 0; i < MT_ITERS; i++) {
+    size_t k = 16 + rnd(&s) % 1009;
+    char* p = malloc(k);
+    p[0] = 1;
+    p[k - 1] = 2;
+    char* old = atomic_exchange(&mt_slot[rnd(&s) % MT_SLOTS], p);
+    free(old);
+  }
+  return NULL;
+}
+
+static void mt(void) {
+  for (int i = 0; i < MT_SLOTS; i++) atomic_store(&mt_slot[i], malloc(64));
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, mt_worker, (void*)(uintptr_t)i);
+  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  for (int i = 0; i < MT_SLOTS; i++) free(atomic_load(&mt_slot[i]));
+  iters = 2L * MT_ITERS;
+  ops = 2 * iters;
+}
+
+/* 64 distinct call sites (no tail calls, so each has its own return address) */
+static void* volatile sink;
+#define SITE(n) \
+  static __attribute__((noinline)) void* cold_site##n(size_t s) { void* p = malloc(s); sink = p; return p; }
+#define SITE8(n) SITE(n##0) SITE(n##1) SITE(n##2) SITE(n##3) SITE(n##4) SITE(n##5) SITE(n##6) SITE(n##7)
+SITE8(1) SITE8(2) SITE8(3) SITE8(4) SITE8(5) SITE8(6) SITE8(7) SITE8(8)
+#define REF8(n) cold_site##n##0, cold_site##n##1, cold_site##n##2, cold_site##n##3, \
+                cold_site##n##4, cold_site##n##5, cold_site##n##6, cold_site##n##7
+static void* (*const cold_sites[64])(size_t) = {REF8(1), REF8(2), REF8(3), REF8(4),
+                                                 REF8(5), REF8(6), REF8(7), REF8(8)};
+
+static void cold(void) {
+  static const size_t sizes[8] = {2 * MiB, 3 * MiB, 4 * MiB, 6 * MiB, 8 * MiB, 12 * MiB, 16 * MiB, 24 * MiB};
+  char* live[4] = {0};
+  uint64_t s = 12345;
+  iters = 300;
+  for (long i = 0; i < iters; i++) {
+    uint64_t r = rnd(&s);
+    size_t n = sizes[r % 8];
+    free(live[i % 4]);
+    live[i % 4] = cold_sites[(r >> 8) % 64](n);
+    touch(live[i % 4], n);
+  }
+  for (int i = 0; i < 4; i++) free(live[i]);
+  ops = 2 * iters;
+}
+
+/* Peak resident set of this process image, from /proc (getrusage's
+ * ru_maxrss survives exec and would report the parent's peak). */
+static long peak_rss_kib(void) {
+  FILE* f = fopen("/proc/self/status", "r");
+  char line[256];
+  long kib = -1;
+  if (f == NULL) return -1;
+  while (fgets(line, sizeof(line), f))
+    if (strncmp(line, "VmHWM:", 6) == 0) kib = atol(line + 6);
+  fclose(f);
+  return kib;
+}
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: %s json|mir|vm|mixed|small|mid|mt|cold\n", argv[0]);
+    return 2;
+  }
+  const char* sc = argv[1];
+  struct rusage a, b;
+  getrusage(RUSAGE_SELF, &a);
+  double t0 = now();
+  if (strcmp(sc, "json") == 0) fixed(64 * KiB, 1000);
+  else if (strcmp(sc, "mir") == 0) fixed(256 * KiB, 100);
+  else if (strcmp(sc, "vm") == 0) fixed(2 * MiB, 100);
+  else if (strcmp(sc, "mixed") == 0) mixed();
+  else if (strcmp(sc, "small") == 0) replace(1000000, 10000, 16, 1024);
+  else if (strcmp(sc, "mid") == 0) replace(200000, 1000, 2 * KiB, 32 * KiB);
+  else if (strcmp(sc, "mt") == 0) mt();
+  else if (strcmp(sc, "cold") == 0) cold();
+  else {
+    fprintf(stderr, "unknown scenario %s\n", sc);
+    return 2;
+  }
+  double t = now() - t0;
+  getrusage(RUSAGE_SELF, &b);
+  printf("{\"scenario\":\"%s\",\"iters\":%ld,\"ops\":%ld,\"seconds\":%.6f,\"ns_per_iter\":%.1f,"
+         "\"minflt\":%ld,\"majflt\":%ld,\"maxrss_kib\":%ld}\n",
+         sc, iters, ops, t, t * 1e9 / (double)iters, b.ru_minflt - a.ru_minflt, b.ru_majflt - a.ru_majflt,
+         peak_rss_kib());
+  return 0;
+}
