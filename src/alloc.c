@@ -128,6 +128,16 @@ static void segment_misuse(hak_page_t* page, const void* p, hak_fn_t fn) {
     _hak_error(HAK_ERR_INVALID_FREE, fn, p);
 }
 
+/* A free of a block on another heap's page, from the fast path (which has
+ * found the page already). */
+void _hak_free_mt(hak_page_t* page, void* p, hak_fn_t fn) {
+  if (hak_unlikely(!hak_page_is_block(page, (uintptr_t)p))) {
+    segment_misuse(page, p, fn);
+    return;
+  }
+  free_remote(page, p, fn);
+}
+
 void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
   if (p == NULL) return;
   uintptr_t a = (uintptr_t)p;

@@ -201,6 +201,7 @@ HAK_INTERNAL void _hak_stats_at_exit(void);
 /* ---- alloc.c: generic (slow) paths --------------------------------------- */
 HAK_INTERNAL void* _hak_alloc_generic(hak_heap_t* heap, size_t size, size_t align, const void* site);
 HAK_INTERNAL void _hak_free_generic(void* p, const void* site, hak_fn_t fn);
+HAK_INTERNAL void _hak_free_mt(hak_page_t* page, void* p, hak_fn_t fn); /* page->heap: another */
 HAK_INTERNAL void* _hak_realloc(void* p, size_t size, const void* site);
 HAK_INTERNAL void* _hak_calloc(size_t n, size_t size, const void* site);
 HAK_INTERNAL void* _hak_aligned(size_t align, size_t size, const void* site);
@@ -219,7 +220,7 @@ static inline uintptr_t hak_freed_tag(const void* p) { return (uintptr_t)p ^ _ha
  * and branch, three stores, one counter add.  No lock, no atomic RMW; the
  * single exit is _hak_alloc_generic, which also initializes the thread.
  * ------------------------------------------------------------------------- */
-static inline void* hak_alloc_fast(size_t size, const void* site) {
+__attribute__((always_inline)) static inline void* hak_alloc_fast(size_t size, const void* site) {
   hak_heap_t* heap = _hak_heap_tls;
   size_t bin;
   if (hak_likely(size <= HAK_SMALL_FAST_MAX)) bin = _hak_bin_lut[(size + HAK_ALIGN - 1) / HAK_ALIGN];
@@ -249,7 +250,7 @@ static inline void* hak_alloc_fast(size_t size, const void* site) {
  * unusual (other thread's block, huge block, NULL, misuse, page becoming
  * empty or leaving the full list) goes to _hak_free_generic / page_free_slow.
  * ------------------------------------------------------------------------- */
-static inline void hak_free_fast(void* p, const void* site, hak_fn_t fn) {
+__attribute__((always_inline)) static inline void hak_free_fast(void* p, const void* site, hak_fn_t fn) {
   uintptr_t a = (uintptr_t)p;
   if (hak_likely(hak_segmap_get(a) == HAK_MAP_SEGMENT)) {
     hak_page_t* page = hak_page_of(p);
@@ -268,6 +269,10 @@ static inline void hak_free_fast(void* p, const void* site, hak_fn_t fn) {
       hak_count(heap->counters.small_frees, 1);
       if (hak_likely(--page->used != 0 && !page->in_full)) return;
       _hak_page_free_slow(heap, page);
+      return;
+    }
+    if (page->heap != heap && page->heap != NULL) { /* another thread's block */
+      _hak_free_mt(page, p, fn);
       return;
     }
   }

@@ -86,32 +86,41 @@ typedef enum {
  * whether the owner must be told (heap->remote_pending), without touching
  * the page after the push (the owner may retire it at once). */
 typedef struct hak_page_s {
-  /* hot: read by the fast paths (first cache line) */
-  hak_block_t* free;            /* owner-only free list                     */
+  /* line 0: read-mostly, also read by other threads' frees */
   struct hak_heap_s* heap;      /* owning heap, NULL when not a live page   */
   uint8_t* start;               /* first block                              */
   uint64_t div_check;           /* ceil(2^64 / block_size): off is a block
                                    start iff off * div_check < div_check    */
   _Atomic(uint32_t) carved;     /* bytes carved: capacity * block_size      */
   uint32_t block_size;          /* bytes per block (large: usable bytes)    */
-  uint32_t used;                /* blocks handed out and not yet collected  */
-  uint8_t in_full;              /* on the heap's full list (owner only)     */
   uint8_t kind;                 /* hak_slice_kind_t                         */
   uint8_t bin;                  /* size class (small)                       */
   uint8_t slice_back;           /* interior slices: distance to head slice  */
-  /* cold */
-  uint32_t capacity;            /* blocks carved so far                     */
+  uint8_t _pad0;
   uint32_t reserved;            /* blocks that fit                          */
   uint32_t slice_count;         /* slices in this page (head only)          */
   uint32_t slice_index;         /* index of the head slice                  */
   uintptr_t site;               /* call site of a large block               */
-  _Atomic(uintptr_t) thread_free; /* frees from other threads | HAK_TF_FULL */
+  uint8_t _pad1[8];
+  /* line 1: written by the owner on every allocation and free */
+  hak_block_t* free;            /* owner-only free list                     */
+  uint32_t used;                /* blocks handed out and not yet collected  */
+  uint8_t in_full;              /* on the heap's full list (owner only)     */
+  uint8_t _pad2[3];
+  uint32_t capacity;            /* blocks carved so far                     */
+  uint32_t _pad3;
   struct hak_page_s* next;      /* bin queue or full list                   */
   struct hak_page_s* prev;
-  uint8_t _pad[32];             /* 128 bytes: descriptor index by shift     */
+  uint8_t _pad4[24];
+  /* line 2: written by other threads' frees */
+  _Atomic(uintptr_t) thread_free; /* frees from other threads | HAK_TF_FULL */
+  uint8_t _pad5[56 + 64];
 } hak_page_t;
 
-_Static_assert(sizeof(hak_page_t) == 128, "page descriptor is 128 bytes");
+/* Lines apart so that other threads' frees (reading line 0, pushing on
+ * line 2) do not bounce the line the owner writes (line 1). */
+_Static_assert(sizeof(hak_page_t) == 256, "page descriptor is 256 bytes");
+_Static_assert(offsetof(hak_page_t, free) == 64 && offsetof(hak_page_t, thread_free) == 128, "layout");
 #define HAK_TF_FULL ((uintptr_t)1)
 
 /* A segment: 4 MiB aligned, registered in the segment map.  Slice 0 holds
