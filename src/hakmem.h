@@ -112,6 +112,11 @@ typedef struct hak_site_info_s {
  * and the calling thread's empty pages: returns memory to the OS. */
 HAK_API void hak_collect(void);
 
+/* Walks every structure of the allocator and checks its invariants;
+ * prints each violation on stderr and returns how many there were.  Call it
+ * when no other thread is inside the allocator. */
+HAK_API size_t hak_check_heap(void);
+
 /* Copies up to max sites (most allocations first); returns how many. */
 HAK_API size_t hak_sites_get(hak_site_info_t* out, size_t max);
 

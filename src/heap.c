@@ -150,6 +150,8 @@ hak_heap_t* _hak_heap_get(void) {
   return heap;
 }
 
+hak_heap_t* _hak_heaps_first(void) { return atomic_load(&heaps_all); }
+
 void _hak_heap_stats(hak_stats_t* st) {
   struct {
 #define HAK_X(n) uint64_t n;

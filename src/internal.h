@@ -139,6 +139,7 @@ HAK_INTERNAL extern size_t _hak_fast_limit;
 HAK_INTERNAL hak_heap_t* _hak_heap_get(void);       /* init thread if needed */
 HAK_INTERNAL void _hak_init(void);
 HAK_INTERNAL void _hak_heap_stats(hak_stats_t* st);
+HAK_INTERNAL hak_heap_t* _hak_heaps_first(void);    /* registry, next_all */
 HAK_INTERNAL void* _hak_meta_alloc(size_t size);    /* never freed          */
 
 /* ---- huge.c: direct mappings with a checked header ------------------------ */
@@ -176,6 +177,7 @@ HAK_INTERNAL void _hak_site_unlock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_free(const void* site);
 HAK_INTERNAL void _hak_site_stats(hak_stats_t* st);
 HAK_INTERNAL void _hak_site_reset(void);   /* tests */
+HAK_INTERNAL size_t _hak_site_check(void);
 
 /* ---- policy.c: which tier serves a large request (learned per site) ---- */
 typedef enum { HAK_DECIDE_NONE, HAK_DECIDE_TIMED, HAK_DECIDE_UCB, HAK_DECIDE_ELO } hak_decide_kind_t;

@@ -128,3 +128,16 @@ size_t hak_sites_get(hak_site_info_t* out, size_t max) {
   }
   return n;
 }
+
+/* Checker: every learned threshold is one of the UCB1 arms. */
+size_t _hak_site_check(void) {
+  size_t bad = 0;
+  for (size_t i = 0; i < SITE_SLOTS; i++) {
+    uint32_t t = atomic_load_explicit(&sites[i].threshold, memory_order_relaxed);
+    if (t == 0) continue;
+    bool arm = false;
+    for (int a = 0; a < HAK_UCB_ARMS; a++) arm |= t == _hak_ucb_thresholds[a];
+    if (!arm) bad++;
+  }
+  return bad;
+}

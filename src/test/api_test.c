@@ -212,10 +212,12 @@ TEST(many_live_blocks_do_not_overlap) {
     ASSERT_NOT_NULL(p[i]);
     fill(p[i], sz[i], id[i]);
   }
+  EXPECT_EQ_U(hak_check_heap(), 0);
   for (int i = 0; i < N; i++) {
     if (!check(p[i], sz[i], id[i])) HAK_FAIL_AT("block %u (size %zu) overwritten", id[i], sz[i]);
     M_FREE(p[i]);
   }
+  EXPECT_EQ_U(hak_check_heap(), 0);
 }
 
 /* ---- misuse: death tests ------------------------------------------------ */

@@ -130,6 +130,7 @@ TEST(cross_thread_frees_keep_contents) {
   uint64_t freed = (b.freed_small - a.freed_small) + (b.freed_large - a.freed_large) +
                    (b.freed_huge - a.freed_huge);
   EXPECT_EQ_U(served, freed);
+  EXPECT_EQ_U(hak_check_heap(), 0); /* all threads joined: the world is still */
 }
 
 /* ---- double free across threads -------------------------------------- */
@@ -198,6 +199,7 @@ TEST(thousand_short_lived_threads_reuse_heaps) {
   EXPECT_TRUE(b.heaps_created - a.heaps_created <= 16);
   EXPECT_TRUE(b.heaps_reused - a.heaps_reused >= 900);
   EXPECT_TRUE(b.segments_current <= 64);
+  EXPECT_EQ_U(hak_check_heap(), 0);
 }
 
 /* ---- fork while other threads allocate --------------------------------- */
@@ -323,6 +325,7 @@ static void huge_contention(long mode) {
   EXPECT_EQ_U(b.batch_retained_bytes, 0);
   EXPECT_EQ_U(_hak_bigcache_check(), 0);
   EXPECT_EQ_U(_hak_madvq_check(), 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
   if (mode == 1) EXPECT_TRUE(b.learn_samples > a.learn_samples);
   memcpy(_hak_options, saved, sizeof(saved));
   _hak_fast_limit = HAK_SMALL_MAX;

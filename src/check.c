@@ -1,0 +1,141 @@
+/* The invariant checker: hak_check_heap() walks every structure and checks
+ * the invariants written above each struct in types.h (and in bigcache.c,
+ * madvq.c), printing one line per violation (without allocating) and
+ * returning how many it found.  It reads other threads' heaps, so call it
+ * when no other thread is inside the allocator (the tests and stress
+ * programs pause the world around it). */
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define WALK_MAX (1u << 20) /* bound on any list walk: a cycle is a violation */
+
+static size_t violation(const char* what, const void* where, uint64_t a, uint64_t b) {
+  hak_out_t o = {.fd = STDERR_FILENO};
+  _hak_out_str(&o, "hakmem: check: ");
+  _hak_out_str(&o, what);
+  _hak_out_str(&o, " at ");
+  _hak_out_hex(&o, (uintptr_t)where);
+  _hak_out_str(&o, " (");
+  _hak_out_u64(&o, a);
+  _hak_out_str(&o, ", ");
+  _hak_out_u64(&o, b);
+  _hak_out_str(&o, ")\n");
+  _hak_out_flush(&o);
+  return 1;
+}
+
+/* Length of a block list, each block checked to be a block of page with the
+ * freed tag; UINT32_MAX if the walk does not end (cycle). */
+static uint32_t check_list(const hak_page_t* page, hak_block_t* b, size_t* bad) {
+  uint32_t n = 0;
+  for (; b != NULL; b = b->next) {
+    if (++n > WALK_MAX || n > page->capacity) {
+      *bad += violation("free list longer than capacity (cycle or double link)", page, n, page->capacity);
+      return UINT32_MAX;
+    }
+    if (!hak_page_is_block(page, (uintptr_t)b)) {
+      *bad += violation("free list links a pointer that is not a block of its page", b, n, page->block_size);
+      return UINT32_MAX;
+    }
+    if (atomic_load_explicit(&b->tag, memory_order_relaxed) != hak_freed_tag(b))
+      *bad += violation("block on a free list without the freed tag", b, n, 0);
+  }
+  return n;
+}
+
+static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full) {
+  size_t bad = 0;
+  if (page->heap != heap) bad += violation("page owned by another heap", page, 0, 0);
+  if (page->in_full != full) bad += violation("page on the wrong queue", page, page->in_full, full);
+  uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
+  if (((tf & HAK_TF_FULL) != 0) != full) bad += violation("full flag of thread_free disagrees", page, tf & 1, full);
+  if (page->capacity > page->reserved) bad += violation("capacity > reserved", page, page->capacity, page->reserved);
+  if (atomic_load(&page->carved) != page->capacity * page->block_size)
+    bad += violation("carved != capacity * block_size", page, atomic_load(&page->carved), page->capacity);
+  if (page->kind == HAK_SLICE_SMALL) {
+    if (page->block_size != _hak_bin_size(page->bin)) bad += violation("block size of bin", page, page->block_size, page->bin);
+  } else if (page->kind != HAK_SLICE_LARGE) {
+    return bad + violation("queued page is not a page", page, page->kind, 0);
+  }
+  uint32_t nfree = check_list(page, page->free, &bad);
+  uint32_t nremote = check_list(page, (hak_block_t*)(tf & ~HAK_TF_FULL), &bad);
+  if (nfree != UINT32_MAX && nremote != UINT32_MAX && page->used + nfree != page->capacity)
+    bad += violation("used + |free| != capacity", page, page->used + nfree, page->capacity);
+  if (nremote != UINT32_MAX && nremote > page->used) bad += violation("more remote frees than used", page, nremote, page->used);
+  return bad;
+}
+
+static size_t check_queue(const hak_heap_t* heap, const hak_page_queue_t* q, bool full, int bin, size_t* pages) {
+  size_t bad = 0, n = 0;
+  hak_page_t* prev = NULL;
+  for (hak_page_t* p = q->first; p != NULL; prev = p, p = p->next) {
+    if (++n > WALK_MAX) return bad + violation("page queue does not end", q, n, 0);
+    if (p->prev != prev) bad += violation("page queue back link", p, (uintptr_t)p->prev, (uintptr_t)prev);
+    if (!full && p->bin != bin) bad += violation("page in another bin's queue", p, p->bin, (uint64_t)bin);
+    bad += check_page(heap, p, full);
+  }
+  if (q->last != prev) bad += violation("page queue last", q, (uintptr_t)q->last, (uintptr_t)prev);
+  *pages += n;
+  return bad;
+}
+
+static size_t check_segment(const hak_heap_t* heap, hak_segment_t* seg, size_t* pages) {
+  size_t bad = 0;
+  if (seg->magic != HAK_SEGMENT_MAGIC) return violation("segment magic", seg, seg->magic, 0);
+  if (seg->heap != heap) bad += violation("segment owned by another heap", seg, 0, 0);
+  if (hak_segmap_get((uintptr_t)seg) != HAK_MAP_SEGMENT) bad += violation("segment not in the segment map", seg, 0, 0);
+  if (seg->free_mask & 1) bad += violation("slice 0 marked free", seg, 0, 0);
+  if (seg->used_slices != 63u - (uint32_t)__builtin_popcountll(seg->free_mask))
+    bad += violation("used_slices disagrees with free_mask", seg, seg->used_slices, seg->free_mask);
+  for (size_t i = 1; i < HAK_SLICES;) {
+    hak_page_t* s = &seg->slices[i];
+    bool free_bit = (seg->free_mask >> i) & 1;
+    if (free_bit != (s->kind == HAK_SLICE_FREE)) bad += violation("free_mask disagrees with slice kind", s, free_bit, s->kind);
+    if (s->kind == HAK_SLICE_SMALL || s->kind == HAK_SLICE_LARGE) {
+      (*pages)++;
+      if (s->slice_index != i || s->slice_count == 0 || i + s->slice_count > HAK_SLICES)
+        bad += violation("page slice range", s, s->slice_index, s->slice_count);
+      for (size_t k = 1; k < s->slice_count && i + k < HAK_SLICES; k++) {
+        hak_page_t* in = &seg->slices[i + k];
+        if (in->kind != HAK_SLICE_INTERIOR || in->slice_back != k) bad += violation("interior slice", in, in->kind, in->slice_back);
+      }
+      i += s->slice_count ? s->slice_count : 1;
+      continue;
+    }
+    if (s->kind == HAK_SLICE_INTERIOR) bad += violation("interior slice without a head", s, i, 0);
+    i++;
+  }
+  return bad;
+}
+
+static size_t check_heap(const hak_heap_t* heap) {
+  size_t bad = 0, queued = 0, in_segments = 0;
+  for (int b = 0; b < HAK_BINS; b++) {
+    bad += check_queue(heap, &heap->bins[b], false, b, &queued);
+    hak_page_t* d = heap->direct[b];
+    if (d != &_hak_page_empty && (d->heap != heap || d->bin != b || d->kind != HAK_SLICE_SMALL))
+      bad += violation("direct page of another bin or heap", d, d->bin, (uint64_t)b);
+  }
+  bad += check_queue(heap, &heap->full, true, -1, &queued);
+  size_t nseg = 0;
+  for (hak_segment_t* s = heap->segments; s != NULL; s = s->next) {
+    if (++nseg > WALK_MAX) return bad + violation("segment list does not end", heap, nseg, 0);
+    bad += check_segment(heap, s, &in_segments);
+  }
+  if (nseg != heap->segment_count) bad += violation("segment_count", heap, nseg, heap->segment_count);
+  if (queued != in_segments) bad += violation("pages in segments != pages on queues", heap, in_segments, queued);
+  return bad;
+}
+
+size_t hak_check_heap(void) {
+  size_t bad = 0;
+  for (hak_heap_t* h = _hak_heaps_first(); h != NULL; h = h->next_all) bad += check_heap(h);
+  size_t bc = _hak_bigcache_check();
+  if (bc) bad += violation("BigCache slots holding blocks that are not cached huge blocks", NULL, bc, 0);
+  size_t q = _hak_madvq_check();
+  if (q) bad += violation("batch queue ranges overlapping or misaligned", NULL, q, 0);
+  bad += _hak_site_check();
+  return bad;
+}
