@@ -1,0 +1,234 @@
+/* Traces: parsing, printing and the executor (see trace.h). */
+#include "verify/trace.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "src/hakmem.h"
+#include "verify/shadow_heap.h"
+
+void trace_init(trace_t* t, int threads) {
+  memset(t, 0, sizeof(*t));
+  t->threads = threads < 1 ? 1 : threads > 8 ? 8 : threads;
+}
+
+void trace_free(trace_t* t) {
+  if (t->ops) munmap(t->ops, t->cap * sizeof(trace_op_t));
+  t->ops = NULL;
+  t->n = t->cap = 0;
+}
+
+void trace_push(trace_t* t, trace_op_t op) {
+  if (t->n == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 4096;
+    trace_op_t* ops = mmap(NULL, cap * sizeof(trace_op_t), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ops == MAP_FAILED) abort();
+    if (t->ops) {
+      memcpy(ops, t->ops, t->n * sizeof(trace_op_t));
+      munmap(t->ops, t->cap * sizeof(trace_op_t));
+    }
+    t->ops = ops;
+    t->cap = cap;
+  }
+  t->ops[t->n++] = op;
+}
+
+static const char* const names[] = {"alloc", "calloc", "memalign", "realloc", "free", "round", "check"};
+
+void trace_print(const trace_t* t, FILE* f) {
+  fprintf(f, "hakmem-trace 1\nthreads %d\n", t->threads);
+  for (size_t i = 0; i < t->n; i++) {
+    const trace_op_t* o = &t->ops[i];
+    switch (o->kind) {
+      case OP_ROUND: fprintf(f, "round\n"); break;
+      case OP_CHECK: fprintf(f, "check\n"); break;
+      case OP_FREE: fprintf(f, "t%d free %u\n", o->thread, o->id); break;
+      case OP_ALLOC:
+      case OP_REALLOC: fprintf(f, "t%d %s %u %zu\n", o->thread, names[o->kind], o->id, o->a); break;
+      default: fprintf(f, "t%d %s %u %zu %zu\n", o->thread, names[o->kind], o->id, o->a, o->b); break;
+    }
+  }
+}
+
+bool trace_parse(trace_t* t, FILE* f) {
+  char line[256];
+  int lineno = 0;
+  trace_init(t, 1);
+  while (fgets(line, sizeof(line), f)) {
+    lineno++;
+    char* hash = strchr(line, '#');
+    if (hash) *hash = 0;
+    char word[32];
+    int th, n;
+    unsigned id;
+    size_t a = 0, b = 0;
+    if (sscanf(line, " %31s", word) != 1) continue;
+    if (strcmp(word, "hakmem-trace") == 0) continue;
+    if (sscanf(line, " threads %d", &th) == 1) {
+      t->threads = th < 1 ? 1 : th > 8 ? 8 : th;
+      continue;
+    }
+    if (strcmp(word, "round") == 0) {
+      trace_push(t, (trace_op_t){.kind = OP_ROUND});
+      continue;
+    }
+    if (strcmp(word, "check") == 0) {
+      trace_push(t, (trace_op_t){.kind = OP_CHECK});
+      continue;
+    }
+    if (sscanf(line, " t%d %31s %u %zu %zu%n", &th, word, &id, &a, &b, &n) >= 3 && th >= 0 && th < 8) {
+      trace_op_t o = {.thread = (uint8_t)th, .id = id % TRACE_MAX_IDS, .a = a, .b = b};
+      int k;
+      for (k = 0; k < 5 && strcmp(word, names[k]) != 0; k++) {
+      }
+      if (k < 5) {
+        o.kind = (trace_kind_t)k;
+        trace_push(t, o);
+        continue;
+      }
+    }
+    fprintf(stderr, "trace: line %d: cannot parse: %s", lineno, line);
+    return false;
+  }
+  return true;
+}
+
+/* ---- the executor -------------------------------------------------------- */
+typedef struct {
+  const trace_t* t;
+  shadow_heap_t* shadow;
+  size_t begin, end; /* the round's ops */
+  int thread;
+  bool ok;
+} worker_t;
+
+static bool live[TRACE_MAX_IDS];      /* distinct ids: distinct bytes, no race */
+static int8_t owner[TRACE_MAX_IDS];   /* the one thread using an id this round */
+
+static bool run_op(shadow_heap_t* s, const trace_op_t* o) {
+  uint32_t id = o->id;
+  switch (o->kind) {
+    case OP_ALLOC:
+    case OP_CALLOC:
+    case OP_MEMALIGN: {
+      if (live[id]) return true; /* skipped */
+      void* p;
+      size_t size = o->kind == OP_ALLOC ? o->a : o->b;
+      size_t align = 0;
+      bool impossible = false;
+      if (o->kind == OP_ALLOC) {
+        p = hak_malloc(size);
+        impossible = size > PTRDIFF_MAX;
+      } else if (o->kind == OP_CALLOC) {
+        p = hak_calloc(o->a, o->b);
+        size = o->a * o->b;
+        impossible = o->b != 0 && o->a > SIZE_MAX / o->b;
+        if (!impossible && size > PTRDIFF_MAX) impossible = true;
+      } else {
+        align = o->a;
+        p = hak_aligned_alloc(align, size);
+        impossible = align == 0 || (align & (align - 1)) != 0 || align > ((size_t)1 << 30) || size > PTRDIFF_MAX;
+      }
+      if (impossible) {
+        if (p != NULL) {
+          fprintf(stderr, "trace: impossible request (%zu, %zu) returned %p\n", o->a, o->b, p);
+          return false;
+        }
+        return true;
+      }
+      bool ok = shadow_on_alloc(s, id, p, size, align, o->kind == OP_CALLOC, false);
+      live[id] = p != NULL;
+      return ok;
+    }
+    case OP_REALLOC: {
+      if (!live[id] || o->a == 0 || o->a > PTRDIFF_MAX) return true;
+      void* old;
+      size_t old_size;
+      if (!shadow_before_realloc(s, id, &old, &old_size)) return false;
+      void* q = hak_realloc(old, o->a);
+      return shadow_after_realloc(s, id, old, old_size, q, o->a);
+    }
+    case OP_FREE: {
+      if (!live[id]) return true;
+      void* p = shadow_on_free(s, id);
+      hak_free(p);
+      live[id] = false;
+      return shadow_ok(s);
+    }
+    default: return true;
+  }
+}
+
+static void* worker(void* arg) {
+  worker_t* w = arg;
+  for (size_t i = w->begin; i < w->end && w->ok; i++)
+    if (owner[w->t->ops[i].id] == w->thread) w->ok = run_op(w->shadow, &w->t->ops[i]);
+  return NULL;
+}
+
+static size_t blocks_size(const void* p) { return hak_usable_size(p); }
+
+bool trace_run(const trace_t* t, uint64_t seed) {
+  shadow_heap_t* s = shadow_create(seed, blocks_size);
+  if (s == NULL) return false;
+  memset(live, 0, sizeof(live));
+  bool ok = true;
+  size_t i = 0;
+  while (i < t->n && ok) {
+    size_t end = i;
+    while (end < t->n && t->ops[end].kind != OP_ROUND && t->ops[end].kind != OP_CHECK) end++;
+    /* an id is used by one thread per round: the thread of its first op in
+     * the round (a hand-written trace may name others) */
+    memset(owner, -1, sizeof(owner));
+    for (size_t k = i; k < end; k++)
+      if (owner[t->ops[k].id] < 0) owner[t->ops[k].id] = (int8_t)(t->ops[k].thread % t->threads);
+    if (t->threads == 1) {
+      worker_t w = {t, s, i, end, 0, true};
+      worker(&w);
+      ok = w.ok;
+    } else {
+      worker_t w[8];
+      pthread_t th[8];
+      for (int k = 0; k < t->threads; k++) {
+        w[k] = (worker_t){t, s, i, end, k, true};
+        pthread_create(&th[k], NULL, worker, &w[k]);
+      }
+      for (int k = 0; k < t->threads; k++) {
+        pthread_join(th[k], NULL);
+        ok = ok && w[k].ok;
+      }
+    }
+    if (ok && end < t->n && t->ops[end].kind == OP_CHECK && hak_check_heap() != 0) {
+      fprintf(stderr, "trace: hak_check_heap found violations after op %zu\n", end);
+      ok = false;
+    }
+    i = end + 1;
+  }
+  ok = ok && shadow_check_all(s) && shadow_ok(s);
+  for (uint32_t id = 0; id < TRACE_MAX_IDS; id++)
+    if (live[id]) {
+      hak_free(shadow_on_free(s, id));
+      live[id] = false;
+    }
+  if (ok && hak_check_heap() != 0) {
+    fprintf(stderr, "trace: hak_check_heap found violations at the end\n");
+    ok = false;
+  }
+  shadow_destroy(s);
+  return ok;
+}
+
+void trace_dump_if_asked(const trace_t* t) {
+  const char* path = getenv("HAKMEM_TRACE_OUT");
+  if (path == NULL || *path == 0) return;
+  FILE* f = fopen(path, "w");
+  if (f == NULL) {
+    fprintf(stderr, "trace: cannot write %s: %s\n", path, strerror(errno));
+    return;
+  }
+  trace_print(t, f);
+  fclose(f);
+}
