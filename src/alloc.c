@@ -21,6 +21,7 @@ static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* s
     if (heap == NULL) goto oom;
   }
   if (hak_unlikely(size > PTRDIFF_MAX)) goto oom;
+  if (size < HAK_ALIGN) size = HAK_ALIGN; /* a zero-size block still needs room: aligned ones too */
   void* p;
   bool mid = size < (64u << 10) || (hak_option(HAK_OPT_MODE) == 0 && size <= HAK_SMALL_MAX);
   if (align <= HAK_ALIGN && mid) {

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define TABLE_BITS 20
+#define TABLE_BITS 16 /* 65,536 ids, 32,768 live blocks */
 #define TABLE_SIZE ((size_t)1 << TABLE_BITS)
 #define LIVE_MAX (TABLE_SIZE / 2)
 #define FULL_CHECK (64 * 1024)

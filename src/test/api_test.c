@@ -95,6 +95,19 @@ TEST(aligned_alloc_every_alignment) {
   }
 }
 
+/* Found by api_fuzzer: a zero-size request with an alignment above the
+ * slice size produced a zero-byte block at the end of its run. */
+TEST(aligned_zero_size_in_every_tier) {
+  for (size_t align = 16; align <= 16 * MiB; align <<= 1) {
+    void* p = M_ALIGNED(align, 0);
+    ASSERT_NOT_NULL(p);
+    EXPECT_EQ_U((uintptr_t)p % align, 0);
+    EXPECT_TRUE(M_USABLE(p) >= 1);
+    *(volatile char*)p = 1;
+    M_FREE(p);
+  }
+}
+
 TEST(aligned_alloc_bad_alignment_is_einval) {
   size_t bad[] = {0, 3, 24, 48, 100};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
