@@ -1,0 +1,90 @@
+/* learn_fuzzer: arbitrary reward and cost streams into UCB1, ELO and the
+ * lifecycle (NaN, infinities, negatives included).  Never a NaN mean or
+ * rating, never an out-of-range arm or candidate, the rating sum conserved,
+ * exactly the survivors active once pruned, and the same input replays to
+ * the identical state (determinism). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "src/learn.h"
+
+static double decode_double(const uint8_t* d) {
+  static const double special[] = {0.0, -1.0, 1.0, 0.5, 1e300, -1e300, 2.0, 1e-300};
+  if (d[0] < 8) return special[d[0]];
+  if (d[0] == 8) return NAN;
+  if (d[0] == 9) return INFINITY;
+  uint64_t bits;
+  memcpy(&bits, d, sizeof(bits));
+  double x;
+  memcpy(&x, &bits, sizeof(x));
+  return x;
+}
+
+typedef struct {
+  hak_ucb_t ucb;
+  hak_elo_t elo;
+  hak_lifecycle_t lc;
+  hak_rng_t rng;
+} state_t;
+
+static void run(const uint8_t* data, size_t size, state_t* st) {
+  memset(st, 0, sizeof(*st));
+  _hak_ucb_init(&st->ucb, size ? data[0] % 8 : 0);
+  _hak_elo_init(&st->elo, 42);
+  _hak_lifecycle_init(&st->lc, 0);
+  _hak_rng_seed(&st->rng, 7);
+  uint64_t now = 0;
+  for (size_t i = 1; i + 9 <= size; i += 9) {
+    uint8_t op = data[i];
+    double x = decode_double(data + i + 1);
+    now += (uint64_t)(op & 0x0f) * 100000000ull;
+    switch (op % 5) {
+      case 0: {
+        int arm = _hak_ucb_select(&st->ucb);
+        if (arm < 0 || arm >= HAK_UCB_ARMS) abort();
+        _hak_ucb_update(&st->ucb, op & 0x40 ? arm : (int)(op % 9) - 1, x);
+        break;
+      }
+      case 1: _hak_ucb_evaluate(&st->ucb, now, op & 0x20 ? 0 : HAK_UCB_COOLDOWN_NS); break;
+      case 2: {
+        int c = _hak_elo_select(&st->elo);
+        if (c < 0 || c >= HAK_ELO_CANDIDATES || !st->elo.c[c].active) abort();
+        for (int k = 0; k < 60; k++) _hak_elo_record(&st->elo, (op & 0x80) ? c : (int)(op % 14) - 1, x * k, x, -x);
+        break;
+      }
+      case 3: _hak_elo_play(&st->elo); break;
+      default: {
+        uint64_t mix[HAK_MIX_BUCKETS];
+        for (int b = 0; b < HAK_MIX_BUCKETS; b++) mix[b] = data[i + 1 + b % 8];
+        hak_learn_state_t s = _hak_lifecycle_window(&st->lc, x, op & 1 ? mix : NULL, now);
+        if (s != HAK_LEARN && s != HAK_FROZEN && s != HAK_CANARY) abort();
+        _hak_lifecycle_canary(&st->lc, &st->rng);
+        break;
+      }
+    }
+    for (int a = 0; a < HAK_UCB_ARMS; a++)
+      if (isnan(_hak_ucb_mean(&st->ucb, a)) || _hak_ucb_mean(&st->ucb, a) < 0 || _hak_ucb_mean(&st->ucb, a) > 1) abort();
+    if (st->ucb.current < 0 || st->ucb.current >= HAK_UCB_ARMS) abort();
+    double sum = 0;
+    int active = 0;
+    for (int c = 0; c < HAK_ELO_CANDIDATES; c++) {
+      if (!isfinite(st->elo.c[c].rating)) abort();
+      sum += st->elo.c[c].rating;
+      active += st->elo.c[c].active;
+    }
+    if (fabs(sum - HAK_ELO_CANDIDATES * HAK_ELO_INITIAL) > 1e-6) abort();
+    if (st->elo.pruned && active != HAK_ELO_SURVIVORS) abort();
+    int champ = _hak_elo_champion(&st->elo);
+    if (champ < 0 || champ >= HAK_ELO_CANDIDATES) abort();
+  }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static state_t a, b;
+  run(data, size, &a);
+  run(data, size, &b);
+  if (memcmp(&a, &b, sizeof(a)) != 0) abort(); /* deterministic replay */
+  return 0;
+}

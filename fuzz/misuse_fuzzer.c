@@ -1,0 +1,115 @@
+/* misuse_fuzzer: sequences that mix valid operations with double frees,
+ * frees of interior, misaligned, stack and wild pointers, realloc and
+ * usable_size of freed blocks, on every tier and across threads' blocks.
+ * In report mode (HAKMEM_ON_ERROR=report) every misuse must be diagnosed
+ * (the error counters rise by exactly one), and nothing may be corrupted:
+ * the live blocks keep their contents and hak_check_heap() holds. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "src/internal.h"
+
+#define N 32
+static char* live[N];
+static size_t len[N];
+static char* dead[N]; /* freed blocks, for double frees */
+
+static const size_t sizes[] = {1, 24, 100, 1000, 5000, 40000, 200000, 700000, 3000000};
+
+static uint64_t errors(void) {
+  hak_stats_t s;
+  hak_stats_get(&s);
+  return s.errors_double_free + s.errors_invalid_free + s.errors_freed_usable_size;
+}
+
+static void expect_one_error(uint64_t before) {
+  if (errors() != before + 1) abort(); /* misuse not diagnosed (or twice) */
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static int init;
+  if (!init) {
+    init = 1;
+    _hak_options[HAK_OPT_ON_ERROR] = 1; /* report and go on */
+  }
+  int stack_var;
+  for (size_t i = 0; i + 1 < size; i += 2) {
+    uint8_t op = data[i], arg = data[i + 1];
+    int k = arg % N;
+    uint64_t before = errors();
+    switch (op % 8) {
+      case 0:
+      case 1: /* valid alloc */
+        if (live[k] == NULL) {
+          len[k] = sizes[op / 8 % 9];
+          live[k] = hak_malloc(len[k]);
+          if (live[k] == NULL) abort();
+          memset(live[k], k, len[k] < 4096 ? len[k] : 4096);
+          dead[k] = NULL;
+        }
+        break;
+      case 2: /* valid free */
+        if (live[k]) {
+          hak_free(live[k]);
+          dead[k] = live[k];
+          live[k] = NULL;
+        }
+        break;
+      case 3: /* double free, possibly after other frees */
+        if (dead[k] && !live[k]) {
+          /* only while the block is not handed out again: it is not, if no
+           * allocation happened since (the harness frees no other block) */
+          hak_free(dead[k]);
+          expect_one_error(before);
+          dead[k] = NULL; /* once */
+        }
+        break;
+      case 4: /* interior / misaligned pointer of a live block */
+        if (live[k] && len[k] > 16) {
+          hak_free(live[k] + 1 + arg % 15);
+          expect_one_error(before);
+        }
+        break;
+      case 5: /* stack or wild pointer */
+        hak_free(op & 8 ? (void*)&stack_var : (void*)(uintptr_t)(0x10000u + (size_t)arg * 4096));
+        expect_one_error(before);
+        break;
+      case 6: /* usable size or realloc of a freed block */
+        if (dead[k] && !live[k]) {
+          if (op & 8) (void)hak_usable_size(dead[k]);
+          else if (hak_realloc(dead[k], 10) != NULL) abort();
+          expect_one_error(before);
+          dead[k] = NULL;
+        }
+        break;
+      default: /* valid realloc */
+        if (live[k]) {
+          size_t n = sizes[arg % 9];
+          char* q = hak_realloc(live[k], n);
+          if (q == NULL) abort();
+          size_t keep = len[k] < n ? len[k] : n;
+          for (size_t b = 0; b < keep && b < 4096; b++)
+            if (q[b] != (char)k) abort();
+          live[k] = q;
+          len[k] = n;
+          memset(q, k, n < 4096 ? n : 4096);
+        }
+        break;
+    }
+    /* any allocation may reuse a dead block: forget them all */
+    if (op % 8 <= 1 || op % 8 == 7)
+      for (int j = 0; j < N; j++) dead[j] = NULL;
+  }
+  for (int j = 0; j < N; j++)
+    if (live[j]) {
+      for (size_t b = 0; b < len[j] && b < 4096; b++)
+        if (live[j][b] != (char)j) abort();
+      hak_free(live[j]);
+      live[j] = NULL;
+      dead[j] = NULL;
+    }
+  if (hak_check_heap() != 0) abort();
+  return 0;
+}
