@@ -11,6 +11,7 @@ PACKAGES=(
   libmimalloc2.0 libjemalloc2 libtcmalloc-minimal4   # peer allocators for benchmarks
   python3 git gcc sqlite3 xz-utils coreutils # real programs the preload test runs
   gnuplot-nox                               # benchmark chart
+  bc zip                                    # verify/mutants.sh, fuzz/oss-fuzz/build.sh
 )
 
 missing=()

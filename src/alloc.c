@@ -2,6 +2,7 @@
  * of internal.h: tier selection, remote (cross-thread) frees, validation and
  * misuse reports, realloc, calloc, aligned allocation, usable size. */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -39,6 +40,9 @@ static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* s
     if (p == NULL) goto oom;
     hak_count(heap->counters.small_allocs, 1);
     hak_count(heap->counters.refills, 1);
+#ifdef HAK_VERIFY
+    if ((atomic_load_explicit(&heap->counters.refills, memory_order_relaxed) & 1023) == 0) HAK_VERIFY_POINT();
+#endif
     if (hak_unlikely(--heap->sample_countdown == 0)) { /* 1 in 64 refills */
       heap->sample_countdown = 64;
       _hak_site_alloc(site, size);
@@ -100,6 +104,10 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
     return;
   }
   atomic_store_explicit(&b->tag, tag, memory_order_relaxed);
+#ifdef HAK_FAULT_REMOTE_LOST /* fault injection: one remote free in 16 is dropped */
+  static _Atomic(unsigned) lost;
+  if (atomic_fetch_add(&lost, 1) % 16 == 15) return;
+#endif
   /* everything read from the page is read before the push: afterwards the
    * owner may collect the block and retire the page at once */
   bool large = page->kind == HAK_SLICE_LARGE;
@@ -147,6 +155,9 @@ void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
     hak_page_t* page = hak_page_of(p);
     hak_heap_t* owner = page->heap;
     if (owner == NULL || !hak_page_is_block(page, a)) {
+#ifdef HAK_FAULT_DOUBLE_FREE_LARGE /* fault injection: a freed large run's block is let go */
+      if (page->kind == HAK_SLICE_FREE && (a & (HAK_SLICE_SIZE - 1)) == 0) return;
+#endif
       segment_misuse(page, p, fn);
       return;
     }
@@ -187,6 +198,9 @@ size_t _hak_usable_size(const void* p, hak_fn_t fn) {
       segment_misuse(page, p, fn);
       return 0;
     }
+#ifdef HAK_FAULT_USABLE_PLUS16 /* fault injection */
+    return page->block_size + 16;
+#endif
     return page->block_size;
   }
   if (m >= HAK_MAP_HUGE) {
@@ -216,7 +230,11 @@ void* _hak_realloc(void* p, size_t size, const void* site) {
   if (size <= old && size >= old / 2) return p;
   void* q = hak_alloc_fast(size, site);
   if (q == NULL) return NULL;
-  memcpy(q, p, size < old ? size : old);
+  size_t copy = size < old ? size : old;
+#ifdef HAK_FAULT_REALLOC_SHORT /* fault injection */
+  copy -= copy > 0;
+#endif
+  memcpy(q, p, copy);
   hak_free_fast(p, site, HAK_FN_REALLOC);
   return q;
 }
@@ -230,6 +248,9 @@ void* _hak_calloc(size_t n, size_t size, const void* site) {
   bool zeroed = false;
   void* p = total <= HAK_SMALL_FAST_MAX ? hak_alloc_fast(total, site)
                                         : alloc_ex(_hak_heap_tls, total, 0, site, &zeroed);
+#ifdef HAK_FAULT_CALLOC_NOZERO /* fault injection: small reused blocks keep their bytes */
+  if (total <= HAK_SMALL_FAST_MAX) zeroed = true;
+#endif
   if (p != NULL && !zeroed) memset(p, 0, total);
   return p;
 }

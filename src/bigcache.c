@@ -93,7 +93,11 @@ hak_huge_t* _hak_bigcache_get(const void* site, int cls) {
   int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
   for (int i = 0; i < slots; i++) {
     uintptr_t v = atomic_load_explicit(&row[i], memory_order_acquire);
+#ifdef HAK_FAULT_BIGCACHE_IN_USE /* fault injection: the slot keeps the block */
+    if (v != 0) {
+#else
     if (v != 0 && atomic_compare_exchange_strong(&row[i], &v, 0)) {
+#endif
       hak_huge_t* h = slot_header(v, cls);
       atomic_fetch_sub_explicit(&bc_bytes, h->map_size, memory_order_relaxed);
       hak_atomic_add(st_hits, 1);

@@ -45,11 +45,12 @@ static uint32_t check_list(const hak_page_t* page, hak_block_t* b, size_t* bad) 
   return n;
 }
 
-static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full) {
+static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bool quiet) {
   size_t bad = 0;
   if (page->heap != heap) bad += violation("page owned by another heap", page, 0, 0);
   if (page->in_full != full) bad += violation("page on the wrong queue", page, page->in_full, full);
-  uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
+  /* acquire: the blocks pushed so far are visible (their next fields) */
+  uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
   if (((tf & HAK_TF_FULL) != 0) != full) bad += violation("full flag of thread_free disagrees", page, tf & 1, full);
   if (page->capacity > page->reserved) bad += violation("capacity > reserved", page, page->capacity, page->reserved);
   if (atomic_load(&page->carved) != page->capacity * page->block_size)
@@ -61,20 +62,31 @@ static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full) {
   }
   uint32_t nfree = check_list(page, page->free, &bad);
   uint32_t nremote = check_list(page, (hak_block_t*)(tf & ~HAK_TF_FULL), &bad);
+  /* every block carrying the freed tag is on one of the two lists: a freed
+   * block on neither was lost (a live block never carries the tag).  Only
+   * when the world is still: a remote free tags its block before the push. */
+  if (quiet && nfree != UINT32_MAX && nremote != UINT32_MAX) {
+    uint32_t tagged = 0;
+    for (uint32_t i = 0; i < page->capacity; i++) {
+      const hak_block_t* b = (const hak_block_t*)(page->start + (size_t)i * page->block_size);
+      tagged += atomic_load_explicit(&b->tag, memory_order_relaxed) == hak_freed_tag(b);
+    }
+    if (tagged != nfree + nremote) bad += violation("freed blocks missing from the free lists", page, tagged, nfree + nremote);
+  }
   if (nfree != UINT32_MAX && nremote != UINT32_MAX && page->used + nfree != page->capacity)
     bad += violation("used + |free| != capacity", page, page->used + nfree, page->capacity);
   if (nremote != UINT32_MAX && nremote > page->used) bad += violation("more remote frees than used", page, nremote, page->used);
   return bad;
 }
 
-static size_t check_queue(const hak_heap_t* heap, const hak_page_queue_t* q, bool full, int bin, size_t* pages) {
+static size_t check_queue(const hak_heap_t* heap, const hak_page_queue_t* q, bool full, int bin, size_t* pages, bool quiet) {
   size_t bad = 0, n = 0;
   hak_page_t* prev = NULL;
   for (hak_page_t* p = q->first; p != NULL; prev = p, p = p->next) {
     if (++n > WALK_MAX) return bad + violation("page queue does not end", q, n, 0);
     if (p->prev != prev) bad += violation("page queue back link", p, (uintptr_t)p->prev, (uintptr_t)prev);
     if (!full && p->bin != bin) bad += violation("page in another bin's queue", p, p->bin, (uint64_t)bin);
-    bad += check_page(heap, p, full);
+    bad += check_page(heap, p, full, quiet);
   }
   if (q->last != prev) bad += violation("page queue last", q, (uintptr_t)q->last, (uintptr_t)prev);
   *pages += n;
@@ -110,15 +122,15 @@ static size_t check_segment(const hak_heap_t* heap, hak_segment_t* seg, size_t* 
   return bad;
 }
 
-static size_t check_heap(const hak_heap_t* heap) {
+static size_t check_heap(const hak_heap_t* heap, bool quiet) {
   size_t bad = 0, queued = 0, in_segments = 0;
   for (int b = 0; b < HAK_BINS; b++) {
-    bad += check_queue(heap, &heap->bins[b], false, b, &queued);
+    bad += check_queue(heap, &heap->bins[b], false, b, &queued, quiet);
     hak_page_t* d = heap->direct[b];
     if (d != &_hak_page_empty && (d->heap != heap || d->bin != b || d->kind != HAK_SLICE_SMALL))
       bad += violation("direct page of another bin or heap", d, d->bin, (uint64_t)b);
   }
-  bad += check_queue(heap, &heap->full, true, -1, &queued);
+  bad += check_queue(heap, &heap->full, true, -1, &queued, quiet);
   size_t nseg = 0;
   for (hak_segment_t* s = heap->segments; s != NULL; s = s->next) {
     if (++nseg > WALK_MAX) return bad + violation("segment list does not end", heap, nseg, 0);
@@ -129,9 +141,19 @@ static size_t check_heap(const hak_heap_t* heap) {
   return bad;
 }
 
+/* The calling thread's heap and the shared structures: what a thread can
+ * check while others run (the verify build's assertion points). */
+size_t _hak_check_own(void) {
+  size_t bad = 0;
+  if (_hak_heap_tls != &_hak_heap_empty) bad += check_heap(_hak_heap_tls, false);
+  bad += _hak_madvq_check();
+  bad += _hak_site_check();
+  return bad;
+}
+
 size_t hak_check_heap(void) {
   size_t bad = 0;
-  for (hak_heap_t* h = _hak_heaps_first(); h != NULL; h = h->next_all) bad += check_heap(h);
+  for (hak_heap_t* h = _hak_heaps_first(); h != NULL; h = h->next_all) bad += check_heap(h, true);
   size_t bc = _hak_bigcache_check();
   if (bc) bad += violation("BigCache slots holding blocks that are not cached huge blocks", NULL, bc, 0);
   size_t q = _hak_madvq_check();

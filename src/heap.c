@@ -9,6 +9,7 @@
  * of the threads that did not survive are left as they were (never reused,
  * since they may have been mid-update), so the child is always consistent. */
 #include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -183,4 +184,5 @@ void hak_collect(void) {
   _hak_bigcache_drain();
   _hak_madvq_flush(true);
   _hak_segment_trim();
+  HAK_VERIFY_POINT();
 }

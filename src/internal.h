@@ -197,6 +197,22 @@ HAK_INTERNAL bool _hak_policy_elo(hak_elo_t* out);
 HAK_INTERNAL void _hak_policy_lock(bool lock);
 HAK_INTERNAL void _hak_policy_fork_child(void);
 
+/* ---- check.c ------------------------------------------------------------ */
+HAK_INTERNAL size_t _hak_check_own(void);
+/* --config=verify: the checker at assertion points (page retirement, every
+ * 1024th refill, collect); a violation aborts. */
+#ifdef HAK_VERIFY
+#define HAK_VERIFY_POINT()                                             \
+  do {                                                                 \
+    if (_hak_check_own() != 0) {                                       \
+      _hak_warning("verify: heap invariants violated", NULL);         \
+      abort();                                                         \
+    }                                                                  \
+  } while (0)
+#else
+#define HAK_VERIFY_POINT() ((void)0)
+#endif
+
 /* ---- stats.c ------------------------------------------------------------ */
 HAK_INTERNAL void _hak_stats_at_exit(void);
 

@@ -179,8 +179,10 @@ uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
   if (i >= 0) {
     base = queue[i].base;
     *got = queue[i].size;
+#ifndef HAK_FAULT_MADVQ_LIVE /* fault injection: the range stays queued */
     queue_bytes -= queue[i].bytes;
     queue[i] = queue[--queue_len];
+#endif
     atomic_store_explicit(&q_pending, queue_len, memory_order_relaxed);
     pthread_mutex_unlock(&q_lock);
     hak_atomic_add(st_requeued, 1);

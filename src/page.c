@@ -7,6 +7,7 @@
  * into it (page_free_slow) or when a sweep finds blocks other threads freed
  * (they set heap->remote_pending).  A page whose blocks are all free is
  * retired to its segment unless it is its bin's only page. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -77,6 +78,9 @@ static void page_extend(hak_page_t* page) {
     atomic_store_explicit(&b->tag, hak_freed_tag(b), memory_order_relaxed);
     head = b;
   }
+#ifdef HAK_FAULT_FREELIST_TWICE /* fault injection: the second block links back to the first */
+  if (n >= 2 && cap == 0) ((hak_block_t*)(first + page->block_size))->next = (hak_block_t*)first;
+#endif
   page->free = head;
   page->capacity = cap + n;
   atomic_store_explicit(&page->carved, (cap + n) * page->block_size, memory_order_release);
@@ -129,6 +133,7 @@ static void page_retire(hak_heap_t* heap, hak_page_t* page) {
   }
   hak_count(heap->counters.pages_retired, 1);
   _hak_segment_free_slices(heap, page);
+  HAK_VERIFY_POINT();
 }
 
 /* Brings back full pages into which other threads have freed blocks.  Runs

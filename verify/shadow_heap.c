@@ -142,8 +142,12 @@ static size_t lower(const shadow_heap_t* s, uintptr_t a) {
   return lo;
 }
 
+/* A block occupies its usable size (a program may use all of it), so an
+ * overstated usable size shows up as an overlap with a neighbour. */
 static bool sorted_insert(shadow_heap_t* s, entry_t* e) {
-  uintptr_t end = e->addr + (e->size ? e->size : 1);
+  size_t extent = s->usable ? s->usable((void*)e->addr) : e->size;
+  if (extent < e->size) extent = e->size;
+  uintptr_t end = e->addr + (extent ? extent : 1);
   size_t i = lower(s, e->addr);
   if (i < s->live && s->sorted[i].addr < end) return fail(s, "new block overlaps a live block", e, slot(s, s->sorted[i].id, false), SIZE_MAX);
   if (i > 0 && s->sorted[i - 1].end > e->addr) return fail(s, "new block overlaps a live block", e, slot(s, s->sorted[i - 1].id, false), SIZE_MAX);
