@@ -38,7 +38,7 @@ for f in "${faults[@]}"; do
     cp fuzz/corpus/$z/seed-* "$work/"
     s0=$(date +%s.%N)
     (cd "$work" && timeout $((left + 30)) "$bin/fuzz/$z" -max_total_time=$((left < 15 ? left : 15)) \
-        -close_fd_mask=2 -print_final_stats=1 . >"$out/$f.$z.log" 2>&1)
+        -print_final_stats=1 . >"$out/$f.$z.log" 2>&1)
     s1=$(date +%s.%N)
     used=$(echo "$s1 - $s0" | bc)
     left=$((left - ${used%.*} - 1))
