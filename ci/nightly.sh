@@ -63,7 +63,7 @@ stage() {
 }
 
 # ---- 1. sanitizer matrix --------------------------------------------------------
-for c in asan ubsan tsan; do
+for c in asan ubsan tsan msan; do
   stage "sanitizer-$c" bazel test --config=$c //...
 done
 
