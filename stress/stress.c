@@ -11,7 +11,8 @@
  *         bigcache  huge blocks from shared and private sites, a tiny
  *                   BigCache budget: evictions race with hits
  *         batch     huge blocks with tiny batch thresholds and a 1 ms
- *                   deadline; one thread calls hak_collect() in a loop
+ *                   deadline; every worker calls hak_collect() every 64
+ *                   ops, racing the others' frees and flushes
  *         threads   thousands of short-lived threads; their blocks freed by
  *                   the long-lived ones
  *         fork      fork() while the other threads allocate; children
