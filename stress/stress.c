@@ -29,6 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "verify/bench_util.h"
+
 #include "src/hakmem.h"
 #include "src/internal.h"
 
@@ -44,18 +46,6 @@ static double t_start;
 static _Atomic(long) total_ops, allocated, freed, bad;
 static pthread_barrier_t barrier;
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static uint64_t rnd(uint64_t* s) {
-  *s ^= *s << 13;
-  *s ^= *s >> 7;
-  *s ^= *s << 17;
-  return *s;
-}
 
 /* A block: [size_t size][uint64_t id] then the pattern, checked at free. */
 typedef struct {

@@ -32,21 +32,11 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "verify/bench_util.h"
+
 #define KiB ((size_t)1024)
 #define MiB (1024 * KiB)
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static uint64_t rnd(uint64_t* s) {
-  *s ^= *s << 13;
-  *s ^= *s >> 7;
-  *s ^= *s << 17;
-  return *s;
-}
 
 static void touch(volatile char* p, size_t n) {
   for (size_t o = 0; o < n; o += 4096) p[o] = (char)o;
