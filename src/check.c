@@ -12,7 +12,7 @@
 #define WALK_MAX (1u << 20) /* bound on any list walk: a cycle is a violation */
 
 static size_t violation(const char* what, const void* where, uint64_t a, uint64_t b) {
-  hak_out_t o = {.fd = STDERR_FILENO};
+  HAK_OUT(o, STDERR_FILENO, 512);
   _hak_out_str(&o, "hakmem: check: ");
   _hak_out_str(&o, what);
   _hak_out_str(&o, " at ");

@@ -23,7 +23,7 @@ static const char* const fn_names[] = {
 
 void _hak_error(hak_error_t err, hak_fn_t fn, const void* p) {
   hak_atomic_add(err_counts[err], 1);
-  hak_out_t o = {.fd = STDERR_FILENO};
+  HAK_OUT(o, STDERR_FILENO, 512);
   _hak_out_str(&o, "hakmem: error: ");
   _hak_out_str(&o, err_names[err]);
   _hak_out_str(&o, " in ");
@@ -38,7 +38,7 @@ void _hak_error(hak_error_t err, hak_fn_t fn, const void* p) {
 }
 
 void _hak_warning(const char* msg, const char* detail) {
-  hak_out_t o = {.fd = STDERR_FILENO};
+  HAK_OUT(o, STDERR_FILENO, 512);
   _hak_out_str(&o, "hakmem: warning: ");
   _hak_out_str(&o, msg);
   if (detail != NULL) _hak_out_str(&o, detail);

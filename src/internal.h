@@ -55,9 +55,15 @@ static inline long hak_option(hak_option_t o) { return _hak_options[o]; }
 /* ---- output.c: formatted writes without stdio or allocation ------------ */
 typedef struct hak_out_s {
   int fd;
-  size_t len;
-  char buf[1024];
+  size_t len, cap;
+  char* buf;
 } hak_out_t;
+/* Declares an output of `size` bytes of stack storage: a report that fits
+ * goes out in one write(2), so lines of several processes appending to one
+ * file never interleave. */
+#define HAK_OUT(name, fdv, size) \
+  char name##_storage[size];     \
+  hak_out_t name = {.fd = (fdv), .len = 0, .cap = (size), .buf = name##_storage}
 HAK_INTERNAL void _hak_out_str(hak_out_t* o, const char* s);
 HAK_INTERNAL void _hak_out_u64(hak_out_t* o, uint64_t v);
 HAK_INTERNAL void _hak_out_hex(hak_out_t* o, uintptr_t v);

@@ -100,7 +100,7 @@ static bool parse_long(const char* s, long* out) {
 }
 
 static void option_bad(const hak_option_desc_t* d, const char* value) {
-  hak_out_t o = {.fd = 2};
+  HAK_OUT(o, 2, 512);
   _hak_out_str(&o, "hakmem: warning: HAKMEM_");
   _hak_out_str(&o, d->name);
   _hak_out_str(&o, "=\"");
@@ -151,7 +151,7 @@ void _hak_options_init(void) {
 
 /* Prints the table as README.md's markdown rows (used by options_test). */
 void hak_options_print_markdown(int fd) {
-  hak_out_t o = {.fd = fd};
+  HAK_OUT(o, fd, 16384); /* a JSON line is written whole */
   for (int i = 0; i < HAK_OPT_COUNT; i++) {
     const hak_option_desc_t* d = &option_descs[i];
     _hak_out_str(&o, "| `HAKMEM_");

@@ -19,7 +19,7 @@ void _hak_out_flush(hak_out_t* o) {
 }
 
 static void out_char(hak_out_t* o, char c) {
-  if (o->len == sizeof(o->buf)) _hak_out_flush(o);
+  if (o->len == o->cap) _hak_out_flush(o);
   o->buf[o->len++] = c;
 }
 

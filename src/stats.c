@@ -91,7 +91,7 @@ static void text_leaderboard(hak_out_t* o) {
 void hak_stats_print(int fd, int json) {
   hak_stats_t st;
   hak_stats_get(&st);
-  hak_out_t o = {.fd = fd};
+  HAK_OUT(o, fd, 16384); /* a JSON line is written whole */
   const char* group = NULL;
   if (json) {
     _hak_out_str(&o, "{\"pid\":");

@@ -3,6 +3,7 @@
  * every sanitizer) and against the libc names with the malloc shim linked
  * in (shim_test, -DUSE_SHIM), which adds the functions only the shim has. */
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <stdbool.h>
