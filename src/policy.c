@@ -27,7 +27,8 @@
  *    8 %, at most once per 180 s) and the adopted arm becomes the site's
  *    snapshot; a window of 10,000 large requests or 2 s closes with the p99
  *    of the timed requests and the size mix into the lifecycle (LEARN ->
- *    FROZEN -> LEARN / CANARY) and plays ELO's pending matches.
+ *    FROZEN -> LEARN / CANARY; LEARN lasts at least 400 explored epochs)
+ *    and plays ELO's pending matches.
  * In FROZEN no experiment runs; one request in 8 is timed for the window.
  * Learning never touches the small fast path; its work is guarded by
  * try-locks, so a busy learner skips instead of waiting.  Every random
@@ -44,6 +45,9 @@
 #define WINDOW_OPS 10000
 #define WINDOW_NS (2ull * 1000000000ull)
 #define UCB_SPLIT (2u << 20)
+/* LEARN may not end before this many epochs were explored since it began:
+ * a flat p99 alone (the estimator's buckets are coarse) is no convergence. */
+#define FREEZE_MIN_EPOCHS 400
 
 static pthread_mutex_t pol_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
@@ -53,6 +57,7 @@ static struct {
   hak_p99_t p99;
   uint64_t mix[HAK_MIX_BUCKETS];
   uint64_t window_start;
+  uint64_t learn_mark; /* st_explored when LEARN was last entered */
   hak_rng_t rng;
 } pol;
 static _Atomic(uint32_t) elo_threshold; /* champion, once a match is played */
@@ -193,8 +198,12 @@ static int mix_bucket(size_t size) {
 static void window_maybe_close(uint64_t now) {
   uint64_t ops = atomic_load_explicit(&window_ops, memory_order_relaxed);
   if (ops < WINDOW_OPS && (now <= pol.window_start || now - pol.window_start < WINDOW_NS)) return;
-  if (_hak_p99_count(&pol.p99) > 0) {
+  uint64_t explored = atomic_load_explicit(&st_explored, memory_order_relaxed);
+  bool learning_young = pol.lc.state == HAK_LEARN && explored - pol.learn_mark < FREEZE_MIN_EPOCHS;
+  if (_hak_p99_count(&pol.p99) > 0 && !learning_young) {
+    hak_learn_state_t before = pol.lc.state;
     hak_learn_state_t st = _hak_lifecycle_window(&pol.lc, _hak_p99_get(&pol.p99), pol.mix, now);
+    if (st == HAK_LEARN && before != HAK_LEARN) pol.learn_mark = explored;
     atomic_store_explicit(&lc_state, (int)st, memory_order_relaxed);
     hak_atomic_add(st_windows, 1);
   }
