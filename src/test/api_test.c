@@ -483,20 +483,5 @@ TEST(memalign_valloc_pvalloc_reallocarray) {
 
 int main(int argc, char** argv) {
   if (strchr(argv[0], '/') != NULL) self_path = argv[0];
-  if (argc > 1) return hak_test_main(argc, argv);
-  /* child_* tests run only when named (they are re-executed children) */
-  int failed = 0, ran = 0;
-  for (int i = 0; i < hak_test_count; i++) {
-    if (strncmp(hak_tests[i].name, "child_", 6) == 0) continue;
-    hak_test_current = hak_tests[i].name;
-    int before = hak_test_failed_checks;
-    hak_tests[i].fn();
-    ran++;
-    int bad = hak_test_failed_checks != before;
-    failed += bad;
-    printf("[%s] %s\n", bad ? "FAIL" : " OK ", hak_tests[i].name);
-    fflush(stdout);
-  }
-  printf("%d tests, %d failed\n", ran, failed);
-  return failed == 0 && ran > 0 ? 0 : 1;
+  return hak_test_main(argc, argv);
 }
