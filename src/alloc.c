@@ -7,6 +7,10 @@
 
 #include "internal.h"
 
+#ifdef HAK_FAULT_BROKEN_BUILD /* the mutation script's self-test */
+#error "a mutant that does not compile (verify/mutants_selftest.sh)"
+#endif
+
 static _Atomic(uint64_t) remote_small, remote_large;
 
 uint64_t _hak_remote_small_frees(void) { return atomic_load(&remote_small); }

@@ -1,79 +1,148 @@
 #!/usr/bin/env bash
-# Checking the checkers: builds hakmem once per deliberate bug
-# (--define hak_fault=NAME, see src/BUILD), runs the tests and the fuzzers
-# against it, and prints which checker caught each fault and how fast.
-# Exits non-zero if any fault escapes, or is caught only after 60 seconds.
-#   verify/mutants.sh [--out DIR] [FAULT...]
+# Checking the checkers.  Builds hakmem once per deliberate bug (a mutant:
+# --define hak_fault=NAME, listed in src/BUILD's FAULTS), runs the checkers
+# against it in order of cost and records the first one that catches it:
+#
+#   tests    bazel test of the unit, conformance, stress and replay tests
+#   verify   the same under --config=verify (the checker at assertion points)
+#   tsan     the stress tests, mt_test and the MT fuzzer replay under TSan
+#   fuzz     every libFuzzer target, -seed=1 and a fixed number of runs each,
+#            from fuzz/corpus/<target> (plus --corpus DIR/<target>)
+#   preload  real programs under LD_PRELOAD (//verify:preload_test)
+#
+# Each mutant builds into its own output tree (--platform_suffix), so no
+# checker ever runs a binary of another mutant.  A mutant that does not
+# build is BROKEN.  The unmutated tree runs first and must pass every
+# checker, or the script stops (exit 2): a checker that fails on good code
+# would "catch" everything.  Output: DIR/mutants.md and DIR/mutants.json,
+# one row per fault: verdict (CAUGHT / ESCAPED / BROKEN), first checker,
+# what failed, seconds, fuzz executions.  Exit 0 only if every mutant is
+# CAUGHT.
+#
+#   verify/mutants.sh [--out DIR] [--checkers a,b,..] [--fuzz-runs N]
+#                     [--corpus DIR] [FAULT...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=""
-if [ "${1:-}" = "--out" ]; then out=$2; shift 2; fi
+
+out="" checkers="tests,verify,tsan,fuzz,preload" fuzz_runs=20000 corpus_extra=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --out) out=$2; shift 2 ;;
+    --checkers) checkers=$2; shift 2 ;;
+    --fuzz-runs) fuzz_runs=$2; shift 2 ;;
+    --corpus) corpus_extra=$2; shift 2 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -*) echo "mutants: unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
 out=${out:-$(mktemp -d)}
 mkdir -p "$out"
 faults=("$@")
-[ ${#faults[@]} -gt 0 ] || faults=($(sed -n '/^FAULTS = \[/,/^\]/s/^    "\(.*\)",$/\1/p' src/BUILD))
-tests=(//src:all //fuzz:all //verify:replay_test //verify:shadow_heap_test)
-fuzzers=(api_fuzzer misuse_fuzzer api_mt_fuzzer bigcache_fuzzer batch_fuzzer)
-budget=60
-escaped=0
-rows=()
+[ ${#faults[@]} -gt 0 ] || faults=($(sed -n '/^FAULTS = \[/,/^\]/s/^    "\(.*\)",.*$/\1/p' src/BUILD))
+IFS=, read -r -a order <<<"$checkers"
 
-for f in "${faults[@]}"; do
-  echo "mutants: $f: tests" >&2
-  t0=$(date +%s.%N)
-  bazel build --define hak_fault="$f" "${tests[@]}" >/dev/null 2>&1
-  t1=$(date +%s.%N)
-  bazel test --define hak_fault="$f" --test_output=summary "${tests[@]}" >"$out/$f.tests.log" 2>&1
-  t2=$(date +%s.%N)
-  failed=$(grep -E '^//[^ ]+ +FAILED' "$out/$f.tests.log" | awk '{print $1}' | sed 's|^//||' | paste -sd, -)
-  test_s=$(echo "$t2 - $t1" | bc)
-  echo "mutants: $f: fuzzers" >&2
-  bazel build --config=libfuzzer --define hak_fault="$f" //fuzz:all >/dev/null 2>&1
-  bin=$(bazel info --config=libfuzzer --define hak_fault="$f" bazel-bin 2>/dev/null)
-  caught_by="" caught_s="" caught_execs="" checker=""
-  left=$budget
-  for z in "${fuzzers[@]}"; do
-    [ "$left" -gt 0 ] || break
+TESTS=(//src/... //fuzz/... //stress/... //verify:replay_test //verify:shadow_heap_test)
+TSAN_TESTS=(//stress/... //src:mt_test //fuzz:api_mt_fuzzer_replay)
+FUZZERS=(api_fuzzer misuse_fuzzer api_mt_fuzzer bigcache_fuzzer batch_fuzzer size_class_fuzzer learn_fuzzer options_fuzzer)
+
+now() { date +%s.%N; }
+secs() { printf '%.1f' "$(echo "$2 - $1" | bc)"; }
+
+# Sets: result (pass | caught | broken), what (failing targets or fuzzer),
+# execs (fuzz executions until the catch).  $1 fault, $2 checker, $3 log.
+run_checker() {
+  local f=$1 c=$2 log=$3
+  local common=(--define "hak_fault=$f" --platform_suffix="-hakf-$f")
+  result=pass what="" execs=""
+  local targets=() cfg=()
+  case $c in
+    tests) targets=("${TESTS[@]}") ;;
+    verify) targets=("${TESTS[@]}"); cfg=(--config=verify) ;;
+    tsan) targets=("${TSAN_TESTS[@]}"); cfg=(--config=tsan) ;;
+    preload) targets=(//verify:preload_test) ;;
+    fuzz) run_fuzzers "$f" "$log"; return ;;
+    *) echo "mutants: unknown checker $c" >&2; exit 2 ;;
+  esac
+  # build first: a build failure is BROKEN, never a catch
+  if ! bazel build "${cfg[@]}" "${common[@]}" "${targets[@]}" >"$log" 2>&1; then
+    result=broken what="build failed"
+    return
+  fi
+  bazel test "${cfg[@]}" "${common[@]}" --test_output=errors "${targets[@]}" >>"$log" 2>&1
+  local rc=$?
+  what=$(grep -E '^//[^ ]+ +(\(cached\) )?(FAILED|TIMEOUT|FLAKY|INCOMPLETE|NO STATUS)' "$log" |
+         awk '{print $1}' | sed 's|^//||' | paste -sd' ' -)
+  if [ "$rc" -eq 0 ]; then result=pass
+  elif [ -n "$what" ]; then result=caught
+  else result=broken what="bazel exit $rc without a failing test"
+  fi
+}
+
+run_fuzzers() {
+  local f=$1 log=$2
+  local common=(--config=libfuzzer --define "hak_fault=$f" --platform_suffix="-hakf-$f")
+  if ! bazel build "${common[@]}" //fuzz:all >"$log" 2>&1; then
+    result=broken what="fuzzer build failed"
+    return
+  fi
+  local bin
+  bin=$(bazel info "${common[@]}" bazel-bin 2>/dev/null)
+  result=pass what="" execs=""
+  for z in "${FUZZERS[@]}"; do
+    local runs=$fuzz_runs
+    [ "$z" = api_mt_fuzzer ] && runs=$((fuzz_runs / 10))
+    local work dirs=(fuzz/corpus/$z)
     work=$(mktemp -d)
-    cp fuzz/corpus/$z/seed-* "$work/"
-    s0=$(date +%s.%N)
-    (cd "$work" && timeout $((left + 30)) "$bin/fuzz/$z" -max_total_time=$((left < 15 ? left : 15)) \
-        -print_final_stats=1 . >"$out/$f.$z.log" 2>&1)
-    s1=$(date +%s.%N)
-    used=$(echo "$s1 - $s0" | bc)
-    left=$((left - ${used%.*} - 1))
-    if ls "$work"/crash-* >/dev/null 2>&1 || grep -q "deadly signal\|ERROR: AddressSanitizer\|ERROR: libFuzzer" "$out/$f.$z.log"; then
-      caught_by=$z
-      caught_s=$used
-      caught_execs=$(grep -oE '^#[0-9]+' "$out/$f.$z.log" | tail -1 | tr -d '#')
-      caught_execs=${caught_execs:-seed corpus}
-      line=$(grep -m1 -E 'shadow heap:|hakmem: check:|^fuzz:|^trace:|hakmem: error|ERROR: AddressSanitizer|runtime error' "$out/$f.$z.log")
-      case $line in
-        *"shadow heap:"*) checker="shadow heap" ;;
-        *"hakmem: check:"*|*"hak_check_heap"*) checker="hak_check_heap" ;;
-        "fuzz:"*) checker="fuzzer model" ;;
-        *"hakmem: error"*) checker="misuse report" ;;
-        *AddressSanitizer*) checker="ASan" ;;
-        *"runtime error"*) checker="UBSan" ;;
-        *) checker="abort" ;;
-      esac
-      rm -rf "$work"
-      break
-    fi
+    [ -n "$corpus_extra" ] && [ -d "$corpus_extra/$z" ] && dirs+=("$corpus_extra/$z")
+    local dict=()
+    [ -f "fuzz/corpus/$z/$z.dict" ] && dict=(-dict="fuzz/corpus/$z/$z.dict")
+    echo "== $z -seed=1 -runs=$runs" >>"$log"
+    # the working corpus comes first: new inputs go there, never into git
+    (timeout 600 "$bin/fuzz/$z" -seed=1 -runs="$runs" -timeout=20 -rss_limit_mb=4096 \
+        -print_final_stats=1 -artifact_prefix="$work/" "${dict[@]}" "$work" "${dirs[@]}") >>"$log" 2>&1
+    local rc=$?
     rm -rf "$work"
+    if [ "$rc" -ne 0 ]; then
+      result=caught what=$z
+      execs=$(grep -oE '^#[0-9]+' "$log" | tail -1 | tr -d '#')
+      execs=${execs:-0}
+      return
+    fi
   done
-  if [ -n "$failed" ] || [ -n "$caught_by" ]; then verdict=caught; else verdict=ESCAPED; escaped=$((escaped + 1)); fi
-  # the tests count as within budget when the failing suite ran in under 60 s
-  if [ "$verdict" = caught ] && [ -z "$caught_by" ] && [ "${test_s%.*}" -ge "$budget" ]; then verdict=SLOW; escaped=$((escaped + 1)); fi
-  fuzz_s=-
-  [ -n "$caught_s" ] && fuzz_s="$(printf '%.1f' "$caught_s") s"
-  rows+=("| $f | ${failed:--} | $(printf '%.1f' "$test_s") s | ${caught_by:--} | ${checker:--} | $fuzz_s | ${caught_execs:--} | $verdict |")
+}
+
+# The unmutated tree first: every checker must pass on it.
+echo "mutants: unmutated tree: ${order[*]}" >&2
+for c in "${order[@]}"; do
+  run_checker none "$c" "$out/none.$c.log"
+  if [ "$result" != pass ]; then
+    echo "mutants: the unmutated tree fails checker $c ($result: $what); see $out/none.$c.log" >&2
+    exit 2
+  fi
+done
+
+rows=() json=() bad=0
+for f in "${faults[@]}"; do
+  verdict=ESCAPED checker=- detail=- took=0 fexecs=-
+  t0=$(now)
+  for c in "${order[@]}"; do
+    echo "mutants: $f: $c" >&2
+    run_checker "$f" "$c" "$out/$f.$c.log"
+    if [ "$result" = broken ]; then verdict=BROKEN checker=$c detail=$what; break; fi
+    if [ "$result" = caught ]; then verdict=CAUGHT checker=$c detail=$what fexecs=${execs:--}; break; fi
+  done
+  took=$(secs "$t0" "$(now)")
+  [ "$verdict" = CAUGHT ] || bad=$((bad + 1))
+  rows+=("| $f | $verdict | $checker | $detail | $took s | $fexecs |")
+  json+=("{\"fault\":\"$f\",\"verdict\":\"$verdict\",\"checker\":\"$checker\",\"detail\":\"$detail\",\"seconds\":$took,\"fuzz_execs\":\"$fexecs\"}")
 done
 
 {
-  echo "| fault | tests that failed | test time | fuzzer that crashed | checker | fuzz time | fuzz execs | verdict |"
-  echo "|---|---|---:|---|---|---:|---:|---|"
+  echo "| fault | verdict | first checker | what failed | time | fuzz execs |"
+  echo "|---|---|---|---|---:|---:|"
   printf '%s\n' "${rows[@]}"
 } | tee "$out/mutants.md"
-echo "mutants: logs in $out" >&2
-[ "$escaped" -eq 0 ]
+(IFS=,; echo "[${json[*]}]") >"$out/mutants.json"
+echo "mutants: ${#faults[@]} mutants, $bad not caught; logs in $out" >&2
+[ "$bad" -eq 0 ]
