@@ -20,12 +20,7 @@ uint64_t _hak_remote_large_frees(void) { return atomic_load(&remote_large); }
  * the size classes serve; from 64 KiB the policy (policy.c) decides first
  * whether the request goes straight to a mapping (huge), and that decision
  * is what routes it. */
-static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* site, bool* zeroed) {
-  if (hak_unlikely(heap == &_hak_heap_empty)) {
-    heap = _hak_heap_get();
-    if (heap == NULL) goto oom;
-  }
-  if (hak_unlikely(size > PTRDIFF_MAX)) goto oom;
+static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void* site, bool* zeroed) {
   if (size < HAK_ALIGN) size = HAK_ALIGN; /* a zero-size block still needs room: aligned ones too */
   void* p;
   bool mid = size < (64u << 10) || (hak_option(HAK_OPT_MODE) == 0 && size <= HAK_SMALL_MAX);
@@ -41,14 +36,19 @@ static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* s
       return b;
     }
     p = _hak_page_alloc_small(heap, bin);
-    if (p == NULL) goto oom;
+    if (p == NULL) return NULL;
     hak_count(heap->counters.small_allocs, 1);
     hak_count(heap->counters.refills, 1);
 #ifdef HAK_VERIFY
     if ((atomic_load_explicit(&heap->counters.refills, memory_order_relaxed) & 1023) == 0) HAK_VERIFY_POINT();
 #endif
-    if (hak_unlikely(--heap->sample_countdown == 0)) { /* 1 in 64 refills */
-      heap->sample_countdown = 64;
+    /* 1 in 64 refills records its call site: the first, then every 64th */
+#ifdef HAK_FAULT_SAMPLE_DEAD /* fault injection: the countdown starts at 0 and wraps */
+    if (hak_unlikely(--heap->sample_countdown == 0)) {
+#else
+    if (hak_unlikely(heap->sample_countdown-- == 0)) {
+#endif
+      heap->sample_countdown = 63;
       _hak_site_alloc(site, size);
     }
     return p;
@@ -63,7 +63,7 @@ static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* s
       if (bin < HAK_BINS) {
         uint64_t maps = atomic_load_explicit(&_hak_os_map_count, memory_order_relaxed);
         p = _hak_page_alloc_small(heap, bin);
-        if (p == NULL) goto oom;
+        if (p == NULL) return NULL;
         hak_count(heap->counters.small_allocs, 1);
         fresh = atomic_load_explicit(&_hak_os_map_count, memory_order_relaxed) != maps;
         _hak_policy_record(&d, false, fresh, _hak_bin_size(bin));
@@ -81,10 +81,27 @@ static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* s
     }
   }
   p = _hak_huge_alloc(size, align, site, &fresh);
-  if (p == NULL) goto oom;
+  if (p == NULL) return NULL;
   _hak_policy_record(&d, true, fresh, _hak_huge_usable(p));
   if (zeroed) *zeroed = fresh;
   return p;
+}
+
+/* An allocation that the OS cannot back gives the caches back first
+ * (BigCache, the batch queue, retained mappings, cached segments, empty
+ * pages: hak_collect) and tries once more; only then ENOMEM. */
+static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* site, bool* zeroed) {
+  if (hak_unlikely(size > PTRDIFF_MAX)) goto oom;
+  for (int attempt = 0;; attempt++) {
+    if (hak_unlikely(heap == &_hak_heap_empty)) heap = _hak_heap_get();
+    void* p = heap != NULL ? alloc_tier(heap, size, align, site, zeroed) : NULL;
+    if (hak_likely(p != NULL)) return p;
+#ifdef HAK_FAULT_ENOMEM_KEEPS_CACHES /* fault injection: ENOMEM with the caches full */
+    break;
+#endif
+    if (attempt == 1) break;
+    hak_collect();
+  }
 oom:
   errno = ENOMEM;
   return NULL;

@@ -50,4 +50,5 @@ void _hak_error_stats(hak_stats_t* st) {
   st->errors_double_free = atomic_load(&err_counts[HAK_ERR_DOUBLE_FREE]);
   st->errors_invalid_free = atomic_load(&err_counts[HAK_ERR_INVALID_FREE]);
   st->errors_freed_usable_size = atomic_load(&err_counts[HAK_ERR_FREED_USABLE_SIZE]);
+  st->errors_corrupt = atomic_load(&err_counts[HAK_ERR_CORRUPT]);
 }

@@ -82,7 +82,8 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(sites, sampled, "allocations recorded in the site table")              \
   X(errors, double_free, "double frees detected")                          \
   X(errors, invalid_free, "frees of pointers hakmem never returned")       \
-  X(errors, freed_usable_size, "usable_size asked of a freed block")
+  X(errors, freed_usable_size, "usable_size asked of a freed block")     \
+  X(errors, corrupt, "overwritten allocator metadata detected")
 
 typedef struct hak_stats_s {
 #define HAK_STATS_GROUP_MEMBER(group, name, doc) uint64_t group##_##name;

@@ -79,24 +79,38 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh) 
 }
 
 /* The header of a live or freed huge block p, or NULL if p is not the user
- * pointer of a huge block (interior, wild, misaligned). */
-static hak_huge_t* huge_lookup(const void* p) {
+ * pointer of a huge block (interior, wild, misaligned); *err says which
+ * error to report then: a header whose magic is right but whose checksum
+ * or base is wrong was overwritten (HAK_ERR_CORRUPT).  Chunks further than
+ * the map's distance field reaches (blocks aligned to 1 GiB sit 256 chunks
+ * into their mapping) are walked back to the first chunk that has one. */
+static hak_huge_t* huge_lookup(const void* p, hak_error_t* err) {
   uintptr_t a = (uintptr_t)p;
+  *err = HAK_ERR_INVALID_FREE;
+  size_t chunk = a >> HAK_SEGMENT_SHIFT;
   uint8_t m = hak_segmap_get(a);
+#ifndef HAK_FAULT_ALIGN_FAR /* fault injection: far chunks are not walked back */
+  while (m == HAK_MAP_HUGE_FAR && chunk > 0) m = hak_segmap_get(--chunk << HAK_SEGMENT_SHIFT);
+#endif
   if (m < HAK_MAP_HUGE || m == HAK_MAP_HUGE_FAR) return NULL;
-  uintptr_t head = ((a >> HAK_SEGMENT_SHIFT) - (uintptr_t)(m - HAK_MAP_HUGE)) << HAK_SEGMENT_SHIFT;
+  uintptr_t head = (chunk - (uintptr_t)(m - HAK_MAP_HUGE)) << HAK_SEGMENT_SHIFT;
   if (a < head + HAK_HUGE_HEADER || (a & (HAK_ALIGN - 1)) != 0) return NULL;
   hak_huge_t* h = (hak_huge_t*)(a - HAK_HUGE_HEADER); /* inside the mapping */
-  if (h->magic != HAK_HUGE_MAGIC || h->base != head || h->checksum != huge_checksum(h) ||
-      head + h->offset != a)
+  if (h->magic != HAK_HUGE_MAGIC) return NULL;
+  if (h->base != head || h->checksum != huge_checksum(h) || head + h->offset != a) {
+#ifndef HAK_FAULT_CORRUPT_AS_INVALID /* fault injection: corruption reported as an invalid pointer */
+    *err = HAK_ERR_CORRUPT;
+#endif
     return NULL;
+  }
   return h;
 }
 
 hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn) {
-  hak_huge_t* h = huge_lookup(p);
+  hak_error_t err;
+  hak_huge_t* h = huge_lookup(p, &err);
   if (h == NULL) {
-    _hak_error(HAK_ERR_INVALID_FREE, fn, p);
+    _hak_error(err, fn, p);
     return NULL;
   }
   if (atomic_load_explicit(&h->state, memory_order_relaxed) != HAK_HUGE_LIVE) {
@@ -107,9 +121,10 @@ hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn) {
 }
 
 void _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
-  hak_huge_t* h = huge_lookup(p);
+  hak_error_t err;
+  hak_huge_t* h = huge_lookup(p, &err);
   if (h == NULL) {
-    _hak_error(HAK_ERR_INVALID_FREE, fn, p);
+    _hak_error(err, fn, p);
     return;
   }
   if (atomic_exchange_explicit(&h->state, HAK_HUGE_FREED, memory_order_acq_rel) != HAK_HUGE_LIVE) {

@@ -35,6 +35,19 @@ static uint64_t os_faults(void) {
   return (uint64_t)ru.ru_minflt + (uint64_t)ru.ru_majflt;
 }
 
+/* errno belongs to the program: every call below leaves it as it was (free
+ * must, POSIX.1-2024); errors travel as return values. */
+#ifdef HAK_FAULT_ERRNO_CLOBBER /* fault injection: the OS calls' errno leaks out */
+#define KEEP_ERRNO(stmt) stmt
+#else
+#define KEEP_ERRNO(stmt)       \
+  do {                         \
+    int saved_errno_ = errno;  \
+    stmt;                      \
+    errno = saved_errno_;      \
+  } while (0)
+#endif
+
 const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns, os_faults};
 const hak_os_t* _hak_os = &_hak_os_default;
 
@@ -58,22 +71,24 @@ static void os_account(size_t size, bool map) {
 static void os_unmap_counted(void* addr, size_t size) {
   if (size == 0) return;
   hak_atomic_add(os_munmap_calls, 1);
-  _hak_os->unmap(addr, size);
+  KEEP_ERRNO(_hak_os->unmap(addr, size));
 }
 
 /* A mapping of size bytes whose address is a multiple of align.  First try
  * the hinted address (usually right after the previous aligned mapping);
  * otherwise over-map by align and trim both ends. */
-void* _hak_os_alloc_aligned(size_t size, size_t align) {
+static void* os_alloc_aligned(size_t size, size_t align) {
   uintptr_t hint = atomic_load_explicit(&os_hint, memory_order_relaxed);
   hak_atomic_add(_hak_os_map_count, 1);
-  uint8_t* p = _hak_os->map((void*)hint, size);
+  uint8_t* p;
+  KEEP_ERRNO(p = _hak_os->map((void*)hint, size));
   if (p == NULL) return NULL;
   if (((uintptr_t)p & (align - 1)) != 0) {
     os_unmap_counted(p, size);
     if (size + align < size) return NULL;
     hak_atomic_add(_hak_os_map_count, 1);
-    uint8_t* raw = _hak_os->map(NULL, size + align);
+    uint8_t* raw;
+    KEEP_ERRNO(raw = _hak_os->map(NULL, size + align));
     if (raw == NULL) return NULL;
     p = (uint8_t*)(((uintptr_t)raw + align - 1) & ~(uintptr_t)(align - 1));
     os_unmap_counted(raw, (size_t)(p - raw));
@@ -84,9 +99,26 @@ void* _hak_os_alloc_aligned(size_t size, size_t align) {
   return p;
 }
 
+/* A mapping the segment map cannot describe (above 2^HAK_VA_BITS: 5-level
+ * paging with a high hint) is given back: the caller sees an ordinary
+ * failure, never a block that no free could find. */
+void* _hak_os_alloc_aligned(size_t size, size_t align) {
+  uint8_t* p = os_alloc_aligned(size, align);
+#ifndef HAK_FAULT_VA_UNCHECKED /* fault injection: any address is accepted */
+  if (p != NULL && (uintptr_t)p + size > ((uintptr_t)1 << HAK_VA_BITS)) {
+    atomic_store_explicit(&os_hint, 0, memory_order_relaxed);
+    _hak_os_free(p, size);
+    return NULL;
+  }
+#endif
+  return p;
+}
+
 int _hak_os_advise(void* addr, size_t size, int advice) {
   hak_atomic_add(os_madvise_calls, 1);
-  return _hak_os->advise(addr, size, advice);
+  int r;
+  KEEP_ERRNO(r = _hak_os->advise(addr, size, advice));
+  return r;
 }
 
 void _hak_os_free(void* addr, size_t size) {

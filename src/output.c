@@ -8,6 +8,7 @@
 #include "internal.h"
 
 void _hak_out_flush(hak_out_t* o) {
+  int saved_errno = errno; /* reports happen inside free, which keeps errno */
   size_t done = 0;
   while (done < o->len) {
     ssize_t n = write(o->fd, o->buf + done, o->len - done);
@@ -16,6 +17,9 @@ void _hak_out_flush(hak_out_t* o) {
     done += (size_t)n;
   }
   o->len = 0;
+#ifndef HAK_FAULT_ERRNO_CLOBBER
+  errno = saved_errno;
+#endif
 }
 
 static void out_char(hak_out_t* o, char c) {

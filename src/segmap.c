@@ -1,5 +1,6 @@
 /* The segment map: one byte per 4 MiB chunk of the user address space
- * (32 MiB of zero-filled BSS; only the touched pages become resident).
+ * (64 MiB of zero-filled BSS for 48 bits; only touched pages become
+ * resident).
  * Any pointer's owner is found with one load and never by reading memory
  * that may not be mapped.  Values are described in types.h. */
 #include "internal.h"

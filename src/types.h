@@ -30,8 +30,10 @@
 
 #define HAK_BINS 48             /* size classes: 16 B ... 128 KiB           */
 
-/* Address space covered by the ownership map: user space of x86-64/arm64. */
-#define HAK_VA_BITS 47
+/* Address space covered by the ownership map: user space of x86-64 with
+ * 4-level paging (47 bits) and of arm64 (48 bits): 64 MiB of BSS, resident
+ * only where touched.  A mapping above it is refused (os.c). */
+#define HAK_VA_BITS 48
 #define HAK_SEGMAP_ENTRIES ((size_t)1 << (HAK_VA_BITS - HAK_SEGMENT_SHIFT))
 
 /* Segment map values, one byte per 4 MiB chunk of address space:
