@@ -34,12 +34,12 @@ static size_t meta_left;
 
 void* _hak_meta_alloc(size_t size) {
   size = (size + 63) & ~(size_t)63;
-  pthread_mutex_lock(&heap_lock);
+  hak_lock(&heap_lock);
   if (meta_left < size) {
     size_t chunk = size > (1u << 20) ? size : (1u << 20);
     uint8_t* p = _hak_os_alloc_aligned(chunk, 4096);
     if (p == NULL) {
-      pthread_mutex_unlock(&heap_lock);
+      hak_unlock(&heap_lock);
       return NULL;
     }
     meta_cur = p;
@@ -48,7 +48,7 @@ void* _hak_meta_alloc(size_t size) {
   void* r = meta_cur;
   meta_cur += size;
   meta_left -= size;
-  pthread_mutex_unlock(&heap_lock);
+  hak_unlock(&heap_lock);
   return r;
 }
 
@@ -63,27 +63,34 @@ static void heap_thread_exit(void* arg) {
   _hak_heap_tls = &_hak_heap_empty;
   heap->abandoned = true;
   _hak_heap_release_empty(heap);
-  pthread_mutex_lock(&heap_lock);
+  hak_lock(&heap_lock);
   heap->next_free = heaps_free;
   heaps_free = heap;
   heaps_abandoned_now++;
-  pthread_mutex_unlock(&heap_lock);
+  hak_unlock(&heap_lock);
 }
 
 /* ---- fork ---------------------------------------------------------------- */
+__thread bool _hak_forking __attribute__((tls_model("initial-exec")));
+
+/* Every lock, in the one order any path takes them; then the forking thread
+ * may allocate on (internal.h, locks) until parent/child. */
 static void fork_prepare(void) {
   pthread_mutex_lock(&heap_lock);
   _hak_segment_lock(true);
   _hak_madvq_lock(true);
   _hak_policy_lock(true);
+  _hak_forking = true;
 }
 static void fork_parent(void) {
+  _hak_forking = false;
   _hak_policy_lock(false);
   _hak_madvq_lock(false);
   _hak_segment_lock(false);
   pthread_mutex_unlock(&heap_lock);
 }
 static void fork_child(void) {
+  _hak_forking = false;
   _hak_policy_fork_child();
   _hak_madvq_fork_child();
   _hak_segment_fork_child();
@@ -123,14 +130,14 @@ hak_heap_t* _hak_heap_get(void) {
   hak_heap_t* heap = _hak_heap_tls;
   if (hak_likely(heap != &_hak_heap_empty)) return heap;
   _hak_init();
-  pthread_mutex_lock(&heap_lock);
+  hak_lock(&heap_lock);
   heap = heaps_free;
   if (heap != NULL) {
     heaps_free = heap->next_free;
     heaps_abandoned_now--;
     heaps_reused++;
   }
-  pthread_mutex_unlock(&heap_lock);
+  hak_unlock(&heap_lock);
   if (heap == NULL) {
     heap = _hak_meta_alloc(sizeof(hak_heap_t));
     if (heap == NULL) return NULL;
@@ -139,9 +146,9 @@ hak_heap_t* _hak_heap_get(void) {
     hak_heap_t* head = atomic_load(&heaps_all);
     do heap->next_all = head;
     while (!atomic_compare_exchange_weak(&heaps_all, &head, heap));
-    pthread_mutex_lock(&heap_lock);
+    hak_lock(&heap_lock);
     heaps_created++;
-    pthread_mutex_unlock(&heap_lock);
+    hak_unlock(&heap_lock);
   }
   heap->abandoned = false;
   heap->next_free = NULL;
@@ -171,11 +178,11 @@ void _hak_heap_stats(hak_stats_t* st) {
   st->pages_initialized = sum.pages_init;
   st->pages_retired = sum.pages_retired;
   st->pages_refills = sum.refills;
-  pthread_mutex_lock(&heap_lock);
+  hak_lock(&heap_lock);
   st->heaps_created = heaps_created;
   st->heaps_reused = heaps_reused;
   st->heaps_abandoned = heaps_abandoned_now;
-  pthread_mutex_unlock(&heap_lock);
+  hak_unlock(&heap_lock);
 }
 
 void hak_collect(void) {

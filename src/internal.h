@@ -4,6 +4,7 @@
 #ifndef HAK_INTERNAL_H
 #define HAK_INTERNAL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -21,6 +22,27 @@
 #define hak_count(c, n) \
   atomic_store_explicit(&(c), atomic_load_explicit(&(c), memory_order_relaxed) + (n), memory_order_relaxed)
 #define hak_atomic_add(c, n) atomic_fetch_add_explicit(&(c), (n), memory_order_relaxed)
+
+/* ---- locks ---------------------------------------------------------------
+ * The allocator's mutexes.  Between fork's prepare and its parent/child
+ * handlers the forking thread holds every one of them (heap.c), yet it may
+ * still allocate: a library that registered its atfork handlers before
+ * hakmem did runs its prepare after ours, and it may call malloc.  For that
+ * thread locking is a no-op (it owns every lock; all other threads wait
+ * outside); for every other thread these are plain mutex calls. */
+HAK_INTERNAL extern __thread bool _hak_forking __attribute__((tls_model("initial-exec")));
+#ifdef HAK_FAULT_FORK_SELF_LOCK /* fault injection: the forking thread locks what it holds */
+#define hak_forking() false
+#else
+#define hak_forking() _hak_forking
+#endif
+static inline void hak_lock(pthread_mutex_t* m) {
+  if (hak_likely(!hak_forking())) pthread_mutex_lock(m);
+}
+static inline void hak_unlock(pthread_mutex_t* m) {
+  if (hak_likely(!hak_forking())) pthread_mutex_unlock(m);
+}
+static inline int hak_trylock(pthread_mutex_t* m) { return hak_forking() ? 0 : pthread_mutex_trylock(m); }
 
 /* The API function a generic path reports errors under. */
 typedef enum {

@@ -63,18 +63,18 @@ static bool flush_due(uint64_t now) {
 void _hak_madvq_push(uintptr_t base, size_t size, size_t used, size_t bytes) {
   uint64_t now = _hak_os->now_ns();
   bool full;
-  pthread_mutex_lock(&q_lock);
+  hak_lock(&q_lock);
   while (queue_len == QUEUE_MAX) { /* only if flushes lag behind pushes */
-    pthread_mutex_unlock(&q_lock);
+    hak_unlock(&q_lock);
     _hak_madvq_flush(false);
-    pthread_mutex_lock(&q_lock);
+    hak_lock(&q_lock);
   }
   if (queue_len == 0) queue_oldest_ns = now;
   queue[queue_len++] = (range_t){base, size, used, bytes};
   atomic_store_explicit(&q_pending, queue_len, memory_order_relaxed);
   queue_bytes += bytes;
   full = flush_due(now);
-  pthread_mutex_unlock(&q_lock);
+  hak_unlock(&q_lock);
   hak_atomic_add(st_queued, 1);
   if (full) _hak_madvq_flush(false);
 }
@@ -82,9 +82,9 @@ void _hak_madvq_push(uintptr_t base, size_t size, size_t used, size_t bytes) {
 void _hak_madvq_tick(void) {
   if (atomic_load_explicit(&q_pending, memory_order_relaxed) == 0) return;
   uint64_t now = _hak_os->now_ns();
-  pthread_mutex_lock(&q_lock);
+  hak_lock(&q_lock);
   bool due = flush_due(now);
-  pthread_mutex_unlock(&q_lock);
+  hak_unlock(&q_lock);
   if (due) _hak_madvq_flush(false);
 }
 
@@ -111,12 +111,12 @@ void _hak_madvq_flush(bool all) {
   range_t batch[QUEUE_MAX];
   range_t unmap[RETAINED_MAX + QUEUE_MAX];
   size_t n, nu = 0;
-  pthread_mutex_lock(&q_lock);
+  hak_lock(&q_lock);
   n = queue_len;
   memcpy(batch, queue, n * sizeof(range_t));
   queue_len = queue_bytes = 0;
   atomic_store_explicit(&q_pending, 0, memory_order_relaxed);
-  pthread_mutex_unlock(&q_lock);
+  hak_unlock(&q_lock);
 
   if (n > 0) {
     hak_atomic_add(st_flushes, 1);
@@ -129,7 +129,7 @@ void _hak_madvq_flush(bool all) {
     }
   }
 
-  pthread_mutex_lock(&q_lock);
+  hak_lock(&q_lock);
   for (size_t i = 0; i < n; i++) {
     if (retained_len == RETAINED_MAX) { /* table full: the oldest goes */
       unmap[nu++] = retained[0];
@@ -149,7 +149,7 @@ void _hak_madvq_flush(bool all) {
   retained_len -= drop;
   memmove(retained, retained + drop, retained_len * sizeof(range_t));
   atomic_store(&st_retained_bytes, retained_bytes);
-  pthread_mutex_unlock(&q_lock);
+  hak_unlock(&q_lock);
 
   for (size_t i = 0; i < nu; i++) { /* deferred munmap, beyond the budget */
     _hak_segmap_clear(unmap[i].base, unmap[i].size);
@@ -174,7 +174,7 @@ uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
   if (atomic_load_explicit(&q_pending, memory_order_relaxed) == 0 &&
       atomic_load_explicit(&st_retained_bytes, memory_order_relaxed) == 0)
     return 0;
-  pthread_mutex_lock(&q_lock);
+  hak_lock(&q_lock);
   long i = best_fit(queue, queue_len, size);
   if (i >= 0) {
     base = queue[i].base;
@@ -184,7 +184,7 @@ uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
     queue[i] = queue[--queue_len];
 #endif
     atomic_store_explicit(&q_pending, queue_len, memory_order_relaxed);
-    pthread_mutex_unlock(&q_lock);
+    hak_unlock(&q_lock);
     hak_atomic_add(st_requeued, 1);
     return base;
   }
@@ -196,7 +196,7 @@ uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
     memmove(retained + i, retained + i + 1, (--retained_len - (size_t)i) * sizeof(range_t));
     atomic_store(&st_retained_bytes, retained_bytes);
   }
-  pthread_mutex_unlock(&q_lock);
+  hak_unlock(&q_lock);
   if (base) hak_atomic_add(st_reused, 1);
   return base;
 }
@@ -204,12 +204,12 @@ uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
 /* Checker: queued and retained ranges are disjoint and aligned. */
 size_t _hak_madvq_check(void) {
   size_t bad = 0;
-  pthread_mutex_lock(&q_lock);
+  hak_lock(&q_lock);
   range_t all[QUEUE_MAX + RETAINED_MAX];
   size_t n = 0;
   for (size_t i = 0; i < queue_len; i++) all[n++] = queue[i];
   for (size_t i = 0; i < retained_len; i++) all[n++] = retained[i];
-  pthread_mutex_unlock(&q_lock);
+  hak_unlock(&q_lock);
   sort_ranges(all, n);
   for (size_t i = 0; i < n; i++) {
     if ((all[i].base & HAK_SEGMENT_MASK) || (all[i].size & HAK_SEGMENT_MASK)) bad++;

@@ -102,10 +102,10 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
       atomic_store_explicit(&s->threshold, (uint32_t)_hak_ucb_threshold(&s->ucb), memory_order_relaxed);
       hak_atomic_add(st_adoptions, 1);
     }
-  } else if (pthread_mutex_trylock(&pol_lock) == 0) {
+  } else if (hak_trylock(&pol_lock) == 0) {
     policy_ready();
     _hak_elo_record(&pol.elo, s->epoch_arm, cpu, faults, waste);
-    pthread_mutex_unlock(&pol_lock);
+    hak_unlock(&pol_lock);
   }
   s->epoch_kind = 0;
 }
@@ -120,11 +120,11 @@ static bool epoch_start(hak_site_t* s, size_t size, uint64_t now) {
     s->epoch_kind = HAK_DECIDE_UCB;
     s->epoch_arm = _hak_ucb_select(&s->ucb);
   } else {
-    if (pthread_mutex_trylock(&pol_lock) != 0) return false;
+    if (hak_trylock(&pol_lock) != 0) return false;
     policy_ready();
     bool go = state == HAK_LEARN || _hak_lifecycle_canary(&pol.lc, &pol.rng);
     if (go) s->epoch_arm = _hak_elo_select(&pol.elo);
-    pthread_mutex_unlock(&pol_lock);
+    hak_unlock(&pol_lock);
     if (!go) return false;
     s->epoch_kind = HAK_DECIDE_ELO;
   }
@@ -234,12 +234,12 @@ void _hak_policy_record(hak_decision_t* d, bool huge, bool fresh, size_t reserve
     }
     _hak_site_unlock(s);
   }
-  if (pthread_mutex_trylock(&pol_lock) != 0) return;
+  if (hak_trylock(&pol_lock) != 0) return;
   policy_ready();
   _hak_p99_add(&pol.p99, cpu);
   pol.mix[mix_bucket(d->size)]++;
   window_maybe_close(now);
-  pthread_mutex_unlock(&pol_lock);
+  hak_unlock(&pol_lock);
 }
 
 void _hak_policy_stats(hak_stats_t* st) {
@@ -261,10 +261,10 @@ const char* _hak_policy_state_name(void) {
 
 /* A copy of the ELO table for printing; false before any evolving work. */
 bool _hak_policy_elo(hak_elo_t* out) {
-  pthread_mutex_lock(&pol_lock);
+  hak_lock(&pol_lock);
   bool ok = pol.ready;
   if (ok) *out = pol.elo;
-  pthread_mutex_unlock(&pol_lock);
+  hak_unlock(&pol_lock);
   return ok;
 }
 

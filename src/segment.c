@@ -24,13 +24,13 @@ static void segment_init(hak_segment_t* seg, hak_heap_t* heap) {
 }
 
 static hak_segment_t* segment_alloc(hak_heap_t* heap) {
-  pthread_mutex_lock(&seg_lock);
+  hak_lock(&seg_lock);
   hak_segment_t* seg = seg_cache;
   if (seg != NULL) {
     seg_cache = seg->next;
     seg_cache_count--;
   }
-  pthread_mutex_unlock(&seg_lock);
+  hak_unlock(&seg_lock);
   if (seg == NULL) {
     seg = _hak_os_alloc_aligned(HAK_SEGMENT_SIZE, HAK_SEGMENT_SIZE);
     if (seg == NULL) return NULL;
@@ -56,14 +56,14 @@ void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   atomic_fetch_sub(&seg_current, 1);
   seg->heap = NULL;
   seg->prev = NULL;
-  pthread_mutex_lock(&seg_lock);
+  hak_lock(&seg_lock);
   if (seg_cache_count < (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) {
     seg->next = seg_cache;
     seg_cache = seg;
     seg_cache_count++;
     seg = NULL;
   }
-  pthread_mutex_unlock(&seg_lock);
+  hak_unlock(&seg_lock);
   if (seg != NULL) {
     seg->magic = 0;
     _hak_segmap_clear((uintptr_t)seg, HAK_SEGMENT_SIZE);
@@ -122,11 +122,11 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page) {
 
 /* Unmaps every cached empty segment (hak_collect). */
 void _hak_segment_trim(void) {
-  pthread_mutex_lock(&seg_lock);
+  hak_lock(&seg_lock);
   hak_segment_t* list = seg_cache;
   seg_cache = NULL;
   seg_cache_count = 0;
-  pthread_mutex_unlock(&seg_lock);
+  hak_unlock(&seg_lock);
   while (list != NULL) {
     hak_segment_t* next = list->next;
     list->magic = 0;
@@ -138,9 +138,9 @@ void _hak_segment_trim(void) {
 
 void _hak_segment_stats(hak_stats_t* st) {
   st->segments_current = atomic_load(&seg_current);
-  pthread_mutex_lock(&seg_lock);
+  hak_lock(&seg_lock);
   st->segments_cached = seg_cache_count;
-  pthread_mutex_unlock(&seg_lock);
+  hak_unlock(&seg_lock);
 }
 
 void _hak_segment_lock(bool lock) {
