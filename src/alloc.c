@@ -116,15 +116,24 @@ void* _hak_alloc_generic(hak_heap_t* heap, size_t size, size_t align, const void
 /* A free of a block of another thread's page: tag it, push it on the
  * page's thread_free list (one CAS) and tell the owner heap a sweep is due.
  * A free that follows another free of the same block (in any thread, as
- * ordered by the program) finds the tag.  Two frees racing each other are
- * not ordered by the program and are not guaranteed to be caught. */
+ * ordered by the program) finds the tag; of two remote frees racing each
+ * other, the tag exchange lets exactly one through.  (A remote free racing
+ * the owner's own free of the block is not caught here: the owner's check
+ * stays a plain load and store on the fast path; the owner's bounded walk
+ * in page_collect reports the damage it can do.) */
 static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
   uintptr_t tag = hak_freed_tag(b);
-  if (atomic_load_explicit(&b->tag, memory_order_relaxed) == tag) {
+  /* one exchange: of two frees racing each other exactly one pushes */
+#ifdef HAK_FAULT_REMOTE_CHECK_RACY /* fault injection: test, then set */
+  bool was_freed = atomic_load_explicit(&b->tag, memory_order_relaxed) == tag;
+  atomic_store_explicit(&b->tag, tag, memory_order_relaxed);
+#else
+  bool was_freed = atomic_exchange_explicit(&b->tag, tag, memory_order_relaxed) == tag;
+#endif
+  if (was_freed) {
     _hak_error(HAK_ERR_DOUBLE_FREE, fn, b);
     return;
   }
-  atomic_store_explicit(&b->tag, tag, memory_order_relaxed);
 #ifdef HAK_FAULT_REMOTE_LOST /* fault injection: one remote free in 16 is dropped */
   static _Atomic(unsigned) lost;
   if (atomic_fetch_add(&lost, 1) % 16 == 15) return;

@@ -19,6 +19,7 @@ static const char* const fn_names[] = {
     [HAK_FN_FREE] = "free",
     [HAK_FN_REALLOC] = "realloc",
     [HAK_FN_USABLE_SIZE] = "malloc_usable_size",
+    [HAK_FN_MALLOC] = "malloc",
 };
 
 void _hak_error(hak_error_t err, hak_fn_t fn, const void* p) {

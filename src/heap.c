@@ -75,8 +75,13 @@ __thread bool _hak_forking __attribute__((tls_model("initial-exec")));
 
 /* Every lock, in the one order any path takes them; then the forking thread
  * may allocate on (internal.h, locks) until parent/child. */
+void _hak_heap_lock(bool lock) {
+  if (lock) pthread_mutex_lock(&heap_lock);
+  else pthread_mutex_unlock(&heap_lock);
+}
+
 static void fork_prepare(void) {
-  pthread_mutex_lock(&heap_lock);
+  _hak_heap_lock(true);
   _hak_segment_lock(true);
   _hak_madvq_lock(true);
   _hak_policy_lock(true);
@@ -87,7 +92,7 @@ static void fork_parent(void) {
   _hak_policy_lock(false);
   _hak_madvq_lock(false);
   _hak_segment_lock(false);
-  pthread_mutex_unlock(&heap_lock);
+  _hak_heap_lock(false);
 }
 static void fork_child(void) {
   _hak_forking = false;

@@ -46,7 +46,7 @@ static inline int hak_trylock(pthread_mutex_t* m) { return hak_forking() ? 0 : p
 
 /* The API function a generic path reports errors under. */
 typedef enum {
-  HAK_FN_FREE, HAK_FN_REALLOC, HAK_FN_USABLE_SIZE, HAK_FN_COUNT
+  HAK_FN_FREE, HAK_FN_REALLOC, HAK_FN_USABLE_SIZE, HAK_FN_MALLOC, HAK_FN_COUNT
 } hak_fn_t;
 
 /* ---- os.c: the only file that calls mmap/munmap/madvise/clock ---------- */
@@ -169,6 +169,7 @@ HAK_INTERNAL void _hak_init(void);
 HAK_INTERNAL void _hak_heap_stats(hak_stats_t* st);
 HAK_INTERNAL hak_heap_t* _hak_heaps_first(void);    /* registry, next_all */
 HAK_INTERNAL void* _hak_meta_alloc(size_t size);    /* never freed          */
+HAK_INTERNAL void _hak_heap_lock(bool lock);        /* fork; tests          */
 
 /* ---- huge.c: direct mappings with a checked header ------------------------ */
 HAK_INTERNAL void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh);

@@ -57,6 +57,15 @@ void _hak_page_collect(hak_page_t* page) {
   while (last->next != NULL) {
     last = last->next;
     n++;
+#ifndef HAK_FAULT_COLLECT_UNBOUNDED /* fault injection: the walk follows a cycle forever */
+    /* more frees than blocks handed out: a cycle or a foreign link (a use
+     * after free wrote the list).  Reported; the list is dropped (its
+     * blocks leak) rather than served twice. */
+    if (hak_unlikely(n > page->used)) {
+      _hak_error(HAK_ERR_CORRUPT, HAK_FN_MALLOC, list);
+      return;
+    }
+#endif
   }
   last->next = page->free;
   page->free = list;

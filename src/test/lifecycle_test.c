@@ -1,0 +1,345 @@
+/* Thread and process life cycle that reading the code found broken (issue
+ * 10, items 2-6): memory freed into exited threads' heaps, key destructors
+ * that allocate in the last round, racing double frees, fork children,
+ * exit-time statistics while a lock is held.  Through the hak_* API, so it
+ * also runs under TSan and ASan.  Liveness bugs are bounded by alarm() in a
+ * child: a hang is reported as a hang instead of timing out the test. */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <time.h>
+
+#include "src/hakmem.h"
+#include "src/internal.h"
+#include "src/test/test.h"
+
+#define MiB ((size_t)1 << 20)
+
+static hak_stats_t stats(void) {
+  hak_stats_t st;
+  hak_stats_get(&st);
+  return st;
+}
+
+static void on_alarm(int sig) {
+  static const char msg[] = "HANG: the child did not finish before its alarm\n";
+  (void)!write(2, msg, sizeof(msg) - 1);
+  _exit(3);
+}
+
+static void (*bounded_fn)(void);
+static unsigned bounded_secs;
+static void bounded_child(void* arg) {
+  signal(SIGALRM, on_alarm);
+  alarm(bounded_secs);
+  bounded_fn();
+  _exit(0);
+}
+
+static void reexec_self(void* test_name) {
+  execl("/proc/self/exe", "lifecycle_test", (const char*)test_name, (char*)NULL);
+  _exit(127);
+}
+
+/* Runs fn in a child that must exit 0 within secs seconds. */
+#define EXPECT_CHILD_OK(fn, secs)                                                   \
+  do {                                                                              \
+    char _out[8192];                                                                \
+    bounded_fn = fn;                                                                \
+    bounded_secs = secs;                                                            \
+    int _st = hak_run_child(bounded_child, NULL, _out, sizeof(_out));               \
+    if (!WIFEXITED(_st) || WEXITSTATUS(_st) != 0)                                   \
+      HAK_FAIL_AT("%s: child %s %d, stderr: %s", #fn, WIFEXITED(_st) ? "exited" : "killed by signal", \
+                  WIFEXITED(_st) ? WEXITSTATUS(_st) : WTERMSIG(_st), _out);         \
+  } while (0)
+
+#define CHILD_CHECK(c)                                                  \
+  do {                                                                  \
+    if (!(c)) {                                                         \
+      fprintf(stderr, "failed: %s (line %d)\n", #c, __LINE__);          \
+      _exit(1);                                                         \
+    }                                                                   \
+  } while (0)
+
+/* ---- 2: memory freed into an exited thread's heap comes back ----------- */
+#define OBJS (1u << 20) /* 64 MiB of 64-byte objects */
+static void** objs;
+static void* alloc_many(void* arg) {
+  for (size_t i = 0; i < OBJS; i++) objs[i] = hak_malloc(64);
+  return NULL;
+}
+static void exited_heap_memory(void) {
+  objs = hak_malloc(OBJS * sizeof(void*));
+  hak_collect();
+  uint64_t before = stats().os_mapped_bytes;
+  pthread_t t;
+  pthread_create(&t, NULL, alloc_many, NULL);
+  pthread_join(t, NULL); /* the thread exits: its heap is abandoned */
+  uint64_t full = stats().os_mapped_bytes;
+  CHILD_CHECK(full >= before + 64 * MiB);
+  for (size_t i = 0; i < OBJS; i++) hak_free(objs[i]); /* remote frees */
+  hak_collect();
+  uint64_t after = stats().os_mapped_bytes;
+  fprintf(stderr, "mapped: before %llu MiB, full %llu MiB, after free+collect %llu MiB\n",
+          (unsigned long long)(before >> 20), (unsigned long long)(full >> 20), (unsigned long long)(after >> 20));
+  CHILD_CHECK(after <= before + 8 * MiB);
+  CHILD_CHECK(hak_check_heap() == 0);
+}
+TEST(memory_freed_into_exited_threads_heap_is_given_back) { EXPECT_CHILD_OK(exited_heap_memory, 60); }
+
+/* Without hak_collect: the next allocations reuse that memory instead of
+ * mapping more (any thread's slow path reclaims abandoned heaps). */
+static void exited_heap_reuse(void) {
+  objs = hak_malloc(OBJS * sizeof(void*));
+  for (int round = 0; round < 4; round++) {
+    pthread_t t;
+    pthread_create(&t, NULL, alloc_many, NULL);
+    pthread_join(t, NULL);
+    for (size_t i = 0; i < OBJS; i++) hak_free(objs[i]);
+    /* main allocates and frees the same volume itself */
+    for (size_t i = 0; i < OBJS / 4; i++) objs[i] = hak_malloc(256);
+    for (size_t i = 0; i < OBJS / 4; i++) hak_free(objs[i]);
+  }
+  uint64_t peak = stats().os_mapped_bytes_peak;
+  fprintf(stderr, "peak mapped over 4 rounds of 64 MiB: %llu MiB\n", (unsigned long long)(peak >> 20));
+  CHILD_CHECK(peak <= 150 * MiB);
+}
+TEST(exited_threads_memory_is_reused_without_collect) { EXPECT_CHILD_OK(exited_heap_reuse, 60); }
+
+/* ---- 3: a key destructor that allocates in the last round --------------- */
+static pthread_key_t late_key;
+static void late_destructor(void* v) {
+  uintptr_t round = (uintptr_t)v;
+  void* p = hak_malloc(100 + round);
+  hak_free(p);
+  p = hak_malloc(1000); /* kept: freed by nobody until the process ends */
+  (void)p;
+  if (round < PTHREAD_DESTRUCTOR_ITERATIONS) pthread_setspecific(late_key, (void*)(round + 1));
+}
+static void* late_thread(void* arg) {
+  hak_free(hak_malloc(64)); /* the thread's heap, and hakmem's key first */
+  pthread_setspecific(late_key, (void*)1);
+  return NULL;
+}
+static void key_destructor_last_round(void) {
+  hak_free(hak_malloc(64));
+  pthread_key_create(&late_key, late_destructor);
+  hak_stats_t before = stats();
+  for (int i = 0; i < 200; i++) {
+    pthread_t t;
+    pthread_create(&t, NULL, late_thread, NULL);
+    pthread_join(t, NULL);
+  }
+  hak_stats_t after = stats();
+  fprintf(stderr, "200 threads: heaps.created +%llu, segments.current +%llu\n",
+          (unsigned long long)(after.heaps_created - before.heaps_created),
+          (unsigned long long)(after.segments_current - before.segments_current));
+  CHILD_CHECK(after.heaps_created - before.heaps_created <= 2);
+  CHILD_CHECK(after.segments_current <= before.segments_current + 2);
+  CHILD_CHECK(hak_check_heap() == 0);
+}
+TEST(key_destructor_allocating_in_the_last_round_leaks_no_heap) { EXPECT_CHILD_OK(key_destructor_last_round, 60); }
+
+/* ---- 4: racing double frees are reported, never corrupt or hang --------- */
+#define RACE_BLOCKS 512
+#define RACERS 2 /* both free every block at the same instant */
+static void* race_blocks[RACE_BLOCKS];
+static pthread_barrier_t race_start, race_done;
+static _Atomic(uint64_t) race_t0;
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+/* Block i is freed by every racer when the clock passes t0 + i * 20 us:
+ * the racers leave their spin within nanoseconds of each other, so their
+ * double-free checks of one block overlap. */
+static void* racer(void* arg) {
+  for (unsigned round = 0; round < 40; round++) {
+    pthread_barrier_wait(&race_start);
+    uint64_t t0 = atomic_load(&race_t0);
+    for (unsigned i = 0; i < RACE_BLOCKS; i++) {
+      while (now_ns() < t0 + i * 20000u) {
+      }
+      hak_free(race_blocks[i]);
+    }
+    pthread_barrier_wait(&race_done);
+  }
+  return NULL;
+}
+static void racing_double_free(void) {
+  _hak_options[HAK_OPT_ON_ERROR] = 1; /* report and go on */
+  pthread_barrier_init(&race_start, NULL, RACERS + 1);
+  pthread_barrier_init(&race_done, NULL, RACERS + 1);
+  pthread_t t[RACERS];
+  for (int i = 0; i < RACERS; i++) pthread_create(&t[i], NULL, racer, NULL);
+  uint64_t reported0 = stats().errors_double_free;
+  for (int round = 0; round < 40; round++) {
+    for (int i = 0; i < RACE_BLOCKS; i++) race_blocks[i] = hak_malloc(48);
+    atomic_store(&race_t0, now_ns() + 1000000);
+    pthread_barrier_wait(&race_start); /* RACERS threads free each block at once */
+    pthread_barrier_wait(&race_done);
+    /* the owner takes the blocks back: each exactly once */
+    static void* again[2 * RACE_BLOCKS];
+    for (int i = 0; i < 2 * RACE_BLOCKS; i++) again[i] = hak_malloc(48);
+    for (int i = 0; i < 2 * RACE_BLOCKS; i++)
+      for (int j = i + 1; j < 2 * RACE_BLOCKS && j < i + 64; j++) CHILD_CHECK(again[i] != again[j]);
+    for (int i = 0; i < 2 * RACE_BLOCKS; i++) hak_free(again[i]);
+  }
+  for (int i = 0; i < RACERS; i++) pthread_join(t[i], NULL);
+  uint64_t reported = stats().errors_double_free - reported0;
+  fprintf(stderr, "double frees reported: %llu of %d\n", (unsigned long long)reported, 40 * RACE_BLOCKS * (RACERS - 1));
+  CHILD_CHECK(reported == 40u * RACE_BLOCKS * (RACERS - 1));
+  CHILD_CHECK(hak_check_heap() == 0);
+}
+TEST(racing_double_frees_are_reported_and_never_hang_the_owner) { EXPECT_CHILD_OK(racing_double_free, 60); }
+
+/* A remote list with a cycle (what two pushes of one block make): the
+ * owner's walk reports it instead of following it forever. */
+static void plant_cycle(void* arg) {
+  signal(SIGALRM, on_alarm);
+  alarm(10);
+  hak_block_t* a = hak_malloc(48);
+  hak_block_t* b = hak_malloc(48);
+  hak_page_t* page = hak_page_of(a);
+  a->next = b;
+  b->next = a;
+  atomic_store(&page->thread_free, (uintptr_t)a | (atomic_load(&page->thread_free) & HAK_TF_FULL));
+  _hak_page_collect(page);
+  _exit(0);
+}
+TEST(remote_list_cycle_is_reported_not_followed) {
+  EXPECT_DEATH(plant_cycle, NULL, "heap corruption in malloc(", NULL);
+}
+
+/* ---- 5: a fork child: site locks held at fork are free again ------------- */
+static atomic_int lock_taken, lock_release;
+static hak_site_t* held_site;
+static void* site_locker(void* arg) {
+  static int site;
+  hak_free(hak_alloc_at(300u << 10, &site)); /* the site exists */
+  held_site = _hak_site_alloc(&site, 300u << 10);
+  while (!_hak_site_trylock(held_site)) {
+  }
+  atomic_store(&lock_taken, 1);
+  while (!atomic_load(&lock_release)) sched_yield();
+  _hak_site_unlock(held_site);
+  return NULL;
+}
+static void fork_child_site_locks(void) {
+  pthread_t t;
+  pthread_create(&t, NULL, site_locker, NULL);
+  while (!atomic_load(&lock_taken)) sched_yield();
+  pid_t pid = fork();
+  if (pid == 0) {
+    /* the thread holding the lock does not exist here */
+    if (!_hak_site_trylock(held_site)) _exit(1);
+    _exit(0);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  atomic_store(&lock_release, 1);
+  pthread_join(t, NULL);
+  CHILD_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+TEST(fork_child_frees_site_locks_of_vanished_threads) { EXPECT_CHILD_OK(fork_child_site_locks, 30); }
+
+/* A fork child gets the heaps of the threads that did not survive: blocks
+ * they owned, freed in the child, are given back. */
+static void* fork_owner(void* arg) {
+  for (size_t i = 0; i < OBJS / 2; i++) objs[i] = hak_malloc(64);
+  atomic_store(&lock_taken, 2);
+  while (!atomic_load(&lock_release)) sched_yield(); /* alive at the fork */
+  return NULL;
+}
+static void fork_child_dead_heaps(void) {
+  objs = hak_malloc(OBJS * sizeof(void*));
+  atomic_store(&lock_taken, 0);
+  atomic_store(&lock_release, 0);
+  hak_collect();
+  uint64_t before = stats().os_mapped_bytes;
+  pthread_t t;
+  pthread_create(&t, NULL, fork_owner, NULL);
+  while (atomic_load(&lock_taken) != 2) sched_yield();
+  pid_t pid = fork();
+  if (pid == 0) {
+    for (size_t i = 0; i < OBJS / 2; i++) hak_free(objs[i]);
+    hak_collect();
+    uint64_t after = stats().os_mapped_bytes;
+    if (after > before + 8 * MiB) {
+      fprintf(stderr, "child: mapped %llu MiB after freeing the vanished thread's blocks (before %llu MiB)\n",
+              (unsigned long long)(after >> 20), (unsigned long long)(before >> 20));
+      _exit(1);
+    }
+    _exit(hak_check_heap() == 0 ? 0 : 2);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  atomic_store(&lock_release, 1);
+  pthread_join(t, NULL);
+  CHILD_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+TEST(fork_child_reclaims_heaps_of_vanished_threads) { EXPECT_CHILD_OK(fork_child_dead_heaps, 60); }
+
+/* ---- 6: exit-time statistics while the allocator holds a lock ----------- */
+/* As when a signal handler calls exit() after interrupting the allocator
+ * inside a critical section: the statistics must still come out. */
+static void exit_with_lock_held(void) {
+  _hak_options[HAK_OPT_STATS] = 1;
+  hak_free(hak_malloc(64));
+  _hak_segment_lock(true);
+  _hak_madvq_lock(true);
+  _hak_policy_lock(true);
+  _hak_heap_lock(true);
+  _hak_stats_at_exit(); /* what the destructor runs at exit */
+}
+TEST(exit_statistics_never_wait_for_a_lock) {
+  char out[16384];
+  bounded_fn = exit_with_lock_held;
+  bounded_secs = 10;
+  int st = hak_run_child(bounded_child, NULL, out, sizeof(out));
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  EXPECT_TRUE(strstr(out, "hakmem statistics") != NULL && strstr(out, "served.small") != NULL);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fprintf(stderr, "child stderr: %s\n", out);
+}
+
+/* A signal handler that allocates while the same thread initializes hakmem
+ * (here: from inside the clock read that seeds the free-tag key).  Runs in
+ * a fresh process (re-executed), where nothing has initialized hakmem yet:
+ * the tests link hakmem without the shim, so libc allocates elsewhere. */
+static volatile sig_atomic_t handler_ran;
+static void* handler_block = (void*)1;
+static void on_usr1(int sig) {
+  handler_block = hak_malloc(32);
+  handler_ran = 1;
+}
+static uint64_t raising_now(void) {
+  static int raised;
+  if (!raised++) raise(SIGUSR1);
+  return _hak_os_default.now_ns();
+}
+TEST(child_reentrant_init) {
+  static hak_os_t os;
+  os = _hak_os_default;
+  os.now_ns = raising_now;
+  _hak_os = &os;
+  signal(SIGUSR1, on_usr1);
+  signal(SIGALRM, on_alarm);
+  alarm(10);
+  void* p = hak_malloc(10);
+  ASSERT_TRUE(p != NULL && handler_ran);
+  /* the handler's request came while hakmem was not ready: refused cleanly */
+  EXPECT_TRUE(handler_block == NULL);
+  hak_free(p);
+  hak_free(hak_malloc(32));
+}
+TEST(reentrant_initialization_does_not_spin) {
+  char out[4096];
+  int st = hak_run_child(reexec_self, "child_reentrant_init", out, sizeof(out));
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0 && strstr(out, "HANG") == NULL);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fprintf(stderr, "child status %d, stderr: %s\n", st, out);
+}
+
+TEST_MAIN()
