@@ -50,6 +50,8 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
 #endif
       heap->sample_countdown = 63;
       _hak_site_alloc(site, size);
+      /* and takes in what other threads freed into exited threads' heaps */
+      if (atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed)) _hak_heaps_reclaim();
     }
     return p;
   }
@@ -93,8 +95,16 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
 static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* site, bool* zeroed) {
   if (hak_unlikely(size > PTRDIFF_MAX)) goto oom;
   for (int attempt = 0;; attempt++) {
-    if (hak_unlikely(heap == &_hak_heap_empty)) heap = _hak_heap_get();
-    void* p = heap != NULL ? alloc_tier(heap, size, align, site, zeroed) : NULL;
+    void* p;
+    if (hak_unlikely(heap == &_hak_heap_empty) && _hak_heap_exited()) {
+      /* after this thread's exit destructor: a heap for this call only */
+      hak_heap_t* h = _hak_heap_borrow();
+      p = h != NULL ? alloc_tier(h, size, align, site, zeroed) : NULL;
+      if (h != NULL) _hak_heap_unborrow(h);
+    } else {
+      if (hak_unlikely(heap == &_hak_heap_empty)) heap = _hak_heap_get();
+      p = heap != NULL ? alloc_tier(heap, size, align, site, zeroed) : NULL;
+    }
     if (hak_likely(p != NULL)) return p;
 #ifdef HAK_FAULT_ENOMEM_KEEPS_CACHES /* fault injection: ENOMEM with the caches full */
     break;
@@ -149,6 +159,12 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
   /* a full page is only looked at again by a sweep: ask for one */
   if ((tf & HAK_TF_FULL) && atomic_load_explicit(&owner->remote_pending, memory_order_relaxed) == 0)
     atomic_store_explicit(&owner->remote_pending, 1, memory_order_release);
+  /* an exited thread's heap: nobody sweeps it but a reclaim (heap.c) */
+#ifndef HAK_FAULT_ABANDONED_STRANDED /* fault injection: nobody is told */
+  if (atomic_load_explicit(&owner->abandoned, memory_order_relaxed) &&
+      !atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed))
+    atomic_store_explicit(&_hak_heaps_dirty, true, memory_order_relaxed);
+#endif
   if (large) hak_atomic_add(remote_large, 1);
   else hak_atomic_add(remote_small, 1);
 }

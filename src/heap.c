@@ -1,32 +1,42 @@
-/* Thread heaps and process life cycle.
+/* Thread heaps: creation, thread exit, abandonment, reclaim, adoption.
  *
  * Every thread starts on _hak_heap_empty (all bins point at an empty page),
- * so the first allocation falls into the generic path, which initializes
- * the process once and gives the thread a heap: an abandoned one if any
- * (memory of exited threads is reused by new ones), else a new one.  A
- * pthread key's destructor abandons the heap at thread exit.
- * Fork: the allocator's locks are taken around fork(); in the child, heaps
- * of the threads that did not survive are left as they were (never reused,
- * since they may have been mid-update), so the child is always consistent. */
-#include <sched.h>
-#include <stdlib.h>
+ * so its first allocation falls into the generic path, which gives it a
+ * heap: an abandoned one if any (memory of exited threads is reused by new
+ * ones), else a new one.  A pthread key's destructor abandons the heap at
+ * thread exit: its empty pages and segments are released and it waits on
+ * the abandoned list.
+ *
+ * Abandoned heaps are not dead weight: other threads keep freeing blocks
+ * into them (remote frees), and any thread reclaims them (_hak_heaps_reclaim:
+ * remote frees collected, empty pages and segments released) from its slow
+ * path when a remote free landed in one, and in hak_collect().  Their owner
+ * then is whoever holds heap_lock.
+ *
+ * A thread whose exit destructor already ran may still allocate (another
+ * key's destructor in a later round, or after the last one): it borrows an
+ * abandoned heap for that one allocation and puts it back, so no heap is
+ * left owned by a thread that no longer exists.
+ *
+ * Invariants: a heap is owned by exactly one thread, or is on heaps_free
+ * with abandoned set (owned by heap_lock's holder), or is borrowed by one
+ * exited thread for one call.  Heaps are never freed (heaps_all). */
 #include <string.h>
-#include <sys/mman.h>
 
 #include "internal.h"
 
 __thread hak_heap_t* _hak_heap_tls __attribute__((tls_model("initial-exec"))) = &_hak_heap_empty;
+/* this thread's exit destructor has run: allocations borrow a heap */
+static __thread bool thread_exited __attribute__((tls_model("initial-exec")));
 
 hak_heap_t _hak_heap_empty = {.direct = {[0 ... HAK_BINS - 1] = &_hak_page_empty}};
-uintptr_t _hak_free_key;
-size_t _hak_fast_limit = HAK_SMALL_FAST_MAX; /* until the options are read */
+_Atomic(bool) _hak_heaps_dirty;
 
-static pthread_mutex_t heap_lock = PTHREAD_MUTEX_INITIALIZER; /* pool + meta */
+static pthread_mutex_t heap_lock = PTHREAD_MUTEX_INITIALIZER; /* heaps_free + meta */
 static _Atomic(hak_heap_t*) heaps_all;     /* every heap, append-only      */
 static hak_heap_t* heaps_free;             /* abandoned, waiting           */
-static uint64_t heaps_created, heaps_reused, heaps_abandoned_now;
+static _Atomic(uint64_t) heaps_created, heaps_reused, heaps_abandoned_now;
 static pthread_key_t heap_key;
-static _Atomic(int) init_state;            /* 0 no, 1 running, 2 done      */
 
 /* ---- metadata: bump allocation from 1 MiB mappings, never freed -------- */
 static uint8_t* meta_cur;
@@ -56,91 +66,32 @@ static void heap_reset_direct(hak_heap_t* heap) {
   for (size_t i = 0; i < HAK_BINS; i++) heap->direct[i] = &_hak_page_empty;
 }
 
-/* ---- thread exit --------------------------------------------------------- */
-static void heap_thread_exit(void* arg) {
-  hak_heap_t* heap = arg;
-  if (heap == NULL || heap == &_hak_heap_empty) return;
-  _hak_heap_tls = &_hak_heap_empty;
-  heap->abandoned = true;
-  _hak_heap_release_empty(heap);
-  hak_lock(&heap_lock);
+/* ---- abandoning and taking heaps --------------------------------------- */
+
+/* Puts a heap the caller owns on the abandoned list (heap_lock held). */
+static void heap_push_abandoned(hak_heap_t* heap) {
+  atomic_store_explicit(&heap->abandoned, true, memory_order_relaxed);
   heap->next_free = heaps_free;
   heaps_free = heap;
-  heaps_abandoned_now++;
+  hak_atomic_add(heaps_abandoned_now, 1);
+}
+
+static void heap_abandon(hak_heap_t* heap) {
+  atomic_store_explicit(&heap->abandoned, true, memory_order_relaxed);
+  _hak_heap_release_empty(heap);
+  hak_lock(&heap_lock);
+  heap_push_abandoned(heap);
   hak_unlock(&heap_lock);
 }
 
-/* ---- fork ---------------------------------------------------------------- */
-__thread bool _hak_forking __attribute__((tls_model("initial-exec")));
-
-/* Every lock, in the one order any path takes them; then the forking thread
- * may allocate on (internal.h, locks) until parent/child. */
-void _hak_heap_lock(bool lock) {
-  if (lock) pthread_mutex_lock(&heap_lock);
-  else pthread_mutex_unlock(&heap_lock);
-}
-
-static void fork_prepare(void) {
-  _hak_heap_lock(true);
-  _hak_segment_lock(true);
-  _hak_madvq_lock(true);
-  _hak_policy_lock(true);
-  _hak_forking = true;
-}
-static void fork_parent(void) {
-  _hak_forking = false;
-  _hak_policy_lock(false);
-  _hak_madvq_lock(false);
-  _hak_segment_lock(false);
-  _hak_heap_lock(false);
-}
-static void fork_child(void) {
-  _hak_forking = false;
-  _hak_policy_fork_child();
-  _hak_madvq_fork_child();
-  _hak_segment_fork_child();
-  pthread_mutex_init(&heap_lock, NULL);
-}
-
-/* ---- process init ------------------------------------------------------- */
-void _hak_init(void) {
-  int expected = 0;
-  if (atomic_load_explicit(&init_state, memory_order_acquire) == 2) return;
-  if (!atomic_compare_exchange_strong(&init_state, &expected, 1)) {
-    while (atomic_load_explicit(&init_state, memory_order_acquire) != 2) sched_yield();
-    return;
-  }
-  heap_reset_direct(&_hak_heap_empty);
-  _hak_free_key = (uintptr_t)_hak_os_random() | 1;
-  _hak_options_init();
-  _hak_fast_limit = hak_option(HAK_OPT_MODE) == 1 ? (64u << 10) - 1 : HAK_SMALL_MAX;
-  pthread_key_create(&heap_key, heap_thread_exit);
-  atomic_store_explicit(&init_state, 2, memory_order_release);
-}
-
-/* Runs when the library is loaded: make sure init happened and register the
- * fork handlers (outside any allocator lock, since registering may call
- * malloc). */
-__attribute__((constructor)) static void hak_constructor(void) {
-  _hak_init();
-  _hak_options_init(); /* no-op unless the first read came before environ */
-  _hak_fast_limit = hak_option(HAK_OPT_MODE) == 1 ? (64u << 10) - 1 : HAK_SMALL_MAX;
-  pthread_atfork(fork_prepare, fork_parent, fork_child);
-}
-
-__attribute__((destructor)) static void hak_destructor(void) { _hak_stats_at_exit(); }
-
-/* The calling thread's heap, set up on first use. */
-hak_heap_t* _hak_heap_get(void) {
-  hak_heap_t* heap = _hak_heap_tls;
-  if (hak_likely(heap != &_hak_heap_empty)) return heap;
-  _hak_init();
+/* An abandoned heap, now the caller's, or a new one; NULL without memory. */
+static hak_heap_t* heap_take(void) {
   hak_lock(&heap_lock);
-  heap = heaps_free;
+  hak_heap_t* heap = heaps_free;
   if (heap != NULL) {
     heaps_free = heap->next_free;
-    heaps_abandoned_now--;
-    heaps_reused++;
+    atomic_fetch_sub_explicit(&heaps_abandoned_now, 1, memory_order_relaxed);
+    hak_atomic_add(heaps_reused, 1);
   }
   hak_unlock(&heap_lock);
   if (heap == NULL) {
@@ -151,20 +102,88 @@ hak_heap_t* _hak_heap_get(void) {
     hak_heap_t* head = atomic_load(&heaps_all);
     do heap->next_all = head;
     while (!atomic_compare_exchange_weak(&heaps_all, &head, heap));
-    hak_lock(&heap_lock);
-    heaps_created++;
-    hak_unlock(&heap_lock);
+    hak_atomic_add(heaps_created, 1);
   }
-  heap->abandoned = false;
+  atomic_store_explicit(&heap->abandoned, false, memory_order_relaxed);
   heap->next_free = NULL;
+  return heap;
+}
+
+/* ---- thread exit --------------------------------------------------------- */
+static void heap_thread_exit(void* arg) {
+  hak_heap_t* heap = arg;
+  if (heap == NULL || heap == &_hak_heap_empty) return;
+  _hak_heap_tls = &_hak_heap_empty;
+#ifndef HAK_FAULT_EXIT_REARM /* fault injection: later allocations make a heap of their own */
+  thread_exited = true;
+#endif
+  heap_abandon(heap);
+}
+
+bool _hak_heap_exited(void) { return thread_exited; }
+
+/* A heap for one allocation of an exited thread; give it back with
+ * _hak_heap_unborrow. */
+hak_heap_t* _hak_heap_borrow(void) { return heap_take(); }
+
+void _hak_heap_unborrow(hak_heap_t* heap) { heap_abandon(heap); }
+
+void _hak_heap_init_key(void) { pthread_key_create(&heap_key, heap_thread_exit); }
+
+/* The calling thread's heap, set up on first use. */
+hak_heap_t* _hak_heap_get(void) {
+  hak_heap_t* heap = _hak_heap_tls;
+  if (hak_likely(heap != &_hak_heap_empty)) return heap;
+  if (!_hak_init()) return NULL; /* re-entered during init: not ready */
+  heap = heap_take();
+  if (heap == NULL) return NULL;
   /* TLS first: pthread_setspecific may allocate, which now finds the heap */
   _hak_heap_tls = heap;
   pthread_setspecific(heap_key, heap);
   return heap;
 }
 
+/* ---- reclaim -------------------------------------------------------------- */
+
+/* Collects every abandoned heap: frees other threads made into it are taken
+ * in, empty pages and segments go back.  heap_lock makes the caller their
+ * owner meanwhile (lock order: heap_lock, then the segment lock). */
+void _hak_heaps_reclaim(void) {
+  atomic_store_explicit(&_hak_heaps_dirty, false, memory_order_relaxed);
+  hak_lock(&heap_lock);
+  for (hak_heap_t* h = heaps_free; h != NULL; h = h->next_free) _hak_heap_release_empty(h);
+  hak_unlock(&heap_lock);
+}
+
+/* ---- fork ------------------------------------------------------------------ */
+void _hak_heap_lock(bool lock) {
+  if (lock) pthread_mutex_lock(&heap_lock);
+  else pthread_mutex_unlock(&heap_lock);
+}
+
+/* In the child only the forking thread lives.  The heaps other threads
+ * owned are abandoned, so their memory is reclaimed and reused, unless a
+ * vanished thread was mid-update in one (no lock guards a heap's own
+ * structures): a heap that does not pass the structural check is left
+ * alone, its memory lost to the child but nothing corrupted. */
+void _hak_heap_fork_child(void) {
+  pthread_mutex_init(&heap_lock, NULL);
+#ifndef HAK_FAULT_FORK_KEEPS_DEAD_HEAPS /* fault injection: vanished threads' heaps stay owned */
+  hak_heap_t* self = _hak_heap_tls;
+  for (hak_heap_t* h = atomic_load(&heaps_all); h != NULL; h = h->next_all) {
+    if (h == self || atomic_load_explicit(&h->abandoned, memory_order_relaxed)) continue;
+    if (_hak_check_heap_structure(h) != 0) continue;
+    heap_push_abandoned(h);
+  }
+  atomic_store_explicit(&_hak_heaps_dirty, true, memory_order_relaxed);
+#endif
+}
+
+/* ---- registry and statistics ---------------------------------------------- */
 hak_heap_t* _hak_heaps_first(void) { return atomic_load(&heaps_all); }
 
+/* Lock-free: exit-time statistics must not wait for a lock that the
+ * interrupted program may hold. */
 void _hak_heap_stats(hak_stats_t* st) {
   struct {
 #define HAK_X(n) uint64_t n;
@@ -183,18 +202,11 @@ void _hak_heap_stats(hak_stats_t* st) {
   st->pages_initialized = sum.pages_init;
   st->pages_retired = sum.pages_retired;
   st->pages_refills = sum.refills;
+#ifdef HAK_FAULT_EXIT_STATS_LOCK /* fault injection: statistics wait for the heap lock */
   hak_lock(&heap_lock);
-  st->heaps_created = heaps_created;
-  st->heaps_reused = heaps_reused;
-  st->heaps_abandoned = heaps_abandoned_now;
   hak_unlock(&heap_lock);
-}
-
-void hak_collect(void) {
-  hak_heap_t* heap = _hak_heap_tls;
-  if (heap != &_hak_heap_empty) _hak_heap_release_empty(heap);
-  _hak_bigcache_drain();
-  _hak_madvq_flush(true);
-  _hak_segment_trim();
-  HAK_VERIFY_POINT();
+#endif
+  st->heaps_created = atomic_load_explicit(&heaps_created, memory_order_relaxed);
+  st->heaps_reused = atomic_load_explicit(&heaps_reused, memory_order_relaxed);
+  st->heaps_abandoned = atomic_load_explicit(&heaps_abandoned_now, memory_order_relaxed);
 }

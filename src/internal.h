@@ -157,19 +157,29 @@ static inline bool hak_page_is_block(const hak_page_t* page, uintptr_t a) {
          off * page->div_check < page->div_check;
 }
 
-/* ---- heap.c: thread heaps, their life cycle, process init, fork ---------- */
+/* ---- heap.c: thread heaps, thread exit, abandonment, reclaim ------------- */
 HAK_INTERNAL extern __thread hak_heap_t* _hak_heap_tls __attribute__((tls_model("initial-exec")));
 HAK_INTERNAL extern hak_heap_t _hak_heap_empty;
-HAK_INTERNAL extern uintptr_t _hak_free_key;
-/* Largest size the fast path serves: HAK_SMALL_MAX, or 64 KiB - 1 in
- * evolving mode, where larger requests ask the policy first. */
-HAK_INTERNAL extern size_t _hak_fast_limit;
+/* set by a remote free into an abandoned heap: a reclaim is worth it */
+HAK_INTERNAL extern _Atomic(bool) _hak_heaps_dirty;
 HAK_INTERNAL hak_heap_t* _hak_heap_get(void);       /* init thread if needed */
-HAK_INTERNAL void _hak_init(void);
+HAK_INTERNAL bool _hak_heap_exited(void);           /* exit destructor ran   */
+HAK_INTERNAL hak_heap_t* _hak_heap_borrow(void);    /* exited thread: one call */
+HAK_INTERNAL void _hak_heap_unborrow(hak_heap_t* heap);
+HAK_INTERNAL void _hak_heap_init_key(void);
+HAK_INTERNAL void _hak_heaps_reclaim(void);         /* collect abandoned heaps */
 HAK_INTERNAL void _hak_heap_stats(hak_stats_t* st);
 HAK_INTERNAL hak_heap_t* _hak_heaps_first(void);    /* registry, next_all */
 HAK_INTERNAL void* _hak_meta_alloc(size_t size);    /* never freed          */
 HAK_INTERNAL void _hak_heap_lock(bool lock);        /* fork; tests          */
+HAK_INTERNAL void _hak_heap_fork_child(void);
+
+/* ---- init.c: process init, fork protocol, hak_collect --------------------- */
+HAK_INTERNAL extern uintptr_t _hak_free_key;
+/* Largest size the fast path serves: HAK_SMALL_MAX, or 64 KiB - 1 in
+ * evolving mode, where larger requests ask the policy first. */
+HAK_INTERNAL extern size_t _hak_fast_limit;
+HAK_INTERNAL bool _hak_init(void); /* false: re-entered on the initializing thread */
 
 /* ---- huge.c: direct mappings with a checked header ------------------------ */
 HAK_INTERNAL void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh);
@@ -207,6 +217,7 @@ HAK_INTERNAL void _hak_site_free(const void* site);
 HAK_INTERNAL void _hak_site_stats(hak_stats_t* st);
 HAK_INTERNAL void _hak_site_reset(void);   /* tests */
 HAK_INTERNAL size_t _hak_site_check(void);
+HAK_INTERNAL void _hak_site_fork_child(void);
 
 /* ---- policy.c: which tier serves a large request (learned per site) ---- */
 typedef enum { HAK_DECIDE_NONE, HAK_DECIDE_TIMED, HAK_DECIDE_UCB, HAK_DECIDE_ELO } hak_decide_kind_t;
@@ -228,6 +239,9 @@ HAK_INTERNAL void _hak_policy_fork_child(void);
 
 /* ---- check.c ------------------------------------------------------------ */
 HAK_INTERNAL size_t _hak_check_own(void);
+/* Violations of a heap's structure (queues, pages, segments; no free-list
+ * walk), counted without printing: may the fork child adopt it? */
+HAK_INTERNAL size_t _hak_check_heap_structure(const hak_heap_t* heap);
 /* --config=verify: the checker at assertion points (page retirement, every
  * 1024th refill, collect); a violation aborts. */
 #ifdef HAK_VERIFY

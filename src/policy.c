@@ -261,7 +261,11 @@ const char* _hak_policy_state_name(void) {
 
 /* A copy of the ELO table for printing; false before any evolving work. */
 bool _hak_policy_elo(hak_elo_t* out) {
-  hak_lock(&pol_lock);
+  /* never waits long: exit-time statistics may run with the lock held by
+   * the code a signal interrupted */
+  int tries = 0;
+  while (hak_trylock(&pol_lock) != 0)
+    if (++tries == 1000) return false;
   bool ok = pol.ready;
   if (ok) *out = pol.elo;
   hak_unlock(&pol_lock);

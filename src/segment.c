@@ -11,7 +11,7 @@
 
 static pthread_mutex_t seg_lock = PTHREAD_MUTEX_INITIALIZER;
 static hak_segment_t* seg_cache;      /* empty segments, linked by next */
-static size_t seg_cache_count;
+static _Atomic(size_t) seg_cache_count; /* written under seg_lock */
 static _Atomic(uint64_t) seg_current;  /* owned by heaps */
 
 static void segment_init(hak_segment_t* seg, hak_heap_t* heap) {
@@ -116,7 +116,7 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page) {
   for (size_t i = 0; i < n; i++) memset(&seg->slices[start + i], 0, sizeof(hak_page_t));
   seg->free_mask |= (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << start;
   seg->used_slices -= (uint32_t)n;
-  if (seg->used_slices == 0 && (heap->segment_count > 1 || heap->abandoned))
+  if (seg->used_slices == 0 && (heap->segment_count > 1 || atomic_load_explicit(&heap->abandoned, memory_order_relaxed)))
     _hak_segment_release(heap, seg);
 }
 
@@ -138,9 +138,7 @@ void _hak_segment_trim(void) {
 
 void _hak_segment_stats(hak_stats_t* st) {
   st->segments_current = atomic_load(&seg_current);
-  hak_lock(&seg_lock);
-  st->segments_cached = seg_cache_count;
-  hak_unlock(&seg_lock);
+  st->segments_cached = atomic_load_explicit(&seg_cache_count, memory_order_relaxed); /* no lock: exit */
 }
 
 void _hak_segment_lock(bool lock) {

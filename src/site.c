@@ -104,6 +104,20 @@ void _hak_site_stats(hak_stats_t* st) {
   st->sites_sampled = atomic_load(&site_samples);
 }
 
+/* Fork child: a site lock held by a thread that did not survive would stay
+ * held (the site never learns or resets again).  Its epoch may be half
+ * updated: it is dropped. */
+void _hak_site_fork_child(void) {
+  for (size_t i = 0; i < SITE_SLOTS; i++) {
+#ifndef HAK_FAULT_FORK_SITE_LOCKS /* fault injection: held locks stay held */
+    if (atomic_load_explicit(&sites[i].lock, memory_order_relaxed) != 0) {
+      sites[i].epoch_kind = 0;
+      atomic_store_explicit(&sites[i].lock, 0, memory_order_relaxed);
+    }
+#endif
+  }
+}
+
 void _hak_site_reset(void) {
   for (size_t i = 0; i < SITE_SLOTS; i++) {
     atomic_store(&sites[i].key, 0);

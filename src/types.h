@@ -162,7 +162,8 @@ typedef struct hak_heap_counters_s {
 } hak_heap_counters_t;
 
 /* A thread heap.  Owned by exactly one thread at a time (or by none while
- * on the abandoned list, when only remote frees touch its pages).
+ * on the abandoned list, when only remote frees and the holder of the heap
+ * lock touch it: heap.c).
  * Invariants: direct[b] is a page of bin b on bins[b] or &_hak_page_empty;
  *   every page on bins[b] has bin b and in_full == 0; every page on full has
  *   in_full == 1; every segment on segments has heap == this. */
@@ -180,7 +181,7 @@ typedef struct hak_heap_s {
   hak_heap_counters_t counters;
   struct hak_heap_s* next_all;    /* registry of every heap ever made      */
   struct hak_heap_s* next_free;   /* abandoned heaps waiting for a thread  */
-  bool abandoned;
+  _Atomic(bool) abandoned;        /* on the abandoned list (or borrowed)   */
 } hak_heap_t;
 
 /* Huge block header, the 64 bytes just below the user pointer.  The mapping

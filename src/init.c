@@ -1,0 +1,88 @@
+/* Process life cycle: initialization (once, on the first allocation or at
+ * load), the fork protocol, statistics at exit, hak_collect.
+ *
+ * Init is re-entrant-safe: a signal handler that allocates while its own
+ * thread is inside init gets NULL (ENOMEM) instead of waiting for itself;
+ * other threads wait for the initializing one.
+ * Fork: prepare takes every allocator lock (heap, segment, batch queue,
+ * policy: the one order any path takes them), after which the forking
+ * thread may still allocate (internal.h, locks); the parent releases them,
+ * the child re-initializes them and adopts what vanished threads left. */
+#include <sched.h>
+
+#include "internal.h"
+
+uintptr_t _hak_free_key;
+size_t _hak_fast_limit = HAK_SMALL_FAST_MAX; /* until the options are read */
+__thread bool _hak_forking __attribute__((tls_model("initial-exec")));
+
+static _Atomic(int) init_state;            /* 0 no, 1 running, 2 done      */
+static __thread bool init_self __attribute__((tls_model("initial-exec")));
+
+static void fork_prepare(void) {
+  _hak_heap_lock(true);
+  _hak_segment_lock(true);
+  _hak_madvq_lock(true);
+  _hak_policy_lock(true);
+  _hak_forking = true;
+}
+static void fork_parent(void) {
+  _hak_forking = false;
+  _hak_policy_lock(false);
+  _hak_madvq_lock(false);
+  _hak_segment_lock(false);
+  _hak_heap_lock(false);
+}
+static void fork_child(void) {
+  _hak_forking = false;
+  _hak_policy_fork_child();
+  _hak_madvq_fork_child();
+  _hak_segment_fork_child();
+  _hak_site_fork_child();
+  _hak_heap_fork_child();
+}
+
+/* True once the process is initialized; false only for a call that
+ * re-entered init on the initializing thread (a signal handler). */
+bool _hak_init(void) {
+  int expected = 0;
+  if (hak_likely(atomic_load_explicit(&init_state, memory_order_acquire) == 2)) return true;
+  if (!atomic_compare_exchange_strong(&init_state, &expected, 1)) {
+#ifndef HAK_FAULT_INIT_SPIN /* fault injection: the initializing thread waits for itself */
+    if (init_self) return false;
+#endif
+    while (atomic_load_explicit(&init_state, memory_order_acquire) != 2) sched_yield();
+    return true;
+  }
+  init_self = true;
+  for (size_t i = 0; i < HAK_BINS; i++) _hak_heap_empty.direct[i] = &_hak_page_empty;
+  _hak_free_key = (uintptr_t)_hak_os_random() | 1;
+  _hak_options_init();
+  _hak_fast_limit = hak_option(HAK_OPT_MODE) == 1 ? (64u << 10) - 1 : HAK_SMALL_MAX;
+  _hak_heap_init_key();
+  atomic_store_explicit(&init_state, 2, memory_order_release);
+  init_self = false;
+  return true;
+}
+
+/* Runs when the library is loaded: make sure init happened and register the
+ * fork handlers (outside any allocator lock, since registering may call
+ * malloc). */
+__attribute__((constructor)) static void hak_constructor(void) {
+  _hak_init();
+  _hak_options_init(); /* no-op unless the first read came before environ */
+  _hak_fast_limit = hak_option(HAK_OPT_MODE) == 1 ? (64u << 10) - 1 : HAK_SMALL_MAX;
+  pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+__attribute__((destructor)) static void hak_destructor(void) { _hak_stats_at_exit(); }
+
+void hak_collect(void) {
+  hak_heap_t* heap = _hak_heap_tls;
+  if (heap != &_hak_heap_empty) _hak_heap_release_empty(heap);
+  _hak_heaps_reclaim();
+  _hak_bigcache_drain();
+  _hak_madvq_flush(true);
+  _hak_segment_trim();
+  HAK_VERIFY_POINT();
+}
