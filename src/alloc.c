@@ -153,12 +153,22 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
   bool large = page->kind == HAK_SLICE_LARGE;
   hak_heap_t* owner = page->heap; /* heaps are never freed */
   uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
+#ifdef HAK_FAULT_REMOTE_CAS_RELAXED /* fault injection: the push does not publish b->next */
+#define PUSH_ORDER memory_order_relaxed
+#else
+#define PUSH_ORDER memory_order_release
+#endif
   do b->next = (hak_block_t*)(tf & ~HAK_TF_FULL);
   while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &tf, (uintptr_t)b | (tf & HAK_TF_FULL),
-                                                memory_order_release, memory_order_relaxed));
+                                                PUSH_ORDER, memory_order_relaxed));
+#ifdef HAK_FAULT_REMOTE_READ_AFTER_PUSH /* fault injection: the page is read after the push */
+  large = page->kind == HAK_SLICE_LARGE;
+#endif
   /* a full page is only looked at again by a sweep: ask for one */
+#ifndef HAK_FAULT_REMOTE_NOTIFY_LOST /* fault injection: the owner is never told */
   if ((tf & HAK_TF_FULL) && atomic_load_explicit(&owner->remote_pending, memory_order_relaxed) == 0)
     atomic_store_explicit(&owner->remote_pending, 1, memory_order_release);
+#endif
   /* an exited thread's heap: nobody sweeps it but a reclaim (heap.c) */
 #ifndef HAK_FAULT_ABANDONED_STRANDED /* fault injection: nobody is told */
   if (atomic_load_explicit(&owner->abandoned, memory_order_relaxed) &&

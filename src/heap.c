@@ -89,7 +89,9 @@ static hak_heap_t* heap_take(void) {
   hak_lock(&heap_lock);
   hak_heap_t* heap = heaps_free;
   if (heap != NULL) {
+#ifndef HAK_FAULT_HEAP_HANDED_TWICE /* fault injection: the heap stays on the list */
     heaps_free = heap->next_free;
+#endif
     atomic_fetch_sub_explicit(&heaps_abandoned_now, 1, memory_order_relaxed);
     hak_atomic_add(heaps_reused, 1);
   }

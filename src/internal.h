@@ -101,7 +101,11 @@ HAK_INTERNAL extern const uint8_t _hak_bin_lut[HAK_SMALL_FAST_MAX / HAK_ALIGN + 
 HAK_INTERNAL size_t _hak_bin_of(size_t size);            /* size <= SMALL_MAX */
 /* The same as _hak_bin_of for 1 KiB < size <= SMALL_MAX, inline. */
 static inline size_t hak_bin_of_mid(size_t size) {
+#ifdef HAK_FAULT_MID_CLASS_DOWN /* fault injection: 2^k + 1 rounds down one class */
+  size_t s = size - 1 - (((size - 1) & (size - 2)) == 0);
+#else
   size_t s = size - 1;
+#endif
   size_t b = 63 - (size_t)__builtin_clzll(s);
   return 8 + (b - 7) * 4 + ((s >> (b - 2)) & 3);
 }

@@ -124,7 +124,11 @@ void _hak_madvq_flush(bool all) {
     size_t first = 0;
     for (size_t i = 1; i <= n; i++) {
       if (i < n && batch[i].base == batch[i - 1].base + batch[i - 1].size) continue;
+#ifdef HAK_FAULT_MADVQ_HEADER_PAGE /* fault injection: the run reaches into the next mapping's header page */
+      advise_run(batch[first].base, batch[i - 1].base + batch[i - 1].size + 4096 - batch[first].base);
+#else
       advise_run(batch[first].base, batch[i - 1].base + batch[i - 1].used - batch[first].base);
+#endif
       first = i;
     }
   }

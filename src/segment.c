@@ -66,7 +66,9 @@ void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   hak_unlock(&seg_lock);
   if (seg != NULL) {
     seg->magic = 0;
+#ifndef HAK_FAULT_SEGMAP_NOT_CLEARED /* fault injection: the map still names an unmapped segment */
     _hak_segmap_clear((uintptr_t)seg, HAK_SEGMENT_SIZE);
+#endif
     _hak_os_free(seg, HAK_SEGMENT_SIZE);
   }
 }
