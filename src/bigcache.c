@@ -163,17 +163,39 @@ void _hak_bigcache_drain(void) {
       }
 }
 
-/* Checker: every cached block is a freed huge block of its slot's class. */
-size_t _hak_bigcache_check(void) {
-  size_t bad = 0;
+/* Checker: every cached block is a freed huge block of its slot's class,
+ * in one slot only and not also in the batch queue; the byte count is the
+ * sum of the slots'.  (Call when quiescent.) */
+static uintptr_t check_bases[BC_SITES * BC_CLASSES * BC_SLOTS_MAX]; /* checker scratch, not stack */
+
+size_t _hak_bigcache_check(size_t* cached) {
+  size_t bad = 0, n = 0;
+  uint64_t bytes = 0;
   for (int s = 0; s < BC_SITES; s++)
     for (int c = 0; c < BC_CLASSES; c++)
       for (int i = 0; i < BC_SLOTS_MAX; i++) {
         uintptr_t v = atomic_load(&bc_slots[s][c][i]);
         if (v == 0) continue;
         hak_huge_t* h = slot_header(v, c);
-        if (h->magic != HAK_HUGE_MAGIC || h->cls != c || atomic_load(&h->state) != HAK_HUGE_FREED) bad++;
+        if (h->magic != HAK_HUGE_MAGIC || h->cls != c || atomic_load(&h->state) != HAK_HUGE_FREED) {
+          bad++;
+          continue;
+        }
+        bytes += h->map_size;
+        if (_hak_madvq_holds(h->base, NULL)) bad++; /* cached and queued */
+        check_bases[n++] = h->base;
       }
+  /* the same block in two slots: sort (shell sort, no allocation) */
+  for (size_t gap = n / 2; gap > 0; gap /= 2)
+    for (size_t i = gap; i < n; i++)
+      for (size_t j = i; j >= gap && check_bases[j - gap] > check_bases[j]; j -= gap) {
+        uintptr_t t = check_bases[j];
+        check_bases[j] = check_bases[j - gap];
+        check_bases[j - gap] = t;
+      }
+  for (size_t i = 1; i < n; i++) bad += check_bases[i] == check_bases[i - 1];
+  if (bytes != atomic_load(&bc_bytes)) bad++;
+  *cached = n;
   return bad;
 }
 

@@ -14,8 +14,12 @@
 /* _hak_check_heap_structure: count without printing, skip the free lists
  * (the fork child runs it on heaps whose threads vanished). */
 static bool silent, shallow;
+static const char* first_what; /* first violation of the last check */
+
+const char* _hak_check_first(void) { return first_what; }
 
 static size_t violation(const char* what, const void* where, uint64_t a, uint64_t b) {
+  if (first_what == NULL) first_what = what;
   if (silent) return 1;
   HAK_OUT(o, STDERR_FILENO, 512);
   _hak_out_str(&o, "hakmem: check: ");
@@ -79,9 +83,24 @@ static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bo
     }
     if (tagged != nfree + nremote) bad += violation("freed blocks missing from the free lists", page, tagged, nfree + nremote);
   }
+  if (nremote != UINT32_MAX && nremote > page->used) bad += violation("more remote frees than used", page, nremote, page->used);
   if (nfree != UINT32_MAX && nremote != UINT32_MAX && page->used + nfree != page->capacity)
     bad += violation("used + |free| != capacity", page, page->used + nfree, page->capacity);
-  if (nremote != UINT32_MAX && nremote > page->used) bad += violation("more remote frees than used", page, nremote, page->used);
+  /* resource oracles (world still): remote frees nobody was told about
+   * stay on their page forever */
+  if (quiet && nremote != UINT32_MAX && nremote > 0) {
+    bool abandoned = atomic_load_explicit(&heap->abandoned, memory_order_relaxed);
+    if (abandoned && !atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed))
+      bad += violation("remote frees into an exited thread's heap and no reclaim requested", page, nremote, 0);
+    if (!abandoned && full && atomic_load_explicit(&heap->remote_pending, memory_order_relaxed) == 0)
+      bad += violation("full page with remote frees and no sweep requested", page, nremote, page->used);
+  }
+  /* an exited thread's heap keeps no empty page once it was abandoned or
+   * reclaimed (a remote free since then requests a reclaim) */
+  if (quiet && nremote != UINT32_MAX && nfree != UINT32_MAX && page->used == nremote &&
+      atomic_load_explicit(&heap->abandoned, memory_order_relaxed) &&
+      !atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed))
+    bad += violation("empty page stranded in an exited thread's heap", page, page->used, nremote);
   return bad;
 }
 
@@ -166,11 +185,25 @@ size_t _hak_check_heap_structure(const hak_heap_t* heap) {
 
 size_t hak_check_heap(void) {
   size_t bad = 0;
+  first_what = NULL;
   for (hak_heap_t* h = _hak_heaps_first(); h != NULL; h = h->next_all) bad += check_heap(h, true);
-  size_t bc = _hak_bigcache_check();
-  if (bc) bad += violation("BigCache slots holding blocks that are not cached huge blocks", NULL, bc, 0);
+  size_t cached = 0, queued = 0;
+  size_t bc = _hak_bigcache_check(&cached);
+  if (bc) bad += violation("BigCache slots: a block not cached, in two places, or bytes miscounted", NULL, bc, 0);
+  _hak_madvq_holds(0, &queued);
+  /* the segment map names exactly the segments and huge mappings that exist */
+  hak_stats_t st;
+  hak_stats_get(&st);
+  if (_hak_segmap_count(false) != st.segments_current + st.segments_cached)
+    bad += violation("segment map: registered segments != owned + cached", NULL, _hak_segmap_count(false),
+                     st.segments_current + st.segments_cached);
+  uint64_t huge_live = st.served_huge - st.freed_huge;
+  if (_hak_segmap_count(true) != huge_live + cached + queued)
+    bad += violation("segment map: registered huge mappings != live + cached + queued/retained", NULL,
+                     _hak_segmap_count(true), huge_live + cached + queued);
   size_t q = _hak_madvq_check();
   if (q) bad += violation("batch queue ranges overlapping or misaligned", NULL, q, 0);
-  bad += _hak_site_check();
+  size_t sites = _hak_site_check();
+  if (sites) bad += violation("site threshold that is not a UCB1 arm", NULL, sites, 0);
   return bad;
 }

@@ -117,6 +117,7 @@ HAK_INTERNAL size_t _hak_bin_aligned(size_t size, size_t align); /* HAK_BINS if 
 HAK_INTERNAL extern _Atomic(uint8_t) _hak_segmap[HAK_SEGMAP_ENTRIES];
 HAK_INTERNAL void _hak_segmap_set(uintptr_t base, size_t size, bool huge);
 HAK_INTERNAL void _hak_segmap_clear(uintptr_t base, size_t size);
+HAK_INTERNAL size_t _hak_segmap_count(bool huge); /* registered heads */
 static inline uint8_t hak_segmap_get(uintptr_t a) {
   size_t i = a >> HAK_SEGMENT_SHIFT;
   if (hak_unlikely(i >= HAK_SEGMAP_ENTRIES)) return HAK_MAP_NONE;
@@ -200,7 +201,7 @@ HAK_INTERNAL size_t _hak_bigcache_class_size(int cls);
 HAK_INTERNAL hak_huge_t* _hak_bigcache_get(const void* site, int cls);
 HAK_INTERNAL bool _hak_bigcache_put(hak_huge_t* h);
 HAK_INTERNAL void _hak_bigcache_drain(void);
-HAK_INTERNAL size_t _hak_bigcache_check(void);
+HAK_INTERNAL size_t _hak_bigcache_check(size_t* cached); /* violations; blocks cached */
 HAK_INTERNAL void _hak_bigcache_stats(hak_stats_t* st);
 
 /* ---- madvq.c: the batch queue ------------------------------------------- */
@@ -209,6 +210,7 @@ HAK_INTERNAL void _hak_madvq_tick(void);
 HAK_INTERNAL void _hak_madvq_flush(bool all);
 HAK_INTERNAL uintptr_t _hak_madvq_reuse(size_t size, size_t* got);
 HAK_INTERNAL size_t _hak_madvq_check(void);
+HAK_INTERNAL bool _hak_madvq_holds(uintptr_t base, size_t* n);
 HAK_INTERNAL void _hak_madvq_lock(bool lock);
 HAK_INTERNAL void _hak_madvq_fork_child(void);
 HAK_INTERNAL void _hak_madvq_stats(hak_stats_t* st);
@@ -246,6 +248,7 @@ HAK_INTERNAL size_t _hak_check_own(void);
 /* Violations of a heap's structure (queues, pages, segments; no free-list
  * walk), counted without printing: may the fork child adopt it? */
 HAK_INTERNAL size_t _hak_check_heap_structure(const hak_heap_t* heap);
+HAK_INTERNAL const char* _hak_check_first(void); /* first violation found by the last check */
 /* --config=verify: the checker at assertion points (page retirement, every
  * 1024th refill, collect); a violation aborts. */
 #ifdef HAK_VERIFY

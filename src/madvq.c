@@ -222,6 +222,17 @@ size_t _hak_madvq_check(void) {
   return bad;
 }
 
+/* Checker: mappings queued or retained (*n), and whether base is one. */
+bool _hak_madvq_holds(uintptr_t base, size_t* n) {
+  bool found = false;
+  hak_lock(&q_lock);
+  for (size_t i = 0; i < queue_len; i++) found |= queue[i].base == base;
+  for (size_t i = 0; i < retained_len; i++) found |= retained[i].base == base;
+  if (n) *n = queue_len + retained_len;
+  hak_unlock(&q_lock);
+  return found;
+}
+
 void _hak_madvq_lock(bool lock) {
   if (lock) pthread_mutex_lock(&q_lock);
   else pthread_mutex_unlock(&q_lock);

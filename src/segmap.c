@@ -6,10 +6,16 @@
 #include "internal.h"
 
 _Atomic(uint8_t) _hak_segmap[HAK_SEGMAP_ENTRIES];
+/* registered segments and huge mappings (head chunks): the checker
+ * compares them with what the segment cache, heaps and huge tier hold */
+static _Atomic(size_t) map_segments, map_huge;
+
+size_t _hak_segmap_count(bool huge) { return atomic_load(huge ? &map_huge : &map_segments); }
 
 /* Marks [base, base+size) as hakmem's.  base is 4 MiB aligned. */
 void _hak_segmap_set(uintptr_t base, size_t size, bool huge) {
   size_t first = base >> HAK_SEGMENT_SHIFT;
+  hak_atomic_add(*(huge ? &map_huge : &map_segments), 1);
   size_t n = (size + HAK_SEGMENT_MASK) >> HAK_SEGMENT_SHIFT;
   for (size_t i = 0; i < n && first + i < HAK_SEGMAP_ENTRIES; i++) {
     uint8_t v = HAK_MAP_SEGMENT;
@@ -20,6 +26,9 @@ void _hak_segmap_set(uintptr_t base, size_t size, bool huge) {
 
 void _hak_segmap_clear(uintptr_t base, size_t size) {
   size_t first = base >> HAK_SEGMENT_SHIFT;
+  uint8_t head = hak_segmap_get(base);
+  if (head == HAK_MAP_SEGMENT) atomic_fetch_sub_explicit(&map_segments, 1, memory_order_relaxed);
+  else if (head == HAK_MAP_HUGE) atomic_fetch_sub_explicit(&map_huge, 1, memory_order_relaxed);
   size_t n = (size + HAK_SEGMENT_MASK) >> HAK_SEGMENT_SHIFT;
   for (size_t i = 0; i < n && first + i < HAK_SEGMAP_ENTRIES; i++)
     atomic_store_explicit(&_hak_segmap[first + i], HAK_MAP_NONE, memory_order_release);

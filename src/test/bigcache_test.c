@@ -81,7 +81,7 @@ TEST(hit_reuses_the_mapping_of_the_same_site_and_class) {
   EXPECT_EQ_U(b.bigcache_puts - a.bigcache_puts, 1);
   hak_free_at(q, SITE(1));
   hak_free_at(r, SITE(2));
-  EXPECT_EQ_U(_hak_bigcache_check(), 0);
+  EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
 }
 
 TEST(full_row_evicts_its_oldest_block) {
@@ -212,7 +212,7 @@ TEST(double_free_of_a_cached_block_is_reported) {
   hak_stats_t b = stats();
   EXPECT_EQ_U(b.errors_double_free - a.errors_double_free, 1);
   EXPECT_EQ_U(b.bigcache_puts - a.bigcache_puts, 1);
-  EXPECT_EQ_U(_hak_bigcache_check(), 0);
+  EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
   _hak_options[HAK_OPT_ON_ERROR] = 0;
 }
 

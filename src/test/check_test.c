@@ -1,5 +1,8 @@
-/* The invariant checker: silent on a healthy heap after real work, and it
- * bites on each kind of corruption planted by hand (then undone). */
+/* The invariant checker: silent on a healthy heap after real work, and on
+ * each kind of violation it knows, planted by hand (then undone), it
+ * reports that kind first. */
+#include <pthread.h>
+
 #include "src/hakmem.h"
 #include "src/internal.h"
 #include "src/test/test.h"
@@ -24,12 +27,25 @@ TEST(healthy_heap_has_no_violation) {
   EXPECT_EQ_U(hak_check_heap(), 0);
 }
 
-/* A live small block's page. */
+/* Plants a violation, expects the checker to report `kind` first, undoes
+ * it and expects silence again. */
+#define PLANT(kind, plant, undo)                                                        \
+  do {                                                                                  \
+    plant;                                                                              \
+    size_t _bad = hak_check_heap();                                                     \
+    const char* _first = _hak_check_first();                                            \
+    if (_bad == 0 || _first == NULL || strstr(_first, kind) == NULL)                    \
+      HAK_FAIL_AT("planted \"%s\": %zu violations, first \"%s\"", kind, _bad, _first ? _first : "(none)"); \
+    undo;                                                                               \
+    EXPECT_EQ_U(hak_check_heap(), 0);                                                   \
+  } while (0)
+
+/* A live small block's page with free blocks. */
 static hak_page_t* some_page(char** out) {
   for (int i = 0; i < 4096; i++)
     if (blocks[i] != NULL && hak_segmap_get((uintptr_t)blocks[i]) == HAK_MAP_SEGMENT) {
       hak_page_t* p = hak_page_of(blocks[i]);
-      if (p->kind == HAK_SLICE_SMALL && p->free != NULL) {
+      if (p->kind == HAK_SLICE_SMALL && p->free != NULL && p->free->next != NULL) {
         *out = blocks[i];
         return p;
       }
@@ -37,73 +53,169 @@ static hak_page_t* some_page(char** out) {
   return NULL;
 }
 
-TEST(used_count_off_by_one_is_caught) {
+TEST(page_counts) {
   char* b;
   hak_page_t* page = some_page(&b);
   ASSERT_NOT_NULL(page);
-  page->used++;
-  EXPECT_TRUE(hak_check_heap() > 0);
-  page->used--;
-  EXPECT_EQ_U(hak_check_heap(), 0);
+  PLANT("used + |free| != capacity", page->used++, page->used--);
+  PLANT("capacity > reserved", page->capacity += page->reserved, page->capacity -= page->reserved);
+  uint32_t carved = atomic_load(&page->carved);
+  PLANT("carved != capacity * block_size", atomic_store(&page->carved, carved + 16), atomic_store(&page->carved, carved));
+  PLANT("block size of bin", (page->block_size += 16, atomic_store(&page->carved, page->capacity * page->block_size)),
+        (page->block_size -= 16, atomic_store(&page->carved, carved)));
 }
 
-TEST(block_linked_twice_is_caught) {
+TEST(free_lists) {
   char* b;
   hak_page_t* page = some_page(&b);
   ASSERT_NOT_NULL(page);
   hak_block_t* first = page->free;
   hak_block_t* saved = first->next;
-  first->next = first; /* a block linked to itself: a cycle */
-  EXPECT_TRUE(hak_check_heap() > 0);
-  first->next = saved;
-  EXPECT_EQ_U(hak_check_heap(), 0);
+  PLANT("free list longer than capacity", first->next = first, first->next = saved);
+  PLANT("not a block of its page", page->free = (hak_block_t*)((char*)first + 8), page->free = first);
+  uintptr_t tag = atomic_load(&first->tag);
+  PLANT("without the freed tag", atomic_store(&first->tag, 0), atomic_store(&first->tag, tag));
+  /* a freed block on no list: lost */
+  PLANT("freed blocks missing from the free lists", (page->free = saved, page->used++), (page->free = first, page->used--));
 }
 
-TEST(free_block_without_tag_is_caught) {
-  char* b;
-  hak_page_t* page = some_page(&b);
-  ASSERT_NOT_NULL(page);
-  uintptr_t tag = atomic_load(&page->free->tag);
-  atomic_store(&page->free->tag, 0);
-  EXPECT_TRUE(hak_check_heap() > 0);
-  atomic_store(&page->free->tag, tag);
-  EXPECT_EQ_U(hak_check_heap(), 0);
-}
-
-TEST(interior_pointer_on_a_free_list_is_caught) {
-  char* b;
-  hak_page_t* page = some_page(&b);
-  ASSERT_NOT_NULL(page);
-  hak_block_t* saved = page->free;
-  page->free = (hak_block_t*)((char*)saved + 8);
-  EXPECT_TRUE(hak_check_heap() > 0);
-  page->free = saved;
-  EXPECT_EQ_U(hak_check_heap(), 0);
-}
-
-TEST(segment_mask_disagreement_is_caught) {
-  char* b;
-  hak_page_t* page = some_page(&b);
-  ASSERT_NOT_NULL(page);
-  hak_segment_t* seg = hak_segment_of(b);
-  uint64_t mask = seg->free_mask;
-  seg->free_mask ^= (uint64_t)1 << page->slice_index; /* claim a used slice free */
-  EXPECT_TRUE(hak_check_heap() > 0);
-  seg->free_mask = mask;
-  EXPECT_EQ_U(hak_check_heap(), 0);
-}
-
-TEST(wrong_direct_page_is_caught) {
+TEST(remote_lists) {
   char* b;
   hak_page_t* page = some_page(&b);
   ASSERT_NOT_NULL(page);
   hak_heap_t* heap = page->heap;
+  hak_block_t* blk = (hak_block_t*)b; /* live: pretend another thread freed it */
+  uintptr_t tf = atomic_load(&page->thread_free);
+  blk->next = NULL;
+  /* more remote frees than blocks in use: two, when used is one */
+  uint32_t used = page->used;
+  hak_block_t* other = page->free;
+  PLANT("more remote frees than used",
+        (page->used = 1, atomic_store(&blk->tag, hak_freed_tag(blk)), blk->next = NULL,
+         page->free = other->next, other->next = blk, atomic_store(&page->thread_free, (uintptr_t)other | tf)),
+        (page->used = used, atomic_store(&blk->tag, 0), other->next = page->free, page->free = other,
+         atomic_store(&page->thread_free, tf)));
+  PLANT("full flag of thread_free disagrees", atomic_store(&page->thread_free, tf | HAK_TF_FULL),
+        atomic_store(&page->thread_free, tf));
+  (void)heap;
+}
+
+/* A page moved to the full list with a remote free nobody asked to sweep. */
+TEST(remote_free_without_notification) {
+  char* b;
+  hak_page_t* page = some_page(&b);
+  ASSERT_NOT_NULL(page);
+  hak_heap_t* heap = page->heap;
+  hak_page_queue_t* q = &heap->bins[page->bin];
+  hak_block_t* blk = (hak_block_t*)b;
+  uintptr_t tf = atomic_load(&page->thread_free);
+  uintptr_t pending = atomic_load(&heap->remote_pending);
+  hak_page_t* direct = heap->direct[page->bin];
+  /* move to full by hand: unlink from the bin queue, push on full */
+#define UNLINK(q, p)                                \
+  do {                                              \
+    if ((p)->prev) (p)->prev->next = (p)->next;     \
+    else (q)->first = (p)->next;                    \
+    if ((p)->next) (p)->next->prev = (p)->prev;     \
+    else (q)->last = (p)->prev;                     \
+    (p)->next = (p)->prev = NULL;                   \
+  } while (0)
+#define PUSH(q, p)                                  \
+  do {                                              \
+    (p)->next = (q)->first;                         \
+    if ((q)->first) (q)->first->prev = (p);         \
+    else (q)->last = (p);                           \
+    (q)->first = (p);                               \
+  } while (0)
+  UNLINK(q, page);
+  PUSH(&heap->full, page);
+  page->in_full = 1;
+  if (direct == page) heap->direct[page->bin] = &_hak_page_empty;
+  atomic_store(&blk->tag, hak_freed_tag(blk));
+  blk->next = NULL;
+  atomic_store(&heap->remote_pending, 0);
+  PLANT("full page with remote frees and no sweep requested",
+        atomic_store(&page->thread_free, (uintptr_t)blk | HAK_TF_FULL),
+        (atomic_store(&page->thread_free, tf), atomic_store(&blk->tag, 0), ({ UNLINK(&heap->full, page); }),
+         ({ PUSH(q, page); }), page->in_full = 0, heap->direct[page->bin] = direct,
+         atomic_store(&heap->remote_pending, pending)));
+}
+
+TEST(segments_and_queues) {
+  char* b;
+  hak_page_t* page = some_page(&b);
+  ASSERT_NOT_NULL(page);
+  hak_segment_t* seg = hak_segment_of(b);
+  hak_heap_t* heap = page->heap;
+  uint64_t mask = seg->free_mask;
+  PLANT("free_mask disagrees with slice kind", (seg->free_mask ^= (uint64_t)1 << page->slice_index, seg->used_slices--),
+        (seg->free_mask = mask, seg->used_slices++));
+  PLANT("slice 0 marked free", seg->free_mask |= 1, seg->free_mask = mask);
+  PLANT("used_slices disagrees", seg->used_slices++, seg->used_slices--);
+  PLANT("segment_count", heap->segment_count++, heap->segment_count--);
+  uint64_t magic = seg->magic;
+  PLANT("segment magic", seg->magic = 1, seg->magic = magic);
   int other = page->bin == 0 ? 1 : 0;
   hak_page_t* saved = heap->direct[other];
-  heap->direct[other] = page;
-  EXPECT_TRUE(hak_check_heap() > 0);
-  heap->direct[other] = saved;
+  PLANT("direct page of another bin or heap", heap->direct[other] = page, heap->direct[other] = saved);
+  hak_page_t* prev = page->prev;
+  PLANT("page queue back link", page->prev = page, page->prev = prev);
+  PLANT("page on the wrong queue", page->in_full = 1, page->in_full = 0);
+}
+
+/* An exited thread's heap: remote frees with no reclaim requested, and an
+ * empty page kept. */
+static char* exited_block;
+static void* exiting_thread(void* arg) {
+  exited_block = hak_malloc(100);
+  (void)hak_malloc(100); /* keeps the page live after exited_block is freed */
+  return NULL;
+}
+TEST(exited_threads_heap) {
+  pthread_t t;
+  pthread_create(&t, NULL, exiting_thread, NULL);
+  pthread_join(t, NULL);
   EXPECT_EQ_U(hak_check_heap(), 0);
+  hak_free(exited_block); /* a remote free: a reclaim is requested */
+  EXPECT_TRUE(atomic_load(&_hak_heaps_dirty));
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  PLANT("remote frees into an exited thread's heap and no reclaim requested",
+        atomic_store(&_hak_heaps_dirty, false), atomic_store(&_hak_heaps_dirty, true));
+  hak_collect();
+  EXPECT_EQ_U(hak_check_heap(), 0);
+}
+
+TEST(segment_map) {
+  hak_segment_t* seg = hak_segment_of(blocks[1]);
+  PLANT("segment not in the segment map", _hak_segmap_clear((uintptr_t)seg, HAK_SEGMENT_SIZE),
+        _hak_segmap_set((uintptr_t)seg, HAK_SEGMENT_SIZE, false));
+  /* a chunk registered for a segment that does not exist */
+  static _Alignas(1 << 22) char fake[1];
+  (void)fake;
+  uintptr_t nowhere = ((uintptr_t)1 << 46) + ((uintptr_t)7 << 22); /* never mapped here */
+  PLANT("registered segments != owned + cached", _hak_segmap_set(nowhere, HAK_SEGMENT_SIZE, false),
+        _hak_segmap_clear(nowhere, HAK_SEGMENT_SIZE));
+  PLANT("registered huge mappings", _hak_segmap_set(nowhere, HAK_SEGMENT_SIZE, true),
+        _hak_segmap_clear(nowhere, HAK_SEGMENT_SIZE));
+}
+
+TEST(bigcache_and_batch_queue) {
+  static int site;
+  char* p = hak_alloc_at(3u << 20, &site);
+  hak_free_at(p, &site); /* cached */
+  hak_huge_t* h = (hak_huge_t*)(p - HAK_HUGE_HEADER);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  PLANT("BigCache slots", atomic_store(&h->state, HAK_HUGE_LIVE), atomic_store(&h->state, HAK_HUGE_FREED));
+  PLANT("BigCache slots", h->cls ^= 1, h->cls ^= 1);
+}
+
+TEST(site_thresholds) {
+  static int site;
+  hak_free_at(hak_alloc_at(300u << 10, &site), &site);
+  hak_site_t* s = _hak_site_alloc(&site, 300u << 10);
+  ASSERT_NOT_NULL(s);
+  uint32_t t = atomic_load(&s->threshold);
+  PLANT("site threshold that is not a UCB1 arm", atomic_store(&s->threshold, 12345), atomic_store(&s->threshold, t));
 }
 
 TEST_MAIN()

@@ -323,7 +323,7 @@ static void huge_contention(long mode) {
   EXPECT_TRUE(b.batch_flushes > a.batch_flushes);
   EXPECT_EQ_U(b.bigcache_bytes, 0);
   EXPECT_EQ_U(b.batch_retained_bytes, 0);
-  EXPECT_EQ_U(_hak_bigcache_check(), 0);
+  EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
   EXPECT_EQ_U(_hak_madvq_check(), 0);
   EXPECT_EQ_U(hak_check_heap(), 0);
   if (mode == 1) EXPECT_TRUE(b.learn_samples > a.learn_samples);
