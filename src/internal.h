@@ -252,6 +252,7 @@ HAK_INTERNAL const char* _hak_check_first(void); /* first violation found by the
 /* --config=verify: the checker at assertion points (page retirement, every
  * 1024th refill, collect); a violation aborts. */
 #ifdef HAK_VERIFY
+#include <stdlib.h> /* abort */
 #define HAK_VERIFY_POINT()                                             \
   do {                                                                 \
     if (_hak_check_own() != 0) {                                       \
