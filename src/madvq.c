@@ -19,8 +19,10 @@
  *   the next huge allocation of the same mapping size (no mmap).  Only when
  *   more than HAKMEM_RETAIN_BYTES are retained are the oldest unmapped.
  *   hak_collect() unmaps everything.
- * - Flushing never allocates: ranges are copied to the stack.  One mutex
- *   guards the queue and the retained list; no system call runs under it.
+ * - Flushing never allocates and uses almost no stack: ranges are copied to
+ *   static buffers owned by flush_lock (flushes are serialized; system
+ *   calls run under it).  q_lock guards the queue and the retained list;
+ *   no system call runs under it.  Lock order: flush_lock, q_lock.
  *
  * Invariants: queued and retained ranges are disjoint, 4 MiB aligned, each
  * a whole registered huge mapping that no live block and no BigCache slot
@@ -42,6 +44,10 @@ typedef struct range_s {
 } range_t;
 
 static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t flush_lock = PTHREAD_MUTEX_INITIALIZER;
+/* flush_lock's: the batch being released and the mappings to unmap */
+static range_t flush_batch[QUEUE_MAX];
+static range_t flush_unmap[RETAINED_MAX + QUEUE_MAX];
 static range_t queue[QUEUE_MAX];
 static size_t queue_len, queue_bytes;
 static uint64_t queue_oldest_ns;
@@ -108,9 +114,16 @@ static void advise_run(uintptr_t base, size_t size) {
 
 /* Releases the queue; with all, also unmaps every retained mapping. */
 void _hak_madvq_flush(bool all) {
+#ifdef HAK_FAULT_FLUSH_ON_STACK /* fault injection: 32 KiB of ranges on the stack */
   range_t batch[QUEUE_MAX];
   range_t unmap[RETAINED_MAX + QUEUE_MAX];
+  (void)flush_batch;
+#else
+  range_t* batch = flush_batch;
+  range_t* unmap = flush_unmap;
+#endif
   size_t n, nu = 0;
+  hak_lock(&flush_lock);
   hak_lock(&q_lock);
   n = queue_len;
   memcpy(batch, queue, n * sizeof(range_t));
@@ -160,6 +173,7 @@ void _hak_madvq_flush(bool all) {
     _hak_os_free((void*)unmap[i].base, unmap[i].size);
     hak_atomic_add(st_munmaps, 1);
   }
+  hak_unlock(&flush_lock);
 }
 
 /* Best fit among [size, 4 x size] in r[0..n), newest first on ties; -1. */
@@ -208,8 +222,9 @@ uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
 /* Checker: queued and retained ranges are disjoint and aligned. */
 size_t _hak_madvq_check(void) {
   size_t bad = 0;
+  hak_lock(&flush_lock); /* its buffer, not 24 KiB of stack */
+  range_t* all = flush_unmap;
   hak_lock(&q_lock);
-  range_t all[QUEUE_MAX + RETAINED_MAX];
   size_t n = 0;
   for (size_t i = 0; i < queue_len; i++) all[n++] = queue[i];
   for (size_t i = 0; i < retained_len; i++) all[n++] = retained[i];
@@ -219,6 +234,7 @@ size_t _hak_madvq_check(void) {
     if ((all[i].base & HAK_SEGMENT_MASK) || (all[i].size & HAK_SEGMENT_MASK)) bad++;
     if (i > 0 && all[i - 1].base + all[i - 1].size > all[i].base) bad++;
   }
+  hak_unlock(&flush_lock);
   return bad;
 }
 
@@ -234,10 +250,18 @@ bool _hak_madvq_holds(uintptr_t base, size_t* n) {
 }
 
 void _hak_madvq_lock(bool lock) {
-  if (lock) pthread_mutex_lock(&q_lock);
-  else pthread_mutex_unlock(&q_lock);
+  if (lock) {
+    pthread_mutex_lock(&flush_lock);
+    pthread_mutex_lock(&q_lock);
+  } else {
+    pthread_mutex_unlock(&q_lock);
+    pthread_mutex_unlock(&flush_lock);
+  }
 }
-void _hak_madvq_fork_child(void) { pthread_mutex_init(&q_lock, NULL); }
+void _hak_madvq_fork_child(void) {
+  pthread_mutex_init(&q_lock, NULL);
+  pthread_mutex_init(&flush_lock, NULL);
+}
 
 void _hak_madvq_stats(hak_stats_t* st) {
   st->batch_queued = atomic_load(&st_queued);

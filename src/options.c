@@ -151,7 +151,7 @@ void _hak_options_init(void) {
 
 /* Prints the table as README.md's markdown rows (used by options_test). */
 void hak_options_print_markdown(int fd) {
-  HAK_OUT(o, fd, 16384); /* a JSON line is written whole */
+  HAK_OUT(o, fd, 512);
   for (int i = 0; i < HAK_OPT_COUNT; i++) {
     const hak_option_desc_t* d = &option_descs[i];
     _hak_out_str(&o, "| `HAKMEM_");

@@ -88,10 +88,26 @@ static void text_leaderboard(hak_out_t* o) {
   }
 }
 
+/* The output buffer: a report goes out in one write(2), so lines of
+ * processes appending to one file never interleave.  It is static, not on
+ * the stack (a thread's stack may be small); a print that finds it busy
+ * (another thread printing) writes through a small stack buffer instead,
+ * in several writes. */
+static char print_buf[16384];
+static _Atomic(bool) print_busy;
+
 void hak_stats_print(int fd, int json) {
   hak_stats_t st;
   hak_stats_get(&st);
-  HAK_OUT(o, fd, 16384); /* a JSON line is written whole */
+#ifdef HAK_FAULT_STATS_ON_STACK /* fault injection: 16 KiB on the stack */
+  HAK_OUT(o, fd, 16384);
+  bool mine = false;
+  (void)print_buf;
+#else
+  char small[256];
+  bool mine = !atomic_exchange_explicit(&print_busy, true, memory_order_acquire);
+  hak_out_t o = {.fd = fd, .len = 0, .cap = mine ? sizeof(print_buf) : sizeof(small), .buf = mine ? print_buf : small};
+#endif
   const char* group = NULL;
   if (json) {
     _hak_out_str(&o, "{\"pid\":");
@@ -128,6 +144,7 @@ void hak_stats_print(int fd, int json) {
     if (hak_option(HAK_OPT_MODE) == 1) text_leaderboard(&o);
   }
   _hak_out_flush(&o);
+  if (mine) atomic_store_explicit(&print_busy, false, memory_order_release);
 }
 
 /* HAKMEM_STATS=1|json: print at exit, to stderr or appended to
