@@ -66,12 +66,15 @@ HAK_INTERNAL int _hak_os_advise(void* addr, size_t size, int advice); /* counted
 HAK_INTERNAL extern _Atomic(uint64_t) _hak_os_map_count;
 HAK_INTERNAL void _hak_os_stats(hak_stats_t* st);
 HAK_INTERNAL uint64_t _hak_os_random(void);   /* no allocation, no syscall */
+HAK_INTERNAL bool _hak_os_secure(void);       /* AT_SECURE                */
 
 /* ---- options.c --------------------------------------------------------- */
 HAK_INTERNAL extern long _hak_options[HAK_OPT_COUNT];
 HAK_INTERNAL extern const char* _hak_stats_file;
 HAK_INTERNAL void _hak_options_init(void);
 HAK_INTERNAL void _hak_options_reload(void); /* tests */
+/* AT_SECURE as read at init (-1: ask the kernel; tests set 0 or 1) */
+HAK_INTERNAL extern int _hak_options_secure;
 static inline long hak_option(hak_option_t o) { return _hak_options[o]; }
 
 /* ---- output.c: formatted writes without stdio or allocation ------------ */

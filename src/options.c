@@ -12,6 +12,7 @@ typedef struct hak_option_desc_s {
   const char* const* words; /* accepted words (value = index), or NULL      */
   bool is_string;
   const char* doc;
+  bool unsafe; /* weakens checks or writes files: ignored when AT_SECURE */
 } hak_option_desc_t;
 
 static const char* const on_error_words[] = {"abort", "report", NULL};
@@ -23,35 +24,35 @@ static const char* const mode_words[] = {"baseline", "evolving", NULL};
 
 static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
     [HAK_OPT_ON_ERROR] = {"ON_ERROR", 0, 0, 1, on_error_words, false,
-                          "abort: report misuse and abort; report: report and leave the block alone"},
+                          "abort: report misuse and abort; report: report and leave the block alone", true},
     [HAK_OPT_STATS] = {"STATS", 0, 0, 2, stats_words, false,
-                       "0: nothing; 1: statistics as text at exit; json: one JSON line at exit"},
+                       "0: nothing; 1: statistics as text at exit; json: one JSON line at exit", false},
     [HAK_OPT_SEGMENT_CACHE] = {"SEGMENT_CACHE", 4, 0, 1024, NULL, false,
-                               "empty 4 MiB segments kept for reuse before unmapping"},
+                               "empty 4 MiB segments kept for reuse before unmapping", false},
     [HAK_OPT_HUGE_THRESHOLD] = {"HUGE_THRESHOLD", 2 * MiB, 256 * KiB, 256 * MiB, NULL, false,
-                                "bytes; requests this large or larger are mapped directly"},
+                                "bytes; requests this large or larger are mapped directly", false},
     [HAK_OPT_STATS_FILE] = {"STATS_FILE", 0, 0, 0, NULL, true,
-                            "append the statistics to this file instead of stderr"},
+                            "append the statistics to this file instead of stderr", true},
     [HAK_OPT_THP] = {"THP", 1, 0, 1, NULL, false,
-                     "1: advise transparent huge pages for blocks of 2 MiB and more"},
+                     "1: advise transparent huge pages for blocks of 2 MiB and more", false},
     [HAK_OPT_BIGCACHE_BYTES] = {"BIGCACHE_BYTES", 64 * MiB, 0, 64 * 1024 * MiB, NULL, false,
-                                "bytes of freed huge blocks BigCache keeps mapped for reuse"},
+                                "bytes of freed huge blocks BigCache keeps mapped for reuse", false},
     [HAK_OPT_BIGCACHE_SLOTS] = {"BIGCACHE_SLOTS", 4, 0, 8, NULL, false,
-                                "blocks kept per (call site, size class)"},
+                                "blocks kept per (call site, size class)", false},
     [HAK_OPT_BIGCACHE_EXPIRY_MS] = {"BIGCACHE_EXPIRY_MS", 2000, 0, 3600000, NULL, false,
-                                    "a block idle in BigCache this long goes to the batch queue"},
+                                    "a block idle in BigCache this long goes to the batch queue", false},
     [HAK_OPT_BATCH_BYTES] = {"BATCH_BYTES", 8 * MiB, 0, 1024 * MiB, NULL, false,
-                             "the batch queue is released (madvise) once it holds this many bytes"},
+                             "the batch queue is released (madvise) once it holds this many bytes", false},
     [HAK_OPT_BATCH_RANGES] = {"BATCH_RANGES", 256, 1, 256, NULL, false,
-                              "... or this many ranges"},
+                              "... or this many ranges", false},
     [HAK_OPT_BATCH_DEADLINE_MS] = {"BATCH_DEADLINE_MS", 100, 0, 60000, NULL, false,
-                                   "... or when its oldest range has waited this long"},
+                                   "... or when its oldest range has waited this long", false},
     [HAK_OPT_RETAIN_BYTES] = {"RETAIN_BYTES", 64 * MiB, 0, 64 * 1024 * MiB, NULL, false,
-                              "released mappings kept for reuse; beyond this they are unmapped"},
+                              "released mappings kept for reuse; beyond this they are unmapped", false},
     [HAK_OPT_MODE] = {"MODE", 0, 0, 1, mode_words, false,
-                      "baseline: fixed HUGE_THRESHOLD; evolving: per-site thresholds learned (UCB1, ELO)"},
+                      "baseline: fixed HUGE_THRESHOLD; evolving: per-site thresholds learned (UCB1, ELO)", false},
     [HAK_OPT_SEED] = {"SEED", 0, 0, __LONG_MAX__, NULL, false,
-                      "seed of the learners' random choices; 0: a random seed"},
+                      "seed of the learners' random choices; 0: a random seed", false},
 };
 
 long _hak_options[HAK_OPT_COUNT] = {
@@ -69,6 +70,9 @@ long _hak_options[HAK_OPT_COUNT] = {
     [HAK_OPT_RETAIN_BYTES] = 64 * MiB,
 };
 const char* _hak_stats_file;
+int _hak_options_secure = -1;
+/* A copy: programs rewrite their environment block (process titles). */
+static char stats_file_buf[4096];
 
 /* Options are read at the first allocation, which can come before libc has
  * set up the environment (ld.so allocates through us); then they are read
@@ -131,6 +135,7 @@ void _hak_options_init(void) {
   extern char** environ;
   if (options_read || environ == NULL) return;
   options_read = true;
+  bool secure = _hak_options_secure >= 0 ? _hak_options_secure == 1 : _hak_os_secure();
   char name[64];
   for (int i = 0; i < HAK_OPT_COUNT; i++) {
     const hak_option_desc_t* d = &option_descs[i];
@@ -138,9 +143,20 @@ void _hak_options_init(void) {
     strcat(name, d->name);
     const char* value = getenv(name);
     _hak_options[i] = d->def;
+#ifdef HAK_FAULT_SECURE_IGNORED /* fault injection: set-uid programs obey HAKMEM_* */
+    secure = false;
+#endif
+    if (d->unsafe && secure) value = NULL;
     if (value == NULL) continue;
     if (d->is_string) {
-      if (i == HAK_OPT_STATS_FILE) _hak_stats_file = value[0] ? value : NULL;
+      size_t len = strlen(value);
+      if (i == HAK_OPT_STATS_FILE && len > 0 && len < sizeof(stats_file_buf)) {
+        memcpy(stats_file_buf, value, len + 1);
+        _hak_stats_file = stats_file_buf;
+#ifdef HAK_FAULT_STATS_FILE_ENV_POINTER /* fault injection: keep a pointer into the environment */
+        _hak_stats_file = value;
+#endif
+      }
       continue;
     }
     long v;

@@ -144,6 +144,9 @@ uint64_t _hak_os_random(void) {
   return x ^ (x >> 31);
 }
 
+/* The kernel marked the process secure (set-uid, set-gid, capabilities). */
+bool _hak_os_secure(void) { return getauxval(AT_SECURE) != 0; }
+
 void _hak_os_stats(hak_stats_t* st) {
   st->os_mmap_calls = atomic_load(&_hak_os_map_count);
   st->os_munmap_calls = atomic_load(&os_munmap_calls);

@@ -154,7 +154,11 @@ void _hak_stats_at_exit(void) {
   if (mode == 0) return;
   int fd = STDERR_FILENO;
   if (_hak_stats_file != NULL) {
+#ifdef HAK_FAULT_STATS_FOLLOWS_SYMLINK /* fault injection */
     fd = open(_hak_stats_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+#else
+    fd = open(_hak_stats_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
+#endif
     if (fd < 0) {
       _hak_warning("cannot open HAKMEM_STATS_FILE ", _hak_stats_file);
       fd = STDERR_FILENO;

@@ -116,4 +116,77 @@ TEST(readme_options_table_matches_the_code) {
     HAK_FAIL_AT("README.md options table differs from the code's:\n--- README\n%s--- code\n%s", readme, code);
 }
 
+/* ---- issue 10, item 13 --------------------------------------------------- */
+#include <fcntl.h>
+#include <sys/stat.h>
+
+static char stats_path[64];
+/* A program that rewrites its environment block for its process title
+ * (nginx, postgres): the exit-time statistics still go to the file named
+ * at start. */
+static void rewrite_env_then_exit(void* arg) {
+  char* v = getenv("HAKMEM_STATS_FILE");
+  memset(v, 'x', strlen(v)); /* the title overwrites the environment strings */
+  _hak_options[HAK_OPT_STATS] = 2;
+  _hak_stats_at_exit();
+}
+TEST(stats_file_survives_environment_rewrite) {
+  strcpy(stats_path, "/tmp/hakmem-envtitle-XXXXXX");
+  int fd = mkstemp(stats_path);
+  ASSERT_TRUE(fd >= 0);
+  close(fd);
+  setenv("HAKMEM_STATS_FILE", stats_path, 1);
+  _hak_options_reload();
+  char out[4096];
+  hak_run_child(rewrite_env_then_exit, NULL, out, sizeof(out));
+  unsetenv("HAKMEM_STATS_FILE");
+  _hak_options_reload();
+  struct stat st;
+  EXPECT_TRUE(stat(stats_path, &st) == 0 && st.st_size > 100);
+  EXPECT_TRUE(strstr(out, "cannot open") == NULL);
+  unlink(stats_path);
+}
+
+/* The statistics file is never written through a symbolic link. */
+TEST(stats_file_does_not_follow_symlinks) {
+  char target[] = "/tmp/hakmem-target-XXXXXX";
+  int fd = mkstemp(target);
+  ASSERT_TRUE(fd >= 0);
+  close(fd);
+  char link[64];
+  snprintf(link, sizeof(link), "%s.lnk", target);
+  ASSERT_TRUE(symlink(target, link) == 0);
+  setenv("HAKMEM_STATS_FILE", link, 1);
+  _hak_options_reload();
+  char out[8192];
+  hak_run_child(rewrite_env_then_exit, NULL, out, sizeof(out));
+  unsetenv("HAKMEM_STATS_FILE");
+  _hak_options_reload();
+  struct stat st;
+  EXPECT_TRUE(stat(target, &st) == 0 && st.st_size == 0);
+  EXPECT_TRUE(strstr(out, "cannot open HAKMEM_STATS_FILE") != NULL);
+  unlink(link);
+  unlink(target);
+}
+
+/* In a set-uid/set-gid program (AT_SECURE) the options that weaken checks
+ * or write files are ignored. */
+TEST(secure_mode_ignores_weakening_options) {
+  setenv("HAKMEM_ON_ERROR", "report", 1);
+  setenv("HAKMEM_STATS_FILE", "/tmp/hakmem-secure-test", 1);
+  setenv("HAKMEM_SEGMENT_CACHE", "7", 1);
+  _hak_options_secure = 1;
+  _hak_options_reload();
+  EXPECT_EQ_U(hak_option(HAK_OPT_ON_ERROR), 0);
+  EXPECT_TRUE(_hak_stats_file == NULL);
+  EXPECT_EQ_U(hak_option(HAK_OPT_SEGMENT_CACHE), 7); /* harmless ones still apply */
+  _hak_options_secure = -1;
+  _hak_options_reload();
+  EXPECT_EQ_U(hak_option(HAK_OPT_ON_ERROR), 1);
+  unsetenv("HAKMEM_ON_ERROR");
+  unsetenv("HAKMEM_STATS_FILE");
+  unsetenv("HAKMEM_SEGMENT_CACHE");
+  _hak_options_reload();
+}
+
 TEST_MAIN()
