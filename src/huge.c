@@ -22,6 +22,7 @@
 #define THP_SIZE ((size_t)2 << 20)
 
 static _Atomic(uint64_t) huge_allocs, huge_frees;
+static _Atomic(uint64_t) huge_live_bytes; /* mapping bytes of live blocks */
 static _Atomic(uintptr_t) recent[RECENT];
 static _Atomic(size_t) recent_next;
 
@@ -47,6 +48,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh) 
       h->site = (uintptr_t)site;
       atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
       hak_atomic_add(huge_allocs, 1);
+      hak_atomic_add(huge_live_bytes, h->map_size);
       *fresh = false;
       return (uint8_t*)h->base + h->offset;
     }
@@ -75,6 +77,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh) 
   atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
   h->checksum = huge_checksum(h);
   hak_atomic_add(huge_allocs, 1);
+  hak_atomic_add(huge_live_bytes, map_size);
   return base + offset;
 }
 
@@ -137,6 +140,7 @@ void _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
   }
   _hak_site_free((const void*)h->site);
   hak_atomic_add(huge_frees, 1);
+  atomic_fetch_sub_explicit(&huge_live_bytes, h->map_size, memory_order_relaxed);
   size_t slot = atomic_fetch_add_explicit(&recent_next, 1, memory_order_relaxed) % RECENT;
   atomic_store_explicit(&recent[slot], (uintptr_t)p, memory_order_relaxed);
   if (h->cls >= 0 && _hak_bigcache_put(h)) return;
@@ -150,6 +154,8 @@ bool _hak_huge_recently_freed(const void* p) {
     if (atomic_load_explicit(&recent[i], memory_order_relaxed) == (uintptr_t)p) return true;
   return false;
 }
+
+uint64_t _hak_huge_live_bytes(void) { return atomic_load_explicit(&huge_live_bytes, memory_order_relaxed); }
 
 void _hak_huge_stats(hak_stats_t* st) {
   st->served_huge = atomic_load(&huge_allocs);

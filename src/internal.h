@@ -195,6 +195,7 @@ HAK_INTERNAL void _hak_huge_free(void* p, hak_fn_t fn, const void* site);
 HAK_INTERNAL hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn); /* NULL if invalid (reported) */
 HAK_INTERNAL bool _hak_huge_recently_freed(const void* p);
 HAK_INTERNAL void _hak_huge_stats(hak_stats_t* st);
+HAK_INTERNAL uint64_t _hak_huge_live_bytes(void);
 HAK_INTERNAL size_t _hak_huge_offset(size_t size, size_t align);
 HAK_INTERNAL size_t _hak_huge_usable(const void* p); /* p: a live huge block */
 
@@ -269,6 +270,16 @@ HAK_INTERNAL const char* _hak_check_first(void); /* first violation found by the
 
 /* ---- stats.c ------------------------------------------------------------ */
 HAK_INTERNAL void _hak_stats_at_exit(void);
+/* glibc's mallinfo2 in hakmem's terms (bytes mapped, not bytes live):
+ * arena: segments (small and large tiers), owned and cached; fordblks: the
+ * cached segments; uordblks: arena - fordblks; hblks/hblkhd: live huge
+ * blocks and their mappings; keepcost: what hak_collect would give back
+ * (cached segments, BigCache, retained mappings). */
+typedef struct hak_heapinfo_s {
+  size_t arena, hblks, hblkhd, uordblks, fordblks, keepcost;
+} hak_heapinfo_t;
+HAK_INTERNAL void _hak_heapinfo(hak_heapinfo_t* hi);
+HAK_INTERNAL int _hak_trim(void); /* hak_collect; 1 if memory went back */
 
 /* ---- alloc.c: generic (slow) paths --------------------------------------- */
 HAK_INTERNAL void* _hak_alloc_generic(hak_heap_t* heap, size_t size, size_t align, const void* site);

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <malloc.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -75,6 +76,49 @@ HAK_SHIM_API void* pvalloc(size_t size) {
 }
 
 HAK_SHIM_API size_t malloc_usable_size(void* p) { return _hak_usable_size(p, HAK_FN_USABLE_SIZE); }
+
+/* glibc's extensions, in hakmem's terms (stats.c:_hak_heapinfo). */
+#ifndef HAK_FAULT_TRIM_TO_GLIBC /* fault injection: glibc's malloc_trim trims its idle arena */
+HAK_SHIM_API int malloc_trim(size_t pad) { return _hak_trim(); }
+#endif
+
+HAK_SHIM_API struct mallinfo2 mallinfo2(void) {
+  hak_heapinfo_t hi;
+  _hak_heapinfo(&hi);
+  return (struct mallinfo2){.arena = hi.arena, .hblks = hi.hblks, .hblkhd = hi.hblkhd, .uordblks = hi.uordblks,
+                            .fordblks = hi.fordblks, .keepcost = hi.keepcost};
+}
+
+static int clamp_int(size_t v) { return v > (size_t)__INT_MAX__ ? __INT_MAX__ : (int)v; }
+HAK_SHIM_API struct mallinfo mallinfo(void) {
+  struct mallinfo2 m = mallinfo2();
+  return (struct mallinfo){.arena = clamp_int(m.arena), .hblks = clamp_int(m.hblks), .hblkhd = clamp_int(m.hblkhd),
+                           .uordblks = clamp_int(m.uordblks), .fordblks = clamp_int(m.fordblks),
+                           .keepcost = clamp_int(m.keepcost)};
+}
+
+/* Accepted and ignored, with glibc's answers (1; 0 for an M_MXFAST out of
+ * its range): hakmem's knobs are its HAKMEM_* options. */
+HAK_SHIM_API int mallopt(int param, int value) {
+  if (param == M_MXFAST) return value >= 0 && (size_t)value <= 80 * sizeof(size_t) / 4;
+  return 1;
+}
+
+HAK_SHIM_API void malloc_stats(void) { hak_stats_print(STDERR_FILENO, 0); }
+
+HAK_SHIM_API int malloc_info(int options, FILE* fp) {
+  if (options != 0) {
+    errno = EINVAL;
+    return -1;
+  }
+  struct mallinfo2 m = mallinfo2();
+  fprintf(fp,
+          "<malloc version=\"hakmem-1\">\n<heap nr=\"0\">\n"
+          "<system type=\"current\" size=\"%zu\"/>\n<total type=\"mmap\" count=\"%zu\" size=\"%zu\"/>\n"
+          "<total type=\"rest\" size=\"%zu\"/>\n</heap>\n</malloc>\n",
+          m.arena, m.hblks, m.hblkhd, m.keepcost);
+  return 0;
+}
 
 /* glibc's internal names, which some libraries call directly: same
  * functions, so a block never crosses allocators. */

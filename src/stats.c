@@ -147,6 +147,25 @@ void hak_stats_print(int fd, int json) {
   if (mine) atomic_store_explicit(&print_busy, false, memory_order_release);
 }
 
+void _hak_heapinfo(hak_heapinfo_t* hi) {
+  hak_stats_t st;
+  hak_stats_get(&st);
+  hi->arena = (st.segments_current + st.segments_cached) * HAK_SEGMENT_SIZE;
+  hi->fordblks = st.segments_cached * HAK_SEGMENT_SIZE;
+  hi->uordblks = hi->arena - hi->fordblks;
+  hi->hblks = st.served_huge - st.freed_huge;
+  hi->hblkhd = _hak_huge_live_bytes();
+  hi->keepcost = hi->fordblks + st.bigcache_bytes + st.batch_retained_bytes;
+}
+
+int _hak_trim(void) {
+  hak_stats_t a, b;
+  hak_stats_get(&a);
+  hak_collect();
+  hak_stats_get(&b);
+  return b.os_mapped_bytes < a.os_mapped_bytes || b.batch_bytes_advised > a.batch_bytes_advised;
+}
+
 /* HAKMEM_STATS=1|json: print at exit, to stderr or appended to
  * HAKMEM_STATS_FILE (one line per process for json). */
 void _hak_stats_at_exit(void) {
