@@ -169,7 +169,7 @@ void _hak_heap_lock(bool lock) {
  * structures): a heap that does not pass the structural check is left
  * alone, its memory lost to the child but nothing corrupted. */
 void _hak_heap_fork_child(void) {
-  pthread_mutex_init(&heap_lock, NULL);
+  /* the forking thread holds every lock (prepare): released at the end */
 #ifndef HAK_FAULT_FORK_KEEPS_DEAD_HEAPS /* fault injection: vanished threads' heaps stay owned */
   hak_heap_t* self = _hak_heap_tls;
   for (hak_heap_t* h = atomic_load(&heaps_all); h != NULL; h = h->next_all) {
@@ -179,6 +179,7 @@ void _hak_heap_fork_child(void) {
   }
   atomic_store_explicit(&_hak_heaps_dirty, true, memory_order_relaxed);
 #endif
+  pthread_mutex_unlock(&heap_lock);
 }
 
 /* ---- registry and statistics ---------------------------------------------- */

@@ -6,8 +6,9 @@
  * other threads wait for the initializing one.
  * Fork: prepare takes every allocator lock (heap, segment, batch queue,
  * policy: the one order any path takes them), after which the forking
- * thread may still allocate (internal.h, locks); the parent releases them,
- * the child re-initializes them and adopts what vanished threads left. */
+ * thread may still allocate (internal.h, locks); the parent and the child
+ * release them (the forking thread owns them in both), and the child
+ * adopts what vanished threads left. */
 #include <sched.h>
 
 #include "internal.h"

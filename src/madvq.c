@@ -259,8 +259,8 @@ void _hak_madvq_lock(bool lock) {
   }
 }
 void _hak_madvq_fork_child(void) {
-  pthread_mutex_init(&q_lock, NULL);
-  pthread_mutex_init(&flush_lock, NULL);
+  pthread_mutex_unlock(&q_lock); /* held by the forking thread since prepare */
+  pthread_mutex_unlock(&flush_lock);
 }
 
 void _hak_madvq_stats(hak_stats_t* st) {

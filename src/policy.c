@@ -276,4 +276,4 @@ void _hak_policy_lock(bool lock) {
   if (lock) pthread_mutex_lock(&pol_lock);
   else pthread_mutex_unlock(&pol_lock);
 }
-void _hak_policy_fork_child(void) { pthread_mutex_init(&pol_lock, NULL); }
+void _hak_policy_fork_child(void) { pthread_mutex_unlock(&pol_lock); /* held since prepare */ }

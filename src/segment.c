@@ -148,4 +148,4 @@ void _hak_segment_lock(bool lock) {
   else pthread_mutex_unlock(&seg_lock);
 }
 
-void _hak_segment_fork_child(void) { pthread_mutex_init(&seg_lock, NULL); }
+void _hak_segment_fork_child(void) { pthread_mutex_unlock(&seg_lock); /* held since prepare */ }

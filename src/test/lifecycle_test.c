@@ -110,8 +110,21 @@ TEST(exited_threads_memory_is_reused_without_collect) { EXPECT_CHILD_OK(exited_h
 
 /* ---- 3: a key destructor that allocates in the last round --------------- */
 static pthread_key_t late_key;
+/* TSan finishes a thread from a key destructor of its own in the last
+ * round; code it instruments must not run after it, so under TSan the
+ * destructor allocates in every round but the last (the borrow path is
+ * still exercised, the last-round leak only without TSan). */
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LAST_ROUND_ALLOCATES 0
+#endif
+#endif
+#ifndef LAST_ROUND_ALLOCATES
+#define LAST_ROUND_ALLOCATES 1
+#endif
 static void late_destructor(void* v) {
   uintptr_t round = (uintptr_t)v;
+  if (!LAST_ROUND_ALLOCATES && round >= PTHREAD_DESTRUCTOR_ITERATIONS - 1) return;
   void* p = hak_malloc(100 + round);
   hak_free(p);
   p = hak_malloc(1000); /* kept: freed by nobody until the process ends */
@@ -289,10 +302,10 @@ TEST(fork_child_reclaims_heaps_of_vanished_threads) { EXPECT_CHILD_OK(fork_child
 static void exit_with_lock_held(void) {
   _hak_options[HAK_OPT_STATS] = 1;
   hak_free(hak_malloc(64));
+  _hak_heap_lock(true); /* the one order every path takes them */
   _hak_segment_lock(true);
   _hak_madvq_lock(true);
   _hak_policy_lock(true);
-  _hak_heap_lock(true);
   _hak_stats_at_exit(); /* what the destructor runs at exit */
 }
 TEST(exit_statistics_never_wait_for_a_lock) {
