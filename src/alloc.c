@@ -33,7 +33,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
       page->used++;
       atomic_store_explicit(&b->tag, 0, memory_order_relaxed);
       hak_count(heap->counters.small_allocs, 1);
-      return b;
+      return b; /* tracked by alloc_ex */
     }
     p = _hak_page_alloc_small(heap, bin);
     if (p == NULL) return NULL;
@@ -105,7 +105,12 @@ static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* s
       if (hak_unlikely(heap == &_hak_heap_empty)) heap = _hak_heap_get();
       p = heap != NULL ? alloc_tier(heap, size, align, site, zeroed) : NULL;
     }
-    if (hak_likely(p != NULL)) return p;
+    if (hak_likely(p != NULL)) {
+#if HAK_TRACKING
+      hak_track_alloc(p, size, _hak_usable_size(p, HAK_FN_MALLOC));
+#endif
+      return p;
+    }
 #ifdef HAK_FAULT_ENOMEM_KEEPS_CACHES /* fault injection: ENOMEM with the caches full */
     break;
 #endif
@@ -133,6 +138,7 @@ void* _hak_alloc_generic(hak_heap_t* heap, size_t size, size_t align, const void
  * in page_collect reports the damage it can do.) */
 static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
   uintptr_t tag = hak_freed_tag(b);
+  hak_track_free_begin(b);
   /* one exchange: of two frees racing each other exactly one pushes */
 #ifdef HAK_FAULT_REMOTE_CHECK_RACY /* fault injection: test, then set */
   bool was_freed = atomic_load_explicit(&b->tag, memory_order_relaxed) == tag;
@@ -144,6 +150,8 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
     _hak_error(HAK_ERR_DOUBLE_FREE, fn, b);
     return;
   }
+  /* before the push: afterwards the block may be the owner's again */
+  hak_track_free(b, page->block_size, HAK_TRACK_HEADER);
 #ifdef HAK_FAULT_REMOTE_LOST /* fault injection: one remote free in 16 is dropped */
   static _Atomic(unsigned) lost;
   if (atomic_fetch_add(&lost, 1) % 16 == 15) return;
@@ -187,7 +195,7 @@ static void segment_misuse(hak_page_t* page, const void* p, hak_fn_t fn) {
   bool in_page = page->kind == HAK_SLICE_SMALL || page->kind == HAK_SLICE_LARGE;
   bool at_block = in_page ? hak_page_is_block(page, (uintptr_t)p)
                           : page->kind == HAK_SLICE_FREE && aligned;
-  if (at_block && atomic_load_explicit(&b->tag, memory_order_relaxed) == hak_freed_tag(p))
+  if (at_block && hak_tag_peek(b) == hak_freed_tag(p))
     _hak_error(fn == HAK_FN_USABLE_SIZE ? HAK_ERR_FREED_USABLE_SIZE : HAK_ERR_DOUBLE_FREE, fn, p);
   else
     _hak_error(HAK_ERR_INVALID_FREE, fn, p);
@@ -222,11 +230,13 @@ void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
       free_remote(page, b, fn);
       return;
     }
+    hak_track_free_begin(p);
     if (atomic_load_explicit(&b->tag, memory_order_relaxed) == hak_freed_tag(p)) {
       _hak_error(HAK_ERR_DOUBLE_FREE, fn, p);
       return;
     }
     /* a local free the fast path did not take (not inlined at this call) */
+    hak_track_free(p, page->block_size, HAK_TRACK_HEADER);
     atomic_store_explicit(&b->tag, hak_freed_tag(p), memory_order_relaxed);
     b->next = page->free;
     page->free = b;
@@ -250,18 +260,19 @@ size_t _hak_usable_size(const void* p, hak_fn_t fn) {
   if (m == HAK_MAP_SEGMENT) {
     hak_page_t* page = hak_page_of(p);
     if (page->heap == NULL || !hak_page_is_block(page, a) ||
-        atomic_load_explicit(&((const hak_block_t*)p)->tag, memory_order_relaxed) == hak_freed_tag(p)) {
+        hak_tag_peek(p) == hak_freed_tag(p)) {
       segment_misuse(page, p, fn);
       return 0;
     }
 #ifdef HAK_FAULT_USABLE_PLUS16 /* fault injection */
     return page->block_size + 16;
 #endif
-    return page->block_size;
+    return fn == HAK_FN_USABLE_SIZE ? hak_track_requested(p, page->block_size) : page->block_size;
   }
   if (m >= HAK_MAP_HUGE) {
     hak_huge_t* h = _hak_huge_header(p, fn);
-    return h ? h->size : 0;
+    if (h == NULL) return 0;
+    return fn == HAK_FN_USABLE_SIZE ? hak_track_requested(p, h->size) : h->size;
   }
   hak_error_t e = fn == HAK_FN_USABLE_SIZE ? HAK_ERR_FREED_USABLE_SIZE : HAK_ERR_DOUBLE_FREE;
   _hak_error(_hak_huge_recently_freed(p) ? e : HAK_ERR_INVALID_FREE, fn, p);
@@ -283,10 +294,14 @@ void* _hak_realloc(void* p, size_t size, const void* site) {
     errno = ENOMEM;
     return NULL;
   }
-  if (size <= old && size >= old / 2) return p;
+  if (size <= old && size >= old / 2) {
+    hak_track_resize(p, size, old);
+    return p;
+  }
   void* q = hak_alloc_fast(size, site);
   if (q == NULL) return NULL;
   size_t copy = size < old ? size : old;
+  copy = copy < hak_track_requested(p, old) ? copy : hak_track_requested(p, old); /* ASan: not the slack */
 #ifdef HAK_FAULT_REALLOC_SHORT /* fault injection */
   copy -= copy > 0;
 #endif
@@ -308,6 +323,7 @@ void* _hak_calloc(size_t n, size_t size, const void* site) {
   if (total <= HAK_SMALL_FAST_MAX) zeroed = true;
 #endif
   if (p != NULL && !zeroed) memset(p, 0, total);
+  if (p != NULL) hak_track_zeroed(p, total);
   return p;
 }
 

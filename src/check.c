@@ -37,7 +37,7 @@ static size_t violation(const char* what, const void* where, uint64_t a, uint64_
 
 /* Length of a block list, each block checked to be a block of page with the
  * freed tag; UINT32_MAX if the walk does not end (cycle). */
-static uint32_t check_list(const hak_page_t* page, hak_block_t* b, size_t* bad) {
+HAK_NO_SANITIZE static uint32_t check_list(const hak_page_t* page, hak_block_t* b, size_t* bad) {
   uint32_t n = 0;
   for (; b != NULL; b = b->next) {
     if (++n > WALK_MAX || n > page->capacity) {
@@ -79,7 +79,7 @@ static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bo
     uint32_t tagged = 0;
     for (uint32_t i = 0; i < page->capacity; i++) {
       const hak_block_t* b = (const hak_block_t*)(page->start + (size_t)i * page->block_size);
-      tagged += atomic_load_explicit(&b->tag, memory_order_relaxed) == hak_freed_tag(b);
+      tagged += hak_tag_peek(b) == hak_freed_tag(b);
     }
     if (tagged != nfree + nremote) bad += violation("freed blocks missing from the free lists", page, tagged, nfree + nremote);
   }
@@ -170,9 +170,11 @@ static size_t check_heap(const hak_heap_t* heap, bool quiet) {
  * check while others run (the verify build's assertion points). */
 size_t _hak_check_own(void) {
   size_t bad = 0;
+  hak_track_quiet(true); /* deliberate reads of the program's blocks */
   if (_hak_heap_tls != &_hak_heap_empty) bad += check_heap(_hak_heap_tls, false);
   bad += _hak_madvq_check();
   bad += _hak_site_check();
+  hak_track_quiet(false);
   return bad;
 }
 
@@ -186,6 +188,7 @@ size_t _hak_check_heap_structure(const hak_heap_t* heap) {
 size_t hak_check_heap(void) {
   size_t bad = 0;
   first_what = NULL;
+  hak_track_quiet(true); /* deliberate reads of the program's blocks */
   for (hak_heap_t* h = _hak_heaps_first(); h != NULL; h = h->next_all) bad += check_heap(h, true);
   size_t cached = 0, queued = 0;
   size_t bc = _hak_bigcache_check(&cached);
@@ -205,5 +208,6 @@ size_t hak_check_heap(void) {
   if (q) bad += violation("batch queue ranges overlapping or misaligned", NULL, q, 0);
   size_t sites = _hak_site_check();
   if (sites) bad += violation("site threshold that is not a UCB1 arm", NULL, sites, 0);
+  hak_track_quiet(false);
   return bad;
 }

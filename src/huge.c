@@ -67,6 +67,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh) 
     _hak_segmap_set((uintptr_t)base, map_size, true);
   }
   hak_huge_t* h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER);
+  hak_track_internal(h, HAK_HUGE_HEADER); /* may lie in a reused mapping's old block */
   h->magic = HAK_HUGE_MAGIC;
   h->base = (uintptr_t)base;
   h->map_size = map_size;
@@ -76,6 +77,8 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh) 
   h->site = (uintptr_t)site;
   atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
   h->checksum = huge_checksum(h);
+  /* sanitizer builds: nothing past the block is the program's */
+  hak_track_noaccess((uint8_t*)h + HAK_HUGE_HEADER + h->size, map_size - offset - h->size);
   hak_atomic_add(huge_allocs, 1);
   hak_atomic_add(huge_live_bytes, map_size);
   return base + offset;
@@ -87,7 +90,16 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh) 
  * or base is wrong was overwritten (HAK_ERR_CORRUPT).  Chunks further than
  * the map's distance field reaches (blocks aligned to 1 GiB sit 256 chunks
  * into their mapping) are walked back to the first chunk that has one. */
+static hak_huge_t* huge_lookup_raw(const void* p, hak_error_t* err);
+/* The 64 bytes below an invalid pointer may be the program's memory. */
 static hak_huge_t* huge_lookup(const void* p, hak_error_t* err) {
+  hak_track_quiet(true);
+  hak_huge_t* h = huge_lookup_raw(p, err);
+  hak_track_quiet(false);
+  return h;
+}
+
+HAK_NO_SANITIZE static hak_huge_t* huge_lookup_raw(const void* p, hak_error_t* err) {
   uintptr_t a = (uintptr_t)p;
   *err = HAK_ERR_INVALID_FREE;
   size_t chunk = a >> HAK_SEGMENT_SHIFT;
@@ -141,6 +153,7 @@ void _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
   _hak_site_free((const void*)h->site);
   hak_atomic_add(huge_frees, 1);
   atomic_fetch_sub_explicit(&huge_live_bytes, h->map_size, memory_order_relaxed);
+  hak_track_free(p, h->size, 0); /* before another thread can take it back */
   size_t slot = atomic_fetch_add_explicit(&recent_next, 1, memory_order_relaxed) % RECENT;
   atomic_store_explicit(&recent[slot], (uintptr_t)p, memory_order_relaxed);
   if (h->cls >= 0 && _hak_bigcache_put(h)) return;

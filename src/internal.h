@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "track.h"
 #include "types.h"
 
 #define hak_likely(x) __builtin_expect(!!(x), 1)
@@ -293,6 +294,15 @@ HAK_INTERNAL uint64_t _hak_remote_small_frees(void);
 HAK_INTERNAL uint64_t _hak_remote_large_frees(void);
 
 static inline uintptr_t hak_freed_tag(const void* p) { return (uintptr_t)p ^ _hak_free_key; }
+/* A block's tag as the checker and the misuse paths read it: the block may
+ * be the program's (uninitialized, or its slack poisoned); track.h. */
+HAK_NO_SANITIZE static inline uintptr_t hak_tag_peek(const void* p) {
+  hak_track_quiet(true);
+  uintptr_t t = atomic_load_explicit(&((const hak_block_t*)p)->tag, memory_order_relaxed);
+  hak_track_quiet(false);
+  hak_track_defined(&t, sizeof(t)); /* the copy, not the program's memory */
+  return t;
+}
 
 /* ---------------------------------------------------------------------------
  * Fast paths.
@@ -317,6 +327,7 @@ __attribute__((always_inline)) static inline void* hak_alloc_fast(size_t size, c
       page->used++;
       atomic_store_explicit(&b->tag, 0, memory_order_relaxed); /* no longer freed */
       hak_count(heap->counters.small_allocs, 1);
+      hak_track_alloc(b, size, page->block_size); /* sanitizer builds only */
       return b;
     }
   }
@@ -344,8 +355,9 @@ __attribute__((always_inline)) static inline void hak_free_fast(void* p, const v
     if (hak_likely(page->heap == heap)) {
 #else
     if (hak_likely(page->heap == heap && hak_page_is_block(page, a) &&
-                   atomic_load_explicit(&b->tag, memory_order_relaxed) != tag)) {
+                   (hak_track_free_begin(p), atomic_load_explicit(&b->tag, memory_order_relaxed) != tag))) {
 #endif
+      hak_track_free(p, page->block_size, HAK_TRACK_HEADER); /* sanitizer builds only */
       atomic_store_explicit(&b->tag, tag, memory_order_relaxed);
       b->next = page->free;
       page->free = b;

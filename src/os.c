@@ -107,7 +107,8 @@ void* _hak_os_alloc_aligned(size_t size, size_t align) {
 #ifndef HAK_FAULT_VA_UNCHECKED /* fault injection: any address is accepted */
   if (p != NULL && (uintptr_t)p + size > ((uintptr_t)1 << HAK_VA_BITS)) {
     atomic_store_explicit(&os_hint, 0, memory_order_relaxed);
-    _hak_os_free(p, size);
+    os_unmap_counted(p, size); /* not _hak_os_free: no shadow to clear up there */
+    os_account(size, false);
     return NULL;
   }
 #endif
@@ -122,6 +123,7 @@ int _hak_os_advise(void* addr, size_t size, int advice) {
 }
 
 void _hak_os_free(void* addr, size_t size) {
+  hak_track_unmapped(addr, size);
   os_unmap_counted(addr, size);
   os_account(size, false);
 }

@@ -87,6 +87,7 @@ static void page_extend(hak_page_t* page) {
   hak_block_t* head = page->free;
   for (uint32_t i = n; i-- > 0;) {
     hak_block_t* b = (hak_block_t*)(first + (size_t)i * page->block_size);
+    hak_track_internal(b, HAK_TRACK_HEADER); /* a freed block's header */
     b->next = head;
     atomic_store_explicit(&b->tag, hak_freed_tag(b), memory_order_relaxed);
     head = b;
@@ -103,6 +104,7 @@ static hak_page_t* page_new(hak_heap_t* heap, size_t bin) {
   hak_page_t* page = _hak_segment_alloc_slices(heap, _hak_bin_slices(bin));
   if (page == NULL) return NULL;
   size_t bs = _hak_bin_size(bin);
+  hak_track_noaccess(page->start, (size_t)page->slice_count << HAK_SLICE_SHIFT); /* nothing carved yet */
   page->kind = HAK_SLICE_SMALL;
   page->bin = (uint8_t)bin;
   page->block_size = (uint32_t)bs;
@@ -189,6 +191,8 @@ void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const v
   page->in_full = 1;
   atomic_store_explicit(&page->thread_free, HAK_TF_FULL, memory_order_relaxed);
   queue_push_front(&heap->full, page);
+  hak_track_noaccess(run, n << HAK_SLICE_SHIFT); /* alloc_ex opens the block */
+  hak_track_internal(p, HAK_TRACK_HEADER);
   atomic_store_explicit(&((hak_block_t*)p)->tag, 0, memory_order_relaxed);
   hak_count(heap->counters.large_allocs, 1);
   return p;
