@@ -140,7 +140,7 @@ static inline void hak_track_free_begin(void* p) {
   __msan_unpoison(p, HAK_TRACK_HEADER);
 #endif
 #ifdef HAK_TRACK_VALGRIND
-  VALGRIND_MAKE_MEM_DEFINED_IF_ADDRESSABLE(p, HAK_TRACK_HEADER);
+  VALGRIND_MAKE_MEM_DEFINED(p, HAK_TRACK_HEADER); /* also the slack of a block under 16 bytes */
 #endif
 }
 
