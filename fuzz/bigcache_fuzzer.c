@@ -7,11 +7,12 @@
  * memory (fake OS); hak_check_heap() holds. */
 #include "fuzz/huge_os.h"
 
-static const size_t class_size[] = {512u << 10, 1u << 20, 2u << 20, 3u << 20, 6u << 20};
+/* all 8 of BigCache's classes */
+static const size_t class_size[] = {512u << 10, 1u << 20, 2u << 20, 3u << 20, 4u << 20, 6u << 20, 8u << 20, 16u << 20};
 
 /* freed-and-cacheable blocks per (site, class): candidates for a hit */
 #define SITES 4
-#define CLASSES 5
+#define CLASSES 8
 #define FREED_MAX 64
 static char* freed[SITES][CLASSES][FREED_MAX];
 static int nfreed[SITES][CLASSES];
@@ -42,12 +43,15 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (fz_live[k].p) break;
         int s = (op >> 3) % SITES, c = (arg >> 2) % CLASSES;
         const void* site = (const void*)(uintptr_t)(0x1000 + s * 64);
+        /* at or below a class size, or just above the one below (the
+         * request belongs to class c either way) */
+        size_t n = (op & 4) && c > 0 ? class_size[c - 1] + 1 + (arg & 3) * 4096 : class_size[c] - (arg & 3) * 4096;
         hak_stats_t a, b;
         hak_stats_get(&a);
-        char* p = hak_alloc_at(class_size[c] - (arg & 3) * 4096, site);
+        char* p = hak_alloc_at(n, site);
         hak_stats_get(&b);
         if (p == NULL) abort();
-        size_t n = class_size[c] - (arg & 3) * 4096;
+        if (hak_usable_size(p) < n) abort(); /* a block of a lower class */
         for (int j = 0; j < LIVE_MAX; j++)
           if (fz_live[j].p == p) abort(); /* handed out twice */
         int hit = b.bigcache_hits != a.bigcache_hits;

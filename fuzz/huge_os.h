@@ -30,7 +30,8 @@ static void fz_check_range(const char* what, void* addr, size_t size) {
   uintptr_t a = (uintptr_t)addr, e = a + size;
   for (int i = 0; i < LIVE_MAX; i++) {
     if (fz_live[i].p == NULL) continue;
-    uintptr_t la = (uintptr_t)fz_live[i].p, le = la + fz_live[i].size;
+    /* the block and the page holding its header (the 64 bytes below it) */
+    uintptr_t la = ((uintptr_t)fz_live[i].p - HAK_HUGE_HEADER) & ~(uintptr_t)4095, le = (uintptr_t)fz_live[i].p + fz_live[i].size;
     if (a < le && la < e) {
       fprintf(stderr, "fuzz: %s of [%#lx, %#lx) covers live block %d at %p size %zu\n", what, (unsigned long)a,
               (unsigned long)e, i, (void*)fz_live[i].p, fz_live[i].size);

@@ -20,7 +20,7 @@ static const size_t sizes[] = {1, 24, 100, 1000, 5000, 40000, 200000, 700000, 30
 static uint64_t errors(void) {
   hak_stats_t s;
   hak_stats_get(&s);
-  return s.errors_double_free + s.errors_invalid_free + s.errors_freed_usable_size;
+  return s.errors_double_free + s.errors_invalid_free + s.errors_freed_usable_size + s.errors_corrupt;
 }
 
 static void expect_one_error(uint64_t before) {
@@ -72,7 +72,19 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           expect_one_error(before);
         }
         break;
-      case 5: /* stack or wild pointer */
+      case 5: /* stack or wild pointer; or a huge block whose header was overwritten */
+        if ((op & 16) && live[k] && len[k] >= (2u << 20)) {
+          hak_huge_t* h = (hak_huge_t*)(live[k] - HAK_HUGE_HEADER);
+          hak_stats_t s0, s1;
+          hak_stats_get(&s0);
+          h->size ^= (size_t)(arg | 1) << 12; /* an overflow from below */
+          hak_free(live[k]);
+          hak_stats_get(&s1);
+          if (s1.errors_corrupt != s0.errors_corrupt + 1) abort(); /* corruption, not "invalid" */
+          expect_one_error(before);
+          h->size ^= (size_t)(arg | 1) << 12;
+          break;
+        }
         hak_free(op & 8 ? (void*)&stack_var : (void*)(uintptr_t)(0x10000u + (size_t)arg * 4096));
         expect_one_error(before);
         break;

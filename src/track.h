@@ -86,8 +86,16 @@ static inline void hak_track_alloc(void* p, size_t size, size_t usable) {
 static inline size_t hak_track_requested(const void* p, size_t usable) {
   (void)p;
 #ifdef HAK_TRACK_ASAN
-  const char* bad = (const char*)__asan_region_is_poisoned((void*)(uintptr_t)p, usable);
-  if (bad != NULL) return (size_t)(bad - (const char*)p);
+  if (usable == 0 || !__asan_address_is_poisoned((const char*)p + usable - 1)) return usable;
+  { /* [0,size) addressable, [size,usable) poisoned: bisect, O(log usable) */
+    size_t lo = 0, hi = usable - 1; /* the answer is in [lo, hi] */
+    while (lo < hi) {
+      size_t mid = lo + (hi - lo) / 2;
+      if (__asan_address_is_poisoned((const char*)p + mid)) hi = mid;
+      else lo = mid + 1;
+    }
+    return lo;
+  }
 #endif
 #ifdef HAK_TRACK_VALGRIND
   if (RUNNING_ON_VALGRIND) { /* [0,size) addressable, [size,usable) not */

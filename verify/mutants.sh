@@ -46,10 +46,10 @@ IFS=, read -r -a order <<<"$checkers"
 TESTS=(//src/... //fuzz/... //stress/... //verify:replay_test //verify:shadow_heap_test)
 TSAN_TESTS=(//stress/... //src:mt_test //fuzz:api_mt_fuzzer_replay)
 FUZZERS=(api_fuzzer misuse_fuzzer api_mt_fuzzer bigcache_fuzzer batch_fuzzer size_class_fuzzer learn_fuzzer options_fuzzer)
-# executions per target (measured exec/s on the unmutated tree: 425, 909,
-# 200, 101, 89, 20000, 10000, >20000): each gets a fair share of time
-declare -A RUNS=([api_fuzzer]=8000 [misuse_fuzzer]=16000 [api_mt_fuzzer]=2000 [bigcache_fuzzer]=2000
-                 [batch_fuzzer]=2000 [size_class_fuzzer]=100000 [learn_fuzzer]=100000 [options_fuzzer]=100000)
+# executions per target, about 20-30 s each at the exec/s the smoke run
+# measures (fuzz/smoke.sh): every target gets a fair share of time
+declare -A RUNS=([api_fuzzer]=1500 [misuse_fuzzer]=4000 [api_mt_fuzzer]=600 [bigcache_fuzzer]=1000
+                 [batch_fuzzer]=800 [size_class_fuzzer]=20000 [learn_fuzzer]=100000 [options_fuzzer]=100000)
 
 now() { date +%s.%N; }
 secs() { printf '%.1f' "$(echo "$2 - $1" | bc)"; }

@@ -2,6 +2,7 @@
 #include "verify/trace.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +108,25 @@ typedef struct {
 
 static bool live[TRACE_MAX_IDS];      /* distinct ids: distinct bytes, no race */
 static int8_t owner[TRACE_MAX_IDS];   /* the one thread using an id this round */
+/* Bytes live at once are bounded (the shadow heap touches every page of a
+ * block): a request past the budget is skipped, so a NULL for a request
+ * that fits is a violation, never the machine running out of memory. */
+#define TRACE_LIVE_BUDGET ((size_t)256 << 20)
+static _Atomic(size_t) live_bytes;
+
+static bool budget_take(size_t size) {
+  size_t now = atomic_load(&live_bytes);
+  do
+    if (size > TRACE_LIVE_BUDGET || now + size > TRACE_LIVE_BUDGET) return false;
+  while (!atomic_compare_exchange_weak(&live_bytes, &now, now + size));
+  return true;
+}
+static void budget_give(size_t size) { atomic_fetch_sub(&live_bytes, size); }
+
+static bool null_for_possible(const char* what, size_t a, size_t b) {
+  fprintf(stderr, "trace: %s(%zu, %zu) returned NULL for a possible request (errno %d)\n", what, a, b, errno);
+  return false;
+}
 
 static bool run_op(shadow_heap_t* s, const trace_op_t* o) {
   uint32_t id = o->id;
@@ -119,6 +139,9 @@ static bool run_op(shadow_heap_t* s, const trace_op_t* o) {
       size_t size = o->kind == OP_ALLOC ? o->a : o->b;
       size_t align = 0;
       bool impossible = false;
+      size_t charge = o->kind == OP_CALLOC ? (o->b != 0 && o->a > SIZE_MAX / o->b ? 0 : o->a * o->b) : size;
+      if (charge > PTRDIFF_MAX) charge = 0; /* impossible: refused below, nothing live */
+      if (!budget_take(charge)) return true; /* skipped: past the live budget */
       if (o->kind == OP_ALLOC) {
         p = hak_malloc(size);
         impossible = size > PTRDIFF_MAX;
@@ -133,29 +156,69 @@ static bool run_op(shadow_heap_t* s, const trace_op_t* o) {
         impossible = align == 0 || (align & (align - 1)) != 0 || align > ((size_t)1 << 30) || size > PTRDIFF_MAX;
       }
       if (impossible) {
+        budget_give(charge);
         if (p != NULL) {
           fprintf(stderr, "trace: impossible request (%zu, %zu) returned %p\n", o->a, o->b, p);
           return false;
         }
         return true;
       }
+      if (p == NULL) {
+        budget_give(charge);
+        return null_for_possible(o->kind == OP_ALLOC ? "malloc" : o->kind == OP_CALLOC ? "calloc" : "aligned_alloc",
+                                 o->a, o->b);
+      }
       bool ok = shadow_on_alloc(s, id, p, size, align, o->kind == OP_CALLOC, false);
-      live[id] = p != NULL;
+      live[id] = true;
       return ok;
     }
     case OP_REALLOC: {
-      if (!live[id] || o->a == 0 || o->a > PTRDIFF_MAX) return true;
+      if (o->a > PTRDIFF_MAX) return true;
+      if (!live[id]) { /* realloc(NULL, n) allocates */
+        if (!budget_take(o->a)) return true;
+        void* p = hak_realloc(NULL, o->a);
+        if (p == NULL) {
+          budget_give(o->a);
+          return null_for_possible("realloc", 0, o->a);
+        }
+        live[id] = true;
+        return shadow_on_alloc(s, id, p, o->a, 0, false, false);
+      }
+      if (o->a == 0) { /* realloc(p, 0) frees and returns NULL (glibc) */
+        size_t old_size = 0;
+        shadow_lookup(s, id, &old_size);
+        void* p = shadow_on_free(s, id);
+        void* q = hak_realloc(p, 0);
+        live[id] = false;
+        budget_give(old_size);
+        if (q != NULL) {
+          fprintf(stderr, "trace: realloc(%p, 0) returned %p, not NULL\n", p, q);
+          return false;
+        }
+        return shadow_ok(s);
+      }
       void* old;
       size_t old_size;
+      shadow_lookup(s, id, &old_size);
+      if (o->a > old_size && !budget_take(o->a - old_size)) return true;
       if (!shadow_before_realloc(s, id, &old, &old_size)) return false;
       void* q = hak_realloc(old, o->a);
+      if (q == NULL) {
+        if (o->a > old_size) budget_give(o->a - old_size);
+        shadow_after_realloc(s, id, old, old_size, q, o->a);
+        return null_for_possible("realloc", old_size, o->a);
+      }
+      if (o->a < old_size) budget_give(old_size - o->a);
       return shadow_after_realloc(s, id, old, old_size, q, o->a);
     }
     case OP_FREE: {
       if (!live[id]) return true;
+      size_t old_size = 0;
+      shadow_lookup(s, id, &old_size);
       void* p = shadow_on_free(s, id);
       hak_free(p);
       live[id] = false;
+      budget_give(old_size);
       return shadow_ok(s);
     }
     default: return true;
@@ -175,6 +238,7 @@ bool trace_run(const trace_t* t, uint64_t seed) {
   shadow_heap_t* s = shadow_create(seed, blocks_size);
   if (s == NULL) return false;
   memset(live, 0, sizeof(live));
+  atomic_store(&live_bytes, 0);
   bool ok = true;
   size_t i = 0;
   while (i < t->n && ok) {
@@ -218,6 +282,7 @@ bool trace_run(const trace_t* t, uint64_t seed) {
     ok = false;
   }
   shadow_destroy(s);
+  hak_collect(); /* the next input starts from a clean allocator */
   return ok;
 }
 
