@@ -23,47 +23,12 @@ static hak_stats_t stats(void) {
   return st;
 }
 
-static void on_alarm(int sig) {
-  static const char msg[] = "HANG: the child did not finish before its alarm\n";
-  (void)!write(2, msg, sizeof(msg) - 1);
-  _exit(3);
-}
-
-static void (*bounded_fn)(void);
-static unsigned bounded_secs;
-static void bounded_child(void* arg) {
-  signal(SIGALRM, on_alarm);
-  alarm(bounded_secs);
-  bounded_fn();
-  _exit(0);
-}
-
 static void reexec_self(void* test_name) {
   /* Bazel names the binary (under valgrind /proc/self/exe is valgrind's) */
   const char* self = getenv("TEST_BINARY") ? getenv("TEST_BINARY") : "/proc/self/exe";
   execl(self, "lifecycle_test", (const char*)test_name, (char*)NULL);
   _exit(127);
 }
-
-/* Runs fn in a child that must exit 0 within secs seconds. */
-#define EXPECT_CHILD_OK(fn, secs)                                                   \
-  do {                                                                              \
-    char _out[8192];                                                                \
-    bounded_fn = fn;                                                                \
-    bounded_secs = secs;                                                            \
-    int _st = hak_run_child(bounded_child, NULL, _out, sizeof(_out));               \
-    if (!WIFEXITED(_st) || WEXITSTATUS(_st) != 0)                                   \
-      HAK_FAIL_AT("%s: child %s %d, stderr: %s", #fn, WIFEXITED(_st) ? "exited" : "killed by signal", \
-                  WIFEXITED(_st) ? WEXITSTATUS(_st) : WTERMSIG(_st), _out);         \
-  } while (0)
-
-#define CHILD_CHECK(c)                                                  \
-  do {                                                                  \
-    if (!(c)) {                                                         \
-      fprintf(stderr, "failed: %s (line %d)\n", #c, __LINE__);          \
-      _exit(1);                                                         \
-    }                                                                   \
-  } while (0)
 
 /* ---- 2: memory freed into an exited thread's heap comes back ----------- */
 #define OBJS (1u << 20) /* 64 MiB of 64-byte objects */
@@ -214,7 +179,7 @@ TEST(racing_double_frees_are_reported_and_never_hang_the_owner) { EXPECT_CHILD_O
 /* A remote list with a cycle (what two pushes of one block make): the
  * owner's walk reports it instead of following it forever. */
 static void plant_cycle(void* arg) {
-  signal(SIGALRM, on_alarm);
+  signal(SIGALRM, hak_test_on_alarm);
   alarm(10);
   hak_block_t* a = hak_malloc(48);
   hak_block_t* b = hak_malloc(48);
@@ -312,9 +277,9 @@ static void exit_with_lock_held(void) {
 }
 TEST(exit_statistics_never_wait_for_a_lock) {
   char out[16384];
-  bounded_fn = exit_with_lock_held;
-  bounded_secs = 10;
-  int st = hak_run_child(bounded_child, NULL, out, sizeof(out));
+  hak_bounded_fn = exit_with_lock_held;
+  hak_bounded_secs = 10;
+  int st = hak_run_child(hak_bounded_child, NULL, out, sizeof(out));
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   EXPECT_TRUE(strstr(out, "hakmem statistics") != NULL && strstr(out, "served.small") != NULL);
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fprintf(stderr, "child stderr: %s\n", out);
@@ -342,7 +307,7 @@ __attribute__((constructor(101))) static void reentrant_setup(void) {
   os.now_ns = raising_now;
   _hak_os = &os;
   signal(SIGUSR1, on_usr1);
-  signal(SIGALRM, on_alarm);
+  signal(SIGALRM, hak_test_on_alarm);
   alarm(10); /* a spinning init is reported as HANG */
 }
 TEST(child_reentrant_init) {

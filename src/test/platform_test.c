@@ -16,18 +16,6 @@ static hak_stats_t stats(void) {
   return st;
 }
 
-/* Runs fn in a child; the child must exit 0.  Its stderr is shown on failure. */
-#define EXPECT_CHILD_OK(fn)                                                        \
-  do {                                                                             \
-    char _out[4096];                                                               \
-    int _st = hak_run_child(fn, NULL, _out, sizeof(_out));                         \
-    if (!WIFEXITED(_st) || WEXITSTATUS(_st) != 0)                                  \
-      HAK_FAIL_AT("%s: child %s %d, stderr: %s", #fn, WIFEXITED(_st) ? "exited" : "killed by signal", \
-                  WIFEXITED(_st) ? WEXITSTATUS(_st) : WTERMSIG(_st), _out);        \
-  } while (0)
-
-#define CHILD_CHECK(c) do { if (!(c)) { fprintf(stderr, "failed: %s (line %d)\n", #c, __LINE__); _exit(1); } } while (0)
-
 /* ---- 14: the small path samples call sites, 1 refill in 64 -------------- */
 TEST(small_path_samples_call_sites) {
   static int site;
@@ -64,7 +52,7 @@ TEST(huge_header_corruption_is_reported_as_corruption) {
 }
 
 /* ---- 7: every alignment aligned_alloc accepts works with free/realloc --- */
-static void align_1g(void* arg) {
+static void align_1g(void) {
   for (size_t align = (size_t)1 << 22; align <= (size_t)1 << 30; align <<= 2) {
     uint8_t* p = hak_aligned_alloc(align, 100);
     CHILD_CHECK(p != NULL && ((uintptr_t)p & (align - 1)) == 0);
@@ -80,7 +68,7 @@ static void align_1g(void* arg) {
   CHILD_CHECK(hak_aligned_alloc((size_t)1 << 31, 100) == NULL && errno != 0);
   _exit(0);
 }
-TEST(aligned_alloc_1gib_frees_reallocs_and_sizes) { EXPECT_CHILD_OK(align_1g); }
+TEST(aligned_alloc_1gib_frees_reallocs_and_sizes) { EXPECT_CHILD_OK(align_1g, 60); }
 
 /* ---- 10: free keeps errno, whatever the OS calls under it do ------------ */
 static int failing_advise(void* addr, size_t size, int advice) {
@@ -92,7 +80,7 @@ static int failing_unmap(void* addr, size_t size) {
   errno = EINVAL; /* as a failing munmap would leave it */
   return r;
 }
-static void free_errno(void* arg) {
+static void free_errno(void) {
   static hak_os_t os;
   os = _hak_os_default;
   os.advise = failing_advise;
@@ -118,7 +106,7 @@ static void free_errno(void* arg) {
   CHILD_CHECK(errno == 4343);
   _exit(0);
 }
-TEST(free_preserves_errno) { EXPECT_CHILD_OK(free_errno); }
+TEST(free_preserves_errno) { EXPECT_CHILD_OK(free_errno, 60); }
 
 /* ---- 8: a mapping outside the segment map fails cleanly ----------------- */
 static uintptr_t high_unmapped;
@@ -127,7 +115,7 @@ static int high_unmap(void* addr, size_t size) {
   if ((uintptr_t)addr >= (uintptr_t)1 << HAK_VA_BITS) high_unmapped++;
   return 0;
 }
-static void map_above(void* arg) {
+static void map_above(void) {
   static hak_os_t os;
   os = _hak_os_default;
   os.map = high_map;
@@ -142,7 +130,7 @@ static void map_above(void* arg) {
 }
 TEST(mapping_above_the_segment_map_fails_cleanly) {
   EXPECT_TRUE(HAK_VA_BITS >= 48); /* arm64 and x86-64 user space */
-  EXPECT_CHILD_OK(map_above);
+  EXPECT_CHILD_OK(map_above, 60);
 }
 
 /* ---- 9: ENOMEM only after BigCache, the queue and the caches gave back -- */
@@ -157,7 +145,7 @@ static int budget_unmap(void* addr, size_t size) {
   os_used -= size;
   return _hak_os_default.unmap(addr, size);
 }
-static void enomem_rounds(void* arg) {
+static void enomem_rounds(void) {
   static hak_os_t os;
   os = _hak_os_default;
   os.map = budget_map;
@@ -182,6 +170,6 @@ static void enomem_rounds(void* arg) {
   for (size_t i = 0; i < n2; i++) hak_free(p[i]);
   _exit(0);
 }
-TEST(enomem_only_after_caches_are_given_back) { EXPECT_CHILD_OK(enomem_rounds); }
+TEST(enomem_only_after_caches_are_given_back) { EXPECT_CHILD_OK(enomem_rounds, 60); }
 
 TEST_MAIN()

@@ -93,6 +93,42 @@ static inline int hak_run_child(void (*fn)(void*), void* arg, char* out, size_t 
     }                                                                              \
   } while (0)
 
+/* Liveness bound of a child: a hang is reported as HANG, not a timeout. */
+static void hak_test_on_alarm(int sig) {
+  static const char msg[] = "HANG: the child did not finish before its alarm\n";
+  (void)!write(2, msg, sizeof(msg) - 1);
+  _exit(3);
+}
+static void (*hak_bounded_fn)(void);
+static unsigned hak_bounded_secs;
+static inline void hak_bounded_child(void* arg) {
+  (void)arg;
+  signal(SIGALRM, hak_test_on_alarm);
+  alarm(hak_bounded_secs);
+  hak_bounded_fn();
+  _exit(0);
+}
+
+/* Runs fn() in a child that must exit 0 within secs seconds; its stderr is
+ * shown when it does not.  CHILD_CHECK fails the child with the line. */
+#define EXPECT_CHILD_OK(fn, secs)                                                            \
+  do {                                                                                       \
+    char _out[8192];                                                                         \
+    hak_bounded_fn = fn;                                                                     \
+    hak_bounded_secs = secs;                                                                 \
+    int _st = hak_run_child(hak_bounded_child, NULL, _out, sizeof(_out));                    \
+    if (!WIFEXITED(_st) || WEXITSTATUS(_st) != 0)                                            \
+      HAK_FAIL_AT("%s: child %s %d, stderr: %s", #fn, WIFEXITED(_st) ? "exited" : "killed by signal", \
+                  WIFEXITED(_st) ? WEXITSTATUS(_st) : WTERMSIG(_st), _out);                  \
+  } while (0)
+#define CHILD_CHECK(c)                                                  \
+  do {                                                                  \
+    if (!(c)) {                                                         \
+      fprintf(stderr, "failed: %s (line %d)\n", #c, __LINE__);          \
+      _exit(1);                                                         \
+    }                                                                   \
+  } while (0)
+
 static inline int hak_test_main(int argc, char** argv) {
   const char* only = argc > 1 ? argv[1] : NULL;
   int failed_tests = 0, ran = 0;
