@@ -267,6 +267,10 @@ int main(int argc, char** argv) {
     _hak_options[HAK_OPT_RETAIN_BYTES] = 8 << 20;
     _hak_options[HAK_OPT_HUGE_THRESHOLD] = 512 << 10;
   }
+  fprintf(stderr, "stress %s: seed %llu (rerun with --seed %llu)\n", mode, (unsigned long long)seed,
+          (unsigned long long)seed);
+  hak_stats_t st0;
+  hak_stats_get(&st0);
   pthread_barrier_init(&barrier, NULL, (unsigned)nthreads);
   pthread_t t[64];
   t_start = now();
@@ -283,7 +287,27 @@ int main(int argc, char** argv) {
   if (hak_check_heap() != 0) atomic_fetch_add(&bad, 1);
   hak_stats_t st;
   hak_stats_get(&st);
-  if (st.errors_double_free || st.errors_invalid_free) atomic_fetch_add(&bad, 1);
+  if (st.errors_double_free || st.errors_invalid_free || st.errors_corrupt) atomic_fetch_add(&bad, 1);
+  /* resource oracles from hakmem's own counters: every block hakmem served
+   * was freed, and after hak_collect() (everything freed, caches given
+   * back) what stays mapped is bounded: the segments the live threads'
+   * heaps keep (one each, and the exited threads' heaps: none) and metadata */
+  uint64_t served = (st.served_small + st.served_large + st.served_huge) -
+                    (st0.served_small + st0.served_large + st0.served_huge);
+  uint64_t released = (st.freed_small + st.freed_large + st.freed_huge) -
+                      (st0.freed_small + st0.freed_large + st0.freed_huge);
+  if (served != released) {
+    fprintf(stderr, "stress %s: hakmem served %llu blocks and freed %llu\n", mode, (unsigned long long)served,
+            (unsigned long long)released);
+    atomic_fetch_add(&bad, 1);
+  }
+  uint64_t bound = (uint64_t)(nthreads + 2) * HAK_SEGMENT_SIZE + (16u << 20); /* heaps' last segments + metadata */
+  if (st.os_mapped_bytes > bound || st.bigcache_bytes != 0 || st.batch_retained_bytes != 0) {
+    fprintf(stderr, "stress %s: after hak_collect %llu MiB stay mapped (bound %llu MiB), BigCache %llu, retained %llu\n",
+            mode, (unsigned long long)(st.os_mapped_bytes >> 20), (unsigned long long)(bound >> 20),
+            (unsigned long long)st.bigcache_bytes, (unsigned long long)st.batch_retained_bytes);
+    atomic_fetch_add(&bad, 1);
+  }
   long ops = atomic_load(&total_ops);
   printf("stress %s: %d threads, %ld ops in %.2f s: %.0f ops/s%s\n", mode, nthreads, ops, elapsed, ops / elapsed,
          atomic_load(&bad) ? ", FAILED" : "");
