@@ -90,7 +90,9 @@ stress_run() {
 stage stress stress_run
 
 # ---- 4. fuzz campaign ---------------------------------------------------------------
-stage fuzz fuzz/campaign.sh --minutes $fuzz_minutes --jobs 2 --engine both --out "$out/fuzz"
+# the corpus accumulates across nights (HAKMEM_FUZZ_CORPUS, default ~/.cache/hakmem/corpus)
+fuzz_corpus=${HAKMEM_FUZZ_CORPUS:-$HOME/.cache/hakmem/corpus}
+stage fuzz fuzz/campaign.sh --minutes $fuzz_minutes --jobs 2 --engine both --corpus "$fuzz_corpus" --out "$out/fuzz"
 
 # ---- 5. benchmark ---------------------------------------------------------------------
 bench_run() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Fuzzing campaign: every fuzz target under libFuzzer and/or AFL++.
 
-  fuzz/campaign.sh (--hours H | --minutes M) [--jobs N] [--engine libfuzzer|afl|both] --out DIR
+  fuzz/campaign.sh (--hours H | --minutes M) [--jobs N] [--engine libfuzzer|afl|both]
+                   [--corpus DIR] --out DIR
 
 Builds the libFuzzer targets (bazel --config=libfuzzer) and the AFL++
 persistent targets (fuzz/afl.sh), then runs every (target, engine) pair for
@@ -14,6 +15,16 @@ per stack, dumps it as a trace where the target supports it, and writes
 DIR/summary.md and DIR/summary.json (per target and engine: execs, exec/s,
 corpus size, coverage, findings) and DIR/findings/<target>-<n>/ with the
 input, the trace, the log and a repro command.
+
+Campaigns accumulate: with --corpus DIR every run starts from DIR/<target>
+(plus the committed seeds) and its new inputs are merged back into it
+(libFuzzer -merge=1, which keeps only inputs that add coverage), so the
+next night starts where this one ended.  libFuzzer runs with -timeout=20
+and -rss_limit_mb=4096; AFL++ runs a main (-M) and, with two jobs or more,
+a secondary (-S) instance per target on one queue.  A finding that does
+not reproduce alone is reported as flaky, its input kept.  Deduplication
+keys are the top frames inside hakmem's sources (symbols are kept: fuzz
+builds are not stripped), numbers normalized.
 """
 import argparse
 import glob
@@ -65,9 +76,10 @@ def build(out, engines):
 
 
 class Run:
-    def __init__(self, engine, target, binary, out, seconds):
+    def __init__(self, engine, target, binary, out, seconds, corpus_dir=None, role="main"):
         self.engine, self.target, self.binary, self.seconds = engine, target, binary, seconds
-        self.dir = os.path.join(out, engine, target)
+        self.corpus_dir, self.role = corpus_dir, role
+        self.dir = os.path.join(out, engine, target) + ("" if role == "main" else "-" + role)
         self.corpus = os.path.join(self.dir, "corpus")
         self.crashes = os.path.join(self.dir, "crashes")
         os.makedirs(self.corpus, exist_ok=True)
@@ -85,8 +97,11 @@ class Run:
             for s in glob.glob(os.path.join(seeds, "seed-*")):
                 shutil.copy(s, self.corpus)
             cmd = [self.binary, f"-max_total_time={self.seconds}", f"-artifact_prefix={self.crashes}/",
+                   "-timeout=20", "-rss_limit_mb=4096",
                    "-print_final_stats=1", "-close_fd_mask=2" if self.target in ("options_fuzzer", "misuse_fuzzer") else "-verbosity=1",
                    self.corpus]
+            if self.corpus_dir and os.path.isdir(os.path.join(self.corpus_dir, self.target)):
+                cmd.append(os.path.join(self.corpus_dir, self.target))  # read: the accumulated corpus
             if os.path.exists(dict_path):
                 cmd.insert(1, f"-dict={dict_path}")
             self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT,
@@ -96,10 +111,16 @@ class Run:
             os.makedirs(inp, exist_ok=True)
             for s in glob.glob(os.path.join(seeds, "seed-*")):
                 shutil.copy(s, inp)
+            acc = os.path.join(self.corpus_dir, self.target) if self.corpus_dir else None
+            for s in (glob.glob(os.path.join(acc, "*")) if acc and os.path.isdir(acc) else [])[:2000]:
+                if os.path.isfile(s) and os.path.getsize(s) < (1 << 20):
+                    shutil.copy(s, inp)
             env = dict(os.environ, AFL_SKIP_CPUFREQ="1", AFL_NO_UI="1", AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES="1",
                        AFL_NO_AFFINITY="1")
-            cmd = ["afl-fuzz", "-i", inp, "-o", os.path.join(self.dir, "afl"), "-M", "main", "-V", str(self.seconds),
-                   "-m", "none"]
+            # main and secondary instances share one output (queue) folder
+            afl_out = os.path.join(os.path.dirname(self.dir), self.target, "afl")
+            cmd = ["afl-fuzz", "-i", inp, "-o", afl_out, "-M" if self.role == "main" else "-S", self.role,
+                   "-V", str(self.seconds), "-m", "none", "-t", "20000"]
             if os.path.exists(dict_path):
                 cmd += ["-x", dict_path]
             cmd += ["--", self.binary]
@@ -152,17 +173,33 @@ class Run:
             return sorted(glob.glob(os.path.join(self.crashes, "crash-*")) +
                           glob.glob(os.path.join(self.crashes, "leak-*")) +
                           glob.glob(os.path.join(self.crashes, "timeout-*")))
-        return sorted(f for f in glob.glob(os.path.join(self.dir, "afl", "*", "crashes", "id:*")))
+        afl_out = os.path.join(os.path.dirname(self.dir), self.target, "afl")
+        return sorted(f for f in glob.glob(os.path.join(afl_out, self.role, "crashes", "id:*")))
+
+    def merge_back(self):
+        """Merges this run's corpus into the accumulated one (coverage-adding inputs only)."""
+        if not self.corpus_dir or self.engine != "libfuzzer":
+            return 0
+        dest = os.path.join(self.corpus_dir, self.target)
+        os.makedirs(dest, exist_ok=True)
+        before = len(os.listdir(dest))
+        subprocess.run([self.binary, "-merge=1", "-timeout=20", "-rss_limit_mb=4096", dest, self.corpus],
+                       cwd=self.dir, capture_output=True, timeout=1800)
+        return len(os.listdir(dest)) - before
 
 
 def stack_key(text):
-    """Top three frames inside hakmem's sources, or the first error line."""
-    frames = re.findall(r"#\d+ 0x[0-9a-f]+ in (\S+) (\S+?):\d+", text)
-    ours = [f"{fn}@{os.path.basename(src)}" for fn, src in frames if "/src/" in src or "/verify/" in src or "/fuzz/" in src]
+    """Top three frames inside hakmem's sources (function and file), or the
+    first error line with addresses and numbers normalized."""
+    frames = re.findall(r"#\d+ 0x[0-9a-f]+ in (\S+) (\S+?)(?::\d+)*(?:\s|$)", text)
+    ours = [f"{fn}@{os.path.basename(src)}" for fn, src in frames if "/src/" in src or "/verify/" in src or "/fuzz/" in src
+            or src.endswith(".c")]
     if ours:
         return " < ".join(ours[:3])
-    first = next((l for l in text.splitlines() if "ERROR" in l or "shadow heap" in l or "fuzz:" in l or "abort" in l), "")
-    return re.sub(r"0x[0-9a-f]+", "ADDR", first.strip())[:160] or "unknown"
+    first = next((l for l in text.splitlines() if "ERROR" in l or "shadow heap" in l or "fuzz:" in l or "abort" in l
+                  or "hakmem:" in l or "trace:" in l), "")
+    first = re.sub(r"0x[0-9a-f]+", "ADDR", first.strip())
+    return re.sub(r"\d+", "N", first)[:160] or "unknown"
 
 
 def triage(runs, bins, out):
@@ -176,9 +213,10 @@ def triage(runs, bins, out):
             else:
                 p = subprocess.run([lf, path], capture_output=True, text=True, errors="replace", timeout=300)
                 text = p.stdout + p.stderr
-                if p.returncode == 0:
-                    continue  # does not reproduce alone (depended on earlier inputs); kept in the run folder
-                key = stack_key(text)
+                if p.returncode == 0:  # does not reproduce alone: reported as flaky, input kept
+                    key = "flaky (does not reproduce alone) " + os.path.basename(path)
+                else:
+                    key = stack_key(text)
             findings.setdefault((r.target, key), []).append((path, r.engine, text))
     results = []
     for n, ((target, key), items) in enumerate(sorted(findings.items())):
@@ -239,6 +277,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--engine", choices=["libfuzzer", "afl", "both"], default="both")
     ap.add_argument("--targets", help="comma-separated subset")
+    ap.add_argument("--corpus", help="accumulated corpus directory (DIR/<target>), read and grown")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     total = (args.hours * 3600 if args.hours else args.minutes * 60)
@@ -248,11 +287,14 @@ def main():
     names = args.targets.split(",") if args.targets else targets()
     started = time.time()
     bins = build(out, engines)
-    pairs = [(e, t) for t in names for e in engines]
+    corpus = os.path.abspath(args.corpus) if args.corpus else None
+    pairs = [(e, t, "main") for t in names for e in engines]
+    if "afl" in engines and args.jobs >= 2:
+        pairs += [("afl", t, "sec1") for t in names]  # a secondary instance on the same queue
     budget = max(10, total - (time.time() - started))
     slice_s = max(10, int(budget * args.jobs / len(pairs)))
     log(f"{len(pairs)} runs of {slice_s} s each, {args.jobs} at a time")
-    runs = [Run(e, t, bins[(e, t)], out, slice_s) for e, t in pairs]
+    runs = [Run(e, t, bins[(e, t)], out, slice_s, corpus, role) for e, t, role in pairs]
     interrupted = False
 
     def on_sigint(signum, frame):
@@ -284,6 +326,11 @@ def main():
     for r in runs:
         r.stop()
         r.update()
+    if corpus:
+        for r in runs:
+            added = r.merge_back()
+            if added:
+                log(f"corpus {r.target}: +{added} inputs merged into {corpus}/{r.target}")
     log("triage: reproducing, deduplicating and minimizing findings")
     findings = triage(runs, bins, out)
     write_summary(out, runs, findings, time.time() - started, interrupted)
