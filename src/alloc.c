@@ -132,19 +132,19 @@ void* _hak_alloc_generic(hak_heap_t* heap, size_t size, size_t align, const void
  * page's thread_free list (one CAS) and tell the owner heap a sweep is due.
  * A free that follows another free of the same block (in any thread, as
  * ordered by the program) finds the tag; of two remote frees racing each
- * other, the tag exchange lets exactly one through.  (A remote free racing
- * the owner's own free of the block is not caught here: the owner's check
- * stays a plain load and store on the fast path; the owner's bounded walk
- * in page_collect reports the damage it can do.) */
+ * other, the tag exchange lets exactly one through.  A remote free racing
+ * the owner's own free of the block (whose check stays a plain load and
+ * store on the fast path) is caught when the owner collects: the remote
+ * tag did not survive (internal.h, HAK_TAG_REMOTE). */
 static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
-  uintptr_t tag = hak_freed_tag(b);
+  uintptr_t tag = hak_freed_tag(b) ^ HAK_TAG_REMOTE;
   hak_track_free_begin(b);
   /* one exchange: of two frees racing each other exactly one pushes */
 #ifdef HAK_FAULT_REMOTE_CHECK_RACY /* fault injection: test, then set */
-  bool was_freed = atomic_load_explicit(&b->tag, memory_order_relaxed) == tag;
+  bool was_freed = hak_tag_is_freed(b, atomic_load_explicit(&b->tag, memory_order_relaxed));
   atomic_store_explicit(&b->tag, tag, memory_order_relaxed);
 #else
-  bool was_freed = atomic_exchange_explicit(&b->tag, tag, memory_order_relaxed) == tag;
+  bool was_freed = hak_tag_is_freed(b, atomic_exchange_explicit(&b->tag, tag, memory_order_relaxed));
 #endif
   if (was_freed) {
     _hak_error(HAK_ERR_DOUBLE_FREE, fn, b);
@@ -195,7 +195,7 @@ static void segment_misuse(hak_page_t* page, const void* p, hak_fn_t fn) {
   bool in_page = page->kind == HAK_SLICE_SMALL || page->kind == HAK_SLICE_LARGE;
   bool at_block = in_page ? hak_page_is_block(page, (uintptr_t)p)
                           : page->kind == HAK_SLICE_FREE && aligned;
-  if (at_block && hak_tag_peek(b) == hak_freed_tag(p))
+  if (at_block && hak_tag_is_freed(p, hak_tag_peek(b)))
     _hak_error(fn == HAK_FN_USABLE_SIZE ? HAK_ERR_FREED_USABLE_SIZE : HAK_ERR_DOUBLE_FREE, fn, p);
   else
     _hak_error(HAK_ERR_INVALID_FREE, fn, p);
@@ -231,7 +231,7 @@ void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
       return;
     }
     hak_track_free_begin(p);
-    if (atomic_load_explicit(&b->tag, memory_order_relaxed) == hak_freed_tag(p)) {
+    if (hak_tag_is_freed(p, atomic_load_explicit(&b->tag, memory_order_relaxed))) {
       _hak_error(HAK_ERR_DOUBLE_FREE, fn, p);
       return;
     }
@@ -260,7 +260,7 @@ size_t _hak_usable_size(const void* p, hak_fn_t fn) {
   if (m == HAK_MAP_SEGMENT) {
     hak_page_t* page = hak_page_of(p);
     if (page->heap == NULL || !hak_page_is_block(page, a) ||
-        hak_tag_peek(p) == hak_freed_tag(p)) {
+        hak_tag_is_freed(p, hak_tag_peek(p))) {
       segment_misuse(page, p, fn);
       return 0;
     }

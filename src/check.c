@@ -37,7 +37,7 @@ static size_t violation(const char* what, const void* where, uint64_t a, uint64_
 
 /* Length of a block list, each block checked to be a block of page with the
  * freed tag; UINT32_MAX if the walk does not end (cycle). */
-HAK_NO_SANITIZE static uint32_t check_list(const hak_page_t* page, hak_block_t* b, size_t* bad) {
+HAK_NO_SANITIZE static uint32_t check_list(const hak_page_t* page, hak_block_t* b, bool remote, size_t* bad) {
   uint32_t n = 0;
   for (; b != NULL; b = b->next) {
     if (++n > WALK_MAX || n > page->capacity) {
@@ -48,8 +48,10 @@ HAK_NO_SANITIZE static uint32_t check_list(const hak_page_t* page, hak_block_t* 
       *bad += violation("free list links a pointer that is not a block of its page", b, n, page->block_size);
       return UINT32_MAX;
     }
-    if (atomic_load_explicit(&b->tag, memory_order_relaxed) != hak_freed_tag(b))
-      *bad += violation("block on a free list without the freed tag", b, n, 0);
+    uintptr_t tag = atomic_load_explicit(&b->tag, memory_order_relaxed);
+    if (remote ? tag != (hak_freed_tag(b) ^ HAK_TAG_REMOTE) : !hak_tag_is_freed(b, tag))
+      *bad += violation(remote ? "block on a remote list without the remote freed tag"
+                               : "block on a free list without the freed tag", b, n, 0);
   }
   return n;
 }
@@ -70,8 +72,8 @@ static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bo
     return bad + violation("queued page is not a page", page, page->kind, 0);
   }
   if (shallow) return bad;
-  uint32_t nfree = check_list(page, page->free, &bad);
-  uint32_t nremote = check_list(page, (hak_block_t*)(tf & ~HAK_TF_FULL), &bad);
+  uint32_t nfree = check_list(page, page->free, false, &bad);
+  uint32_t nremote = check_list(page, (hak_block_t*)(tf & ~HAK_TF_FULL), true, &bad);
   /* every block carrying the freed tag is on one of the two lists: a freed
    * block on neither was lost (a live block never carries the tag).  Only
    * when the world is still: a remote free tags its block before the push. */
@@ -79,7 +81,7 @@ static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bo
     uint32_t tagged = 0;
     for (uint32_t i = 0; i < page->capacity; i++) {
       const hak_block_t* b = (const hak_block_t*)(page->start + (size_t)i * page->block_size);
-      tagged += hak_tag_peek(b) == hak_freed_tag(b);
+      tagged += hak_tag_is_freed(b, hak_tag_peek(b));
     }
     if (tagged != nfree + nremote) bad += violation("freed blocks missing from the free lists", page, tagged, nfree + nremote);
   }

@@ -294,6 +294,17 @@ HAK_INTERNAL uint64_t _hak_remote_small_frees(void);
 HAK_INTERNAL uint64_t _hak_remote_large_frees(void);
 
 static inline uintptr_t hak_freed_tag(const void* p) { return (uintptr_t)p ^ _hak_free_key; }
+/* A freed block carries hak_freed_tag(p) when its owner freed it, that ^
+ * HAK_TAG_REMOTE when another thread did (every block on a page's remote
+ * list has the remote tag).  The owner's free and another thread's free of
+ * one block racing each other can both pass their checks; the owner's
+ * store then overwrites the remote tag, and page_collect, finding a block
+ * on the remote list without it, reports the double free and never serves
+ * the block twice. */
+#define HAK_TAG_REMOTE ((uintptr_t)2)
+static inline bool hak_tag_is_freed(const void* p, uintptr_t tag) {
+  return (tag | HAK_TAG_REMOTE) == (hak_freed_tag(p) | HAK_TAG_REMOTE);
+}
 /* A block's tag as the checker and the misuse paths read it: the block may
  * be the program's (uninitialized, or its slack poisoned); track.h. */
 HAK_NO_SANITIZE static inline uintptr_t hak_tag_peek(const void* p) {
@@ -355,7 +366,7 @@ __attribute__((always_inline)) static inline void hak_free_fast(void* p, const v
     if (hak_likely(page->heap == heap)) {
 #else
     if (hak_likely(page->heap == heap && hak_page_is_block(page, a) &&
-                   (hak_track_free_begin(p), atomic_load_explicit(&b->tag, memory_order_relaxed) != tag))) {
+                   (hak_track_free_begin(p), !hak_tag_is_freed(p, atomic_load_explicit(&b->tag, memory_order_relaxed))))) {
 #endif
       hak_track_free(p, page->block_size, HAK_TRACK_HEADER); /* sanitizer builds only */
       atomic_store_explicit(&b->tag, tag, memory_order_relaxed);

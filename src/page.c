@@ -44,7 +44,14 @@ static hak_page_queue_t* page_queue(hak_heap_t* heap, hak_page_t* page) {
   return page->in_full ? &heap->full : &heap->bins[page->bin];
 }
 
-/* Moves the blocks other threads freed into the owner's free list. */
+/* Moves the blocks other threads freed into the owner's free list.  Each
+ * must carry the remote tag; one that does not was also freed by the owner
+ * (a race: internal.h, HAK_TAG_REMOTE) and may be on the owner's list or
+ * handed out again: reported, and the walk stops there (that block's link
+ * may now belong to the owner's list; what follows it leaks).  The walk is
+ * bounded by used: more frees than blocks handed out is a cycle or a
+ * foreign link (a use after free wrote the list), reported as corruption,
+ * the list dropped rather than served twice. */
 void _hak_page_collect(hak_page_t* page) {
   uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
   if ((tf & ~HAK_TF_FULL) == 0) return;
@@ -52,21 +59,27 @@ void _hak_page_collect(hak_page_t* page) {
                                                 memory_order_relaxed)) {
   }
   hak_block_t* list = (hak_block_t*)(tf & ~HAK_TF_FULL);
-  uint32_t n = 1;
-  hak_block_t* last = list;
-  while (last->next != NULL) {
-    last = last->next;
+  hak_block_t* last = NULL;
+  uint32_t n = 0;
+  for (hak_block_t* b = list; b != NULL; b = b->next) {
+#ifndef HAK_FAULT_REMOTE_TAG_UNCHECKED /* fault injection: a block freed twice is served twice */
+    if (hak_unlikely(atomic_load_explicit(&b->tag, memory_order_relaxed) != (hak_freed_tag(b) ^ HAK_TAG_REMOTE))) {
+      if (last != NULL) last->next = NULL;
+      else list = NULL;
+      _hak_error(HAK_ERR_DOUBLE_FREE, HAK_FN_FREE, b);
+      break;
+    }
+#endif
+    last = b;
     n++;
 #ifndef HAK_FAULT_COLLECT_UNBOUNDED /* fault injection: the walk follows a cycle forever */
-    /* more frees than blocks handed out: a cycle or a foreign link (a use
-     * after free wrote the list).  Reported; the list is dropped (its
-     * blocks leak) rather than served twice. */
     if (hak_unlikely(n > page->used)) {
       _hak_error(HAK_ERR_CORRUPT, HAK_FN_MALLOC, list);
       return;
     }
 #endif
   }
+  if (last == NULL) return;
   last->next = page->free;
   page->free = list;
 #ifdef HAK_FAULT_USED_OFF_BY_ONE /* fault injection: one block too many counted back */

@@ -90,11 +90,18 @@ TEST(remote_lists) {
   /* more remote frees than blocks in use: two, when used is one */
   uint32_t used = page->used;
   hak_block_t* other = page->free;
+  uintptr_t other_tag = atomic_load(&other->tag);
   PLANT("more remote frees than used",
-        (page->used = 1, atomic_store(&blk->tag, hak_freed_tag(blk)), blk->next = NULL,
+        (page->used = 1, atomic_store(&blk->tag, hak_freed_tag(blk) ^ HAK_TAG_REMOTE), blk->next = NULL,
+         atomic_store(&other->tag, hak_freed_tag(other) ^ HAK_TAG_REMOTE),
          page->free = other->next, other->next = blk, atomic_store(&page->thread_free, (uintptr_t)other | tf)),
-        (page->used = used, atomic_store(&blk->tag, 0), other->next = page->free, page->free = other,
-         atomic_store(&page->thread_free, tf)));
+        (page->used = used, atomic_store(&blk->tag, 0), atomic_store(&other->tag, other_tag),
+         other->next = page->free, page->free = other, atomic_store(&page->thread_free, tf)));
+  /* a block on the remote list that its owner also freed (a race) */
+  PLANT("block on a remote list without the remote freed tag",
+        (page->used = used, atomic_store(&blk->tag, hak_freed_tag(blk)), blk->next = NULL,
+         atomic_store(&page->thread_free, (uintptr_t)blk | tf)),
+        (atomic_store(&blk->tag, 0), atomic_store(&page->thread_free, tf)));
   PLANT("full flag of thread_free disagrees", atomic_store(&page->thread_free, tf | HAK_TF_FULL),
         atomic_store(&page->thread_free, tf));
   (void)heap;
@@ -131,7 +138,7 @@ TEST(remote_free_without_notification) {
   PUSH(&heap->full, page);
   page->in_full = 1;
   if (direct == page) heap->direct[page->bin] = &_hak_page_empty;
-  atomic_store(&blk->tag, hak_freed_tag(blk));
+  atomic_store(&blk->tag, hak_freed_tag(blk) ^ HAK_TAG_REMOTE);
   blk->next = NULL;
   atomic_store(&heap->remote_pending, 0);
   PLANT("full page with remote frees and no sweep requested",

@@ -186,6 +186,8 @@ static void plant_cycle(void* arg) {
   hak_page_t* page = hak_page_of(a);
   a->next = b;
   b->next = a;
+  atomic_store(&a->tag, hak_freed_tag(a) ^ HAK_TAG_REMOTE); /* as remote frees leave them */
+  atomic_store(&b->tag, hak_freed_tag(b) ^ HAK_TAG_REMOTE);
   atomic_store(&page->thread_free, (uintptr_t)a | (atomic_load(&page->thread_free) & HAK_TF_FULL));
   _hak_page_collect(page);
   _exit(0);
@@ -193,6 +195,32 @@ static void plant_cycle(void* arg) {
 TEST(remote_list_cycle_is_reported_not_followed) {
   EXPECT_DEATH(plant_cycle, NULL, "heap corruption in malloc(", NULL);
 }
+
+/* The owner's free and another thread's free of one block, racing: both
+ * passed their checks, so the block is on the owner's free list and on the
+ * remote list, with the owner's tag (it stored last).  Planted as such: the
+ * owner's collect must report the double free and hand the block out once. */
+static void owner_and_remote_race(void) {
+  _hak_options[HAK_OPT_ON_ERROR] = 1;
+  static hak_block_t* blocks[64];
+  for (int i = 0; i < 64; i++) blocks[i] = hak_malloc(48);
+  hak_block_t* b = blocks[40];
+  hak_page_t* page = hak_page_of(b);
+  hak_free(b);          /* the owner's free: on the local list, owner's tag */
+  b->next = NULL;       /* ... and the remote push of the same block */
+  atomic_store(&page->thread_free, (uintptr_t)b | (atomic_load(&page->thread_free) & HAK_TF_FULL));
+  uint64_t reported = stats().errors_double_free;
+  _hak_page_collect(page);
+  CHILD_CHECK(stats().errors_double_free == reported + 1);
+  int served = 0;
+  static void* again[4096];
+  for (int i = 0; i < 4096; i++) {
+    again[i] = hak_malloc(48);
+    served += again[i] == (void*)b;
+  }
+  CHILD_CHECK(served <= 1);
+}
+TEST(owner_and_remote_racing_frees_never_serve_a_block_twice) { EXPECT_CHILD_OK(owner_and_remote_race, 30); }
 
 /* ---- 5: a fork child: site locks held at fork are free again ------------- */
 static atomic_int lock_taken, lock_release;
