@@ -44,6 +44,22 @@ static hak_page_queue_t* page_queue(hak_heap_t* heap, hak_page_t* page) {
   return page->in_full ? &heap->full : &heap->bins[page->bin];
 }
 
+/* After a racing double free was found: the two pushes of one block wrote
+ * its link twice, so the owner's list may have lost its tail (or, after
+ * several races, loop).  used is set again from what the list holds; a
+ * list that does not end is dropped.  The blocks lost stay counted as
+ * used: the page leaks them, it never hands one out twice. */
+static void page_recount(hak_page_t* page) {
+  uint32_t n = 0;
+  for (hak_block_t* b = page->free; b != NULL; b = b->next)
+    if (++n > page->capacity) {
+      page->free = NULL;
+      n = 0;
+      break;
+    }
+  page->used = page->capacity - n;
+}
+
 /* Moves the blocks other threads freed into the owner's free list.  Each
  * must carry the remote tag; one that does not was also freed by the owner
  * (a race: internal.h, HAK_TAG_REMOTE) and may be on the owner's list or
@@ -61,12 +77,14 @@ void _hak_page_collect(hak_page_t* page) {
   hak_block_t* list = (hak_block_t*)(tf & ~HAK_TF_FULL);
   hak_block_t* last = NULL;
   uint32_t n = 0;
+  bool raced = false;
   for (hak_block_t* b = list; b != NULL; b = b->next) {
 #ifndef HAK_FAULT_REMOTE_TAG_UNCHECKED /* fault injection: a block freed twice is served twice */
     if (hak_unlikely(atomic_load_explicit(&b->tag, memory_order_relaxed) != (hak_freed_tag(b) ^ HAK_TAG_REMOTE))) {
       if (last != NULL) last->next = NULL;
       else list = NULL;
       _hak_error(HAK_ERR_DOUBLE_FREE, HAK_FN_FREE, b);
+      raced = true;
       break;
     }
 #endif
@@ -79,14 +97,16 @@ void _hak_page_collect(hak_page_t* page) {
     }
 #endif
   }
-  if (last == NULL) return;
-  last->next = page->free;
-  page->free = list;
+  if (last != NULL) {
+    last->next = page->free;
+    page->free = list;
 #ifdef HAK_FAULT_USED_OFF_BY_ONE /* fault injection: one block too many counted back */
-  page->used -= n + (n >= 3);
+    page->used -= n + (n >= 3);
 #else
-  page->used -= n;
+    page->used -= n;
 #endif
+  }
+  if (hak_unlikely(raced)) page_recount(page);
 }
 
 /* Carves more never-used blocks (about 4 KiB worth, at least 4) onto the
@@ -245,7 +265,7 @@ void* _hak_page_alloc_small(hak_heap_t* heap, size_t bin) {
         continue;
       }
       if (page->free == NULL && cap < page->reserved) page_extend(page);
-      if (avail >= page->reserved / 8) return page_pop(heap, page);
+      if (avail >= page->reserved / 8 && page->free != NULL) return page_pop(heap, page);
       if (avail > best_free) best = page, best_free = avail;
       /* rotate: the next search starts with pages not looked at now */
       if (page != heap->bins[bin].last) {
@@ -260,9 +280,9 @@ void* _hak_page_alloc_small(hak_heap_t* heap, size_t bin) {
   if (page == NULL) {
     if (best == NULL) return NULL;
     page = best; /* out of memory for a new page: take what there is */
-  } else if (page->free == NULL) {
-    page_extend(page);
   }
+  if (page->free == NULL && page->capacity < page->reserved) page_extend(page);
+  if (page->free == NULL) return NULL; /* best's free blocks were counted, not listed */
   return page_pop(heap, page);
 }
 
