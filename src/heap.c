@@ -44,7 +44,8 @@ static size_t meta_left;
 
 void* _hak_meta_alloc(size_t size) {
   size = (size + 63) & ~(size_t)63;
-  hak_lock(&heap_lock);
+  if (!hak_lock(&heap_lock)) /* a fork is pending: a mapping of its own */
+    return _hak_os_alloc_aligned((size + 4095) & ~(size_t)4095, 4096);
   if (meta_left < size) {
     size_t chunk = size > (1u << 20) ? size : (1u << 20);
     uint8_t* p = _hak_os_alloc_aligned(chunk, 4096);
@@ -76,26 +77,48 @@ static void heap_push_abandoned(hak_heap_t* heap) {
   hak_atomic_add(heaps_abandoned_now, 1);
 }
 
+/* Heaps abandoned while a fork was pending (heap_lock unavailable): a
+ * lock-free stack, moved to heaps_free by the next holder of the lock. */
+static _Atomic(hak_heap_t*) heaps_orphans;
+
+static void heaps_adopt_orphans(void) { /* heap_lock held */
+  hak_heap_t* h = atomic_exchange_explicit(&heaps_orphans, NULL, memory_order_acquire);
+  while (h != NULL) {
+    hak_heap_t* next = h->next_free;
+    heap_push_abandoned(h);
+    h = next;
+  }
+}
+
 static void heap_abandon(hak_heap_t* heap) {
   atomic_store_explicit(&heap->abandoned, true, memory_order_relaxed);
   _hak_heap_release_empty(heap);
-  hak_lock(&heap_lock);
+  if (!hak_lock(&heap_lock)) {
+    hak_heap_t* head = atomic_load_explicit(&heaps_orphans, memory_order_relaxed);
+    do heap->next_free = head;
+    while (!atomic_compare_exchange_weak_explicit(&heaps_orphans, &head, heap, memory_order_release,
+                                                  memory_order_relaxed));
+    return;
+  }
   heap_push_abandoned(heap);
   hak_unlock(&heap_lock);
 }
 
 /* An abandoned heap, now the caller's, or a new one; NULL without memory. */
 static hak_heap_t* heap_take(void) {
-  hak_lock(&heap_lock);
-  hak_heap_t* heap = heaps_free;
-  if (heap != NULL) {
+  hak_heap_t* heap = NULL;
+  if (hak_lock(&heap_lock)) { /* else a fork is pending: a new heap */
+    heaps_adopt_orphans();
+    heap = heaps_free;
+    if (heap != NULL) {
 #ifndef HAK_FAULT_HEAP_HANDED_TWICE /* fault injection: the heap stays on the list */
-    heaps_free = heap->next_free;
+      heaps_free = heap->next_free;
 #endif
-    atomic_fetch_sub_explicit(&heaps_abandoned_now, 1, memory_order_relaxed);
-    hak_atomic_add(heaps_reused, 1);
+      atomic_fetch_sub_explicit(&heaps_abandoned_now, 1, memory_order_relaxed);
+      hak_atomic_add(heaps_reused, 1);
+    }
+    hak_unlock(&heap_lock);
   }
-  hak_unlock(&heap_lock);
   if (heap == NULL) {
     heap = _hak_meta_alloc(sizeof(hak_heap_t));
     if (heap == NULL) return NULL;
@@ -151,8 +174,9 @@ hak_heap_t* _hak_heap_get(void) {
  * in, empty pages and segments go back.  heap_lock makes the caller their
  * owner meanwhile (lock order: heap_lock, then the segment lock). */
 void _hak_heaps_reclaim(void) {
+  if (!hak_lock(&heap_lock)) return; /* a fork is pending: later */
   atomic_store_explicit(&_hak_heaps_dirty, false, memory_order_relaxed);
-  hak_lock(&heap_lock);
+  heaps_adopt_orphans();
   for (hak_heap_t* h = heaps_free; h != NULL; h = h->next_free) _hak_heap_release_empty(h);
   hak_unlock(&heap_lock);
 }
@@ -206,8 +230,8 @@ void _hak_heap_stats(hak_stats_t* st) {
   st->pages_retired = sum.pages_retired;
   st->pages_refills = sum.refills;
 #ifdef HAK_FAULT_EXIT_STATS_LOCK /* fault injection: statistics wait for the heap lock */
-  hak_lock(&heap_lock);
-  hak_unlock(&heap_lock);
+  pthread_mutex_lock(&heap_lock);
+  pthread_mutex_unlock(&heap_lock);
 #endif
   st->heaps_created = atomic_load_explicit(&heaps_created, memory_order_relaxed);
   st->heaps_reused = atomic_load_explicit(&heaps_reused, memory_order_relaxed);

@@ -16,11 +16,28 @@
 uintptr_t _hak_free_key;
 size_t _hak_fast_limit = HAK_SMALL_FAST_MAX; /* until the options are read */
 __thread bool _hak_forking __attribute__((tls_model("initial-exec")));
+_Atomic(bool) _hak_fork_pending;
+/* a fork from inside an atfork handler (the locks are held already) */
+static __thread unsigned fork_depth __attribute__((tls_model("initial-exec")));
+
+bool _hak_lock_wait(pthread_mutex_t* m) {
+  for (;;) {
+#ifndef HAK_FAULT_LOCK_BLOCKS_IN_FORK /* fault injection: wait even while a fork is pending */
+    if (atomic_load_explicit(&_hak_fork_pending, memory_order_acquire)) return false;
+#endif
+    if (_hak_os_timedlock(m, 1000000)) return true;
+  }
+}
 
 static _Atomic(int) init_state;            /* 0 no, 1 running, 2 done      */
 static __thread bool init_self __attribute__((tls_model("initial-exec")));
 
 static void fork_prepare(void) {
+  if (_hak_forking) { /* nested: this thread holds every lock already */
+    fork_depth++;
+    return;
+  }
+  atomic_store_explicit(&_hak_fork_pending, true, memory_order_seq_cst);
   _hak_heap_lock(true);
   _hak_segment_lock(true);
   _hak_madvq_lock(true);
@@ -28,13 +45,23 @@ static void fork_prepare(void) {
   _hak_forking = true;
 }
 static void fork_parent(void) {
+  if (fork_depth > 0) {
+    fork_depth--;
+    return;
+  }
   _hak_forking = false;
   _hak_policy_lock(false);
   _hak_madvq_lock(false);
   _hak_segment_lock(false);
   _hak_heap_lock(false);
+  atomic_store_explicit(&_hak_fork_pending, false, memory_order_release);
 }
 static void fork_child(void) {
+  if (fork_depth > 0) {
+    fork_depth--;
+    return;
+  }
+  atomic_store_explicit(&_hak_fork_pending, false, memory_order_relaxed);
   _hak_forking = false;
   _hak_policy_fork_child();
   _hak_madvq_fork_child();

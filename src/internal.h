@@ -25,20 +25,30 @@
 #define hak_atomic_add(c, n) atomic_fetch_add_explicit(&(c), (n), memory_order_relaxed)
 
 /* ---- locks ---------------------------------------------------------------
- * The allocator's mutexes.  Between fork's prepare and its parent/child
- * handlers the forking thread holds every one of them (heap.c), yet it may
- * still allocate: a library that registered its atfork handlers before
- * hakmem did runs its prepare after ours, and it may call malloc.  For that
- * thread locking is a no-op (it owns every lock; all other threads wait
- * outside); for every other thread these are plain mutex calls. */
+ * The allocator's mutexes, and the fork protocol (init.c).  Between fork's
+ * prepare and its parent/child handlers the forking thread holds every one
+ * of them, and other libraries' prepare handlers (registered before
+ * hakmem's, so run after it) still run:
+ *  - the forking thread may allocate in them: for it locking is a no-op (it
+ *    owns every lock; all other threads are outside);
+ *  - they may wait for a lock of their own that another thread holds while
+ *    it calls malloc.  So no other thread may block on an allocator lock
+ *    while a fork is pending: hak_lock returns false instead, and the caller
+ *    takes a path that touches nothing the lock guards (a fresh mapping
+ *    instead of a cached one, munmap instead of the batch queue, ...).
+ * Otherwise these are plain mutex calls; hak_lock waits in 1 ms slices. */
 HAK_INTERNAL extern __thread bool _hak_forking __attribute__((tls_model("initial-exec")));
+HAK_INTERNAL extern _Atomic(bool) _hak_fork_pending;
+HAK_INTERNAL bool _hak_lock_wait(pthread_mutex_t* m); /* false: a fork is pending */
 #ifdef HAK_FAULT_FORK_SELF_LOCK /* fault injection: the forking thread locks what it holds */
 #define hak_forking() false
 #else
 #define hak_forking() _hak_forking
 #endif
-static inline void hak_lock(pthread_mutex_t* m) {
-  if (hak_likely(!hak_forking())) pthread_mutex_lock(m);
+__attribute__((warn_unused_result)) static inline bool hak_lock(pthread_mutex_t* m) {
+  if (hak_unlikely(hak_forking())) return true;
+  if (hak_likely(pthread_mutex_trylock(m) == 0)) return true;
+  return _hak_lock_wait(m);
 }
 static inline void hak_unlock(pthread_mutex_t* m) {
   if (hak_likely(!hak_forking())) pthread_mutex_unlock(m);
@@ -68,6 +78,7 @@ HAK_INTERNAL extern _Atomic(uint64_t) _hak_os_map_count;
 HAK_INTERNAL void _hak_os_stats(hak_stats_t* st);
 HAK_INTERNAL uint64_t _hak_os_random(void);   /* no allocation, no syscall */
 HAK_INTERNAL bool _hak_os_secure(void);       /* AT_SECURE                */
+HAK_INTERNAL bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns); /* true: taken */
 
 /* ---- options.c --------------------------------------------------------- */
 HAK_INTERNAL extern long _hak_options[HAK_OPT_COUNT];

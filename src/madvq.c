@@ -66,14 +66,27 @@ static bool flush_due(uint64_t now) {
          now - queue_oldest_ns >= (uint64_t)hak_option(HAK_OPT_BATCH_DEADLINE_MS) * 1000000u;
 }
 
+/* A mapping released at once, not queued (a fork is pending). */
+static void release_now(uintptr_t base, size_t size) {
+  _hak_segmap_clear(base, size);
+  _hak_os_free((void*)base, size);
+  hak_atomic_add(st_munmaps, 1);
+}
+
 void _hak_madvq_push(uintptr_t base, size_t size, size_t used, size_t bytes) {
   uint64_t now = _hak_os->now_ns();
   bool full;
-  hak_lock(&q_lock);
+  if (!hak_lock(&q_lock)) {
+    release_now(base, size);
+    return;
+  }
   while (queue_len == QUEUE_MAX) { /* only if flushes lag behind pushes */
     hak_unlock(&q_lock);
     _hak_madvq_flush(false);
-    hak_lock(&q_lock);
+    if (!hak_lock(&q_lock)) {
+      release_now(base, size);
+      return;
+    }
   }
   if (queue_len == 0) queue_oldest_ns = now;
   queue[queue_len++] = (range_t){base, size, used, bytes};
@@ -88,7 +101,7 @@ void _hak_madvq_push(uintptr_t base, size_t size, size_t used, size_t bytes) {
 void _hak_madvq_tick(void) {
   if (atomic_load_explicit(&q_pending, memory_order_relaxed) == 0) return;
   uint64_t now = _hak_os->now_ns();
-  hak_lock(&q_lock);
+  if (!hak_lock(&q_lock)) return; /* a fork is pending: later */
   bool due = flush_due(now);
   hak_unlock(&q_lock);
   if (due) _hak_madvq_flush(false);
@@ -123,8 +136,11 @@ void _hak_madvq_flush(bool all) {
   range_t* unmap = flush_unmap;
 #endif
   size_t n, nu = 0;
-  hak_lock(&flush_lock);
-  hak_lock(&q_lock);
+  if (!hak_lock(&flush_lock)) return; /* a fork is pending: later */
+  if (!hak_lock(&q_lock)) {
+    hak_unlock(&flush_lock);
+    return;
+  }
   n = queue_len;
   memcpy(batch, queue, n * sizeof(range_t));
   queue_len = queue_bytes = 0;
@@ -146,7 +162,11 @@ void _hak_madvq_flush(bool all) {
     }
   }
 
-  hak_lock(&q_lock);
+  if (!hak_lock(&q_lock)) { /* a fork is pending: what was advised is released */
+    for (size_t i = 0; i < n; i++) release_now(batch[i].base, batch[i].size);
+    hak_unlock(&flush_lock);
+    return;
+  }
   for (size_t i = 0; i < n; i++) {
     if (retained_len == RETAINED_MAX) { /* table full: the oldest goes */
       unmap[nu++] = retained[0];
@@ -192,7 +212,7 @@ uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
   if (atomic_load_explicit(&q_pending, memory_order_relaxed) == 0 &&
       atomic_load_explicit(&st_retained_bytes, memory_order_relaxed) == 0)
     return 0;
-  hak_lock(&q_lock);
+  if (!hak_lock(&q_lock)) return 0; /* a fork is pending: a fresh mapping */
   long i = best_fit(queue, queue_len, size);
   if (i >= 0) {
     base = queue[i].base;
@@ -222,9 +242,12 @@ uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
 /* Checker: queued and retained ranges are disjoint and aligned. */
 size_t _hak_madvq_check(void) {
   size_t bad = 0;
-  hak_lock(&flush_lock); /* its buffer, not 24 KiB of stack */
+  if (!hak_lock(&flush_lock)) return 0; /* its buffer, not 24 KiB of stack */
   range_t* all = flush_unmap;
-  hak_lock(&q_lock);
+  if (!hak_lock(&q_lock)) {
+    hak_unlock(&flush_lock);
+    return 0;
+  }
   size_t n = 0;
   for (size_t i = 0; i < queue_len; i++) all[n++] = queue[i];
   for (size_t i = 0; i < retained_len; i++) all[n++] = retained[i];
@@ -241,7 +264,8 @@ size_t _hak_madvq_check(void) {
 /* Checker: mappings queued or retained (*n), and whether base is one. */
 bool _hak_madvq_holds(uintptr_t base, size_t* n) {
   bool found = false;
-  hak_lock(&q_lock);
+  if (n) *n = 0;
+  if (!hak_lock(&q_lock)) return false;
   for (size_t i = 0; i < queue_len; i++) found |= queue[i].base == base;
   for (size_t i = 0; i < retained_len; i++) found |= retained[i].base == base;
   if (n) *n = queue_len + retained_len;

@@ -146,6 +146,19 @@ uint64_t _hak_os_random(void) {
   return x ^ (x >> 31);
 }
 
+/* Waits up to ns for m (CLOCK_REALTIME, as pthread_mutex_timedlock asks). */
+bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns) {
+  struct timespec ts;
+  int saved = errno;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  uint64_t t = (uint64_t)ts.tv_nsec + ns;
+  ts.tv_sec += (time_t)(t / 1000000000u);
+  ts.tv_nsec = (long)(t % 1000000000u);
+  bool got = pthread_mutex_timedlock(m, &ts) == 0;
+  errno = saved;
+  return got;
+}
+
 /* The kernel marked the process secure (set-uid, set-gid, capabilities). */
 bool _hak_os_secure(void) { return getauxval(AT_SECURE) != 0; }
 

@@ -24,13 +24,15 @@ static void segment_init(hak_segment_t* seg, hak_heap_t* heap) {
 }
 
 static hak_segment_t* segment_alloc(hak_heap_t* heap) {
-  hak_lock(&seg_lock);
-  hak_segment_t* seg = seg_cache;
-  if (seg != NULL) {
-    seg_cache = seg->next;
-    seg_cache_count--;
+  hak_segment_t* seg = NULL;
+  if (hak_lock(&seg_lock)) { /* else a fork is pending: a fresh segment */
+    seg = seg_cache;
+    if (seg != NULL) {
+      seg_cache = seg->next;
+      seg_cache_count--;
+    }
+    hak_unlock(&seg_lock);
   }
-  hak_unlock(&seg_lock);
   if (seg == NULL) {
     seg = _hak_os_alloc_aligned(HAK_SEGMENT_SIZE, HAK_SEGMENT_SIZE);
     if (seg == NULL) return NULL;
@@ -56,14 +58,15 @@ void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   atomic_fetch_sub(&seg_current, 1);
   seg->heap = NULL;
   seg->prev = NULL;
-  hak_lock(&seg_lock);
-  if (seg_cache_count < (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) {
-    seg->next = seg_cache;
-    seg_cache = seg;
-    seg_cache_count++;
-    seg = NULL;
+  if (hak_lock(&seg_lock)) { /* else a fork is pending: straight to the OS */
+    if (seg_cache_count < (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) {
+      seg->next = seg_cache;
+      seg_cache = seg;
+      seg_cache_count++;
+      seg = NULL;
+    }
+    hak_unlock(&seg_lock);
   }
-  hak_unlock(&seg_lock);
   if (seg != NULL) {
     seg->magic = 0;
 #ifndef HAK_FAULT_SEGMAP_NOT_CLEARED /* fault injection: the map still names an unmapped segment */
@@ -124,7 +127,7 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page) {
 
 /* Unmaps every cached empty segment (hak_collect). */
 void _hak_segment_trim(void) {
-  hak_lock(&seg_lock);
+  if (!hak_lock(&seg_lock)) return; /* a fork is pending: later */
   hak_segment_t* list = seg_cache;
   seg_cache = NULL;
   seg_cache_count = 0;

@@ -1,7 +1,7 @@
 /* Forks from a multithreaded program whose library registered allocating
  * atfork handlers before the allocator did (atfork_lib.c).  Worker threads
  * allocate and free on every tier throughout; a fresh thread (no heap yet)
- * forks 20 times, each child allocates and exits.  A deadlock in fork is
+ * forks 200 times, each child allocates and exits.  A deadlock in fork is
  * reported after 30 s by the alarm (a liveness bound, not a timing test). */
 #include <pthread.h>
 #include <signal.h>
@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 int atfork_lib_present(void);
+void atfork_lib_work(unsigned seed);
 
 static atomic_int stop;
 
@@ -31,8 +32,14 @@ static void* worker(void* arg) {
   return NULL;
 }
 
+/* Calls into the library, which allocates under the lock its prepare takes. */
+static void* lib_worker(void* arg) {
+  for (unsigned i = 0; !atomic_load(&stop); i++) atfork_lib_work(i);
+  return NULL;
+}
+
 static void* forker(void* arg) {
-  for (int k = 0; k < 20; k++) {
+  for (int k = 0; k < 200; k++) {
     pid_t pid = fork();
     if (pid < 0) {
       perror("fork");
@@ -63,12 +70,14 @@ int main(void) {
   if (!atfork_lib_present()) return 1;
   signal(SIGALRM, on_alarm);
   alarm(30);
-  pthread_t w[3], f;
+  pthread_t w[3], f, lw;
   for (int i = 0; i < 3; i++) pthread_create(&w[i], NULL, worker, (void*)(uintptr_t)(i + 1));
+  pthread_create(&lw, NULL, lib_worker, NULL);
   pthread_create(&f, NULL, forker, NULL);
   pthread_join(f, NULL);
   atomic_store(&stop, 1);
   for (int i = 0; i < 3; i++) pthread_join(w[i], NULL);
-  printf("fork_atfork: 20 forks with allocating atfork handlers: ok\n");
+  pthread_join(lw, NULL);
+  printf("fork_atfork: 200 forks with allocating atfork handlers and a library allocating under its prepare lock: ok\n");
   return 0;
 }
