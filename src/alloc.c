@@ -20,6 +20,16 @@ uint64_t _hak_remote_large_frees(void) { return atomic_load(&remote_large); }
  * the size classes serve; from 64 KiB the policy (policy.c) decides first
  * whether the request goes straight to a mapping (huge), and that decision
  * is what routes it. */
+static void reclaim_now(void) {
+#ifdef HAK_FAULT_LARGE_NO_RECLAIM /* fault injection: only the small path reclaims */
+  return;
+#endif
+  static _Atomic(uint64_t) last;
+  uint64_t now = _hak_os->now_ns(), t = atomic_load_explicit(&last, memory_order_relaxed);
+  if (now - t < 1000000 || !atomic_compare_exchange_strong(&last, &t, now)) return;
+  _hak_heaps_reclaim();
+}
+
 static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void* site, bool* zeroed) {
   if (size < HAK_ALIGN) size = HAK_ALIGN; /* a zero-size block still needs room: aligned ones too */
   void* p;
@@ -55,6 +65,9 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
     }
     return p;
   }
+  /* large and huge requests take in what other threads freed into exited
+   * threads' heaps first (at most once a millisecond) */
+  if (hak_unlikely(atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed))) reclaim_now();
   hak_site_t* s = _hak_site_alloc(site, size);
   hak_decision_t d;
   size_t threshold = _hak_policy_decide(s, size, &d);

@@ -75,6 +75,32 @@ static void exited_heap_reuse(void) {
 }
 TEST(exited_threads_memory_is_reused_without_collect) { EXPECT_CHILD_OK(exited_heap_reuse, 60); }
 
+/* The same for large blocks (found by the adversarial review: only the
+ * small path reclaimed, so 512 MiB of 256 KiB blocks were mapped twice). */
+#define LARGE_N 256 /* 64 MiB of 256 KiB blocks */
+static void* large_blocks[LARGE_N];
+static void* alloc_large(void* arg) {
+  for (int i = 0; i < LARGE_N; i++) large_blocks[i] = hak_malloc(256u << 10);
+  return NULL;
+}
+static void exited_heap_large_reuse(void) {
+  hak_free(hak_malloc(64)); /* main has a heap: it does not adopt the thread's */
+  hak_collect();
+  uint64_t before = stats().os_mapped_bytes;
+  pthread_t t;
+  pthread_create(&t, NULL, alloc_large, NULL);
+  pthread_join(t, NULL);
+  uint64_t one_round = stats().os_mapped_bytes - before;
+  for (int i = 0; i < LARGE_N; i++) hak_free(large_blocks[i]);
+  for (int i = 0; i < LARGE_N; i++) large_blocks[i] = hak_malloc(256u << 10); /* main, no collect */
+  uint64_t now = stats().os_mapped_bytes - before;
+  fprintf(stderr, "large: one round %llu MiB, after main's second round %llu MiB\n",
+          (unsigned long long)(one_round >> 20), (unsigned long long)(now >> 20));
+  CHILD_CHECK(now <= one_round + one_round / 4);
+  for (int i = 0; i < LARGE_N; i++) hak_free(large_blocks[i]);
+}
+TEST(exited_threads_large_blocks_are_reused_without_collect) { EXPECT_CHILD_OK(exited_heap_large_reuse, 60); }
+
 /* ---- 3: a key destructor that allocates in the last round --------------- */
 static pthread_key_t late_key;
 /* TSan finishes a thread from a key destructor of its own in the last

@@ -120,6 +120,7 @@ static inline void hak_bounded_child(void* arg) {
     if (!WIFEXITED(_st) || WEXITSTATUS(_st) != 0)                                            \
       HAK_FAIL_AT("%s: child %s %d, stderr: %s", #fn, WIFEXITED(_st) ? "exited" : "killed by signal", \
                   WIFEXITED(_st) ? WEXITSTATUS(_st) : WTERMSIG(_st), _out);                  \
+    else if (getenv("HAK_TEST_VERBOSE")) fprintf(stderr, "%s: %s", #fn, _out);              \
   } while (0)
 #define CHILD_CHECK(c)                                                  \
   do {                                                                  \
