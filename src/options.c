@@ -149,9 +149,19 @@ void _hak_options_init(void) {
     if (d->unsafe && secure) value = NULL;
     if (value == NULL) continue;
     if (d->is_string) {
-      size_t len = strlen(value);
-      if (i == HAK_OPT_STATS_FILE && len > 0 && len < sizeof(stats_file_buf)) {
-        memcpy(stats_file_buf, value, len + 1);
+      size_t len = strlen(value), at = 0;
+      /* a relative path is the start directory's, not the exit one's */
+#ifdef HAK_FAULT_STATS_FILE_RELATIVE /* fault injection: resolved against the exit-time directory */
+      if (0) {
+#else
+      if (i == HAK_OPT_STATS_FILE && len > 0 && value[0] != '/' && _hak_os_cwd(stats_file_buf, sizeof(stats_file_buf))) {
+#endif
+        at = strlen(stats_file_buf);
+        stats_file_buf[at++] = '/';
+      }
+      if (i == HAK_OPT_STATS_FILE && len > 0 && at + len >= sizeof(stats_file_buf)) option_bad(d, value);
+      else if (i == HAK_OPT_STATS_FILE && len > 0) {
+        memcpy(stats_file_buf + at, value, len + 1);
         _hak_stats_file = stats_file_buf;
 #ifdef HAK_FAULT_STATS_FILE_ENV_POINTER /* fault injection: keep a pointer into the environment */
         _hak_stats_file = value;

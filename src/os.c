@@ -159,6 +159,14 @@ bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns) {
   return got;
 }
 
+/* The working directory into buf (no allocation); false if it does not fit. */
+bool _hak_os_cwd(char* buf, size_t size) {
+  int saved = errno;
+  bool ok = getcwd(buf, size - 1) != NULL;
+  errno = saved;
+  return ok;
+}
+
 /* The kernel marked the process secure (set-uid, set-gid, capabilities). */
 bool _hak_os_secure(void) { return getauxval(AT_SECURE) != 0; }
 

@@ -147,6 +147,38 @@ TEST(stats_file_survives_environment_rewrite) {
   unlink(stats_path);
 }
 
+/* A relative path names a file in the directory the program started in,
+ * even if it changes directory before it exits (found by the review). */
+static char start_dir[256], other_dir[256];
+static void chdir_then_exit(void* arg) {
+  if (chdir(other_dir) != 0) _exit(9);
+  _hak_options[HAK_OPT_STATS] = 2;
+  _hak_stats_at_exit();
+}
+TEST(relative_stats_file_is_the_start_directorys) {
+  strcpy(start_dir, "/tmp/hakmem-cwd-XXXXXX");
+  strcpy(other_dir, "/tmp/hakmem-cwd2-XXXXXX");
+  ASSERT_TRUE(mkdtemp(start_dir) != NULL && mkdtemp(other_dir) != NULL);
+  char old[512];
+  ASSERT_TRUE(getcwd(old, sizeof(old)) != NULL);
+  ASSERT_TRUE(chdir(start_dir) == 0);
+  setenv("HAKMEM_STATS_FILE", "rel.json", 1);
+  _hak_options_reload();
+  char out[4096];
+  hak_run_child(chdir_then_exit, NULL, out, sizeof(out));
+  unsetenv("HAKMEM_STATS_FILE");
+  _hak_options_reload();
+  ASSERT_TRUE(chdir(old) == 0);
+  char path[600];
+  struct stat st;
+  snprintf(path, sizeof(path), "%s/rel.json", start_dir);
+  EXPECT_TRUE(stat(path, &st) == 0 && st.st_size > 100);
+  snprintf(path, sizeof(path), "%s/rel.json", other_dir);
+  EXPECT_TRUE(stat(path, &st) != 0);
+  snprintf(path, sizeof(path), "rm -rf %s %s", start_dir, other_dir);
+  (void)!system(path);
+}
+
 /* The statistics file is never written through a symbolic link. */
 TEST(stats_file_does_not_follow_symlinks) {
   char target[] = "/tmp/hakmem-target-XXXXXX";
