@@ -19,6 +19,8 @@ void _hak_out_flush(hak_out_t* o) {
   o->len = 0;
 #ifndef HAK_FAULT_ERRNO_CLOBBER
   errno = saved_errno;
+#else
+  (void)saved_errno;
 #endif
 }
 

@@ -43,7 +43,8 @@ faults=("$@")
 [ ${#faults[@]} -gt 0 ] || faults=($(sed -n '/^FAULTS = \[/,/^\]/s/^    "\(.*\)",.*$/\1/p' src/BUILD))
 IFS=, read -r -a order <<<"$checkers"
 
-TESTS=(//src/... //fuzz/... //stress/... //verify:replay_test //verify:shadow_heap_test)
+# everything but the real programs (the preload checker runs those last)
+TESTS=(//src/... //fuzz/... //stress/... //verify/... -//verify:preload_test -//verify:preload_evolving_test)
 TSAN_TESTS=(//stress/... //src:mt_test //fuzz:api_mt_fuzzer_replay)
 FUZZERS=(api_fuzzer misuse_fuzzer api_mt_fuzzer bigcache_fuzzer batch_fuzzer size_class_fuzzer learn_fuzzer options_fuzzer)
 # executions per target, about 20-30 s each at the exec/s the smoke run
@@ -70,11 +71,11 @@ run_checker() {
     *) echo "mutants: unknown checker $c" >&2; exit 2 ;;
   esac
   # build first: a build failure is BROKEN, never a catch
-  if ! bazel build "${cfg[@]}" "${common[@]}" "${targets[@]}" >"$log" 2>&1; then
+  if ! bazel build "${cfg[@]}" "${common[@]}" -- "${targets[@]}" >"$log" 2>&1; then
     result=broken what="build failed"
     return
   fi
-  bazel test "${cfg[@]}" "${common[@]}" --test_output=errors "${targets[@]}" >>"$log" 2>&1
+  bazel test "${cfg[@]}" "${common[@]}" --test_output=errors -- "${targets[@]}" >>"$log" 2>&1
   local rc=$?
   what=$(grep -E '^//[^ ]+ +(\(cached\) )?(FAILED|TIMEOUT|FLAKY|INCOMPLETE|NO STATUS)' "$log" |
          awk '{print $1}' | sed 's|^//||' | paste -sd' ' -)
