@@ -18,6 +18,12 @@
  * abandoned heap for that one allocation and puts it back, so no heap is
  * left owned by a thread that no longer exists.
  *
+ * A thread whose first allocation comes in the last round of key
+ * destructors gets a heap no destructor will abandon.  So each heap records
+ * its owner's kernel tid, and a thread about to create a heap first looks
+ * at a few heaps (a rotating cursor) for one whose owner no longer exists:
+ * that heap is taken over instead (its owner ran no code since it exited).
+ *
  * Invariants: a heap is owned by exactly one thread, or is on heaps_free
  * with abandoned set (owned by heap_lock's holder), or is borrowed by one
  * exited thread for one call.  Heaps are never freed (heaps_all). */
@@ -91,6 +97,7 @@ static void heaps_adopt_orphans(void) { /* heap_lock held */
 }
 
 static void heap_abandon(hak_heap_t* heap) {
+  atomic_store_explicit(&heap->owner_tid, 0, memory_order_relaxed);
   atomic_store_explicit(&heap->abandoned, true, memory_order_relaxed);
   _hak_heap_release_empty(heap);
   if (!hak_lock(&heap_lock)) {
@@ -102,6 +109,32 @@ static void heap_abandon(hak_heap_t* heap) {
   }
   heap_push_abandoned(heap);
   hak_unlock(&heap_lock);
+}
+
+/* A heap whose owning thread has exited without abandoning it, now the
+ * caller's; NULL if none of the few looked at is one. */
+static _Atomic(hak_heap_t*) dead_cursor;
+static hak_heap_t* heap_take_dead(void) {
+#ifdef HAK_FAULT_DEAD_OWNER_IGNORED /* fault injection: such heaps stay owned forever */
+  return NULL;
+#endif
+  /* the newest heaps first (the likeliest: threads that just ended; the
+   * kernel may take a moment to reap the last one), then 4 more from a
+   * cursor that goes round the whole registry */
+  hak_heap_t* h = atomic_load(&heaps_all);
+  hak_heap_t* cursor = atomic_load_explicit(&dead_cursor, memory_order_relaxed);
+  for (int i = 0; i < 8 && h != NULL; i++) {
+    int tid = atomic_load_explicit(&h->owner_tid, memory_order_acquire);
+    if (tid > 0 && !atomic_load_explicit(&h->abandoned, memory_order_relaxed) && !_hak_os_thread_alive(tid) &&
+        atomic_compare_exchange_strong(&h->owner_tid, &tid, -1)) { /* claimed */
+      hak_atomic_add(heaps_reused, 1);
+      return h;
+    }
+    if (i < 4) h = h->next_all;
+    else h = cursor = cursor != NULL && cursor->next_all != NULL ? cursor->next_all : atomic_load(&heaps_all);
+    if (i >= 4) atomic_store_explicit(&dead_cursor, cursor, memory_order_relaxed);
+  }
+  return NULL;
 }
 
 /* An abandoned heap, now the caller's, or a new one; NULL without memory. */
@@ -119,6 +152,7 @@ static hak_heap_t* heap_take(void) {
     }
     hak_unlock(&heap_lock);
   }
+  if (heap == NULL) heap = heap_take_dead();
   if (heap == NULL) {
     heap = _hak_meta_alloc(sizeof(hak_heap_t));
     if (heap == NULL) return NULL;
@@ -130,6 +164,7 @@ static hak_heap_t* heap_take(void) {
     hak_atomic_add(heaps_created, 1);
   }
   atomic_store_explicit(&heap->abandoned, false, memory_order_relaxed);
+  atomic_store_explicit(&heap->owner_tid, _hak_os_tid(), memory_order_relaxed);
   heap->next_free = NULL;
   return heap;
 }
@@ -194,11 +229,16 @@ void _hak_heap_lock(bool lock) {
  * alone, its memory lost to the child but nothing corrupted. */
 void _hak_heap_fork_child(void) {
   /* the forking thread holds every lock (prepare): released at the end */
-#ifndef HAK_FAULT_FORK_KEEPS_DEAD_HEAPS /* fault injection: vanished threads' heaps stay owned */
   hak_heap_t* self = _hak_heap_tls;
+  if (self != &_hak_heap_empty) atomic_store_explicit(&self->owner_tid, _hak_os_tid(), memory_order_relaxed); /* a new tid */
+#ifndef HAK_FAULT_FORK_KEEPS_DEAD_HEAPS /* fault injection: vanished threads' heaps stay owned */
   for (hak_heap_t* h = atomic_load(&heaps_all); h != NULL; h = h->next_all) {
     if (h == self || atomic_load_explicit(&h->abandoned, memory_order_relaxed)) continue;
-    if (_hak_check_heap_structure(h) != 0) continue;
+    if (_hak_check_heap_structure(h) != 0) { /* mid-update: never taken over */
+      atomic_store_explicit(&h->owner_tid, -1, memory_order_relaxed);
+      continue;
+    }
+    atomic_store_explicit(&h->owner_tid, 0, memory_order_relaxed);
     heap_push_abandoned(h);
   }
   atomic_store_explicit(&_hak_heaps_dirty, true, memory_order_relaxed);

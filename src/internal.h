@@ -79,6 +79,8 @@ HAK_INTERNAL void _hak_os_stats(hak_stats_t* st);
 HAK_INTERNAL uint64_t _hak_os_random(void);   /* no allocation, no syscall */
 HAK_INTERNAL bool _hak_os_secure(void);       /* AT_SECURE                */
 HAK_INTERNAL bool _hak_os_cwd(char* buf, size_t size);
+HAK_INTERNAL int _hak_os_tid(void);
+HAK_INTERNAL bool _hak_os_thread_alive(int tid);
 HAK_INTERNAL bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns); /* true: taken */
 
 /* ---- options.c --------------------------------------------------------- */

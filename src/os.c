@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -165,6 +166,17 @@ bool _hak_os_cwd(char* buf, size_t size) {
   bool ok = getcwd(buf, size - 1) != NULL;
   errno = saved;
   return ok;
+}
+
+/* The calling thread's kernel id, and whether a thread of this process
+ * with that id still exists (an exited one does not; ids are reused, so
+ * "alive" may be a newer thread, never the other way round). */
+int _hak_os_tid(void) { return (int)syscall(SYS_gettid); }
+bool _hak_os_thread_alive(int tid) {
+  int saved = errno;
+  bool alive = syscall(SYS_tgkill, getpid(), tid, 0) == 0 || errno != ESRCH;
+  errno = saved;
+  return alive;
 }
 
 /* The kernel marked the process secure (set-uid, set-gid, capabilities). */

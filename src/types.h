@@ -182,6 +182,7 @@ typedef struct hak_heap_s {
   struct hak_heap_s* next_all;    /* registry of every heap ever made      */
   struct hak_heap_s* next_free;   /* abandoned heaps waiting for a thread  */
   _Atomic(bool) abandoned;        /* on the abandoned list (or borrowed)   */
+  _Atomic(int) owner_tid;         /* kernel tid of the owning thread, 0: none */
 } hak_heap_t;
 
 /* Huge block header, the 64 bytes just below the user pointer.  The mapping

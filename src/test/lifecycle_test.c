@@ -148,6 +148,44 @@ static void key_destructor_last_round(void) {
 }
 TEST(key_destructor_allocating_in_the_last_round_leaks_no_heap) { EXPECT_CHILD_OK(key_destructor_last_round, 60); }
 
+/* A thread whose first allocation is in the last destructor round (found by
+ * the adversarial review: +1,000 heaps and 4 GB mapped for 1,000 threads). */
+static pthread_key_t first_late_key;
+static void first_late_destructor(void* v) {
+  uintptr_t round = (uintptr_t)v;
+  if (round < PTHREAD_DESTRUCTOR_ITERATIONS) {
+    pthread_setspecific(first_late_key, (void*)(round + 1));
+    return;
+  }
+  void* p = hak_malloc(100); /* the thread's first allocation */
+  hak_free(p);
+}
+static void* first_late_thread(void* arg) {
+  pthread_setspecific(first_late_key, (void*)1);
+  return NULL;
+}
+static void first_allocation_in_last_round(void) {
+  hak_free(hak_malloc(64));
+  pthread_key_create(&first_late_key, first_late_destructor);
+  hak_stats_t before = stats();
+  for (int i = 0; i < 200; i++) {
+    pthread_t t;
+    pthread_create(&t, NULL, first_late_thread, NULL);
+    pthread_join(t, NULL);
+  }
+  hak_stats_t after = stats();
+  fprintf(stderr, "200 threads: heaps.created +%llu, segments.current +%llu\n",
+          (unsigned long long)(after.heaps_created - before.heaps_created),
+          (unsigned long long)(after.segments_current - before.segments_current));
+  CHILD_CHECK(after.heaps_created - before.heaps_created <= 8);
+  CHILD_CHECK(after.segments_current <= before.segments_current + 8);
+  CHILD_CHECK(hak_check_heap() == 0);
+}
+TEST(first_allocation_in_the_last_destructor_round_leaks_no_heap) {
+  if (!LAST_ROUND_ALLOCATES) return; /* TSan: see late_destructor */
+  EXPECT_CHILD_OK(first_allocation_in_last_round, 60);
+}
+
 /* ---- 4: racing double frees are reported, never corrupt or hang --------- */
 #define RACE_BLOCKS 512
 #define RACERS 2 /* both free every block at the same instant */
