@@ -40,17 +40,21 @@
 HAK_INTERNAL extern __thread bool _hak_forking __attribute__((tls_model("initial-exec")));
 HAK_INTERNAL extern _Atomic(bool) _hak_fork_pending;
 HAK_INTERNAL bool _hak_lock_wait(pthread_mutex_t* m); /* false: a fork is pending */
-#ifdef HAK_FAULT_FORK_SELF_LOCK /* fault injection: the forking thread locks what it holds */
-#define hak_forking() false
-#else
 #define hak_forking() _hak_forking
-#endif
 __attribute__((warn_unused_result)) static inline bool hak_lock(pthread_mutex_t* m) {
+#ifdef HAK_FAULT_FORK_SELF_LOCK /* fault injection: plain blocking locks, as before the fix */
+  pthread_mutex_lock(m);
+  return true;
+#endif
   if (hak_unlikely(hak_forking())) return true;
   if (hak_likely(pthread_mutex_trylock(m) == 0)) return true;
   return _hak_lock_wait(m);
 }
 static inline void hak_unlock(pthread_mutex_t* m) {
+#ifdef HAK_FAULT_FORK_SELF_LOCK
+  pthread_mutex_unlock(m);
+  return;
+#endif
   if (hak_likely(!hak_forking())) pthread_mutex_unlock(m);
 }
 static inline int hak_trylock(pthread_mutex_t* m) { return hak_forking() ? 0 : pthread_mutex_trylock(m); }
