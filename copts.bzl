@@ -27,3 +27,11 @@ HAK_TEST_COPTS = HAK_COPTS + [
     "-Wno-missing-prototypes",
     "-fno-builtin",
 ]
+
+# Tests that replace malloc themselves (the shim, LD_PRELOAD): the sanitizer
+# runtimes own malloc, and valgrind replaces it.
+SHIM_TEST_TAGS = ["no_asan", "no_msan", "no_tsan", "no_valgrind"]
+
+# Tests that run programs or tools of their own (LD_PRELOAD into system
+# programs, valgrind inside the test): no sanitizer config can run them.
+NO_SANITIZER_TAGS = ["no_asan", "no_msan", "no_tsan", "no_ubsan", "no_valgrind"]
