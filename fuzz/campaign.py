@@ -5,7 +5,10 @@
                    [--corpus DIR] --out DIR
 
 Builds the libFuzzer targets (bazel --config=libfuzzer) and the AFL++
-persistent targets (fuzz/afl.sh), then runs every (target, engine) pair for
+persistent targets (fuzz/afl.sh), and with libFuzzer also a ThreadSanitizer
+build of the multithreaded target (bazel --config=libfuzzer_tsan, engine
+"tsan", races on libFuzzer's own counters suppressed by fuzz/tsan.supp,
+its findings reproduced with that build), then runs every (target, engine) pair for
 an equal share of the time, N at a time, each starting from the target's
 seed corpus and dictionary (AFL instances of one target share a queue
 folder, -M/-S).  Prints progress every minute.  At the end (or on SIGINT,
@@ -40,6 +43,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRACE_TARGETS = {"api_fuzzer", "api_mt_fuzzer"}
+# "tsan": the multithreaded target built with libFuzzer + ThreadSanitizer
+# (bazel --config=libfuzzer_tsan), run beside the ASan one.
+LIBFUZZER_ENGINES = ("libfuzzer", "tsan")
+TSAN_TARGETS = ["api_mt_fuzzer"]
+TSAN_OPTIONS = f"halt_on_error=1:second_deadlock_stack=1:suppressions={ROOT}/fuzz/tsan.supp"
 
 
 def log(msg):
@@ -64,6 +72,17 @@ def build(out, engines):
             dst = os.path.join(out, "libfuzzer-bin", t)
             shutil.copy(os.path.join(bin_dir, "fuzz", t), dst)
             bins[("libfuzzer", t)] = dst
+        log("building the TSan libFuzzer targets (bazel --config=libfuzzer_tsan)")
+        tsan_labels = [f"//fuzz:{t}" for t in TSAN_TARGETS]
+        subprocess.run(["bazel", "build", "--config=libfuzzer_tsan"] + tsan_labels, cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tsan_dir = subprocess.run(["bazel", "info", "--config=libfuzzer_tsan", "bazel-bin"], cwd=ROOT, check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        os.makedirs(os.path.join(out, "tsan-bin"), exist_ok=True)
+        for t in TSAN_TARGETS:
+            dst = os.path.join(out, "tsan-bin", t)
+            shutil.copy(os.path.join(tsan_dir, "fuzz", t), dst)
+            bins[("tsan", t)] = dst
     if "afl" in engines:
         log("building AFL++ targets (fuzz/afl.sh)")
         afl_dir = os.path.join(out, "afl-bin")
@@ -93,7 +112,7 @@ class Run:
         seeds = os.path.join(ROOT, "fuzz", "corpus", self.target)
         dict_path = os.path.join(seeds, self.target + ".dict")
         logf = open(self.log_path, "w")
-        if self.engine == "libfuzzer":
+        if self.engine in LIBFUZZER_ENGINES:
             for s in glob.glob(os.path.join(seeds, "seed-*")):
                 shutil.copy(s, self.corpus)
             cmd = [self.binary, f"-max_total_time={self.seconds}", f"-artifact_prefix={self.crashes}/",
@@ -104,7 +123,8 @@ class Run:
                 cmd.append(os.path.join(self.corpus_dir, self.target))  # read: the accumulated corpus
             if os.path.exists(dict_path):
                 cmd.insert(1, f"-dict={dict_path}")
-            self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT,
+            env = dict(os.environ, TSAN_OPTIONS=TSAN_OPTIONS) if self.engine == "tsan" else None
+            self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
         else:
             inp = os.path.join(self.dir, "in")
@@ -140,7 +160,7 @@ class Run:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
     def update(self):
-        if self.engine == "libfuzzer":
+        if self.engine in LIBFUZZER_ENGINES:
             try:
                 with open(self.log_path, errors="replace") as f:
                     text = f.read()
@@ -169,7 +189,7 @@ class Run:
                               findings=len(self.finding_files()))
 
     def finding_files(self):
-        if self.engine == "libfuzzer":
+        if self.engine in LIBFUZZER_ENGINES:
             return sorted(glob.glob(os.path.join(self.crashes, "crash-*")) +
                           glob.glob(os.path.join(self.crashes, "leak-*")) +
                           glob.glob(os.path.join(self.crashes, "timeout-*")))
@@ -178,14 +198,26 @@ class Run:
 
     def merge_back(self):
         """Merges this run's corpus into the accumulated one (coverage-adding inputs only)."""
-        if not self.corpus_dir or self.engine != "libfuzzer":
+        if not self.corpus_dir or self.engine not in LIBFUZZER_ENGINES:
             return 0
         dest = os.path.join(self.corpus_dir, self.target)
         os.makedirs(dest, exist_ok=True)
         before = len(os.listdir(dest))
         subprocess.run([self.binary, "-merge=1", "-timeout=20", "-rss_limit_mb=4096", dest, self.corpus],
-                       cwd=self.dir, capture_output=True, timeout=1800)
+                       cwd=self.dir, capture_output=True, timeout=1800, env=engine_env(self.engine))
         return len(os.listdir(dest)) - before
+
+
+def engine_env(engine):
+    return dict(os.environ, TSAN_OPTIONS=TSAN_OPTIONS) if engine == "tsan" else None
+
+
+def reproducer(bins, engine, target):
+    """The libFuzzer binary that replays a finding: the engine's own (a TSan
+    finding needs the TSan build), else the ASan one (AFL++ findings)."""
+    if engine in LIBFUZZER_ENGINES and (engine, target) in bins:
+        return bins[(engine, target)]
+    return bins.get(("libfuzzer", target))
 
 
 def stack_key(text):
@@ -205,13 +237,14 @@ def stack_key(text):
 def triage(runs, bins, out):
     findings = {}
     for r in runs:
-        lf = bins.get(("libfuzzer", r.target))
+        lf = reproducer(bins, r.engine, r.target)
         for path in r.finding_files():
             if lf is None:
                 key = "unreproduced " + os.path.basename(path)
                 text = ""
             else:
-                p = subprocess.run([lf, path], capture_output=True, text=True, errors="replace", timeout=300)
+                p = subprocess.run([lf, path], capture_output=True, text=True, errors="replace", timeout=300,
+                                   env=engine_env(r.engine))
                 text = p.stdout + p.stderr
                 if p.returncode == 0:  # does not reproduce alone: reported as flaky, input kept
                     key = "flaky (does not reproduce alone) " + os.path.basename(path)
@@ -223,17 +256,20 @@ def triage(runs, bins, out):
         fdir = os.path.join(out, "findings", f"{target}-{n}")
         os.makedirs(fdir, exist_ok=True)
         path, engine, text = min(items, key=lambda it: os.path.getsize(it[0]))
-        lf = bins.get(("libfuzzer", target))
+        lf = reproducer(bins, engine, target)
         minimized = os.path.join(fdir, "input")
         shutil.copy(path, minimized)
         if lf:
             subprocess.run([lf, "-minimize_crash=1", "-max_total_time=60", f"-exact_artifact_path={minimized}", path],
-                           capture_output=True, timeout=600)
+                           capture_output=True, timeout=600, env=engine_env(engine))
             if not os.path.exists(minimized):
                 shutil.copy(path, minimized)
         with open(os.path.join(fdir, "log.txt"), "w") as f:
             f.write(text)
         repro = f"bazel build //fuzz:{target} && bazel-bin/fuzz/{target} {os.path.abspath(minimized)}"
+        if engine == "tsan":
+            repro = (f"bazel build --config=libfuzzer_tsan //fuzz:{target} && TSAN_OPTIONS={TSAN_OPTIONS} "
+                     f"$(bazel info --config=libfuzzer_tsan bazel-bin)/fuzz/{target} {os.path.abspath(minimized)}")
         if target in TRACE_TARGETS and lf:
             trace = os.path.join(fdir, "trace.txt")
             subprocess.run([lf, minimized], env=dict(os.environ, HAKMEM_TRACE_OUT=trace), capture_output=True,
@@ -289,6 +325,8 @@ def main():
     bins = build(out, engines)
     corpus = os.path.abspath(args.corpus) if args.corpus else None
     pairs = [(e, t, "main") for t in names for e in engines]
+    if "libfuzzer" in engines:
+        pairs += [("tsan", t, "main") for t in names if t in TSAN_TARGETS]
     if "afl" in engines and args.jobs >= 2:
         pairs += [("afl", t, "sec1") for t in names]  # a secondary instance on the same queue
     budget = max(10, total - (time.time() - started))

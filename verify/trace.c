@@ -225,13 +225,35 @@ static bool run_op(shadow_heap_t* s, const trace_op_t* o) {
   }
 }
 
-static void* worker(void* arg) {
-  worker_t* w = arg;
+static void run_round(worker_t* w) {
   for (size_t i = w->begin; i < w->end && w->ok; i++)
     if (owner[w->t->ops[i].id] == w->thread) w->ok = run_op(w->shadow, &w->t->ops[i]);
-  return NULL;
 }
 
+/* Multithreaded traces run on workers that live for the whole trace: every
+ * round starts at one barrier, so the threads' operations really overlap
+ * (threads created per round would mostly run one after another), and ends
+ * at another, where the main thread (worker 0) checks the heap. */
+typedef struct {
+  pthread_barrier_t start, end;
+  worker_t w[8];
+  bool done;
+} pool_t;
+
+typedef struct {
+  pool_t* pool;
+  int k;
+} pool_arg_t;
+
+static void* pool_worker(void* arg) {
+  pool_arg_t* a = arg;
+  for (;;) {
+    pthread_barrier_wait(&a->pool->start);
+    if (a->pool->done) return NULL;
+    run_round(&a->pool->w[a->k]);
+    pthread_barrier_wait(&a->pool->end);
+  }
+}
 static size_t blocks_size(const void* p) { return hak_usable_size(p); }
 
 bool trace_run(const trace_t* t, uint64_t seed) {
@@ -239,6 +261,18 @@ bool trace_run(const trace_t* t, uint64_t seed) {
   if (s == NULL) return false;
   memset(live, 0, sizeof(live));
   atomic_store(&live_bytes, 0);
+  int threads = t->threads < 1 ? 1 : t->threads > 8 ? 8 : t->threads;
+  pool_t pool = {.done = false};
+  pthread_t th[8];
+  pool_arg_t args[8];
+  if (threads > 1) {
+    pthread_barrier_init(&pool.start, NULL, (unsigned)threads);
+    pthread_barrier_init(&pool.end, NULL, (unsigned)threads);
+    for (int k = 1; k < threads; k++) {
+      args[k] = (pool_arg_t){&pool, k};
+      if (pthread_create(&th[k], NULL, pool_worker, &args[k]) != 0) abort();
+    }
+  }
   bool ok = true;
   size_t i = 0;
   while (i < t->n && ok) {
@@ -248,28 +282,24 @@ bool trace_run(const trace_t* t, uint64_t seed) {
      * the round (a hand-written trace may name others) */
     memset(owner, -1, sizeof(owner));
     for (size_t k = i; k < end; k++)
-      if (owner[t->ops[k].id] < 0) owner[t->ops[k].id] = (int8_t)(t->ops[k].thread % t->threads);
-    if (t->threads == 1) {
-      worker_t w = {t, s, i, end, 0, true};
-      worker(&w);
-      ok = w.ok;
-    } else {
-      worker_t w[8];
-      pthread_t th[8];
-      for (int k = 0; k < t->threads; k++) {
-        w[k] = (worker_t){t, s, i, end, k, true};
-        pthread_create(&th[k], NULL, worker, &w[k]);
-      }
-      for (int k = 0; k < t->threads; k++) {
-        pthread_join(th[k], NULL);
-        ok = ok && w[k].ok;
-      }
-    }
+      if (owner[t->ops[k].id] < 0) owner[t->ops[k].id] = (int8_t)(t->ops[k].thread % threads);
+    for (int k = 0; k < threads; k++) pool.w[k] = (worker_t){t, s, i, end, k, true};
+    if (threads > 1) pthread_barrier_wait(&pool.start);
+    run_round(&pool.w[0]);
+    if (threads > 1) pthread_barrier_wait(&pool.end);
+    for (int k = 0; k < threads; k++) ok = ok && pool.w[k].ok;
     if (ok && end < t->n && t->ops[end].kind == OP_CHECK && hak_check_heap() != 0) {
       fprintf(stderr, "trace: hak_check_heap found violations after op %zu\n", end);
       ok = false;
     }
     i = end + 1;
+  }
+  if (threads > 1) {
+    pool.done = true;
+    pthread_barrier_wait(&pool.start);
+    for (int k = 1; k < threads; k++) pthread_join(th[k], NULL);
+    pthread_barrier_destroy(&pool.start);
+    pthread_barrier_destroy(&pool.end);
   }
   ok = ok && shadow_check_all(s) && shadow_ok(s);
   for (uint32_t id = 0; id < TRACE_MAX_IDS; id++)
