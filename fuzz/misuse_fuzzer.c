@@ -3,7 +3,14 @@
  * usable_size of freed blocks, on every tier and across threads' blocks.
  * In report mode (HAKMEM_ON_ERROR=report) every misuse must be diagnosed
  * (the error counters rise by exactly one), and nothing may be corrupted:
- * the live blocks keep their contents and hak_check_heap() holds. */
+ * the live blocks keep their contents and hak_check_heap() holds.
+ *
+ * Several threads: an op byte with its top bit set runs on a helper thread
+ * (synchronously, so the error counts stay exact), so blocks are allocated,
+ * freed, double-freed and misused from a thread other than their owner's;
+ * op 0xff retires the helper (it exits with its blocks still live, whose
+ * heap is then abandoned) and starts a new one. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -27,16 +34,9 @@ static void expect_one_error(uint64_t before) {
   if (errors() != before + 1) abort(); /* misuse not diagnosed (or twice) */
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
-int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static int init;
-  if (!init) {
-    init = 1;
-    _hak_options[HAK_OPT_ON_ERROR] = 1; /* report and go on */
-  }
+static void run_op(uint8_t op, uint8_t arg) {
   int stack_var;
-  for (size_t i = 0; i + 1 < size; i += 2) {
-    uint8_t op = data[i], arg = data[i + 1];
+  {
     int k = arg % N;
     uint64_t before = errors();
     switch (op % 8) {
@@ -114,6 +114,69 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (op % 8 <= 1 || op % 8 == 7)
       for (int j = 0; j < N; j++) dead[j] = NULL;
   }
+}
+
+/* The helper thread: runs one op at a time, handed over under a mutex. */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static int pending; /* 0 idle, 1 op waiting, 2 exit */
+static uint8_t p_op, p_arg;
+static pthread_t helper;
+static int helper_running;
+
+static void* helper_main(void* unused) {
+  (void)unused;
+  pthread_mutex_lock(&mu);
+  for (;;) {
+    while (pending == 0) pthread_cond_wait(&cv, &mu);
+    if (pending == 2) break;
+    run_op(p_op, p_arg);
+    pending = 0;
+    pthread_cond_broadcast(&cv);
+  }
+  pending = 0;
+  pthread_mutex_unlock(&mu);
+  return NULL;
+}
+
+static void on_helper(uint8_t op, uint8_t arg) {
+  if (!helper_running) {
+    if (pthread_create(&helper, NULL, helper_main, NULL) != 0) abort();
+    helper_running = 1;
+  }
+  pthread_mutex_lock(&mu);
+  p_op = op;
+  p_arg = arg;
+  pending = 1;
+  pthread_cond_broadcast(&cv);
+  while (pending != 0) pthread_cond_wait(&cv, &mu);
+  pthread_mutex_unlock(&mu);
+}
+
+static void retire_helper(void) {
+  if (!helper_running) return;
+  pthread_mutex_lock(&mu);
+  pending = 2;
+  pthread_cond_broadcast(&cv);
+  pthread_mutex_unlock(&mu);
+  pthread_join(helper, NULL);
+  helper_running = 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static int init;
+  if (!init) {
+    init = 1;
+    _hak_options[HAK_OPT_ON_ERROR] = 1; /* report and go on */
+  }
+  for (size_t i = 0; i + 1 < size; i += 2) {
+    uint8_t op = data[i], arg = data[i + 1];
+    if (op == 0xff) retire_helper();
+    else if (op & 0x80) on_helper(op & 0x7f, arg);
+    else run_op(op, arg);
+  }
+  retire_helper(); /* each input ends with its threads gone */
   for (int j = 0; j < N; j++)
     if (live[j]) {
       for (size_t b = 0; b < len[j] && b < 4096; b++)

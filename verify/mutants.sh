@@ -5,7 +5,7 @@
 #
 #   tests    bazel test of the unit, conformance, stress and replay tests
 #   verify   the same under --config=verify (the checker at assertion points)
-#   tsan     the stress tests, mt_test and the MT fuzzer replay under TSan
+#   tsan     the stress tests, mt_test, lifecycle_test and the MT fuzzers' replays under TSan
 #   fuzz     every libFuzzer target, -seed=1 and a fixed number of runs each
 #            (about 20 s each at the speeds below; --fuzz-scale multiplies),
 #            from fuzz/corpus/<target> (plus --corpus DIR/<target>)
@@ -45,7 +45,7 @@ IFS=, read -r -a order <<<"$checkers"
 
 # everything but the real programs (the preload checker runs those last)
 TESTS=(//src/... //fuzz/... //stress/... //verify/... -//verify:preload_test -//verify:preload_evolving_test)
-TSAN_TESTS=(//stress/... //src:mt_test //fuzz:api_mt_fuzzer_replay)
+TSAN_TESTS=(//stress/... //src:mt_test //src:lifecycle_test //fuzz:api_mt_fuzzer_replay //fuzz:misuse_fuzzer_replay)
 FUZZERS=(api_fuzzer misuse_fuzzer api_mt_fuzzer bigcache_fuzzer batch_fuzzer size_class_fuzzer learn_fuzzer options_fuzzer)
 # executions per target, about 20-30 s each at the exec/s the smoke run
 # measures (fuzz/smoke.sh): every target gets a fair share of time
