@@ -168,6 +168,56 @@ static size_t check_heap(const hak_heap_t* heap, bool quiet) {
   return bad;
 }
 
+/* Every mapping the segment map names exists; a segment's starts with its
+ * magic; a huge mapping holds at most one live block, whose header is valid
+ * for the mapping (checksum, base, offset, sizes); and the live headers found
+ * are exactly the huge blocks served and not freed.  A live header lies 64
+ * bytes below its user pointer, which is 64 bytes or a power of two from
+ * 128 B to 1 GiB into the mapping (_hak_huge_offset): each candidate is read
+ * (a mapping held by BigCache or the batch queue has only freed or stale
+ * headers, never a live one). */
+HAK_NO_SANITIZE static size_t check_mappings(uint64_t live_expected) {
+  size_t lo, hi, bad = 0;
+  uint64_t live = 0;
+  _hak_segmap_range(&lo, &hi);
+  for (size_t i = lo; i <= hi && i < HAK_SEGMAP_ENTRIES; i++) {
+    uint8_t m = atomic_load_explicit(&_hak_segmap[i], memory_order_relaxed);
+    if (m != HAK_MAP_SEGMENT && m != HAK_MAP_HUGE) continue;
+    uintptr_t base = (uintptr_t)i << HAK_SEGMENT_SHIFT;
+    if (!_hak_os_is_mapped((void*)base)) {
+      bad += violation("segment map names a mapping that does not exist", (void*)base, m, 0);
+      continue;
+    }
+    if (m == HAK_MAP_SEGMENT) {
+      if (((const hak_segment_t*)base)->magic != HAK_SEGMENT_MAGIC)
+        bad += violation("segment map names a segment without its magic", (void*)base, 0, 0);
+      continue;
+    }
+    size_t chunks = 1;
+    while (i + chunks < HAK_SEGMAP_ENTRIES) {
+      uint8_t next = atomic_load_explicit(&_hak_segmap[i + chunks], memory_order_relaxed);
+      uint8_t want = chunks < HAK_MAP_HUGE_FAR - HAK_MAP_HUGE ? (uint8_t)(HAK_MAP_HUGE + chunks) : HAK_MAP_HUGE_FAR;
+      if (next != want) break;
+      chunks++;
+    }
+    size_t extent = chunks << HAK_SEGMENT_SHIFT;
+    uint64_t found = 0;
+    for (size_t off = HAK_HUGE_HEADER; off < extent && off <= ((size_t)1 << 30); off = off == HAK_HUGE_HEADER ? 128 : off * 2) {
+      const hak_huge_t* h = (const hak_huge_t*)(base + off - HAK_HUGE_HEADER);
+      if (h->magic != HAK_HUGE_MAGIC || h->base != base || h->offset != off ||
+          atomic_load_explicit(&h->state, memory_order_relaxed) != HAK_HUGE_LIVE)
+        continue;
+      if (++found == 2) bad += violation("two live huge headers in one mapping", h, off, 0);
+      else if (!_hak_huge_header_valid(h, extent)) bad += violation("live huge header invalid for its mapping", h, h->size, h->map_size);
+    }
+    live += found;
+    i += chunks - 1;
+  }
+  if (live != live_expected)
+    bad += violation("live huge headers in the mappings != huge blocks served - freed", NULL, live, live_expected);
+  return bad;
+}
+
 /* The calling thread's heap and the shared structures: what a thread can
  * check while others run (the verify build's assertion points). */
 size_t _hak_check_own(void) {
@@ -206,6 +256,7 @@ size_t hak_check_heap(void) {
   if (_hak_segmap_count(true) != huge_live + cached + queued)
     bad += violation("segment map: registered huge mappings != live + cached + queued/retained", NULL,
                      _hak_segmap_count(true), huge_live + cached + queued);
+  bad += check_mappings(huge_live);
   size_t q = _hak_madvq_check();
   if (q) bad += violation("batch queue ranges overlapping or misaligned", NULL, q, 0);
   size_t sites = _hak_site_check();

@@ -160,6 +160,13 @@ void _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
   _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
 }
 
+bool _hak_huge_header_valid(const hak_huge_t* h, size_t map_size) {
+  if (h->checksum != huge_checksum(h) || h->map_size != map_size || h->offset > map_size ||
+      h->size > map_size - h->offset)
+    return false;
+  return h->cls < 0 || _hak_bigcache_class(h->size) == h->cls; /* a cached class holds its class size */
+}
+
 size_t _hak_huge_usable(const void* p) { return ((const hak_huge_t*)((uintptr_t)p - HAK_HUGE_HEADER))->size; }
 
 bool _hak_huge_recently_freed(const void* p) {

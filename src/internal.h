@@ -86,6 +86,7 @@ HAK_INTERNAL bool _hak_os_cwd(char* buf, size_t size);
 HAK_INTERNAL int _hak_os_tid(void);
 HAK_INTERNAL bool _hak_os_thread_alive(int tid);
 HAK_INTERNAL bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns); /* true: taken */
+HAK_INTERNAL bool _hak_os_is_mapped(const void* page); /* the checker: a page exists */
 
 /* ---- options.c --------------------------------------------------------- */
 HAK_INTERNAL extern long _hak_options[HAK_OPT_COUNT];
@@ -140,6 +141,7 @@ HAK_INTERNAL extern _Atomic(uint8_t) _hak_segmap[HAK_SEGMAP_ENTRIES];
 HAK_INTERNAL void _hak_segmap_set(uintptr_t base, size_t size, bool huge);
 HAK_INTERNAL void _hak_segmap_clear(uintptr_t base, size_t size);
 HAK_INTERNAL size_t _hak_segmap_count(bool huge); /* registered heads */
+HAK_INTERNAL void _hak_segmap_range(size_t* lo, size_t* hi); /* entries ever set */
 static inline uint8_t hak_segmap_get(uintptr_t a) {
   size_t i = a >> HAK_SEGMENT_SHIFT;
   if (hak_unlikely(i >= HAK_SEGMAP_ENTRIES)) return HAK_MAP_NONE;
@@ -217,6 +219,8 @@ HAK_INTERNAL void _hak_huge_stats(hak_stats_t* st);
 HAK_INTERNAL uint64_t _hak_huge_live_bytes(void);
 HAK_INTERNAL size_t _hak_huge_offset(size_t size, size_t align);
 HAK_INTERNAL size_t _hak_huge_usable(const void* p); /* p: a live huge block */
+/* the checker: a live header consistent with a mapping of map_size bytes */
+HAK_INTERNAL bool _hak_huge_header_valid(const hak_huge_t* h, size_t map_size);
 
 /* ---- bigcache.c: freed huge blocks kept per (site, class) ----------------- */
 HAK_INTERNAL int _hak_bigcache_class(size_t size);        /* -1: bypass */

@@ -49,6 +49,15 @@ static uint64_t os_faults(void) {
   } while (0)
 #endif
 
+/* The checker only (not in the table: it asks about real mappings, which
+ * the fake OSes hand out too). */
+bool _hak_os_is_mapped(const void* page) {
+  unsigned char vec;
+  bool mapped;
+  KEEP_ERRNO(mapped = mincore((void*)((uintptr_t)page & ~(uintptr_t)4095), 1, &vec) == 0);
+  return mapped;
+}
+
 const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns, os_faults};
 const hak_os_t* _hak_os = &_hak_os_default;
 

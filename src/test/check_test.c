@@ -216,6 +216,31 @@ TEST(bigcache_and_batch_queue) {
   PLANT("BigCache slots", h->cls ^= 1, h->cls ^= 1);
 }
 
+TEST(huge_mappings) {
+  static int site;
+  char* p = hak_alloc_at(3u << 20, &site); /* 2 MiB into an 8 MiB mapping */
+  ASSERT_NOT_NULL(p);
+  hak_huge_t* h = (hak_huge_t*)(p - HAK_HUGE_HEADER);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  PLANT("live huge header invalid for its mapping", h->size += 4096, h->size -= 4096);
+  PLANT("live huge header invalid for its mapping", h->map_size += HAK_SEGMENT_SIZE, h->map_size -= HAK_SEGMENT_SIZE);
+  PLANT("live huge headers in the mappings != huge blocks served - freed", atomic_store(&h->state, HAK_HUGE_FREED),
+        atomic_store(&h->state, HAK_HUGE_LIVE));
+  /* a second live header further into the mapping */
+  hak_huge_t* copy = (hak_huge_t*)((char*)h->base + (4u << 20) - HAK_HUGE_HEADER);
+  ASSERT_TRUE(h->map_size > (4u << 20));
+  PLANT("two live huge headers in one mapping", (memcpy(copy, h, sizeof *h), copy->offset = 4u << 20),
+        memset(copy, 0, sizeof *copy));
+  /* a registration moved to where nothing is mapped: the counts agree */
+  uintptr_t nowhere = ((uintptr_t)1 << 46) + ((uintptr_t)7 << 22);
+  size_t map_size = h->map_size;
+  PLANT("segment map names a mapping that does not exist",
+        (_hak_segmap_clear(h->base, map_size), _hak_segmap_set(nowhere, HAK_SEGMENT_SIZE, true)),
+        (_hak_segmap_clear(nowhere, HAK_SEGMENT_SIZE), _hak_segmap_set(h->base, map_size, true)));
+  hak_free_at(p, &site);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+}
+
 TEST(site_thresholds) {
   static int site;
   hak_free_at(hak_alloc_at(300u << 10, &site), &site);
