@@ -174,8 +174,10 @@ static size_t check_heap(const hak_heap_t* heap, bool quiet) {
  * are exactly the huge blocks served and not freed.  A live header lies 64
  * bytes below its user pointer, which is 64 bytes or a power of two from
  * 128 B to 1 GiB into the mapping (_hak_huge_offset): each candidate is read
- * (a mapping held by BigCache or the batch queue has only freed or stale
- * headers, never a live one). */
+ * if its page is resident (a live header's page always is, swap aside;
+ * reading the others would fault them in, a whole huge page under THP).
+ * A mapping held by BigCache or the batch queue has only freed or stale
+ * headers, never a live one. */
 HAK_NO_SANITIZE static size_t check_mappings(uint64_t live_expected) {
   size_t lo, hi, bad = 0;
   uint64_t live = 0;
@@ -184,7 +186,7 @@ HAK_NO_SANITIZE static size_t check_mappings(uint64_t live_expected) {
     uint8_t m = atomic_load_explicit(&_hak_segmap[i], memory_order_relaxed);
     if (m != HAK_MAP_SEGMENT && m != HAK_MAP_HUGE) continue;
     uintptr_t base = (uintptr_t)i << HAK_SEGMENT_SHIFT;
-    if (!_hak_os_is_mapped((void*)base)) {
+    if (_hak_os_resident((void*)base) < 0) {
       bad += violation("segment map names a mapping that does not exist", (void*)base, m, 0);
       continue;
     }
@@ -202,8 +204,12 @@ HAK_NO_SANITIZE static size_t check_mappings(uint64_t live_expected) {
     }
     size_t extent = chunks << HAK_SEGMENT_SHIFT;
     uint64_t found = 0;
+    bool resident = false;
     for (size_t off = HAK_HUGE_HEADER; off < extent && off <= ((size_t)1 << 30); off = off == HAK_HUGE_HEADER ? 128 : off * 2) {
       const hak_huge_t* h = (const hak_huge_t*)(base + off - HAK_HUGE_HEADER);
+      if (off > 4096 || off == HAK_HUGE_HEADER) /* one look at page 0 serves the offsets up to 4 KiB */
+        resident = _hak_os_resident(h) > 0;
+      if (!resident) continue;
       if (h->magic != HAK_HUGE_MAGIC || h->base != base || h->offset != off ||
           atomic_load_explicit(&h->state, memory_order_relaxed) != HAK_HUGE_LIVE)
         continue;

@@ -86,7 +86,8 @@ HAK_INTERNAL bool _hak_os_cwd(char* buf, size_t size);
 HAK_INTERNAL int _hak_os_tid(void);
 HAK_INTERNAL bool _hak_os_thread_alive(int tid);
 HAK_INTERNAL bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns); /* true: taken */
-HAK_INTERNAL bool _hak_os_is_mapped(const void* page); /* the checker: a page exists */
+/* the checker: -1 the page is not mapped, 0 mapped but not resident, 1 resident */
+HAK_INTERNAL int _hak_os_resident(const void* page);
 
 /* ---- options.c --------------------------------------------------------- */
 HAK_INTERNAL extern long _hak_options[HAK_OPT_COUNT];

@@ -51,11 +51,11 @@ static uint64_t os_faults(void) {
 
 /* The checker only (not in the table: it asks about real mappings, which
  * the fake OSes hand out too). */
-bool _hak_os_is_mapped(const void* page) {
-  unsigned char vec;
-  bool mapped;
-  KEEP_ERRNO(mapped = mincore((void*)((uintptr_t)page & ~(uintptr_t)4095), 1, &vec) == 0);
-  return mapped;
+int _hak_os_resident(const void* page) {
+  unsigned char vec = 0;
+  int rc;
+  KEEP_ERRNO(rc = mincore((void*)((uintptr_t)page & ~(uintptr_t)4095), 1, &vec));
+  return rc != 0 ? -1 : (vec & 1);
 }
 
 const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns, os_faults};
