@@ -259,6 +259,8 @@ static size_t blocks_size(const void* p) { return hak_usable_size(p); }
 bool trace_run(const trace_t* t, uint64_t seed) {
   shadow_heap_t* s = shadow_create(seed, blocks_size);
   if (s == NULL) return false;
+  hak_stats_t st0;
+  hak_stats_get(&st0);
   memset(live, 0, sizeof(live));
   atomic_store(&live_bytes, 0);
   int threads = t->threads < 1 ? 1 : t->threads > 8 ? 8 : t->threads;
@@ -313,6 +315,25 @@ bool trace_run(const trace_t* t, uint64_t seed) {
   }
   shadow_destroy(s);
   hak_collect(); /* the next input starts from a clean allocator */
+  /* resource oracles from hakmem's own counters: every block served was
+   * freed, and once everything is freed and the caches given back, what
+   * stays mapped is bounded (the workers exited: their heaps keep nothing;
+   * the main heap keeps its last segment; metadata) */
+  hak_stats_t st;
+  hak_stats_get(&st);
+  uint64_t served = (st.served_small + st.served_large + st.served_huge) - (st0.served_small + st0.served_large + st0.served_huge);
+  uint64_t freed = (st.freed_small + st.freed_large + st.freed_huge) - (st0.freed_small + st0.freed_large + st0.freed_huge);
+  uint64_t bound = 16u << 20; /* two 4 MiB segments and 8 MiB of metadata */
+  if (ok && served != freed) {
+    fprintf(stderr, "trace: hakmem served %llu blocks and freed %llu\n", (unsigned long long)served, (unsigned long long)freed);
+    ok = false;
+  }
+  if (ok && (st.os_mapped_bytes > bound || st.bigcache_bytes != 0 || st.batch_retained_bytes != 0)) {
+    fprintf(stderr, "trace: after hak_collect %llu KiB stay mapped (bound %llu KiB), BigCache %llu, retained %llu\n",
+            (unsigned long long)(st.os_mapped_bytes >> 10), (unsigned long long)(bound >> 10),
+            (unsigned long long)st.bigcache_bytes, (unsigned long long)st.batch_retained_bytes);
+    ok = false;
+  }
   return ok;
 }
 
