@@ -2,7 +2,10 @@
  * lifecycle (NaN, infinities, negatives included).  Never a NaN mean or
  * rating, never an out-of-range arm or candidate, the rating sum conserved,
  * exactly the survivors active once pruned, and the same input replays to
- * the identical state (determinism). */
+ * the identical state (determinism).  Also the numerics the policy uses
+ * without libm (sqrt, ln, 10^x: within 1e-12 of libm's) and the p99
+ * estimator (never below the true 99th percentile of what it was fed, at
+ * most a bucket, 25 %, above it). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +29,45 @@ typedef struct {
   hak_elo_t elo;
   hak_lifecycle_t lc;
   hak_rng_t rng;
+  hak_p99_t p99;
+  uint64_t samples[256]; /* what p99 was fed, for the check */
+  unsigned nsamples;
 } state_t;
+
+static void check_close(double got, double want, double scale) {
+  if (!(fabs(got - want) <= 1e-12 * scale)) abort();
+}
+
+static void check_numerics(double x) {
+  double ax = fabs(x);
+  if (ax >= 1e-300 && ax <= 1e300) {
+    check_close(_hak_learn_sqrt(ax), sqrt(ax), sqrt(ax));
+    check_close(_hak_learn_ln(ax), log(ax), fabs(log(ax)) > 1 ? fabs(log(ax)) : 1);
+  }
+  if (_hak_learn_sqrt(-ax) != 0 || _hak_learn_ln(-ax) > -1e300) abort(); /* out of the domain: 0 and "-inf" */
+  double y = fmod(x, 300);
+  if (isfinite(y)) check_close(_hak_learn_pow10(y), pow(10, y), pow(10, y));
+}
+
+static int cmp_u64(const void* a, const void* b) {
+  uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;
+  return x < y ? -1 : x > y;
+}
+
+static void check_p99(state_t* st, uint64_t v) {
+  if (st->nsamples == 256) {
+    _hak_p99_reset(&st->p99);
+    st->nsamples = 0;
+  }
+  _hak_p99_add(&st->p99, v);
+  st->samples[st->nsamples++] = v;
+  if (_hak_p99_count(&st->p99) != st->nsamples) abort();
+  uint64_t sorted[256];
+  memcpy(sorted, st->samples, st->nsamples * sizeof(uint64_t));
+  qsort(sorted, st->nsamples, sizeof(uint64_t), cmp_u64);
+  double truth = (double)sorted[st->nsamples - st->nsamples / 100 - 1], got = _hak_p99_get(&st->p99);
+  if (!(got >= truth) || got > 1.25 * truth + 1) abort(); /* >=: (double)v rounds up near 2^64 */
+}
 
 static void run(const uint8_t* data, size_t size, state_t* st) {
   memset(st, 0, sizeof(*st));
@@ -39,7 +80,7 @@ static void run(const uint8_t* data, size_t size, state_t* st) {
     uint8_t op = data[i];
     double x = decode_double(data + i + 1);
     now += (uint64_t)(op & 0x0f) * 100000000ull;
-    switch (op % 5) {
+    switch (op % 7) {
       case 0: {
         int arm = _hak_ucb_select(&st->ucb);
         if (arm < 0 || arm >= HAK_UCB_ARMS) abort();
@@ -54,9 +95,20 @@ static void run(const uint8_t* data, size_t size, state_t* st) {
         break;
       }
       case 3: _hak_elo_play(&st->elo); break;
+      case 4: check_numerics(x); break;
+      case 5: {
+        uint64_t v;
+        memcpy(&v, data + i + 1, sizeof(v));
+        check_p99(st, v >> (op & 0x3f)); /* any magnitude */
+        break;
+      }
       default: {
         uint64_t mix[HAK_MIX_BUCKETS];
         for (int b = 0; b < HAK_MIX_BUCKETS; b++) mix[b] = data[i + 1 + b % 8];
+        uint64_t other[HAK_MIX_BUCKETS];
+        for (int b = 0; b < HAK_MIX_BUCKETS; b++) other[b] = data[i + 1 + (b + 3) % 8] >> (b % 3);
+        double d = _hak_mix_distance(mix, other);
+        if (!(d >= 0 && d <= 1) || d != _hak_mix_distance(other, mix) || _hak_mix_distance(mix, mix) != 0) abort();
         hak_learn_state_t s = _hak_lifecycle_window(&st->lc, x, op & 1 ? mix : NULL, now);
         if (s != HAK_LEARN && s != HAK_FROZEN && s != HAK_CANARY) abort();
         _hak_lifecycle_canary(&st->lc, &st->rng);
@@ -77,6 +129,9 @@ static void run(const uint8_t* data, size_t size, state_t* st) {
     if (st->elo.pruned && active != HAK_ELO_SURVIVORS) abort();
     int champ = _hak_elo_champion(&st->elo);
     if (champ < 0 || champ >= HAK_ELO_CANDIDATES) abort();
+    if (_hak_elo_threshold(&st->elo) != st->elo.c[champ].threshold) abort();
+    if (_hak_ucb_threshold(&st->ucb) != _hak_ucb_thresholds[st->ucb.current]) abort();
+    if (strcmp(_hak_learn_state_name(st->lc.state), "unknown") == 0) abort();
   }
 }
 
