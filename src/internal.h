@@ -249,7 +249,6 @@ HAK_INTERNAL bool _hak_site_trylock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_unlock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_free(const void* site);
 HAK_INTERNAL void _hak_site_stats(hak_stats_t* st);
-HAK_INTERNAL void _hak_site_reset(void);   /* tests */
 HAK_INTERNAL size_t _hak_site_check(void);
 HAK_INTERNAL void _hak_site_fork_child(void);
 

@@ -118,13 +118,6 @@ void _hak_site_fork_child(void) {
   }
 }
 
-void _hak_site_reset(void) {
-  for (size_t i = 0; i < SITE_SLOTS; i++) {
-    atomic_store(&sites[i].key, 0);
-    site_reset(&sites[i]);
-  }
-}
-
 size_t hak_sites_get(hak_site_info_t* out, size_t max) {
   size_t n = 0;
   for (size_t i = 0; i < SITE_SLOTS; i++) {
