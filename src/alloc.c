@@ -45,6 +45,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
       hak_count(heap->counters.small_allocs, 1);
       return b; /* tracked by alloc_ex */
     }
+    hak_purge_tick(heap);
     p = _hak_page_alloc_small(heap, bin);
     if (p == NULL) return NULL;
     hak_count(heap->counters.small_allocs, 1);
@@ -68,6 +69,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
   /* large and huge requests take in what other threads freed into exited
    * threads' heaps first (at most once a millisecond) */
   if (hak_unlikely(atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed))) reclaim_now();
+  hak_purge_tick(heap);
   hak_site_t* s = _hak_site_alloc(site, size);
   hak_decision_t d;
   size_t threshold = _hak_policy_decide(s, size, &d);
@@ -259,6 +261,7 @@ void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
   }
   if (m >= HAK_MAP_HUGE) {
     _hak_huge_free(p, fn, site);
+    _hak_purge_tick_any();
     return;
   }
   _hak_error(_hak_huge_recently_freed(p) ? HAK_ERR_DOUBLE_FREE : HAK_ERR_INVALID_FREE, fn, p);

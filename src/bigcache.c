@@ -133,7 +133,10 @@ bool _hak_bigcache_put(hak_huge_t* h) {
   for (int attempt = 0; attempt < 2; attempt++) {
     for (int i = 0; i < slots; i++) {
       uintptr_t empty = 0;
-      if (atomic_compare_exchange_strong(&row[i], &empty, v)) return true;
+      if (atomic_compare_exchange_strong(&row[i], &empty, v)) {
+        hak_purge_global_due(); /* expiry runs from the purge tick too */
+        return true;
+      }
     }
     /* row full: evict its oldest block, then try again */
     int oldest = -1;
@@ -151,6 +154,15 @@ bool _hak_bigcache_put(hak_huge_t* h) {
   atomic_fetch_sub(&bc_bytes, h->map_size);
   hak_atomic_add(st_evictions, 1);
   return false;
+}
+
+/* Every row's expiry (purge.c's tick: blocks expire even when no huge call
+ * comes); true if blocks are still cached. */
+bool _hak_bigcache_expire(uint64_t now) {
+  if (atomic_load_explicit(&bc_bytes, memory_order_relaxed) == 0) return false;
+  for (int s = 0; s < BC_SITES; s++)
+    for (int c = 0; c < BC_CLASSES; c++) bc_expire_row(bc_slots[s][c], c, now);
+  return atomic_load_explicit(&bc_bytes, memory_order_relaxed) != 0;
 }
 
 /* Evicts everything (hak_collect). */

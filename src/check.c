@@ -126,6 +126,8 @@ static size_t check_segment(const hak_heap_t* heap, hak_segment_t* seg, size_t* 
   if (seg->heap != heap) bad += violation("segment owned by another heap", seg, 0, 0);
   if (hak_segmap_get((uintptr_t)seg) != HAK_MAP_SEGMENT) bad += violation("segment not in the segment map", seg, 0, 0);
   if (seg->free_mask & 1) bad += violation("slice 0 marked free", seg, 0, 0);
+  if ((seg->dirty_mask & ~seg->free_mask) || (seg->aged_mask & ~seg->dirty_mask))
+    bad += violation("purge masks: a slice in use marked dirty, or aged and not dirty", seg, seg->dirty_mask, seg->aged_mask);
   if (seg->used_slices != 63u - (uint32_t)__builtin_popcountll(seg->free_mask))
     bad += violation("used_slices disagrees with free_mask", seg, seg->used_slices, seg->free_mask);
   for (size_t i = 1; i < HAK_SLICES;) {

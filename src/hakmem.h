@@ -70,6 +70,8 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(os, madvise_calls, "madvise system calls")                             \
   X(os, mapped_bytes, "bytes currently mapped")                            \
   X(os, mapped_bytes_peak, "peak of mapped_bytes")                         \
+  X(purge, runs, "runs of idle free memory decommitted (slices, segments, mappings)") \
+  X(purge, bytes, "bytes decommitted by purges (MADV_DONTNEED)")           \
   X(segments, current, "segments owned by heaps")                          \
   X(segments, cached, "empty segments kept for reuse")                     \
   X(pages, initialized, "size-class pages set up")                         \

@@ -81,6 +81,7 @@ static void heap_push_abandoned(hak_heap_t* heap) {
   heap->next_free = heaps_free;
   heaps_free = heap;
   hak_atomic_add(heaps_abandoned_now, 1);
+  if (heap->purge_next_ns != 0) hak_purge_global_due(); /* its idle slices: purge.c */
 }
 
 /* Heaps abandoned while a fork was pending (heap_lock unavailable): a
@@ -214,6 +215,20 @@ void _hak_heaps_reclaim(void) {
   heaps_adopt_orphans();
   for (hak_heap_t* h = heaps_free; h != NULL; h = h->next_free) _hak_heap_release_empty(h);
   hak_unlock(&heap_lock);
+}
+
+/* Purges the abandoned heaps whose purge tick is due (all: every one). */
+bool _hak_heaps_purge_abandoned(uint64_t now, bool all) {
+  if (atomic_load_explicit(&heaps_abandoned_now, memory_order_relaxed) == 0) return false;
+  if (!hak_lock(&heap_lock)) return true; /* a fork is pending: later */
+  bool more = false;
+  for (hak_heap_t* h = heaps_free; h != NULL; h = h->next_free) {
+    if (h->purge_next_ns == 0) continue;
+    if (all || now >= h->purge_next_ns) _hak_purge_heap(h, now, all);
+    more |= h->purge_next_ns != 0;
+  }
+  hak_unlock(&heap_lock);
+  return more;
 }
 
 /* ---- fork ------------------------------------------------------------------ */

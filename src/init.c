@@ -112,5 +112,6 @@ void hak_collect(void) {
   _hak_bigcache_drain();
   _hak_madvq_flush(true);
   _hak_segment_trim();
+  _hak_purge_now(); /* what stays: idle free slices of live segments */
   HAK_VERIFY_POINT();
 }

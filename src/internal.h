@@ -157,6 +157,30 @@ HAK_INTERNAL void _hak_segment_stats(hak_stats_t* st);
 HAK_INTERNAL void _hak_segment_trim(void);
 HAK_INTERNAL void _hak_segment_lock(bool lock);     /* fork */
 HAK_INTERNAL void _hak_segment_fork_child(void);
+HAK_INTERNAL bool _hak_segment_purge_cached(bool all); /* true: some left dirty */
+
+/* ---- purge.c: idle free memory back to the OS after a delay -------------- */
+HAK_INTERNAL extern _Atomic(bool) _hak_purge_global; /* caches hold purgeable memory */
+static inline void hak_purge_global_due(void) {
+  if (!atomic_load_explicit(&_hak_purge_global, memory_order_relaxed))
+    atomic_store_explicit(&_hak_purge_global, true, memory_order_relaxed);
+}
+HAK_INTERNAL void _hak_purge_dirtied(hak_heap_t* heap); /* slices of heap became dirty */
+HAK_INTERNAL size_t _hak_purge_segment(hak_segment_t* seg, bool all); /* bytes */
+HAK_INTERNAL void _hak_purge_heap(hak_heap_t* heap, uint64_t now, bool all);
+HAK_INTERNAL void _hak_purge_tick_slow(hak_heap_t* heap);
+HAK_INTERNAL void _hak_purge_tick_any(void); /* a path with no heap at hand */
+HAK_INTERNAL void _hak_purge_now(void);                 /* hak_collect, malloc_trim */
+HAK_INTERNAL void _hak_purge_count(size_t bytes);
+HAK_INTERNAL void _hak_purge_stats(hak_stats_t* st);
+/* From the slow paths of every tier, with a real heap (never the shared
+ * empty one: _hak_purge_tick_any).  Cost when nothing is dirty: two loads
+ * and a branch; otherwise a countdown, and the clock every 8 calls. */
+static inline void hak_purge_tick(hak_heap_t* heap) {
+  if (hak_likely(heap->purge_next_ns == 0 && !atomic_load_explicit(&_hak_purge_global, memory_order_relaxed)))
+    return;
+  if (heap->purge_countdown-- == 0) _hak_purge_tick_slow(heap);
+}
 static inline hak_segment_t* hak_segment_of(const void* p) {
   return (hak_segment_t*)((uintptr_t)p & ~(uintptr_t)HAK_SEGMENT_MASK);
 }
@@ -203,6 +227,7 @@ HAK_INTERNAL hak_heap_t* _hak_heaps_first(void);    /* registry, next_all */
 HAK_INTERNAL void* _hak_meta_alloc(size_t size);    /* never freed          */
 HAK_INTERNAL void _hak_heap_lock(bool lock);        /* fork; tests          */
 HAK_INTERNAL void _hak_heap_fork_child(void);
+HAK_INTERNAL bool _hak_heaps_purge_abandoned(uint64_t now, bool all); /* true: more later */
 
 /* ---- init.c: process init, fork protocol, hak_collect --------------------- */
 HAK_INTERNAL extern uintptr_t _hak_free_key;
@@ -231,6 +256,7 @@ HAK_INTERNAL bool _hak_bigcache_put(hak_huge_t* h);
 HAK_INTERNAL void _hak_bigcache_drain(void);
 HAK_INTERNAL size_t _hak_bigcache_check(size_t* cached); /* violations; blocks cached */
 HAK_INTERNAL void _hak_bigcache_stats(hak_stats_t* st);
+HAK_INTERNAL bool _hak_bigcache_expire(uint64_t now); /* true: still holds blocks */
 
 /* ---- madvq.c: the batch queue ------------------------------------------- */
 HAK_INTERNAL void _hak_madvq_push(uintptr_t base, size_t size, size_t used, size_t bytes);
@@ -242,6 +268,9 @@ HAK_INTERNAL bool _hak_madvq_holds(uintptr_t base, size_t* n);
 HAK_INTERNAL void _hak_madvq_lock(bool lock);
 HAK_INTERNAL void _hak_madvq_fork_child(void);
 HAK_INTERNAL void _hak_madvq_stats(hak_stats_t* st);
+/* retained mappings idle a purge delay (all: every one) are decommitted;
+ * true: some are left to purge later */
+HAK_INTERNAL bool _hak_madvq_purge(uint64_t now, bool all);
 
 /* ---- site.c: call-site table -------------------------------------------- */
 HAK_INTERNAL hak_site_t* _hak_site_alloc(const void* site, size_t size); /* NULL: not tracked */

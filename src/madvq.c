@@ -19,6 +19,11 @@
  *   the next huge allocation of the same mapping size (no mmap).  Only when
  *   more than HAKMEM_RETAIN_BYTES are retained are the oldest unmapped.
  *   hak_collect() unmaps everything.
+ * - MADV_FREE'd pages still count in RSS (and a cgroup's memory) until the
+ *   kernel is short of memory: a mapping retained for HAKMEM_PURGE_DELAY_MS
+ *   is decommitted with MADV_DONTNEED (_hak_madvq_purge, from purge.c's
+ *   tick).  While that call runs the range is marked busy, and reuse skips
+ *   it.
  * - Flushing never allocates and uses almost no stack: ranges are copied to
  *   static buffers owned by flush_lock (flushes are serialized; system
  *   calls run under it).  q_lock guards the queue and the retained list;
@@ -41,6 +46,9 @@ typedef struct range_s {
   size_t size;  /* the whole mapping */
   size_t used;  /* bytes from base to the end of the block */
   size_t bytes; /* bytes that may be resident (block and header page) */
+  uint64_t since_ns; /* retained: since when */
+  bool purged;       /* retained: decommitted (MADV_DONTNEED) since */
+  bool busy;         /* retained: being decommitted, not to be reused */
 } range_t;
 
 static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -89,11 +97,12 @@ void _hak_madvq_push(uintptr_t base, size_t size, size_t used, size_t bytes) {
     }
   }
   if (queue_len == 0) queue_oldest_ns = now;
-  queue[queue_len++] = (range_t){base, size, used, bytes};
+  queue[queue_len++] = (range_t){base, size, used, bytes, now, false, false};
   atomic_store_explicit(&q_pending, queue_len, memory_order_relaxed);
   queue_bytes += bytes;
   full = flush_due(now);
   hak_unlock(&q_lock);
+  hak_purge_global_due(); /* the deadline is kept by the purge tick too */
   hak_atomic_add(st_queued, 1);
   if (full) _hak_madvq_flush(false);
 }
@@ -136,6 +145,7 @@ void _hak_madvq_flush(bool all) {
   range_t* unmap = flush_unmap;
 #endif
   size_t n, nu = 0;
+  uint64_t now = _hak_os->now_ns();
   if (!hak_lock(&flush_lock)) return; /* a fork is pending: later */
   if (!hak_lock(&q_lock)) {
     hak_unlock(&flush_lock);
@@ -173,6 +183,8 @@ void _hak_madvq_flush(bool all) {
       retained_bytes -= retained[0].size;
       memmove(retained, retained + 1, --retained_len * sizeof(range_t));
     }
+    batch[i].since_ns = now;
+    batch[i].purged = batch[i].busy = false;
     retained[retained_len++] = batch[i];
     retained_bytes += batch[i].size;
   }
@@ -186,7 +198,9 @@ void _hak_madvq_flush(bool all) {
   retained_len -= drop;
   memmove(retained, retained + drop, retained_len * sizeof(range_t));
   atomic_store(&st_retained_bytes, retained_bytes);
+  bool retaining = retained_len > 0;
   hak_unlock(&q_lock);
+  if (retaining) hak_purge_global_due(); /* decommitted after the purge delay */
 
   for (size_t i = 0; i < nu; i++) { /* deferred munmap, beyond the budget */
     _hak_segmap_clear(unmap[i].base, unmap[i].size);
@@ -200,7 +214,8 @@ void _hak_madvq_flush(bool all) {
 static long best_fit(const range_t* r, size_t n, size_t size) {
   long best = -1;
   for (size_t i = n; i-- > 0;)
-    if (r[i].size >= size && r[i].size <= 4 * size && (best < 0 || r[i].size < r[best].size)) best = (long)i;
+    if (!r[i].busy && r[i].size >= size && r[i].size <= 4 * size && (best < 0 || r[i].size < r[best].size))
+      best = (long)i;
   return best;
 }
 
@@ -237,6 +252,50 @@ uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
   hak_unlock(&q_lock);
   if (base) hak_atomic_add(st_reused, 1);
   return base;
+}
+
+bool _hak_madvq_purge(uint64_t now, bool all) {
+  if (atomic_load_explicit(&st_retained_bytes, memory_order_relaxed) == 0)
+    return atomic_load_explicit(&q_pending, memory_order_relaxed) != 0; /* the deadline needs ticks */
+  uint64_t delay = (uint64_t)hak_option(HAK_OPT_PURGE_DELAY_MS) * 1000000u;
+  range_t* batch = flush_batch;
+  size_t n = 0;
+  bool more = false;
+  if (!hak_lock(&flush_lock)) return true; /* a fork is pending: later */
+  if (!hak_lock(&q_lock)) {
+    hak_unlock(&flush_lock);
+    return true;
+  }
+  for (size_t i = 0; i < retained_len; i++) {
+    range_t* r = &retained[i];
+    if (r->purged) continue;
+    if (all || now - r->since_ns >= delay) {
+      if (n == QUEUE_MAX) {
+        more = true;
+        break;
+      }
+      r->busy = true;
+      batch[n++] = *r;
+    } else {
+      more = true;
+    }
+  }
+  hak_unlock(&q_lock);
+  for (size_t i = 0; i < n; i++) { /* flush_lock held: no flush unmaps them */
+    _hak_os_advise((void*)batch[i].base, batch[i].used, MADV_DONTNEED);
+    _hak_purge_count(batch[i].used);
+  }
+  if (hak_lock(&q_lock)) {
+    for (size_t i = 0; i < retained_len; i++)
+      if (retained[i].busy) {
+        retained[i].busy = false;
+        retained[i].purged = true;
+      }
+    more |= queue_len != 0;
+    hak_unlock(&q_lock);
+  }
+  hak_unlock(&flush_lock);
+  return more;
 }
 
 /* Checker: queued and retained ranges are disjoint and aligned. */

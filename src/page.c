@@ -294,10 +294,12 @@ void _hak_page_free_slow(hak_heap_t* heap, hak_page_t* page) {
     hak_count(heap->counters.large_frees, 1);
     _hak_site_free((const void*)page->site);
     page_retire(heap, page);
+    hak_purge_tick(heap);
     return;
   }
   if (page->in_full) page_unfull(heap, page);
   if (page->used == 0 && heap->direct[page->bin] != page) page_retire(heap, page);
+  hak_purge_tick(heap);
 }
 
 /* Retires every page with no live block (thread exit). */

@@ -25,6 +25,7 @@ static void segment_init(hak_segment_t* seg, hak_heap_t* heap) {
 
 static hak_segment_t* segment_alloc(hak_heap_t* heap) {
   hak_segment_t* seg = NULL;
+  uint64_t dirty = 0;
   if (hak_lock(&seg_lock)) { /* else a fork is pending: a fresh segment */
     seg = seg_cache;
     if (seg != NULL) {
@@ -39,13 +40,16 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
     segment_init(seg, heap);
     _hak_segmap_set((uintptr_t)seg, HAK_SEGMENT_SIZE, false);
   } else {
+    dirty = seg->dirty_mask; /* not purged yet: may be resident */
     segment_init(seg, heap);
+    seg->dirty_mask = dirty;
   }
   seg->next = heap->segments;
   if (heap->segments) heap->segments->prev = seg;
   heap->segments = seg;
   heap->segment_count++;
   hak_atomic_add(seg_current, 1);
+  if (dirty) _hak_purge_dirtied(heap);
   return seg;
 }
 
@@ -63,6 +67,8 @@ void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
       seg->next = seg_cache;
       seg_cache = seg;
       seg_cache_count++;
+      seg->aged_mask = 0; /* its idle time in the cache starts now */
+      if (seg->dirty_mask) hak_purge_global_due();
       seg = NULL;
     }
     hak_unlock(&seg_lock);
@@ -99,6 +105,10 @@ hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
   }
   uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << start;
   seg->free_mask &= ~bits;
+#ifndef HAK_FAULT_PURGE_LIVE /* fault injection (with purge.c's): reused slices stay dirty */
+  seg->dirty_mask &= ~bits; /* in use: never purged */
+  seg->aged_mask &= ~bits;
+#endif
   seg->used_slices += (uint32_t)n;
   hak_page_t* page = &seg->slices[start];
   for (size_t i = 1; i < n; i++) {
@@ -119,10 +129,28 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page) {
   hak_segment_t* seg = hak_segment_of(page);
   size_t start = page->slice_index, n = page->slice_count;
   for (size_t i = 0; i < n; i++) memset(&seg->slices[start + i], 0, sizeof(hak_page_t));
-  seg->free_mask |= (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << start;
+  uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << start;
+  seg->free_mask |= bits;
+  seg->dirty_mask |= bits; /* purged once idle (purge.c) */
   seg->used_slices -= (uint32_t)n;
+  _hak_purge_dirtied(heap);
   if (seg->used_slices == 0 && (heap->segment_count > 1 || atomic_load_explicit(&heap->abandoned, memory_order_relaxed)))
     _hak_segment_release(heap, seg);
+}
+
+/* Purges the cached segments' free slices idle since the last tick (all:
+ * every dirty one).  The madvise calls run under seg_lock: the cache holds
+ * HAKMEM_SEGMENT_CACHE segments at most. */
+bool _hak_segment_purge_cached(bool all) {
+  bool more = false;
+  if (!hak_lock(&seg_lock)) return true; /* a fork is pending: later */
+  for (hak_segment_t* seg = seg_cache; seg != NULL; seg = seg->next) {
+    if (seg->dirty_mask == 0) continue;
+    _hak_purge_segment(seg, all);
+    more |= seg->dirty_mask != 0;
+  }
+  hak_unlock(&seg_lock);
+  return more;
 }
 
 /* Unmaps every cached empty segment (hak_collect). */

@@ -15,6 +15,7 @@ void hak_stats_get(hak_stats_t* st) {
   _hak_madvq_stats(st);
   _hak_os_stats(st);
   _hak_segment_stats(st);
+  _hak_purge_stats(st);
   _hak_site_stats(st);
   _hak_error_stats(st);
   _hak_policy_stats(st);

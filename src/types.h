@@ -129,11 +129,14 @@ _Static_assert(offsetof(hak_page_t, free) == 64 && offsetof(hak_page_t, thread_f
  * this header; slices 1..63 hold pages.
  * Invariants: bit i of free_mask set <=> slices[i].kind == HAK_SLICE_FREE;
  *   bit 0 never set; used_slices == 63 - popcount(free_mask);
+ *   aged_mask within dirty_mask within free_mask;
  *   every live page's heap == this segment's heap. */
 typedef struct hak_segment_s {
   uint64_t magic;                 /* HAK_SEGMENT_MAGIC while registered    */
   struct hak_heap_s* heap;        /* owner; NULL while in the cache         */
   uint64_t free_mask;             /* free slices                            */
+  uint64_t dirty_mask;            /* free slices that may be resident (purge.c) */
+  uint64_t aged_mask;             /* of those, dirty at the last purge tick */
   uint32_t used_slices;
   uint32_t _pad;
   struct hak_segment_s* next;     /* heap's segment list / cache list      */
@@ -178,6 +181,8 @@ typedef struct hak_heap_s {
   _Alignas(64) _Atomic(uintptr_t) remote_pending;
   char _pad_pending[56];
   uint32_t sample_countdown;      /* small refills until the next site sample */
+  uint32_t purge_countdown;       /* slow-path calls until the clock is read */
+  uint64_t purge_next_ns;         /* next purge tick of its segments, 0: none dirty */
   hak_heap_counters_t counters;
   struct hak_heap_s* next_all;    /* registry of every heap ever made      */
   struct hak_heap_s* next_free;   /* abandoned heaps waiting for a thread  */
@@ -258,6 +263,7 @@ typedef enum {
   HAK_OPT_BATCH_RANGES,    /* ... or this many ranges ...                   */
   HAK_OPT_BATCH_DEADLINE_MS, /* ... or when the oldest waited this long     */
   HAK_OPT_RETAIN_BYTES,    /* advised mappings kept for reuse before munmap */
+  HAK_OPT_PURGE_DELAY_MS,  /* idle free memory is decommitted after this    */
   HAK_OPT_MODE,            /* 0 baseline, 1 evolving                        */
   HAK_OPT_SEED,            /* learners' random seed (0: from the OS)        */
   HAK_OPT_COUNT

@@ -158,6 +158,8 @@ TEST(segments_and_queues) {
   PLANT("free_mask disagrees with slice kind", (seg->free_mask ^= (uint64_t)1 << page->slice_index, seg->used_slices--),
         (seg->free_mask = mask, seg->used_slices++));
   PLANT("slice 0 marked free", seg->free_mask |= 1, seg->free_mask = mask);
+  uint64_t dirty = seg->dirty_mask;
+  PLANT("purge masks", seg->dirty_mask |= (uint64_t)1 << page->slice_index, seg->dirty_mask = dirty);
   PLANT("used_slices disagrees", seg->used_slices++, seg->used_slices--);
   PLANT("segment_count", heap->segment_count++, heap->segment_count--);
   uint64_t magic = seg->magic;

@@ -1,0 +1,250 @@
+/* Purge (purge.c) on a fake clock and a fake OS that passes calls through
+ * to the kernel but checks every madvise against the blocks the test keeps
+ * live: idle free slices, cached segments and retained mappings are
+ * decommitted after the delay (between one and two delays) from ordinary
+ * allocation paths, without hak_collect; nothing live and nothing reused
+ * in between is ever decommitted; hak_collect purges at once. */
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "src/internal.h"
+#include "src/test/test.h"
+
+#define DELAY_MS 100
+#define MS 1000000ull
+
+/* ---- the fake OS --------------------------------------------------------- */
+#define LIVE_MAX 8192
+static struct {
+  char* p;
+  size_t n;
+} live[LIVE_MAX];
+static size_t nlive;
+static uint64_t now_ns = 1000 * MS;
+static size_t dontneed_bytes, bad_advice;
+static uintptr_t last_dontneed;
+
+static uint64_t fake_now(void) { return now_ns; }
+
+static int fake_advise(void* addr, size_t size, int advice) {
+  uintptr_t a = (uintptr_t)addr, e = a + size;
+  for (size_t i = 0; i < nlive; i++) {
+    uintptr_t la = (uintptr_t)live[i].p, le = la + live[i].n;
+    if (live[i].p != NULL && a < le && la < e) {
+      fprintf(stderr, "purge_test: madvise(%#lx, %zu, %d) covers live block %p (%zu bytes)\n", (unsigned long)a, size,
+              advice, (void*)live[i].p, live[i].n);
+      bad_advice++;
+    }
+  }
+  if (advice == MADV_DONTNEED) {
+    dontneed_bytes += size;
+    last_dontneed = a;
+  }
+  return _hak_os_default.advise(addr, size, advice);
+}
+
+static hak_os_t fake_os;
+
+static void setup(void) {
+  fake_os = _hak_os_default;
+  fake_os.advise = fake_advise;
+  fake_os.now_ns = fake_now;
+  _hak_os = &fake_os;
+  _hak_options[HAK_OPT_PURGE_DELAY_MS] = DELAY_MS;
+  hak_collect(); /* a clean start */
+  nlive = 0;
+  dontneed_bytes = bad_advice = 0;
+  last_dontneed = 0;
+}
+
+static void teardown(void) {
+  for (size_t i = 0; i < nlive; i++) hak_free(live[i].p);
+  nlive = 0;
+  hak_collect();
+  _hak_os = &_hak_os_default;
+}
+
+static char* keep(size_t n) {
+  char* p = hak_malloc(n);
+  if (p == NULL || nlive == LIVE_MAX) abort();
+  memset(p, 0x5a, n);
+  live[nlive].p = p;
+  live[nlive++].n = n;
+  return p;
+}
+
+static bool intact(void) {
+  for (size_t i = 0; i < nlive; i++)
+    for (size_t k = 0; k < live[i].n; k++)
+      if (live[i].p[k] != 0x5a) return false;
+  return true;
+}
+
+static int resident(const void* p) {
+  unsigned char v = 0;
+  if (mincore((void*)((uintptr_t)p & ~(uintptr_t)4095), 4096, &v) != 0) return -1;
+  return v & 1;
+}
+
+/* Ordinary activity that never frees a page: large allocations and frees
+ * (their slow path ticks), time advancing by step_ms each. */
+static void activity(int calls, uint64_t step_ms) {
+  for (int i = 0; i < calls; i++) {
+    now_ns += step_ms * MS;
+    void* p = hak_malloc(100 << 10);
+    if (p == NULL) abort();
+    hak_free(p);
+  }
+}
+
+/* ---- tests --------------------------------------------------------------- */
+
+/* 24 MiB of 1 KiB blocks, one kept per 4 MiB segment: the rest's slices go
+ * back after one to two delays, and only then. */
+TEST(idle_free_slices_are_decommitted_after_the_delay_never_live_ones) {
+  setup();
+  enum { N = 24 * 1024 };
+  static char* blocks[N];
+  for (int i = 0; i < N; i++) blocks[i] = hak_malloc(1000);
+  char* probe = NULL;
+  for (int i = 0; i < N; i++) {
+    hak_segment_t* seg = hak_segment_of(blocks[i]);
+    bool first_of_segment = i == 0 || hak_segment_of(blocks[i - 1]) != seg;
+    if (first_of_segment) {
+      memset(blocks[i], 0x5a, 1000);
+      live[nlive].p = blocks[i];
+      live[nlive++].n = 1000;
+    } else {
+      if (probe == NULL && i > N / 2 && ((uintptr_t)blocks[i] & (HAK_SLICE_SIZE - 1)) == 0) probe = blocks[i];
+      hak_free(blocks[i]);
+    }
+  }
+  ASSERT_NOT_NULL(probe);
+  hak_stats_t st;
+  hak_stats_get(&st);
+  uint64_t purged0 = st.purge_bytes;
+  EXPECT_EQ_U(resident(probe), 1);
+  activity(16, DELAY_MS / 20); /* under one delay: nothing is idle long enough */
+  hak_stats_get(&st);
+  EXPECT_EQ_U(st.purge_bytes, purged0);
+  EXPECT_EQ_U(resident(probe), 1);
+  activity(40, DELAY_MS / 20); /* past two delays: all of it */
+  hak_stats_get(&st);
+  EXPECT_TRUE(st.purge_bytes - purged0 >= (uint64_t)(N * 1000) / 2);
+  EXPECT_EQ_U(resident(probe), 0);
+  EXPECT_EQ_U(bad_advice, 0);
+  EXPECT_TRUE(intact());
+  /* the purged memory serves again, as zero pages */
+  char* again = hak_malloc(1000);
+  ASSERT_NOT_NULL(again);
+  memset(again, 1, 1000);
+  hak_free(again);
+  teardown();
+}
+
+/* Slices freed and reused before the second tick are not touched. */
+TEST(slices_reused_within_the_delay_are_never_decommitted) {
+  setup();
+  enum { N = 4096 };
+  static char* blocks[N];
+  keep(100); /* the heap's segment stays */
+  for (int round = 0; round < 6; round++) {
+    for (int i = 0; i < N; i++) blocks[i] = keep(1000) /* filled: checked at the end */;
+    activity(10, DELAY_MS / 10);
+    for (int i = 0; i < N; i++) {
+      hak_free(blocks[i]);
+      live[nlive - N + i].p = NULL;
+    }
+    nlive -= N;
+  }
+  EXPECT_EQ_U(bad_advice, 0);
+  EXPECT_TRUE(intact());
+  teardown();
+}
+
+TEST(hak_collect_purges_at_once) {
+  setup();
+  enum { N = 8192 };
+  static char* blocks[N];
+  keep(100);
+  for (int i = 0; i < N; i++) blocks[i] = hak_malloc(1000);
+  keep(100); /* the last segment stays live */
+  for (int i = 0; i < N; i++) hak_free(blocks[i]);
+  hak_stats_t st;
+  hak_stats_get(&st);
+  uint64_t purged0 = st.purge_bytes;
+  hak_collect(); /* no time passes */
+  hak_stats_get(&st);
+  EXPECT_TRUE(st.purge_bytes - purged0 >= (uint64_t)N * 1000 / 4); /* the rest: empty segments, unmapped */
+  EXPECT_EQ_U(resident(blocks[N / 4]), 0);
+  EXPECT_EQ_U(bad_advice, 0);
+  EXPECT_TRUE(intact());
+  teardown();
+}
+
+/* A huge block leaves through the batch queue: retained with MADV_FREE,
+ * then decommitted once retained a delay, with no huge call in between. */
+TEST(retained_mappings_are_decommitted_after_the_delay) {
+  setup();
+  keep(100);
+  char* h = hak_malloc(20 << 20); /* past BigCache: queued when freed */
+  ASSERT_NOT_NULL(h);
+  memset(h, 1, 20 << 20);
+  uintptr_t base = (uintptr_t)h & ~(uintptr_t)HAK_SEGMENT_MASK;
+  hak_free(h); /* 20 MiB is past HAKMEM_BATCH_BYTES: released (MADV_FREE) at once, retained */
+  activity(16, DELAY_MS / 20); /* under one delay */
+  hak_stats_t st;
+  hak_stats_get(&st);
+  EXPECT_TRUE(st.batch_retained_bytes >= (20u << 20));
+  EXPECT_TRUE(last_dontneed != base);
+  activity(40, DELAY_MS / 10);
+  EXPECT_TRUE(last_dontneed == base);
+  EXPECT_EQ_U(resident(h), 0);
+  EXPECT_EQ_U(bad_advice, 0);
+  /* the retained mapping is still reused */
+  char* again = hak_malloc(20 << 20);
+  ASSERT_NOT_NULL(again);
+  EXPECT_TRUE(((uintptr_t)again & ~(uintptr_t)HAK_SEGMENT_MASK) == base);
+  memset(again, 2, 4096);
+  hak_free(again);
+  teardown();
+}
+
+/* BigCache's expiry runs from small and large activity too. */
+TEST(bigcache_expires_without_huge_calls) {
+  setup();
+  keep(100);
+  char* h = hak_malloc(3 << 20);
+  ASSERT_NOT_NULL(h);
+  hak_free(h); /* cached */
+  hak_stats_t st;
+  hak_stats_get(&st);
+  EXPECT_TRUE(st.bigcache_bytes > 0);
+  activity(80, (uint64_t)hak_option(HAK_OPT_BIGCACHE_EXPIRY_MS) / 20);
+  hak_stats_get(&st);
+  EXPECT_EQ_U(st.bigcache_bytes, 0);
+  EXPECT_EQ_U(bad_advice, 0);
+  teardown();
+}
+
+/* Empty segments in the process cache are decommitted too. */
+TEST(cached_segments_are_decommitted) {
+  setup();
+  enum { N = 3 * 4096 };
+  static char* blocks[N];
+  keep(100);
+  for (int i = 0; i < N; i++) blocks[i] = hak_malloc(1000); /* about 3 segments */
+  for (int i = N - 1; i >= 0; i--) hak_free(blocks[i]);       /* the empty ones go to the cache */
+  hak_stats_t st;
+  hak_stats_get(&st);
+  EXPECT_TRUE(st.segments_cached >= 1);
+  uint64_t purged0 = st.purge_bytes;
+  activity(80, DELAY_MS / 20);
+  hak_stats_get(&st);
+  EXPECT_TRUE(st.purge_bytes - purged0 >= (uint64_t)N * 1000 / 2);
+  EXPECT_EQ_U(bad_advice, 0);
+  EXPECT_TRUE(intact());
+  teardown();
+}
+
+TEST_MAIN()
