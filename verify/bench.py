@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-SCENARIOS = ["json", "mir", "vm", "mixed", "small", "mid", "mt", "cold"]
+SCENARIOS = ["json", "mir", "vm", "mixed", "small", "mid", "mt", "cold", "purge"]
 ALLOCATORS = ["system", "mimalloc", "jemalloc", "tcmalloc", "hakmem-baseline", "hakmem-evolving"]
 PEER_LIBS = {
     "mimalloc": "libmimalloc.so.2",
@@ -112,6 +112,8 @@ def summarize(runs):
         "soft_pf": statistics.median(r["minflt"] for r in runs),
         "hard_pf": statistics.median(r["majflt"] for r in runs),
         "rss_kib": statistics.median(r["maxrss_kib"] for r in runs),
+        "rss_end_kib": statistics.median(r.get("rss_end_kib", -1) for r in runs),
+        "rss_free_kib": statistics.median(r.get("rss_free_kib", -1) for r in runs),
         "ops_per_sec": runs[0]["ops"] / secs if secs > 0 else 0.0,
         "runs": len(runs),
         "samples_ns": lat,
@@ -135,13 +137,17 @@ def write_report(out, results, args, started, elapsed):
              "vs best: median / best median of the scenario.", ""]
     for sc, rows in results.items():
         best = min(r["latency_ns"] for r in rows.values())
+        freed = any(r.get("rss_free_kib", -1) >= 0 for r in rows.values())
         lines += [f"## {sc}", "",
-                  "| rank | allocator | latency | vs best | min-max | soft PF | hard PF | RSS | ops/sec |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| rank | allocator | latency | vs best | min-max | soft PF | hard PF | peak RSS | "
+                  + ("RSS after free | " if freed else "") + "end RSS | ops/sec |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if freed else "") + "---:|---:|"]
         for rank, (alloc, r) in enumerate(sorted(rows.items(), key=lambda kv: kv[1]["latency_ns"]), 1):
             lines.append(f"| {rank} | {alloc} | {fmt_ns(r['latency_ns'])} | {r['latency_ns'] / best:.2f}x | "
                          f"{fmt_ns(r['min_ns'])}-{fmt_ns(r['max_ns'])} | {r['soft_pf']:.0f} | {r['hard_pf']:.0f} | "
-                         f"{r['rss_kib'] / 1024:.1f} MiB | {r['ops_per_sec']:,.0f} |")
+                         f"{r['rss_kib'] / 1024:.1f} MiB | "
+                         + (f"{r['rss_free_kib'] / 1024:.1f} MiB | " if freed else "")
+                         + f"{r['rss_end_kib'] / 1024:.1f} MiB | {r['ops_per_sec']:,.0f} |")
         lines.append("")
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines))
@@ -151,13 +157,14 @@ def write_csv(out, results):
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["scenario", "allocator", "latency_ns", "p95_ns", "p99_ns", "min_ns", "max_ns",
-                    "vs_best", "soft_pf", "hard_pf", "rss_kib", "ops_per_sec", "runs"])
+                    "vs_best", "soft_pf", "hard_pf", "rss_kib", "rss_end_kib", "rss_free_kib", "ops_per_sec", "runs"])
         for sc, rows in results.items():
             best = min(r["latency_ns"] for r in rows.values())
             for alloc, r in rows.items():
                 w.writerow([sc, alloc, f"{r['latency_ns']:.1f}", f"{r['p95_ns']:.1f}", f"{r['p99_ns']:.1f}",
                             f"{r['min_ns']:.1f}", f"{r['max_ns']:.1f}", f"{r['latency_ns'] / best:.3f}",
                             f"{r['soft_pf']:.0f}", f"{r['hard_pf']:.0f}", f"{r['rss_kib']:.0f}",
+                            f"{r['rss_end_kib']:.0f}", f"{r['rss_free_kib']:.0f}",
                             f"{r['ops_per_sec']:.0f}", r["runs"]])
 
 

@@ -1,9 +1,10 @@
 /* Benchmark scenarios, one per process, run unchanged under every allocator
  * (LD_PRELOAD of this same binary).  Each writes one JSON line to stdout:
  *   {"scenario":..,"iters":..,"ops":..,"seconds":..,"ns_per_iter":..,
- *    "minflt":..,"majflt":..,"maxrss_kib":..}
- * Faults and time cover the scenario (setup included); RSS is the peak
- * resident set (VmHWM).
+ *    "minflt":..,"majflt":..,"maxrss_kib":..,"rss_end_kib":..}
+ * Faults and time cover the scenario (setup included); maxrss is the peak
+ * resident set (VmHWM), rss_end the resident set when the scenario is done
+ * (VmRSS, everything freed: what the allocator kept).
  * The scenarios (README.md "Benchmark" defines them the same way):
  *   json   1000 x: malloc 64 KiB, write one byte per 4 KiB page, free
  *   mir     100 x: the same with 256 KiB
@@ -22,6 +23,11 @@
  *   cold    300 x: from one of 64 call sites, malloc a block of 2..24 MiB
  *           (8 sizes), write one byte per page, keep the last 4 live:
  *           beyond any cache budget
+ *   purge   4 Mi x malloc 256 B (1 GiB), then free all but one block per
+ *           4 MiB allocated; then 2 s of light activity (every ms, 16
+ *           blocks of 16..1024 B allocated and freed), no malloc_trim: also
+ *           reports "rss_free_kib" (VmRSS right after the frees) and
+ *           "rss_end_kib" (2 s later); time covers the malloc/free phase
  * An iteration is the unit of "ns_per_iter"; "ops" counts mallocs + frees. */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -145,22 +151,59 @@ static void cold(void) {
   ops = 2 * iters;
 }
 
-/* Peak resident set of this process image, from /proc (getrusage's
- * ru_maxrss survives exec and would report the parent's peak). */
-static long peak_rss_kib(void) {
+/* Peak (VmHWM) or current (VmRSS) resident set of this process image, from
+ * /proc (getrusage's ru_maxrss survives exec and would report the parent's
+ * peak). */
+static long status_kib(const char* key) {
   FILE* f = fopen("/proc/self/status", "r");
   char line[256];
   long kib = -1;
   if (f == NULL) return -1;
   while (fgets(line, sizeof(line), f))
-    if (strncmp(line, "VmHWM:", 6) == 0) kib = atol(line + 6);
+    if (strncmp(line, key, strlen(key)) == 0) kib = atol(line + strlen(key));
   fclose(f);
   return kib;
 }
 
+static long rss_free_kib = -1, rss_end_kib = -1;
+static double purge_idle_s; /* excluded from the scenario's time */
+
+static void purge(void) {
+  enum { SIZE = 256, N = (1 << 30) / SIZE, KEEP_EVERY = (4 << 20) / SIZE };
+  char** blocks = malloc(N * sizeof(char*));
+  if (blocks == NULL) abort();
+  for (long i = 0; i < N; i++) {
+    blocks[i] = malloc(SIZE);
+    if (blocks[i] == NULL) abort();
+    blocks[i][0] = (char)i;
+  }
+  for (long i = 0; i < N; i++)
+    if (i % KEEP_EVERY != 0) free(blocks[i]);
+  rss_free_kib = status_kib("VmRSS:");
+  double t0 = now();
+  uint64_t s = 99;
+  struct timespec ms = {0, 1000000};
+  while (now() - t0 < 2.0) {
+    char* p[16];
+    for (int k = 0; k < 16; k++) {
+      p[k] = malloc(16 + rnd(&s) % 1009);
+      if (p[k] == NULL) abort();
+      p[k][0] = 1;
+    }
+    for (int k = 0; k < 16; k++) free(p[k]);
+    nanosleep(&ms, NULL);
+  }
+  purge_idle_s = now() - t0;
+  iters = N;
+  ops = 2 * (long)N;
+  rss_end_kib = status_kib("VmRSS:"); /* the kept blocks still live */
+  for (long i = 0; i < N; i += KEEP_EVERY) free(blocks[i]);
+  free(blocks);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
-    fprintf(stderr, "usage: %s json|mir|vm|mixed|small|mid|mt|cold\n", argv[0]);
+    fprintf(stderr, "usage: %s json|mir|vm|mixed|small|mid|mt|cold|purge\n", argv[0]);
     return 2;
   }
   const char* sc = argv[1];
@@ -175,15 +218,19 @@ int main(int argc, char** argv) {
   else if (strcmp(sc, "mid") == 0) replace(200000, 1000, 2 * KiB, 32 * KiB);
   else if (strcmp(sc, "mt") == 0) mt();
   else if (strcmp(sc, "cold") == 0) cold();
+  else if (strcmp(sc, "purge") == 0) purge();
   else {
     fprintf(stderr, "unknown scenario %s\n", sc);
     return 2;
   }
-  double t = now() - t0;
+  double t = now() - t0 - purge_idle_s;
   getrusage(RUSAGE_SELF, &b);
+  if (rss_end_kib < 0) rss_end_kib = status_kib("VmRSS:");
   printf("{\"scenario\":\"%s\",\"iters\":%ld,\"ops\":%ld,\"seconds\":%.6f,\"ns_per_iter\":%.1f,"
-         "\"minflt\":%ld,\"majflt\":%ld,\"maxrss_kib\":%ld}\n",
+         "\"minflt\":%ld,\"majflt\":%ld,\"maxrss_kib\":%ld,\"rss_end_kib\":%ld",
          sc, iters, ops, t, t * 1e9 / (double)iters, b.ru_minflt - a.ru_minflt, b.ru_majflt - a.ru_majflt,
-         peak_rss_kib());
+         status_kib("VmHWM:"), rss_end_kib);
+  if (rss_free_kib >= 0) printf(",\"rss_free_kib\":%ld", rss_free_kib);
+  printf("}\n");
   return 0;
 }
