@@ -11,11 +11,6 @@
 #error "a mutant that does not compile (verify/mutants_selftest.sh)"
 #endif
 
-static _Atomic(uint64_t) remote_small, remote_large;
-
-uint64_t _hak_remote_small_frees(void) { return atomic_load(&remote_small); }
-uint64_t _hak_remote_large_frees(void) { return atomic_load(&remote_large); }
-
 /* Tier selection.  Below 64 KiB (and for the size classes' own alignment)
  * the size classes serve; from 64 KiB the policy (policy.c) decides first
  * whether the request goes straight to a mapping (huge), and that decision
@@ -143,8 +138,20 @@ void* _hak_alloc_generic(hak_heap_t* heap, size_t size, size_t align, const void
 
 /* ---- free ------------------------------------------------------------- */
 
-/* A free of a block of another thread's page: tag it, push it on the
- * page's thread_free list (one CAS) and tell the owner heap a sweep is due.
+/* remote frees by threads without a heap (rare): the only shared counters */
+static _Atomic(uint64_t) heapless_small, heapless_large;
+void _hak_remote_heapless_stats(hak_stats_t* st) {
+  uint64_t s = atomic_load(&heapless_small), l = atomic_load(&heapless_large);
+  st->freed_small += s;
+  st->freed_large += l;
+  st->freed_remote += s + l;
+}
+
+/* A free of a block of another thread's page: tag it and push it, with one
+ * CAS, on the page's thread_free list, or, if the page is full (a large
+ * block's always is), on the owner heap's delayed list, where the owner
+ * finds it without looking at its full pages (page.c).  No other shared
+ * write: the owner counts the frees when it takes them in.
  * A free that follows another free of the same block (in any thread, as
  * ordered by the program) finds the tag; of two remote frees racing each
  * other, the tag exchange lets exactly one through.  A remote free racing
@@ -173,24 +180,31 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
 #endif
   /* everything read from the page is read before the push: afterwards the
    * owner may collect the block and retire the page at once */
-  bool large = page->kind == HAK_SLICE_LARGE;
   hak_heap_t* owner = page->heap; /* heaps are never freed */
+  bool large = page->kind == HAK_SLICE_LARGE;
   uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_relaxed);
 #ifdef HAK_FAULT_REMOTE_CAS_RELAXED /* fault injection: the push does not publish b->next */
 #define PUSH_ORDER memory_order_relaxed
 #else
 #define PUSH_ORDER memory_order_release
 #endif
-  do b->next = (hak_block_t*)(tf & ~HAK_TF_FULL);
-  while (!atomic_compare_exchange_weak_explicit(&page->thread_free, &tf, (uintptr_t)b | (tf & HAK_TF_FULL),
-                                                PUSH_ORDER, memory_order_relaxed));
-#ifdef HAK_FAULT_REMOTE_READ_AFTER_PUSH /* fault injection: the page is read after the push */
-  large = page->kind == HAK_SLICE_LARGE;
+  for (;;) {
+#ifdef HAK_FAULT_REMOTE_NOTIFY_LOST /* fault injection: blocks of full pages go where nobody looks */
+    tf &= ~HAK_TF_FULL;
 #endif
-  /* a full page is only looked at again by a sweep: ask for one */
-#ifndef HAK_FAULT_REMOTE_NOTIFY_LOST /* fault injection: the owner is never told */
-  if ((tf & HAK_TF_FULL) && atomic_load_explicit(&owner->remote_pending, memory_order_relaxed) == 0)
-    atomic_store_explicit(&owner->remote_pending, 1, memory_order_release);
+    if (tf & HAK_TF_FULL) { /* the owner looks at full pages only through its delayed list */
+      hak_block_t* head = atomic_load_explicit(&owner->delayed, memory_order_relaxed);
+      do b->next = head;
+      while (!atomic_compare_exchange_weak_explicit(&owner->delayed, &head, b, PUSH_ORDER, memory_order_relaxed));
+      break;
+    }
+    b->next = (hak_block_t*)tf;
+    /* fails if another push came first or the owner marked the page full */
+    if (atomic_compare_exchange_weak_explicit(&page->thread_free, &tf, (uintptr_t)b, PUSH_ORDER, memory_order_relaxed))
+      break;
+  }
+#ifdef HAK_FAULT_REMOTE_READ_AFTER_PUSH /* fault injection: the page is read after the push */
+  owner = page->heap;
 #endif
   /* an exited thread's heap: nobody sweeps it but a reclaim (heap.c) */
 #ifndef HAK_FAULT_ABANDONED_STRANDED /* fault injection: nobody is told */
@@ -198,8 +212,14 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
       !atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed))
     atomic_store_explicit(&_hak_heaps_dirty, true, memory_order_relaxed);
 #endif
-  if (large) hak_atomic_add(remote_large, 1);
-  else hak_atomic_add(remote_small, 1);
+  /* counted by the freeing thread, in its own heap: no shared write */
+  hak_heap_t* self = _hak_heap_tls;
+  if (hak_likely(self != &_hak_heap_empty)) {
+    if (large) hak_count(self->counters.remote_large_frees, 1);
+    else hak_count(self->counters.remote_small_frees, 1);
+  } else {
+    hak_atomic_add(*(large ? &heapless_large : &heapless_small), 1); /* a thread that never allocated */
+  }
 }
 
 /* Classifies a pointer inside a registered segment that is not a live

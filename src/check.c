@@ -56,6 +56,31 @@ HAK_NO_SANITIZE static uint32_t check_list(const hak_page_t* page, hak_block_t* 
   return n;
 }
 
+/* Blocks of page on heap's delayed list (a walk per page: the checker's
+ * lists are short); the list itself is checked by check_delayed. */
+HAK_NO_SANITIZE static uint32_t delayed_of(const hak_heap_t* heap, const hak_page_t* page) {
+  uint32_t n = 0, k = 0;
+  for (hak_block_t* b = atomic_load_explicit(&heap->delayed, memory_order_acquire); b != NULL && ++k <= WALK_MAX;
+       b = b->next)
+    n += hak_segmap_get((uintptr_t)b) == HAK_MAP_SEGMENT && hak_page_of(b) == page;
+  return n;
+}
+
+/* Every block on the delayed list is a block of one of the heap's pages
+ * with the remote freed tag; the list ends. */
+HAK_NO_SANITIZE static size_t check_delayed(const hak_heap_t* heap) {
+  size_t bad = 0, n = 0;
+  for (hak_block_t* b = atomic_load_explicit(&heap->delayed, memory_order_acquire); b != NULL; b = b->next) {
+    if (++n > WALK_MAX) return bad + violation("delayed list does not end", heap, n, 0);
+    const hak_page_t* page = hak_segmap_get((uintptr_t)b) == HAK_MAP_SEGMENT ? hak_page_of(b) : NULL;
+    if (page == NULL || page->heap != heap || !hak_page_is_block(page, (uintptr_t)b))
+      return bad + violation("delayed list links a pointer that is not a block of the heap", b, n, 0);
+    if (atomic_load_explicit(&b->tag, memory_order_relaxed) != (hak_freed_tag(b) ^ HAK_TAG_REMOTE))
+      bad += violation("block on the delayed list without the remote freed tag", b, n, 0);
+  }
+  return bad;
+}
+
 static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bool quiet) {
   size_t bad = 0;
   if (page->heap != heap) bad += violation("page owned by another heap", page, 0, 0);
@@ -74,6 +99,8 @@ static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bo
   if (shallow) return bad;
   uint32_t nfree = check_list(page, page->free, false, &bad);
   uint32_t nremote = check_list(page, (hak_block_t*)(tf & ~HAK_TF_FULL), true, &bad);
+  /* and the page's blocks on the heap's delayed list (checked there) */
+  if (nremote != UINT32_MAX) nremote += delayed_of(heap, page);
   /* every block carrying the freed tag is on one of the two lists: a freed
    * block on neither was lost (a live block never carries the tag).  Only
    * when the world is still: a remote free tags its block before the push. */
@@ -94,9 +121,11 @@ static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bo
     bool abandoned = atomic_load_explicit(&heap->abandoned, memory_order_relaxed);
     if (abandoned && !atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed))
       bad += violation("remote frees into an exited thread's heap and no reclaim requested", page, nremote, 0);
-    if (!abandoned && full && atomic_load_explicit(&heap->remote_pending, memory_order_relaxed) == 0)
-      bad += violation("full page with remote frees and no sweep requested", page, nremote, page->used);
   }
+  /* a full page's own remote list is never looked at: its frees belong on
+   * the heap's delayed list */
+  uintptr_t own = tf & ~HAK_TF_FULL;
+  if (quiet && full && own != 0) bad += violation("full page with remote frees on its own list, not the delayed list", page, 0, page->used);
   /* an exited thread's heap keeps no empty page once it was abandoned or
    * reclaimed (a remote free since then requests a reclaim) */
   if (quiet && nremote != UINT32_MAX && nfree != UINT32_MAX && page->used == nremote &&
@@ -153,6 +182,10 @@ static size_t check_segment(const hak_heap_t* heap, hak_segment_t* seg, size_t* 
 
 static size_t check_heap(const hak_heap_t* heap, bool quiet) {
   size_t bad = 0, queued = 0, in_segments = 0;
+  if (!shallow) {
+    bad += check_delayed(heap);
+    if (bad) return bad; /* the pages' counts would follow a bad list */
+  }
   for (int b = 0; b < HAK_BINS; b++) {
     bad += check_queue(heap, &heap->bins[b], false, b, &queued, quiet);
     hak_page_t* d = heap->direct[b];

@@ -279,8 +279,9 @@ void _hak_heap_stats(hak_stats_t* st) {
   }
   st->served_small = sum.small_allocs;
   st->served_large = sum.large_allocs;
-  st->freed_small += sum.small_frees;
-  st->freed_large += sum.large_frees;
+  st->freed_small += sum.small_frees + sum.remote_small_frees;
+  st->freed_large += sum.large_frees + sum.remote_large_frees;
+  st->freed_remote += sum.remote_small_frees + sum.remote_large_frees;
   st->pages_initialized = sum.pages_init;
   st->pages_retired = sum.pages_retired;
   st->pages_refills = sum.refills;

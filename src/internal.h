@@ -227,6 +227,7 @@ HAK_INTERNAL hak_heap_t* _hak_heaps_first(void);    /* registry, next_all */
 HAK_INTERNAL void* _hak_meta_alloc(size_t size);    /* never freed          */
 HAK_INTERNAL void _hak_heap_lock(bool lock);        /* fork; tests          */
 HAK_INTERNAL void _hak_heap_fork_child(void);
+HAK_INTERNAL void _hak_remote_heapless_stats(hak_stats_t* st); /* alloc.c */
 HAK_INTERNAL bool _hak_heaps_purge_abandoned(uint64_t now, bool all); /* true: more later */
 
 /* ---- init.c: process init, fork protocol, hak_collect --------------------- */
@@ -341,8 +342,6 @@ HAK_INTERNAL void* _hak_realloc(void* p, size_t size, const void* site);
 HAK_INTERNAL void* _hak_calloc(size_t n, size_t size, const void* site);
 HAK_INTERNAL void* _hak_aligned(size_t align, size_t size, const void* site);
 HAK_INTERNAL size_t _hak_usable_size(const void* p, hak_fn_t fn);
-HAK_INTERNAL uint64_t _hak_remote_small_frees(void);
-HAK_INTERNAL uint64_t _hak_remote_large_frees(void);
 
 static inline uintptr_t hak_freed_tag(const void* p) { return (uintptr_t)p ^ _hak_free_key; }
 /* A freed block carries hak_freed_tag(p) when its owner freed it, that ^

@@ -4,8 +4,8 @@
  * Each bin has a queue of pages with (possibly) free blocks; heap->direct
  * caches the page the fast path pops from.  A page found without free
  * blocks moves to the heap's full list; it comes back when its owner frees
- * into it (page_free_slow) or when a sweep finds blocks other threads freed
- * (they set heap->remote_pending).  A page whose blocks are all free is
+ * into it (page_free_slow) or when a sweep takes in the blocks other threads
+ * freed into it (the heap's delayed list).  A page whose blocks are all free is
  * retired to its segment unless it is its bin's only page. */
 #include <stdlib.h>
 #include <string.h>
@@ -45,18 +45,26 @@ static hak_page_queue_t* page_queue(hak_heap_t* heap, hak_page_t* page) {
 }
 
 /* After a racing double free was found: the two pushes of one block wrote
- * its link twice, so the owner's list may have lost its tail (or, after
- * several races, loop).  used is set again from what the list holds; a
- * list that does not end is dropped.  The blocks lost stay counted as
- * used: the page leaks them, it never hands one out twice. */
+ * its link twice, so the owner's list may have lost its tail, loop, or
+ * (the heap's delayed list) continue into other pages' blocks.  The list
+ * is cut at the first link that is not a freed block of this page, or
+ * dropped if it does not end, and used is set again from what it holds.
+ * The blocks lost stay counted as used: the page leaks them, it never
+ * hands one out twice. */
 static void page_recount(hak_page_t* page) {
   uint32_t n = 0;
-  for (hak_block_t* b = page->free; b != NULL; b = b->next)
+  for (hak_block_t** link = &page->free; *link != NULL; link = &(*link)->next) {
+    hak_block_t* b = *link;
+    if (!hak_page_is_block(page, (uintptr_t)b) || !hak_tag_is_freed(b, atomic_load_explicit(&b->tag, memory_order_relaxed))) {
+      *link = NULL;
+      break;
+    }
     if (++n > page->capacity) {
       page->free = NULL;
       n = 0;
       break;
     }
+  }
   page->used = page->capacity - n;
 }
 
@@ -153,15 +161,22 @@ static hak_page_t* page_new(hak_heap_t* heap, size_t bin) {
   return page;
 }
 
-/* Remote frees set heap->remote_pending only for full pages: the flag bit
+/* Remote frees into a full page go to the heap's delayed list: the flag bit
  * in thread_free is set here by an atomic OR, and a remote push's CAS sees
- * it; blocks pushed before the OR are seen here. */
-static void page_to_full(hak_heap_t* heap, hak_page_t* page) {
+ * it.  Blocks pushed before the OR are collected here: the page then has
+ * free blocks and stays in its bin (false). */
+static bool page_to_full(hak_heap_t* heap, hak_page_t* page) {
+  for (;;) {
+    uintptr_t tf = atomic_fetch_or_explicit(&page->thread_free, HAK_TF_FULL, memory_order_acq_rel);
+    if ((tf & ~HAK_TF_FULL) == 0) break;
+    atomic_fetch_and_explicit(&page->thread_free, ~HAK_TF_FULL, memory_order_relaxed);
+    _hak_page_collect(page);
+    if (page->free != NULL) return false;
+  }
   queue_remove(&heap->bins[page->bin], page);
   page->in_full = 1;
   queue_push_front(&heap->full, page);
-  uintptr_t tf = atomic_fetch_or_explicit(&page->thread_free, HAK_TF_FULL, memory_order_acq_rel);
-  if ((tf & ~HAK_TF_FULL) != 0) atomic_store_explicit(&heap->remote_pending, 1, memory_order_relaxed);
+  return true;
 }
 
 static void page_unfull(hak_heap_t* heap, hak_page_t* page) {
@@ -184,18 +199,39 @@ static void page_retire(hak_heap_t* heap, hak_page_t* page) {
   HAK_VERIFY_POINT();
 }
 
-/* Brings back full pages into which other threads have freed blocks.  Runs
- * only when some remote free happened since the last sweep. */
+/* Takes in the blocks other threads freed into full pages (the delayed
+ * list, taken whole): each becomes a local free of its page, which leaves
+ * the full list (it has a free block now) or, empty, is retired; large
+ * blocks end here.  Cost: the blocks, never the number of full pages.
+ * Each block must be a block of one of this heap's pages and carry the
+ * remote tag (as in collect); one that does not was also freed by the owner
+ * (a race) or the list was overwritten: reported, and the walk stops (what
+ * follows leaks; the page's own list is cut where it runs into it). */
 void _hak_heap_sweep_full(hak_heap_t* heap) {
-  /* exchange, not load+store: a remote free's flag set in between is kept */
-  if (atomic_load_explicit(&heap->remote_pending, memory_order_relaxed) == 0) return;
-  if (atomic_exchange_explicit(&heap->remote_pending, 0, memory_order_acquire) == 0) return;
-  hak_page_t* next;
-  for (hak_page_t* page = heap->full.first; page != NULL; page = next) {
-    next = page->next;
-    _hak_page_collect(page);
-    if (page->used == 0) page_retire(heap, page); /* large blocks end here */
-    else if (page->free != NULL) page_unfull(heap, page);
+  if (atomic_load_explicit(&heap->delayed, memory_order_relaxed) == NULL) return;
+  hak_block_t* b = atomic_exchange_explicit(&heap->delayed, NULL, memory_order_acquire);
+  while (b != NULL) {
+    hak_block_t* next = b->next;
+    hak_page_t* page = hak_segmap_get((uintptr_t)b) == HAK_MAP_SEGMENT ? hak_page_of(b) : NULL;
+    if (hak_unlikely(page == NULL || page->heap != heap || !hak_page_is_block(page, (uintptr_t)b) || page->used == 0)) {
+      _hak_error(HAK_ERR_CORRUPT, HAK_FN_MALLOC, b);
+      return;
+    }
+#ifndef HAK_FAULT_REMOTE_TAG_UNCHECKED /* fault injection: a block freed twice is served twice */
+    if (hak_unlikely(atomic_load_explicit(&b->tag, memory_order_relaxed) != (hak_freed_tag(b) ^ HAK_TAG_REMOTE))) {
+      _hak_error(HAK_ERR_DOUBLE_FREE, HAK_FN_FREE, b);
+      page_recount(page);
+      return;
+    }
+#endif
+    atomic_store_explicit(&b->tag, hak_freed_tag(b), memory_order_relaxed);
+    b->next = page->free;
+    page->free = b;
+    page->used--;
+    if (page->kind == HAK_SLICE_LARGE) _hak_site_free((const void*)page->site);
+    if (page->used == 0 && (page->kind == HAK_SLICE_LARGE || heap->direct[page->bin] != page)) page_retire(heap, page);
+    else if (page->in_full) page_unfull(heap, page);
+    b = next;
   }
 }
 
@@ -304,7 +340,6 @@ void _hak_page_free_slow(hak_heap_t* heap, hak_page_t* page) {
 
 /* Retires every page with no live block (thread exit). */
 void _hak_heap_release_empty(hak_heap_t* heap) {
-  atomic_store_explicit(&heap->remote_pending, 1, memory_order_relaxed);
   _hak_heap_sweep_full(heap);
   for (size_t bin = 0; bin < HAK_BINS; bin++) {
     hak_page_t* next;

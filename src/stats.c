@@ -19,8 +19,7 @@ void hak_stats_get(hak_stats_t* st) {
   _hak_site_stats(st);
   _hak_error_stats(st);
   _hak_policy_stats(st);
-  st->freed_small += _hak_remote_small_frees();
-  st->freed_large += _hak_remote_large_frees();
+  _hak_remote_heapless_stats(st);
 }
 
 static void out_double(hak_out_t* o, double v) {

@@ -84,9 +84,11 @@ typedef enum {
  *   in_full == 1  <=>  page is on the heap's full list, else on its bin queue
  * thread_free: blocks freed by other threads, pushed with CAS, taken whole by
  * the owner (page_collect), which then subtracts them from used.  Its bit 0
- * (HAK_TF_FULL) mirrors in_full, so a remote free learns from its own CAS
- * whether the owner must be told (heap->remote_pending), without touching
- * the page after the push (the owner may retire it at once). */
+ * (HAK_TF_FULL) mirrors in_full: a remote free that finds it set pushes its
+ * block on the owner heap's delayed list instead (one CAS either way), so
+ * the owner finds the blocks freed into full pages without looking at any
+ * full page, and the freer never touches the page after its push (the
+ * owner may retire it at once). */
 typedef struct hak_page_s {
   /* line 0: read-mostly, also read by other threads' frees */
   struct hak_heap_s* heap;      /* owning heap, NULL when not a live page   */
@@ -156,7 +158,8 @@ typedef struct hak_page_queue_s {
  * stats.c.  Fields are listed once in HAK_HEAP_COUNTERS. */
 #define HAK_HEAP_COUNTERS(X) \
   X(small_allocs) X(small_frees) X(large_allocs) X(large_frees) \
-  X(pages_init) X(pages_retired) X(refills)
+  X(pages_init) X(pages_retired) X(refills) \
+  X(remote_small_frees) X(remote_large_frees) /* by this heap's thread, of other heaps' blocks */
 
 typedef struct hak_heap_counters_s {
 #define HAK_X(n) _Atomic(uint64_t) n;
@@ -176,10 +179,11 @@ typedef struct hak_heap_s {
   hak_page_queue_t full;
   hak_segment_t* segments;
   size_t segment_count;
-  /* set by remote frees into full pages: sweep the full list.  On its own
-   * cache line: other threads read it while the owner updates the rest. */
-  _Alignas(64) _Atomic(uintptr_t) remote_pending;
-  char _pad_pending[56];
+  /* blocks other threads freed into this heap's full pages (and large
+   * blocks), linked by next, taken whole by the owner (page.c).  On its own
+   * cache line: other threads push while the owner updates the rest. */
+  _Alignas(64) _Atomic(hak_block_t*) delayed;
+  char _pad_delayed[56];
   uint32_t sample_countdown;      /* small refills until the next site sample */
   uint32_t purge_countdown;       /* slow-path calls until the clock is read */
   uint64_t purge_next_ns;         /* next purge tick of its segments, 0: none dirty */

@@ -107,7 +107,9 @@ TEST(remote_lists) {
   (void)heap;
 }
 
-/* A page moved to the full list with a remote free nobody asked to sweep. */
+/* A page moved to the full list with a remote free on its own list, where
+ * nobody looks (they belong on the heap's delayed list); and a delayed list
+ * holding a block without the remote tag. */
 TEST(remote_free_without_notification) {
   char* b;
   hak_page_t* page = some_page(&b);
@@ -116,7 +118,6 @@ TEST(remote_free_without_notification) {
   hak_page_queue_t* q = &heap->bins[page->bin];
   hak_block_t* blk = (hak_block_t*)b;
   uintptr_t tf = atomic_load(&page->thread_free);
-  uintptr_t pending = atomic_load(&heap->remote_pending);
   hak_page_t* direct = heap->direct[page->bin];
   /* move to full by hand: unlink from the bin queue, push on full */
 #define UNLINK(q, p)                                \
@@ -140,12 +141,25 @@ TEST(remote_free_without_notification) {
   if (direct == page) heap->direct[page->bin] = &_hak_page_empty;
   atomic_store(&blk->tag, hak_freed_tag(blk) ^ HAK_TAG_REMOTE);
   blk->next = NULL;
-  atomic_store(&heap->remote_pending, 0);
-  PLANT("full page with remote frees and no sweep requested",
-        atomic_store(&page->thread_free, (uintptr_t)blk | HAK_TF_FULL),
-        (atomic_store(&page->thread_free, tf), atomic_store(&blk->tag, 0), ({ UNLINK(&heap->full, page); }),
-         ({ PUSH(q, page); }), page->in_full = 0, heap->direct[page->bin] = direct,
-         atomic_store(&heap->remote_pending, pending)));
+  uintptr_t remote_tag = hak_freed_tag(blk) ^ HAK_TAG_REMOTE;
+  atomic_store(&blk->tag, 0);
+  atomic_store(&page->thread_free, tf | HAK_TF_FULL); /* blk: a live block */
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  PLANT("full page with remote frees on its own list",
+        (atomic_store(&blk->tag, remote_tag), blk->next = NULL, atomic_store(&page->thread_free, (uintptr_t)blk | HAK_TF_FULL)),
+        (atomic_store(&blk->tag, 0), atomic_store(&page->thread_free, tf | HAK_TF_FULL)));
+  PLANT("block on the delayed list without the remote freed tag",
+        (blk->next = NULL, atomic_store(&heap->delayed, blk)), atomic_store(&heap->delayed, NULL));
+  PLANT("delayed list links a pointer that is not a block of the heap",
+        (atomic_store(&blk->tag, remote_tag), blk->next = (hak_block_t*)((char*)blk + 8), atomic_store(&heap->delayed, blk)),
+        (atomic_store(&blk->tag, 0), blk->next = NULL, atomic_store(&heap->delayed, NULL)));
+  atomic_store(&page->thread_free, tf);
+  atomic_store(&blk->tag, 0);
+  UNLINK(&heap->full, page);
+  PUSH(q, page);
+  page->in_full = 0;
+  heap->direct[page->bin] = direct;
+  EXPECT_EQ_U(hak_check_heap(), 0);
 }
 
 TEST(segments_and_queues) {
