@@ -148,10 +148,12 @@ void _hak_remote_heapless_stats(hak_stats_t* st) {
 }
 
 /* A free of a block of another thread's page: tag it and push it, with one
- * CAS, on the page's thread_free list, or, if the page is full (a large
- * block's always is), on the owner heap's delayed list, where the owner
- * finds it without looking at its full pages (page.c).  No other shared
- * write: the owner counts the frees when it takes them in.
+ * CAS, on the page's thread_free list.  If the page is full (a large
+ * block's always is), the free clears the page's full flag and pushes its
+ * block on the owner heap's delayed list instead: the owner learns of the
+ * page from there, without looking at its full pages (page.c), and the
+ * frees that follow go on the page's list again.  The freeing thread counts
+ * the free in its own heap: no other shared write.
  * A free that follows another free of the same block (in any thread, as
  * ordered by the program) finds the tag; of two remote frees racing each
  * other, the tag exchange lets exactly one through.  A remote free racing
@@ -189,10 +191,19 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
 #define PUSH_ORDER memory_order_release
 #endif
   for (;;) {
-#ifdef HAK_FAULT_REMOTE_NOTIFY_LOST /* fault injection: blocks of full pages go where nobody looks */
-    tf &= ~HAK_TF_FULL;
+    if (tf & HAK_TF_FULL) {
+      /* the first free into a full page clears the flag and tells the owner
+       * (its block on the delayed list); the next ones go on the page */
+#ifdef HAK_FAULT_REMOTE_NOTIFY_LOST /* fault injection: pushed on the page, the flag kept, nobody told */
+      b->next = (hak_block_t*)(tf & ~HAK_TF_FULL);
+      if (atomic_compare_exchange_weak_explicit(&page->thread_free, &tf, (uintptr_t)b | HAK_TF_FULL, PUSH_ORDER,
+                                                memory_order_relaxed))
+        break;
+      continue;
 #endif
-    if (tf & HAK_TF_FULL) { /* the owner looks at full pages only through its delayed list */
+      if (!atomic_compare_exchange_weak_explicit(&page->thread_free, &tf, tf & ~HAK_TF_FULL, memory_order_relaxed,
+                                                 memory_order_relaxed))
+        continue;
       hak_block_t* head = atomic_load_explicit(&owner->delayed, memory_order_relaxed);
       do b->next = head;
       while (!atomic_compare_exchange_weak_explicit(&owner->delayed, &head, b, PUSH_ORDER, memory_order_relaxed));

@@ -87,7 +87,11 @@ static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bo
   if (page->in_full != full) bad += violation("page on the wrong queue", page, page->in_full, full);
   /* acquire: the blocks pushed so far are visible (their next fields) */
   uintptr_t tf = atomic_load_explicit(&page->thread_free, memory_order_acquire);
-  if (((tf & HAK_TF_FULL) != 0) != full) bad += violation("full flag of thread_free disagrees", page, tf & 1, full);
+  /* the flag is cleared by the first remote free into a full page, whose
+   * block then waits on the heap's delayed list */
+  if ((tf & HAK_TF_FULL) && !full) bad += violation("full flag of thread_free disagrees", page, tf & 1, full);
+  if (quiet && full && !(tf & HAK_TF_FULL) && delayed_of(heap, page) == 0)
+    bad += violation("full page with its flag clear and nothing on the delayed list", page, 0, page->used);
   if (page->capacity > page->reserved) bad += violation("capacity > reserved", page, page->capacity, page->reserved);
   if (atomic_load(&page->carved) != page->capacity * page->block_size)
     bad += violation("carved != capacity * block_size", page, atomic_load(&page->carved), page->capacity);
@@ -122,10 +126,9 @@ static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bo
     if (abandoned && !atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed))
       bad += violation("remote frees into an exited thread's heap and no reclaim requested", page, nremote, 0);
   }
-  /* a full page's own remote list is never looked at: its frees belong on
-   * the heap's delayed list */
-  uintptr_t own = tf & ~HAK_TF_FULL;
-  if (quiet && full && own != 0) bad += violation("full page with remote frees on its own list, not the delayed list", page, 0, page->used);
+  /* a full page whose flag is set has told nobody: its own list must be empty */
+  if (quiet && full && (tf & HAK_TF_FULL) && (tf & ~HAK_TF_FULL) != 0)
+    bad += violation("full page with remote frees on its own list and nobody told", page, 0, page->used);
   /* an exited thread's heap keeps no empty page once it was abandoned or
    * reclaimed (a remote free since then requests a reclaim) */
   if (quiet && nremote != UINT32_MAX && nfree != UINT32_MAX && page->used == nremote &&

@@ -200,9 +200,10 @@ static void page_retire(hak_heap_t* heap, hak_page_t* page) {
 }
 
 /* Takes in the blocks other threads freed into full pages (the delayed
- * list, taken whole): each becomes a local free of its page, which leaves
- * the full list (it has a free block now) or, empty, is retired; large
- * blocks end here.  Cost: the blocks, never the number of full pages.
+ * list, taken whole): each becomes a local free of its page, with the
+ * frees that followed it on the page's own list; the page leaves the full
+ * list (it has free blocks now) or, empty, is retired; large blocks end
+ * here.  Cost: the notifying blocks, never the number of full pages.
  * Each block must be a block of one of this heap's pages and carry the
  * remote tag (as in collect); one that does not was also freed by the owner
  * (a race) or the list was overwritten: reported, and the walk stops (what
@@ -229,6 +230,7 @@ void _hak_heap_sweep_full(hak_heap_t* heap) {
     page->free = b;
     page->used--;
     if (page->kind == HAK_SLICE_LARGE) _hak_site_free((const void*)page->site);
+    else _hak_page_collect(page);
     if (page->used == 0 && (page->kind == HAK_SLICE_LARGE || heap->direct[page->bin] != page)) page_retire(heap, page);
     else if (page->in_full) page_unfull(heap, page);
     b = next;

@@ -84,11 +84,13 @@ typedef enum {
  *   in_full == 1  <=>  page is on the heap's full list, else on its bin queue
  * thread_free: blocks freed by other threads, pushed with CAS, taken whole by
  * the owner (page_collect), which then subtracts them from used.  Its bit 0
- * (HAK_TF_FULL) mirrors in_full: a remote free that finds it set pushes its
- * block on the owner heap's delayed list instead (one CAS either way), so
- * the owner finds the blocks freed into full pages without looking at any
- * full page, and the freer never touches the page after its push (the
- * owner may retire it at once). */
+ * (HAK_TF_FULL) is set when the page goes on the full list: the first remote
+ * free that finds it clears it and pushes its block on the owner heap's
+ * delayed list instead, so the owner learns of the page without looking at
+ * any full page; the freer never touches the page after its push (the
+ * owner may retire it at once).  So: full flag set => on the full list; on
+ * the full list with the flag clear => one of its blocks is on the delayed
+ * list. */
 typedef struct hak_page_s {
   /* line 0: read-mostly, also read by other threads' frees */
   struct hak_heap_s* heap;      /* owning heap, NULL when not a live page   */

@@ -23,6 +23,12 @@
  *   cold    300 x: from one of 64 call sites, malloc a block of 2..24 MiB
  *           (8 sizes), write one byte per page, keep the last 4 live:
  *           beyond any cache budget
+ *   prodcons  a producer thread allocates 8 Mi blocks of 512 B and hands
+ *           them over (a ring) to a consumer thread, which frees 3 of
+ *           every 4 and keeps the 4th: the live set grows to 1 GiB and
+ *           most frees are remote frees into the producer's full pages;
+ *           also reports the producer's malloc cost over the first and
+ *           the last 1 Mi blocks ("malloc_ns_first", "malloc_ns_last")
  *   purge   4 Mi x malloc 256 B (1 GiB), then free all but one block per
  *           4 MiB allocated; then 2 s of light activity (every ms, 16
  *           blocks of 16..1024 B allocated and freed), no malloc_trim: also
@@ -124,6 +130,52 @@ static void mt(void) {
   ops = 2 * iters;
 }
 
+enum { PC_N = 8 << 20, PC_SIZE = 512, PC_RING = 1 << 16, PC_PHASE = 1 << 20 };
+static _Atomic(char*) pc_ring[PC_RING];
+static _Atomic(long) pc_head, pc_tail; /* produced, consumed */
+static double pc_first_ns, pc_last_ns;
+
+static void* pc_consumer(void* arg) {
+  char** kept = arg;
+  long n = 0;
+  for (long i = 0; i < PC_N; i++) {
+    while (atomic_load_explicit(&pc_head, memory_order_acquire) <= i) {
+    }
+    char* p = atomic_load_explicit(&pc_ring[i % PC_RING], memory_order_relaxed);
+    atomic_store_explicit(&pc_tail, i + 1, memory_order_release);
+    if (i % 4 == 3) kept[n++] = p;
+    else free(p);
+  }
+  return NULL;
+}
+
+static void prodcons(void) {
+  char** kept = malloc(PC_N / 4 * sizeof(char*));
+  if (kept == NULL) abort();
+  pthread_t t;
+  pthread_create(&t, NULL, pc_consumer, kept);
+  double phase_t0 = 0, malloc_s = 0;
+  for (long i = 0; i < PC_N; i++) {
+    while (i - atomic_load_explicit(&pc_tail, memory_order_acquire) >= PC_RING) {
+    }
+    if (i % 64 == 0) phase_t0 = now(); /* timed in groups of 64 mallocs */
+    char* p = malloc(PC_SIZE);
+    if (p == NULL) abort();
+    p[0] = 1;
+    if (i % 64 == 63) malloc_s += now() - phase_t0;
+    atomic_store_explicit(&pc_ring[i % PC_RING], p, memory_order_relaxed);
+    atomic_store_explicit(&pc_head, i + 1, memory_order_release);
+    if (i + 1 == PC_PHASE) pc_first_ns = malloc_s * 1e9 / PC_PHASE, malloc_s = 0;
+    if (i + 1 == PC_N - PC_PHASE) malloc_s = 0;
+  }
+  pc_last_ns = malloc_s * 1e9 / PC_PHASE;
+  pthread_join(t, NULL);
+  for (long i = 0; i < PC_N / 4; i++) free(kept[i]);
+  free(kept);
+  iters = PC_N;
+  ops = 2L * PC_N;
+}
+
 /* 64 distinct call sites (no tail calls, so each has its own return address) */
 static void* volatile sink;
 #define SITE(n) \
@@ -203,7 +255,7 @@ static void purge(void) {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    fprintf(stderr, "usage: %s json|mir|vm|mixed|small|mid|mt|cold|purge\n", argv[0]);
+    fprintf(stderr, "usage: %s json|mir|vm|mixed|small|mid|mt|cold|prodcons|purge\n", argv[0]);
     return 2;
   }
   const char* sc = argv[1];
@@ -219,6 +271,7 @@ int main(int argc, char** argv) {
   else if (strcmp(sc, "mt") == 0) mt();
   else if (strcmp(sc, "cold") == 0) cold();
   else if (strcmp(sc, "purge") == 0) purge();
+  else if (strcmp(sc, "prodcons") == 0) prodcons();
   else {
     fprintf(stderr, "unknown scenario %s\n", sc);
     return 2;
@@ -231,6 +284,7 @@ int main(int argc, char** argv) {
          sc, iters, ops, t, t * 1e9 / (double)iters, b.ru_minflt - a.ru_minflt, b.ru_majflt - a.ru_majflt,
          status_kib("VmHWM:"), rss_end_kib);
   if (rss_free_kib >= 0) printf(",\"rss_free_kib\":%ld", rss_free_kib);
+  if (pc_first_ns > 0) printf(",\"malloc_ns_first\":%.1f,\"malloc_ns_last\":%.1f", pc_first_ns, pc_last_ns);
   printf("}\n");
   return 0;
 }
