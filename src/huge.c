@@ -64,6 +64,11 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh) 
     if (base == NULL) return NULL;
     if (size >= THP_SIZE && hak_option(HAK_OPT_THP))
       _hak_os_advise(base + offset, (map_size - offset) & ~(THP_SIZE - 1), MADV_HUGEPAGE);
+    /* THP=always: the header's write would fault in the whole first 2 MiB
+     * (which holds nothing else) as a huge page */
+#ifndef HAK_FAULT_THP_HEADER /* fault injection */
+    if (_hak_thp_always && offset >= THP_SIZE) _hak_os_advise(base, offset & ~(THP_SIZE - 1), MADV_NOHUGEPAGE);
+#endif
     _hak_segmap_set((uintptr_t)base, map_size, true);
   }
   hak_huge_t* h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER);

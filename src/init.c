@@ -72,6 +72,8 @@ static void fork_child(void) {
 
 /* True once the process is initialized; false only for a call that
  * re-entered init on the initializing thread (a signal handler). */
+bool _hak_thp_always;
+
 bool _hak_init(void) {
   int expected = 0;
   if (hak_likely(atomic_load_explicit(&init_state, memory_order_acquire) == 2)) return true;
@@ -87,6 +89,7 @@ bool _hak_init(void) {
   _hak_free_key = (uintptr_t)_hak_os_random() | 1;
   _hak_options_init();
   _hak_fast_limit = hak_option(HAK_OPT_MODE) == 1 ? (64u << 10) - 1 : HAK_SMALL_MAX;
+  _hak_thp_always = _hak_os_thp_always();
   _hak_heap_init_key();
   atomic_store_explicit(&init_state, 2, memory_order_release);
   init_self = false;

@@ -82,6 +82,7 @@ HAK_INTERNAL extern _Atomic(uint64_t) _hak_os_map_count;
 HAK_INTERNAL void _hak_os_stats(hak_stats_t* st);
 HAK_INTERNAL uint64_t _hak_os_random(void);   /* no allocation, no syscall */
 HAK_INTERNAL bool _hak_os_secure(void);       /* AT_SECURE                */
+HAK_INTERNAL bool _hak_os_thp_always(void);   /* THP on every mapping     */
 HAK_INTERNAL bool _hak_os_cwd(char* buf, size_t size);
 HAK_INTERNAL int _hak_os_tid(void);
 HAK_INTERNAL bool _hak_os_thread_alive(int tid);
@@ -236,6 +237,7 @@ HAK_INTERNAL extern uintptr_t _hak_free_key;
  * evolving mode, where larger requests ask the policy first. */
 HAK_INTERNAL extern size_t _hak_fast_limit;
 HAK_INTERNAL bool _hak_init(void); /* false: re-entered on the initializing thread */
+HAK_INTERNAL extern bool _hak_thp_always; /* the system backs every mapping with huge pages */
 
 /* ---- huge.c: direct mappings with a checked header ------------------------ */
 HAK_INTERNAL void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh);

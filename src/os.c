@@ -3,6 +3,7 @@
  * substitute a fake OS and a fake clock. */
 #define _GNU_SOURCE /* RUSAGE_THREAD */
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/auxv.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -190,6 +191,23 @@ bool _hak_os_thread_alive(int tid) {
 
 /* The kernel marked the process secure (set-uid, set-gid, capabilities). */
 bool _hak_os_secure(void) { return getauxval(AT_SECURE) != 0; }
+
+/* Transparent huge pages on every anonymous mapping ("[always]" selected in
+ * sysfs): read once at init with plain system calls (no allocation). */
+bool _hak_os_thp_always(void) {
+  char buf[128];
+  ssize_t n = -1;
+  KEEP_ERRNO({
+    int fd = open("/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      n = read(fd, buf, sizeof(buf) - 1);
+      close(fd);
+    }
+  });
+  if (n <= 0) return false;
+  buf[n] = 0;
+  return strstr(buf, "[always]") != NULL;
+}
 
 void _hak_os_stats(hak_stats_t* st) {
   st->os_mmap_calls = atomic_load(&_hak_os_map_count);

@@ -20,7 +20,11 @@ static struct {
 } advised[LOG_MAX], unmapped[LOG_MAX];
 static int n_advised, n_unmapped;
 
+static uintptr_t nohuge_base;
+static size_t nohuge_size;
+
 static int fake_advise(void* addr, size_t size, int advice) {
+  if (advice == MADV_NOHUGEPAGE) nohuge_base = (uintptr_t)addr, nohuge_size = size;
   if (advice == MADV_FREE || advice == MADV_DONTNEED) {
     if (n_advised < LOG_MAX) advised[n_advised++].base = (uintptr_t)addr, advised[n_advised - 1].size = size;
   }
@@ -214,6 +218,32 @@ TEST(double_free_of_a_cached_block_is_reported) {
   EXPECT_EQ_U(b.bigcache_puts - a.bigcache_puts, 1);
   EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
   _hak_options[HAK_OPT_ON_ERROR] = 0;
+}
+
+/* THP=always: the first 2 MiB of a huge mapping holds only the header
+ * (blocks of 2 MiB and more start 2 MiB in): it must not become a huge
+ * page when the header is written.  Not under THP=madvise. */
+TEST(thp_always_keeps_the_header_off_a_huge_page) {
+  setup(4, 64 * MiB, 2000, 8 * MiB, 256, 100, 64 * MiB);
+  bool saved = _hak_thp_always;
+  _hak_thp_always = true;
+  nohuge_base = 0;
+  char* p = hak_malloc(20 * MiB); /* past BigCache's classes: a fresh mapping */
+  ASSERT_NOT_NULL(p);
+  uintptr_t base = (uintptr_t)p & ~(uintptr_t)HAK_SEGMENT_MASK;
+  EXPECT_TRUE(nohuge_base == base);
+  EXPECT_EQ_U(nohuge_size, 2 * MiB);
+  hak_free(p);
+  hak_collect();
+  _hak_thp_always = false;
+  nohuge_base = 0;
+  p = hak_malloc(20 * MiB);
+  ASSERT_NOT_NULL(p);
+  EXPECT_TRUE(nohuge_base == 0);
+  hak_free(p);
+  _hak_thp_always = saved;
+  hak_collect();
+  _hak_os = &_hak_os_default;
 }
 
 TEST_MAIN()
