@@ -55,6 +55,7 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
 
 /* Gives an empty segment back: to the cache, or to the OS. */
 void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
+  if (heap->slice_hint == seg) heap->slice_hint = NULL;
   if (seg->prev) seg->prev->next = seg->next;
   else heap->segments = seg->next;
   if (seg->next) seg->next->prev = seg->prev;
@@ -82,22 +83,32 @@ void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   }
 }
 
-/* First run of n set bits in mask, or -1. */
+/* First run of n set bits in mask, or -1: after the steps, bit i of m is
+ * set iff bits i .. i+have-1 of mask are, have doubling up to n (log n
+ * steps, not n). */
 static int mask_find_run(uint64_t mask, size_t n) {
   uint64_t m = mask;
-  for (size_t k = 1; k < n && m; k++) m &= mask >> k;
+  size_t have = 1;
+  while (have < n && m) {
+    size_t step = have <= n - have ? have : n - have;
+    m &= m >> step;
+    have += step;
+  }
   return m ? __builtin_ctzll(m) : -1;
 }
 
 /* A run of n free slices from one of the heap's segments (a new segment if
  * none has room), set up as a page head plus interior descriptors. */
 hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
-  hak_segment_t* seg;
-  int start = -1;
-  for (seg = heap->segments; seg != NULL; seg = seg->next) {
-    start = mask_find_run(seg->free_mask, n);
-    if (start >= 0) break;
-  }
+  hak_segment_t* seg = heap->slice_hint;
+  int start = seg != NULL ? mask_find_run(seg->free_mask, n) : -1;
+  /* the segment that last gave slices back first (where a freed run of
+   * the same size just made room), then first fit over the others */
+  if (start < 0)
+    for (seg = heap->segments; seg != NULL; seg = seg->next) {
+      start = mask_find_run(seg->free_mask, n);
+      if (start >= 0) break;
+    }
   if (seg == NULL) {
     seg = segment_alloc(heap);
     if (seg == NULL) return NULL;
@@ -133,6 +144,7 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page) {
   seg->free_mask |= bits;
   seg->dirty_mask |= bits; /* purged once idle (purge.c) */
   seg->used_slices -= (uint32_t)n;
+  heap->slice_hint = seg;
   _hak_purge_dirtied(heap);
   if (seg->used_slices == 0 && (heap->segment_count > 1 || atomic_load_explicit(&heap->abandoned, memory_order_relaxed)))
     _hak_segment_release(heap, seg);

@@ -181,6 +181,7 @@ typedef struct hak_heap_s {
   hak_page_queue_t full;
   hak_segment_t* segments;
   size_t segment_count;
+  hak_segment_t* slice_hint;      /* where slices were last given back, or NULL */
   /* blocks other threads freed into this heap's full pages (and large
    * blocks), linked by next, taken whole by the owner (page.c).  On its own
    * cache line: other threads push while the owner updates the rest. */
