@@ -202,6 +202,22 @@ static size_t check_heap(const hak_heap_t* heap, bool quiet) {
     bad += check_segment(heap, s, &in_segments);
   }
   if (nseg != heap->segment_count) bad += violation("segment_count", heap, nseg, heap->segment_count);
+  /* the index by longest free run: each segment once, on its run's list */
+  size_t indexed = 0;
+  for (unsigned r = 0; r < HAK_SLICES; r++) {
+    if (((heap->run_mask >> r) & 1) != (heap->by_run[r] != NULL))
+      bad += violation("run index mask disagrees with its lists", heap, r, heap->run_mask);
+    size_t k = 0;
+    for (hak_segment_t* s = heap->by_run[r]; s != NULL && k <= nseg; s = s->run_next, k++) {
+      uint64_t m = s->free_mask;
+      unsigned longest = 0;
+      for (; m != 0; longest++) m &= m << 1;
+      if (s->heap != heap || s->max_run != r || longest != r)
+        bad += violation("segment on the wrong run index list (longest free run)", s, longest, r);
+    }
+    indexed += k;
+  }
+  if (indexed != nseg) bad += violation("segments in the run index != segments", heap, indexed, nseg);
   if (queued != in_segments) bad += violation("pages in segments != pages on queues", heap, in_segments, queued);
   return bad;
 }

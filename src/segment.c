@@ -23,6 +23,36 @@ static void segment_init(hak_segment_t* seg, hak_heap_t* heap) {
   seg->slices[0].slice_count = 1;
 }
 
+/* ---- the heap's index of segments by longest free run ------------------ */
+static unsigned longest_run(uint64_t m) { /* one step per slice of the run */
+  unsigned n = 0;
+  for (; m != 0; n++) m &= m << 1;
+  return n;
+}
+
+static void run_unlink(hak_heap_t* heap, hak_segment_t* seg) {
+  if (seg->run_prev) seg->run_prev->run_next = seg->run_next;
+  else heap->by_run[seg->max_run] = seg->run_next;
+  if (seg->run_next) seg->run_next->run_prev = seg->run_prev;
+  if (heap->by_run[seg->max_run] == NULL) heap->run_mask &= ~((uint64_t)1 << seg->max_run);
+  seg->run_next = seg->run_prev = NULL;
+}
+
+static void run_link(hak_heap_t* heap, hak_segment_t* seg) {
+  seg->max_run = longest_run(seg->free_mask);
+  seg->run_prev = NULL;
+  seg->run_next = heap->by_run[seg->max_run];
+  if (seg->run_next) seg->run_next->run_prev = seg;
+  heap->by_run[seg->max_run] = seg;
+  heap->run_mask |= (uint64_t)1 << seg->max_run;
+}
+
+static void run_reindex(hak_heap_t* heap, hak_segment_t* seg) {
+  if (longest_run(seg->free_mask) == seg->max_run) return;
+  run_unlink(heap, seg);
+  run_link(heap, seg);
+}
+
 static hak_segment_t* segment_alloc(hak_heap_t* heap) {
   hak_segment_t* seg = NULL;
   uint64_t dirty = 0;
@@ -48,6 +78,7 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
   if (heap->segments) heap->segments->prev = seg;
   heap->segments = seg;
   heap->segment_count++;
+  run_link(heap, seg);
   hak_atomic_add(seg_current, 1);
   if (dirty) _hak_purge_dirtied(heap);
   return seg;
@@ -55,7 +86,7 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
 
 /* Gives an empty segment back: to the cache, or to the OS. */
 void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
-  if (heap->slice_hint == seg) heap->slice_hint = NULL;
+  run_unlink(heap, seg);
   if (seg->prev) seg->prev->next = seg->next;
   else heap->segments = seg->next;
   if (seg->next) seg->next->prev = seg->prev;
@@ -100,15 +131,11 @@ static int mask_find_run(uint64_t mask, size_t n) {
 /* A run of n free slices from one of the heap's segments (a new segment if
  * none has room), set up as a page head plus interior descriptors. */
 hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
-  hak_segment_t* seg = heap->slice_hint;
+  /* the segment whose longest free run is the shortest that fits (one
+   * bit scan), then the first such run in it */
+  uint64_t fits = n < HAK_SLICES ? heap->run_mask & (~(uint64_t)0 << n) : 0;
+  hak_segment_t* seg = fits ? heap->by_run[__builtin_ctzll(fits)] : NULL;
   int start = seg != NULL ? mask_find_run(seg->free_mask, n) : -1;
-  /* the segment that last gave slices back first (where a freed run of
-   * the same size just made room), then first fit over the others */
-  if (start < 0)
-    for (seg = heap->segments; seg != NULL; seg = seg->next) {
-      start = mask_find_run(seg->free_mask, n);
-      if (start >= 0) break;
-    }
   if (seg == NULL) {
     seg = segment_alloc(heap);
     if (seg == NULL) return NULL;
@@ -120,6 +147,7 @@ hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
   seg->dirty_mask &= ~bits; /* in use: never purged */
   seg->aged_mask &= ~bits;
 #endif
+  run_reindex(heap, seg);
   seg->used_slices += (uint32_t)n;
   hak_page_t* page = &seg->slices[start];
   for (size_t i = 1; i < n; i++) {
@@ -144,7 +172,9 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page) {
   seg->free_mask |= bits;
   seg->dirty_mask |= bits; /* purged once idle (purge.c) */
   seg->used_slices -= (uint32_t)n;
-  heap->slice_hint = seg;
+#ifndef HAK_FAULT_RUN_INDEX_STALE /* fault injection: freed runs are not found again */
+  run_reindex(heap, seg);
+#endif
   _hak_purge_dirtied(heap);
   if (seg->used_slices == 0 && (heap->segment_count > 1 || atomic_load_explicit(&heap->abandoned, memory_order_relaxed)))
     _hak_segment_release(heap, seg);

@@ -134,6 +134,8 @@ _Static_assert(offsetof(hak_page_t, free) == 64 && offsetof(hak_page_t, thread_f
  * Invariants: bit i of free_mask set <=> slices[i].kind == HAK_SLICE_FREE;
  *   bit 0 never set; used_slices == 63 - popcount(free_mask);
  *   aged_mask within dirty_mask within free_mask;
+ *   max_run == the longest run of set bits of free_mask, and the segment is
+ *   on its heap's by_run[max_run] list;
  *   every live page's heap == this segment's heap. */
 typedef struct hak_segment_s {
   uint64_t magic;                 /* HAK_SEGMENT_MAGIC while registered    */
@@ -142,9 +144,11 @@ typedef struct hak_segment_s {
   uint64_t dirty_mask;            /* free slices that may be resident (purge.c) */
   uint64_t aged_mask;             /* of those, dirty at the last purge tick */
   uint32_t used_slices;
-  uint32_t _pad;
+  uint32_t max_run;               /* longest run of free slices (heap index) */
   struct hak_segment_s* next;     /* heap's segment list / cache list      */
   struct hak_segment_s* prev;
+  struct hak_segment_s* run_next; /* heap->by_run[max_run] list             */
+  struct hak_segment_s* run_prev;
   hak_page_t slices[HAK_SLICES];
 } hak_segment_t;
 
@@ -181,7 +185,10 @@ typedef struct hak_heap_s {
   hak_page_queue_t full;
   hak_segment_t* segments;
   size_t segment_count;
-  hak_segment_t* slice_hint;      /* where slices were last given back, or NULL */
+  /* segments by their longest free run: by_run[r] lists those whose
+   * longest run is r slices; bit r of run_mask: by_run[r] is not empty */
+  hak_segment_t* by_run[HAK_SLICES];
+  uint64_t run_mask;
   /* blocks other threads freed into this heap's full pages (and large
    * blocks), linked by next, taken whole by the owner (page.c).  On its own
    * cache line: other threads push while the owner updates the rest. */

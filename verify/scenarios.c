@@ -16,6 +16,7 @@
  *           allocate a new one of a random size in 16..1024 B (first and
  *           last byte written)
  *   mid     200,000 x: the same over 1,000 live blocks of 2..32 KiB
+ *   large   100,000 x: the same over 4,000 live blocks of 64 KiB..1 MiB
  *   mt      larson-like server: 2 threads x 500,000 x: swap a new block of
  *           16..1024 B into a random one of 2,000 shared slots and free the
  *           block taken out (allocated by either thread: ~half the frees
@@ -255,7 +256,7 @@ static void purge(void) {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    fprintf(stderr, "usage: %s json|mir|vm|mixed|small|mid|mt|cold|prodcons|purge\n", argv[0]);
+    fprintf(stderr, "usage: %s json|mir|vm|mixed|small|mid|large|mt|cold|prodcons|purge\n", argv[0]);
     return 2;
   }
   const char* sc = argv[1];
@@ -268,6 +269,7 @@ int main(int argc, char** argv) {
   else if (strcmp(sc, "mixed") == 0) mixed();
   else if (strcmp(sc, "small") == 0) replace(1000000, 10000, 16, 1024);
   else if (strcmp(sc, "mid") == 0) replace(200000, 1000, 2 * KiB, 32 * KiB);
+  else if (strcmp(sc, "large") == 0) replace(100000, 4000, 64 * KiB, 1 * MiB);
   else if (strcmp(sc, "mt") == 0) mt();
   else if (strcmp(sc, "cold") == 0) cold();
   else if (strcmp(sc, "purge") == 0) purge();

@@ -176,6 +176,9 @@ TEST(segments_and_queues) {
   PLANT("purge masks", seg->dirty_mask |= (uint64_t)1 << page->slice_index, seg->dirty_mask = dirty);
   PLANT("used_slices disagrees", seg->used_slices++, seg->used_slices--);
   PLANT("segment_count", heap->segment_count++, heap->segment_count--);
+  PLANT("wrong run index list", seg->max_run ^= 1, seg->max_run ^= 1);
+  uint64_t run_mask = heap->run_mask;
+  PLANT("run index mask disagrees", heap->run_mask ^= (uint64_t)1 << 63 >> (seg->max_run == 0), heap->run_mask = run_mask);
   uint64_t magic = seg->magic;
   PLANT("segment magic", seg->magic = 1, seg->magic = magic);
   int other = page->bin == 0 ? 1 : 0;
