@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
 # LD_PRELOADs libhakmem.so into real programs (python3 with every object
-# through malloc, git, sort, gcc, sqlite3, xz -T2), compares each output
-# with a run without it, and proves from hakmem's own statistics that hakmem
-# served the allocations (a silent fall-back to glibc fails the test).
+# through malloc, an allocation-heavy CPython workload, git, sort, gcc,
+# sqlite3, xz -T2), compares each output with a run without it, and proves
+# from hakmem's own statistics that hakmem served the allocations (a silent
+# fall-back to glibc fails the test).
+#
+#   verify/preload_test.sh LIB                 the test
+#   verify/preload_test.sh LIB --rss OUT [N]   the same programs, N runs (3)
+#       under glibc, mimalloc, jemalloc, tcmalloc and hakmem, interleaved:
+#       OUT.md gets each program's peak RSS (largest process, median,
+#       min-max) per allocator and hakmem / mimalloc, OUT.json the samples
+#       (bazel run -c opt //verify:preload_rss -- OUT)
 set -euo pipefail
 
 LIB=$(realpath "$1")
+RSS_OUT="" RSS_RUNS=3
+if [ "${2:-}" = "--rss" ]; then
+  RSS_OUT=$(realpath -m "$3")
+  RSS_RUNS=${4:-3}
+fi
 WORK=$(mktemp -d "${TEST_TMPDIR:-/tmp}/preload.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 PY=/usr/bin/python3
@@ -16,9 +29,53 @@ fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 # run NAME MIN_SMALL CMD...: runs CMD in $WORK/NAME.glibc and $WORK/NAME.hak
 # (the same relative files), compares stdout+stderr and the files CMD wrote,
 # then checks hakmem's per-process statistics.
+rss_peers() {
+  local d n
+  for n in libmimalloc.so.2 libjemalloc.so.2 libtcmalloc_minimal.so.4; do
+    for d in /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib64 /usr/lib; do
+      [ -e "$d/$n" ] && { echo "${n%%.so*}=$d/$n"; break; }
+    done
+  done
+}
+
+# rss NAME CMD...: the peak RSS (largest process of the tree, from wait4)
+# of CMD under every allocator, RSS_RUNS rounds, appended to $RSS_OUT.tsv
+rss() {
+  local name=$1 round alloc lib dir
+  shift
+  for round in $(seq 1 "$RSS_RUNS"); do
+    for alloc in glibc $(rss_peers) hakmem="$LIB"; do
+      lib=${alloc#*=}
+      [ "$alloc" = glibc ] && lib=""
+      dir="$WORK/rss.$name"
+      rm -rf "$dir" && mkdir -p "$dir"
+      [ -d "$WORK/input" ] && cp -r "$WORK/input/." "$dir/"
+      local kib
+      kib=$(cd "$dir" && HOME="$dir" "$PY" -c '
+import os, sys
+pid = os.fork()
+if pid == 0:
+    lib = sys.argv[1]
+    if lib: os.environ["LD_PRELOAD"] = lib
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1); os.dup2(devnull, 2)
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, ru = os.wait4(pid, 0)
+if status != 0: sys.exit(f"exit status {status}")
+print(ru.ru_maxrss)' "$lib" "$@") || fail "$name under ${alloc%%=*} failed"
+      printf '%s\t%s\t%s\n' "$name" "${alloc%%=*}" "$kib" >>"$RSS_OUT.tsv"
+    done
+  done
+  echo "rss: $name done"
+}
+
 run() {
   local name=$1 min_small=$2
   shift 2
+  if [ -n "$RSS_OUT" ]; then
+    rss "$name" "$@"
+    return
+  fi
   for side in glibc hak; do
     local dir="$WORK/$name.$side"
     mkdir -p "$dir"
@@ -81,6 +138,21 @@ c = collections.Counter(w for w in open(__file__).read().split())
 print(sorted(out.items()), c.most_common(5))
 PYEOF
 run python 100000 env PYTHONMALLOC=malloc "$PY" "$WORK/prog.py"
+
+# ---- CPython, allocation-heavy: objects built and dropped in waves --------
+cat >"$WORK/churn.py" <<'PYEOF'
+import random
+r = random.Random(5)
+keep = []
+for wave in range(12):
+    objs = [{"id": i, "name": "n%d" % i, "tags": [str(r.random())] * (i % 5)} for i in range(40000)]
+    text = [repr(o) for o in objs[::3]]
+    keep.append(sum(len(t) for t in text))
+    keep.append(len({o["name"]: o for o in objs if o["id"] % 7}))
+    del objs, text
+print(sum(keep))
+PYEOF
+run python_churn 100000 env PYTHONMALLOC=malloc "$PY" "$WORK/churn.py"
 
 # ---- git on a scratch repository -----------------------------------------
 cat >"$WORK/git.sh" <<'SHEOF'
@@ -152,5 +224,34 @@ run xz 20 sh -c 'xz -T2 -6 --block-size=1MiB -k data.txt && xz -dc data.txt.xz |
 if [ "$failures" -ne 0 ]; then
   echo "$failures failure(s)"
   exit 1
+fi
+if [ -n "$RSS_OUT" ]; then
+  "$PY" - "$RSS_OUT" <<'PYEOF'
+import collections, json, math, statistics, sys
+out = sys.argv[1]
+samples = collections.defaultdict(lambda: collections.defaultdict(list))
+for line in open(out + ".tsv"):
+    name, alloc, kib = line.split()
+    samples[name][alloc].append(int(kib))
+allocs = ["glibc", "libmimalloc", "libjemalloc", "libtcmalloc_minimal", "hakmem"]
+allocs = [a for a in allocs if any(a in s for s in samples.values())]
+med = {n: {a: statistics.median(v) for a, v in s.items()} for n, s in samples.items()}
+lines = ["# Peak RSS of real programs (largest process; median of %d runs, min-max)" % len(next(iter(next(iter(samples.values())).values()))), "",
+         "| program | " + " | ".join(a.replace("libtcmalloc_minimal", "tcmalloc").replace("libmimalloc", "mimalloc")
+                                     .replace("libjemalloc", "jemalloc") for a in allocs) + " | hakmem / mimalloc |",
+         "|---|" + "---:|" * (len(allocs) + 1)]
+ratios = []
+for n, s in samples.items():
+    cells = [f"{med[n][a] / 1024:.1f} MiB ({min(s[a]) / 1024:.1f}-{max(s[a]) / 1024:.1f})" for a in allocs]
+    r = med[n]["hakmem"] / med[n]["libmimalloc"] if "libmimalloc" in med[n] else float("nan")
+    ratios.append(r)
+    lines.append(f"| {n} | " + " | ".join(cells) + f" | {r:.2f}x |")
+geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+lines += ["", f"Geometric mean of hakmem / mimalloc: {geo:.2f}x"]
+open(out + ".md", "w").write("\n".join(lines) + "\n")
+json.dump({n: dict(s) for n, s in samples.items()}, open(out + ".json", "w"), indent=1)
+print("\n".join(lines))
+PYEOF
+  exit 0
 fi
 echo "all programs produced identical output under hakmem"
