@@ -92,7 +92,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
       }
     }
   }
-  p = _hak_huge_alloc(size, align, site, &fresh);
+  p = _hak_huge_alloc(size, align, site, _hak_site_repeats(s, size), &fresh);
   if (p == NULL) return NULL;
   _hak_policy_record(&d, true, fresh, _hak_huge_usable(p));
   if (zeroed) *zeroed = fresh;

@@ -240,7 +240,7 @@ HAK_INTERNAL bool _hak_init(void); /* false: re-entered on the initializing thre
 HAK_INTERNAL extern bool _hak_thp_always; /* the system backs every mapping with huge pages */
 
 /* ---- huge.c: direct mappings with a checked header ------------------------ */
-HAK_INTERNAL void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool* fresh);
+HAK_INTERNAL void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, bool* fresh);
 HAK_INTERNAL void _hak_huge_free(void* p, hak_fn_t fn, const void* site);
 HAK_INTERNAL hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn); /* NULL if invalid (reported) */
 HAK_INTERNAL bool _hak_huge_recently_freed(const void* p);
@@ -277,6 +277,8 @@ HAK_INTERNAL bool _hak_madvq_purge(uint64_t now, bool all);
 
 /* ---- site.c: call-site table -------------------------------------------- */
 HAK_INTERNAL hak_site_t* _hak_site_alloc(const void* site, size_t size); /* NULL: not tracked */
+/* the site asked for this size range before (this request counted) */
+HAK_INTERNAL bool _hak_site_repeats(const hak_site_t* s, size_t size);
 HAK_INTERNAL bool _hak_site_trylock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_unlock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_free(const void* site);

@@ -91,6 +91,10 @@ hak_site_t* _hak_site_alloc(const void* site, size_t size) {
   return s;
 }
 
+bool _hak_site_repeats(const hak_site_t* s, size_t size) {
+  return s != NULL && atomic_load_explicit(&s->hist[hist_bucket(size)], memory_order_relaxed) >= 2;
+}
+
 void _hak_site_free(const void* site) {
   if (site == NULL) return;
   hak_site_t* s = site_find((uintptr_t)site, false);

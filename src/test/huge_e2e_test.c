@@ -42,8 +42,11 @@ TEST(vm_scenario_is_served_by_bigcache_without_page_faults) {
          (unsigned long)misses, faults);
   EXPECT_EQ_U(hits + misses, ITERS);
   EXPECT_TRUE(hits * 100 >= (hits + misses) * 99);
-  /* the first touch of one block needs at most SIZE/4096 faults; nothing after */
-  EXPECT_TRUE(faults <= SIZE / 4096 + 16);
+  /* the first touch of one block needs at most SIZE/4096 faults (a first
+   * block of its site gets no huge page), the allocator's own metadata
+   * touched for the first time (site table, BigCache, stats) a few dozen;
+   * nothing after: 99 iterations of 512 pages each would be 50,000 */
+  EXPECT_TRUE(faults <= SIZE / 4096 + 64);
   EXPECT_EQ_U(b.served_huge - a.served_huge, ITERS);
 }
 
