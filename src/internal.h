@@ -277,7 +277,8 @@ HAK_INTERNAL bool _hak_madvq_purge(uint64_t now, bool all);
 
 /* ---- site.c: call-site table -------------------------------------------- */
 HAK_INTERNAL hak_site_t* _hak_site_alloc(const void* site, size_t size); /* NULL: not tracked */
-/* the site asked for this size range before (this request counted) */
+/* the site asked for this size range before (this request counted) and
+ * freed blocks: it churns, rather than keeping one-off buffers */
 HAK_INTERNAL bool _hak_site_repeats(const hak_site_t* s, size_t size);
 HAK_INTERNAL bool _hak_site_trylock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_unlock(hak_site_t* s);

@@ -92,7 +92,8 @@ hak_site_t* _hak_site_alloc(const void* site, size_t size) {
 }
 
 bool _hak_site_repeats(const hak_site_t* s, size_t size) {
-  return s != NULL && atomic_load_explicit(&s->hist[hist_bucket(size)], memory_order_relaxed) >= 2;
+  return s != NULL && atomic_load_explicit(&s->hist[hist_bucket(size)], memory_order_relaxed) >= 2 &&
+         atomic_load_explicit(&s->frees, memory_order_relaxed) > 0;
 }
 
 void _hak_site_free(const void* site) {
