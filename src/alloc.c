@@ -345,6 +345,11 @@ void* _hak_realloc(void* p, size_t size, const void* site) {
     hak_track_resize(p, size, old);
     return p;
   }
+  /* a huge block past BigCache's classes grows or shrinks by remapping */
+  if (old > (16u << 20) && size > (16u << 20) && hak_segmap_get((uintptr_t)p) >= HAK_MAP_HUGE) {
+    void* q = _hak_huge_realloc(p, size);
+    if (q != NULL) return q;
+  }
   void* q = hak_alloc_fast(size, site);
   if (q == NULL) return NULL;
   size_t copy = size < old ? size : old;

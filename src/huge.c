@@ -176,6 +176,44 @@ bool _hak_huge_header_valid(const hak_huge_t* h, size_t map_size) {
   return h->cls < 0 || _hak_bigcache_class(h->size) == h->cls; /* a cached class holds its class size */
 }
 
+/* realloc of a huge block without copying: the mapping grows by moving its
+ * pages (mremap) or shrinks in place, and the header follows.  Only blocks
+ * and sizes outside BigCache's classes (their mapping sizes are the
+ * class's), at the standard offset; NULL: use the copy path. */
+void* _hak_huge_realloc(void* p, size_t size) {
+#if HAK_TRACKING
+  (void)p, (void)size;
+  return NULL; /* sanitizer builds: the shadow would not follow the pages */
+#else
+  hak_huge_t* h = _hak_huge_header(p, HAK_FN_REALLOC);
+  if (h == NULL || h->cls >= 0 || _hak_bigcache_class(size) >= 0) return NULL;
+  size_t offset = _hak_huge_offset(size, 0);
+  if (offset != h->offset || size > PTRDIFF_MAX - offset - HAK_SEGMENT_SIZE) return NULL;
+  size_t map_size = (offset + size + HAK_SEGMENT_MASK) & ~(size_t)HAK_SEGMENT_MASK;
+  if (map_size == h->map_size) return NULL;
+  uintptr_t old_base = h->base;
+  size_t old_map = h->map_size;
+  uint8_t* base = _hak_os_remap((void*)old_base, old_map, map_size);
+  if (base == NULL) return NULL;
+  if ((uintptr_t)base == old_base) { /* shrunk in place: the tail's chunks are no longer ours */
+    _hak_segmap_clear(old_base + map_size, old_map - map_size);
+  } else {
+    _hak_segmap_set((uintptr_t)base, map_size, true);
+#ifndef HAK_FAULT_REMAP_MAP_STALE /* fault injection: the map still names the old range */
+    _hak_segmap_clear(old_base, old_map);
+#endif
+  }
+  h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER);
+  h->base = (uintptr_t)base;
+  h->map_size = map_size;
+  h->size = map_size - offset;
+  h->checksum = huge_checksum(h);
+  atomic_fetch_add_explicit(&huge_live_bytes, map_size, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&huge_live_bytes, old_map, memory_order_relaxed);
+  return base + offset;
+#endif
+}
+
 size_t _hak_huge_usable(const void* p) { return ((const hak_huge_t*)((uintptr_t)p - HAK_HUGE_HEADER))->size; }
 
 bool _hak_huge_recently_freed(const void* p) {

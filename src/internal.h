@@ -77,6 +77,7 @@ HAK_INTERNAL extern const hak_os_t* _hak_os;   /* tests swap in a fake     */
 /* size and align: multiples of the OS page; align a power of two. */
 HAK_INTERNAL void* _hak_os_alloc_aligned(size_t size, size_t align);
 HAK_INTERNAL void _hak_os_free(void* addr, size_t size);
+HAK_INTERNAL void* _hak_os_remap(void* old, size_t old_size, size_t new_size); /* NULL: untouched */
 HAK_INTERNAL int _hak_os_advise(void* addr, size_t size, int advice); /* counted */
 HAK_INTERNAL extern _Atomic(uint64_t) _hak_os_map_count;
 HAK_INTERNAL void _hak_os_stats(hak_stats_t* st);
@@ -248,6 +249,7 @@ HAK_INTERNAL void _hak_huge_stats(hak_stats_t* st);
 HAK_INTERNAL uint64_t _hak_huge_live_bytes(void);
 HAK_INTERNAL size_t _hak_huge_offset(size_t size, size_t align);
 HAK_INTERNAL size_t _hak_huge_usable(const void* p); /* p: a live huge block */
+HAK_INTERNAL void* _hak_huge_realloc(void* p, size_t size); /* NULL: copy instead */
 /* the checker: a live header consistent with a mapping of map_size bytes */
 HAK_INTERNAL bool _hak_huge_header_valid(const hak_huge_t* h, size_t map_size);
 

@@ -133,6 +133,31 @@ int _hak_os_advise(void* addr, size_t size, int advice) {
   return r;
 }
 
+/* Moves the pages of [old, old + old_size) to a fresh 4 MiB aligned mapping
+ * of new_size bytes (mremap onto a reserved range: no copy), or shrinks it
+ * in place when new_size is smaller (the tail is unmapped).  NULL if it
+ * cannot: the old mapping is untouched then. */
+void* _hak_os_remap(void* old, size_t old_size, size_t new_size) {
+  void* r;
+  if (new_size < old_size) {
+    KEEP_ERRNO(r = mremap(old, old_size, new_size, 0));
+    if (r == MAP_FAILED) return NULL;
+    hak_atomic_add(os_munmap_calls, 1);
+    os_account(old_size - new_size, false);
+    return r;
+  }
+  void* dst = _hak_os_alloc_aligned(new_size, HAK_SEGMENT_SIZE);
+  if (dst == NULL) return NULL;
+  KEEP_ERRNO(r = mremap(old, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED, dst));
+  if (r == MAP_FAILED) {
+    _hak_os_free(dst, new_size);
+    return NULL;
+  }
+  hak_atomic_add(os_munmap_calls, 1); /* the old range is gone */
+  os_account(old_size, false);
+  return dst;
+}
+
 void _hak_os_free(void* addr, size_t size) {
   hak_track_unmapped(addr, size);
   os_unmap_counted(addr, size);

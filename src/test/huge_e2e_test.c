@@ -88,4 +88,36 @@ TEST(cold_churn_is_released_in_batches_and_collect_returns_memory) {
   EXPECT_EQ_U(b.bigcache_bytes, 0);
 }
 
+/* A huge block past BigCache's classes grows by moving its pages (no copy:
+ * no page of the old contents is touched again) and shrinks in place
+ * (the tail goes back: mapped bytes drop). */
+TEST(huge_realloc_remaps_instead_of_copying) {
+  enum { OLD = 20 << 20, BIG = 100 << 20, SMALL = 40 << 20 };
+  char* p = malloc(OLD);
+  ASSERT_NOT_NULL(p);
+  for (size_t k = 0; k < OLD; k += 4096) p[k] = (char)(k >> 12);
+  hak_stats_t a, b;
+  hak_stats_get(&a);
+  long f0 = minflt();
+  char* q = realloc(p, BIG);
+  long faults = minflt() - f0;
+  ASSERT_NOT_NULL(q);
+  printf("realloc 20 -> 100 MiB: %ld minor faults (a copy: about %d)\n", faults, OLD / 4096);
+  EXPECT_TRUE(faults < 256);
+  for (size_t k = 0; k < OLD; k += 4096) EXPECT_EQ_U((unsigned char)q[k], (unsigned char)(k >> 12));
+  EXPECT_TRUE(hak_usable_size(q) >= BIG);
+  q[BIG - 1] = 1;
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  hak_stats_get(&a);
+  char* r = realloc(q, SMALL);
+  ASSERT_NOT_NULL(r);
+  EXPECT_TRUE(r == q); /* in place */
+  hak_stats_get(&b);
+  EXPECT_TRUE(a.os_mapped_bytes - b.os_mapped_bytes >= (uint64_t)(BIG - SMALL - (4 << 20)));
+  for (size_t k = 0; k < OLD; k += 4096) EXPECT_EQ_U((unsigned char)r[k], (unsigned char)(k >> 12));
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  free(r);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+}
+
 TEST_MAIN()
