@@ -86,6 +86,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
       uint64_t maps = atomic_load_explicit(&_hak_os_map_count, memory_order_relaxed);
       p = _hak_page_alloc_large(heap, size, align < HAK_ALIGN ? HAK_ALIGN : align, site);
       if (p != NULL) {
+        if (zeroed) *zeroed = hak_page_of(p)->zero; /* calloc: no memset of zero pages */
         fresh = atomic_load_explicit(&_hak_os_map_count, memory_order_relaxed) != maps;
         _hak_policy_record(&d, false, fresh, hak_page_of(p)->block_size);
         return p;

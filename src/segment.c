@@ -142,6 +142,10 @@ hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
     start = mask_find_run(seg->free_mask, n);
   }
   uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << start;
+  bool zero = (seg->dirty_mask & bits) == 0; /* fresh from the OS or purged since */
+#ifdef HAK_FAULT_CALLOC_LARGE_DIRTY /* fault injection: reused slices taken for zero */
+  zero = true;
+#endif
   seg->free_mask &= ~bits;
 #ifndef HAK_FAULT_PURGE_LIVE /* fault injection (with purge.c's): reused slices stay dirty */
   seg->dirty_mask &= ~bits; /* in use: never purged */
@@ -156,6 +160,7 @@ hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
     s->slice_back = (uint8_t)i;
   }
   page->slice_count = (uint32_t)n;
+  page->zero = zero;
   page->slice_index = (uint32_t)start;
   page->slice_back = 0;
   page->start = hak_slice_addr(seg, (size_t)start);

@@ -102,7 +102,7 @@ typedef struct hak_page_s {
   uint8_t kind;                 /* hak_slice_kind_t                         */
   uint8_t bin;                  /* size class (small)                       */
   uint8_t slice_back;           /* interior slices: distance to head slice  */
-  uint8_t _pad0;
+  uint8_t zero;                 /* its slices were never used or purged since: all zero */
   uint32_t reserved;            /* blocks that fit                          */
   uint32_t slice_count;         /* slices in this page (head only)          */
   uint32_t slice_index;         /* index of the head slice                  */
