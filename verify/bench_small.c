@@ -73,6 +73,7 @@ typedef struct {
 
 static queue_t queues[2];
 static long xt_batches;
+static pthread_barrier_t xt_done; /* the other thread read our last batch */
 
 static void queue_push(queue_t* q, char** b) {
   unsigned long t = atomic_load_explicit(&q->tail, memory_order_relaxed);
@@ -108,12 +109,17 @@ static void* xt_thread(void* arg) {
     char** theirs = queue_pop(&queues[me]);
     for (int k = 0; k < BATCH; k++) free(theirs[k]); /* cross-thread */
   }
+  /* our last batches are in the other thread's hands until it is done:
+   * freeing their arrays before was a use after free (hakmem reported the
+   * garbage pointers read from them as double frees) */
+  pthread_barrier_wait(&xt_done);
   for (int i = 0; i < POOL; i++) free(pool[i]);
   return NULL;
 }
 
 static double bench_xt(long ops) {
   xt_batches = ops / (2 * 2 * BATCH);
+  pthread_barrier_init(&xt_done, NULL, 2);
   pthread_t t[2];
   double t0 = now();
   for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, xt_thread, (void*)(intptr_t)i);
