@@ -6,7 +6,10 @@
  * evolving mode (the per-site policy learns while threads race; a dumped
  * trace replays so with HAKMEM_MODE=evolving); 0x40 ends it by reading
  * everything hakmem reports (statistics text or, with 0x20, JSON, the
- * per-site table, mallinfo-style heap info, malloc_trim). */
+ * per-site table, mallinfo-style heap info, malloc_trim); 0x10 sets the
+ * purge delay to 0, so idle free memory is decommitted at almost every
+ * slow path while the threads race (a purge that touched a live block
+ * would zero it: the shadow heap checks every block's contents). */
 #include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -30,7 +33,9 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   int threads = 2 + data[0] % 3;
   int mode = hak_option(HAK_OPT_MODE);
+  long delay = hak_option(HAK_OPT_PURGE_DELAY_MS);
   if (data[0] & 0x80) _hak_options[HAK_OPT_MODE] = 1; /* evolving */
+  if (data[0] & 0x10) _hak_options[HAK_OPT_PURGE_DELAY_MS] = 0;
   trace_t t;
   trace_init(&t, threads);
   decode_ops(data + 1, size - 1, threads, 2000, &t);
@@ -39,5 +44,6 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   trace_free(&t);
   if (data[0] & 0x40) read_reports(data[0] & 0x20);
   _hak_options[HAK_OPT_MODE] = mode;
+  _hak_options[HAK_OPT_PURGE_DELAY_MS] = delay;
   return 0;
 }
