@@ -34,7 +34,11 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   int threads = 2 + data[0] % 3;
   int mode = hak_option(HAK_OPT_MODE);
   long delay = hak_option(HAK_OPT_PURGE_DELAY_MS);
-  if (data[0] & 0x80) _hak_options[HAK_OPT_MODE] = 1; /* evolving */
+  size_t fast_limit = _hak_fast_limit;
+  if (data[0] & 0x80) { /* evolving, as HAKMEM_MODE=evolving sets it up */
+    _hak_options[HAK_OPT_MODE] = 1;
+    _hak_fast_limit = (64u << 10) - 1;
+  }
   if (data[0] & 0x10) _hak_options[HAK_OPT_PURGE_DELAY_MS] = 0;
   trace_t t;
   trace_init(&t, threads);
@@ -44,6 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   trace_free(&t);
   if (data[0] & 0x40) read_reports(data[0] & 0x20);
   _hak_options[HAK_OPT_MODE] = mode;
+  _hak_fast_limit = fast_limit;
   _hak_options[HAK_OPT_PURGE_DELAY_MS] = delay;
   return 0;
 }

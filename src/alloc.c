@@ -390,20 +390,23 @@ void* _hak_aligned(size_t align, size_t size, const void* site) {
     errno = ENOMEM;
     return NULL;
   }
-  /* A size class whose block size is a multiple of align serves it on its
-   * fast path: its pages start 64 KiB aligned, so every block is aligned. */
+  /* A size class whose block size is a multiple of align serves it from
+   * its current page: its pages start 64 KiB aligned, so every block is
+   * aligned.  Otherwise (or that page is empty) the generic path, with the
+   * alignment: the tier it picks for the size need not be that class. */
   if (size <= _hak_fast_limit && align <= HAK_SLICE_SIZE) {
     size_t bin = _hak_bin_aligned(size, align);
-    size_t block = bin < HAK_BINS ? _hak_bin_size(bin) : SIZE_MAX;
-    if (block <= _hak_fast_limit) {
 #ifdef HAK_FAULT_ALIGNED_FAST_UNALIGNED /* fault injection: the class is taken without the alignment test */
-      block = _hak_bin_size(_hak_bin_of(size));
+    bin = _hak_bin_of(size);
 #endif
-      void* p = hak_alloc_fast(block, site);
-      if (p != NULL) hak_track_resize(p, size, block); /* sanitizer builds: the slack past size */
-      return p;
+    if (bin < HAK_BINS) {
+      void* p = hak_pop_direct(_hak_heap_tls, bin, size);
+      if (p != NULL) return p;
     }
   }
+#ifdef HAK_FAULT_ALIGNED_GENERIC_UNALIGNED /* fault injection: the slow path forgets the alignment */
+  return alloc_ex(_hak_heap_tls, size, 0, site, NULL);
+#endif
   return alloc_ex(_hak_heap_tls, size, align, site, NULL);
 }
 

@@ -381,24 +381,28 @@ HAK_NO_SANITIZE static inline uintptr_t hak_tag_peek(const void* p) {
  * and branch, three stores, one counter add.  No lock, no atomic RMW; the
  * single exit is _hak_alloc_generic, which also initializes the thread.
  * ------------------------------------------------------------------------- */
+/* A block of bin from the page the bin allocates from, or NULL. */
+__attribute__((always_inline)) static inline void* hak_pop_direct(hak_heap_t* heap, size_t bin, size_t size) {
+  hak_page_t* page = heap->direct[bin];
+  hak_block_t* b = page->free;
+  if (hak_likely(b != NULL)) {
+    page->free = b->next;
+    page->used++;
+    atomic_store_explicit(&b->tag, 0, memory_order_relaxed); /* no longer freed */
+    hak_count(heap->counters.small_allocs, 1);
+    hak_track_alloc(b, size, page->block_size); /* sanitizer builds only */
+  }
+  return b;
+}
+
 __attribute__((always_inline)) static inline void* hak_alloc_fast(size_t size, const void* site) {
   hak_heap_t* heap = _hak_heap_tls;
   size_t bin;
   if (hak_likely(size <= HAK_SMALL_FAST_MAX)) bin = _hak_bin_lut[(size + HAK_ALIGN - 1) / HAK_ALIGN];
   else if (size <= _hak_fast_limit) bin = hak_bin_of_mid(size); /* 5 more instructions */
   else return _hak_alloc_generic(heap, size, 0, site);
-  {
-    hak_page_t* page = heap->direct[bin];
-    hak_block_t* b = page->free;
-    if (hak_likely(b != NULL)) {
-      page->free = b->next;
-      page->used++;
-      atomic_store_explicit(&b->tag, 0, memory_order_relaxed); /* no longer freed */
-      hak_count(heap->counters.small_allocs, 1);
-      hak_track_alloc(b, size, page->block_size); /* sanitizer builds only */
-      return b;
-    }
-  }
+  void* b = hak_pop_direct(heap, bin, size);
+  if (hak_likely(b != NULL)) return b;
   return _hak_alloc_generic(heap, size, 0, site);
 }
 
