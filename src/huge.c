@@ -193,13 +193,31 @@ void* _hak_huge_realloc(void* p, size_t size) {
   if (map_size == h->map_size) return NULL;
   uintptr_t old_base = h->base;
   size_t old_map = h->map_size;
-  uint8_t* base = _hak_os_remap((void*)old_base, old_map, map_size);
-  if (base == NULL) return NULL;
-  if ((uintptr_t)base == old_base) { /* shrunk in place: the tail's chunks are no longer ours */
-    _hak_segmap_clear(old_base + map_size, old_map - map_size);
+  /* The map forgets what goes back to the kernel before it goes: another
+   * thread's new mapping may land there the moment mremap returns.  Only
+   * this thread may use the block meanwhile (the caller owns it). */
+  uint8_t* base = (uint8_t*)old_base;
+  if (map_size < old_map) {
+    _hak_segmap_clear(old_base + map_size, old_map - map_size); /* the tail's chunks */
+    if (!_hak_os_remap((void*)old_base, old_map, base, map_size)) {
+      _hak_segmap_clear(old_base, map_size);
+      _hak_segmap_set(old_base, old_map, true); /* as it was */
+      return NULL;
+    }
   } else {
+    base = _hak_os_alloc_aligned(map_size, HAK_SEGMENT_SIZE); /* reserved: the pages move onto it */
+    if (base == NULL) return NULL;
     _hak_segmap_set((uintptr_t)base, map_size, true);
-#ifndef HAK_FAULT_REMAP_MAP_STALE /* fault injection: the map still names the old range */
+#if !defined(HAK_FAULT_REMAP_MAP_STALE) && !defined(HAK_FAULT_REMAP_CLEAR_LATE) /* fault injection */
+    _hak_segmap_clear(old_base, old_map);
+#endif
+    if (!_hak_os_remap((void*)old_base, old_map, base, map_size)) {
+      _hak_segmap_clear((uintptr_t)base, map_size);
+      _hak_segmap_set(old_base, old_map, true);
+      _hak_os_free(base, map_size);
+      return NULL;
+    }
+#ifdef HAK_FAULT_REMAP_CLEAR_LATE /* fault injection: the old range forgotten after it went back (the first version) */
     _hak_segmap_clear(old_base, old_map);
 #endif
   }

@@ -77,7 +77,7 @@ HAK_INTERNAL extern const hak_os_t* _hak_os;   /* tests swap in a fake     */
 /* size and align: multiples of the OS page; align a power of two. */
 HAK_INTERNAL void* _hak_os_alloc_aligned(size_t size, size_t align);
 HAK_INTERNAL void _hak_os_free(void* addr, size_t size);
-HAK_INTERNAL void* _hak_os_remap(void* old, size_t old_size, size_t new_size); /* NULL: untouched */
+HAK_INTERNAL bool _hak_os_remap(void* old, size_t old_size, void* dst, size_t new_size); /* false: untouched */
 HAK_INTERNAL int _hak_os_advise(void* addr, size_t size, int advice); /* counted */
 HAK_INTERNAL extern _Atomic(uint64_t) _hak_os_map_count;
 HAK_INTERNAL void _hak_os_stats(hak_stats_t* st);

@@ -285,15 +285,17 @@ bool _hak_madvq_purge(uint64_t now, bool all) {
     _hak_os_advise((void*)batch[i].base, batch[i].used, MADV_DONTNEED);
     _hak_purge_count(batch[i].used);
   }
-  if (hak_lock(&q_lock)) {
-    for (size_t i = 0; i < retained_len; i++)
-      if (retained[i].busy) {
-        retained[i].busy = false;
-        retained[i].purged = true;
-      }
-    more |= queue_len != 0;
-    hak_unlock(&q_lock);
-  }
+  /* not hak_lock: its "a fork is pending" answer would leave the ranges
+   * busy (never reused).  Blocking is safe: a forking thread waits for
+   * flush_lock, held here, before it takes q_lock. */
+  if (!hak_forking()) pthread_mutex_lock(&q_lock);
+  for (size_t i = 0; i < retained_len; i++)
+    if (retained[i].busy) {
+      retained[i].busy = false;
+      retained[i].purged = true;
+    }
+  more |= queue_len != 0;
+  hak_unlock(&q_lock);
   hak_unlock(&flush_lock);
   return more;
 }

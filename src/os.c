@@ -133,29 +133,26 @@ int _hak_os_advise(void* addr, size_t size, int advice) {
   return r;
 }
 
-/* Moves the pages of [old, old + old_size) to a fresh 4 MiB aligned mapping
- * of new_size bytes (mremap onto a reserved range: no copy), or shrinks it
- * in place when new_size is smaller (the tail is unmapped).  NULL if it
- * cannot: the old mapping is untouched then. */
-void* _hak_os_remap(void* old, size_t old_size, size_t new_size) {
+/* Moves the pages of [old, old + old_size) onto dst, a range of new_size
+ * bytes reserved with _hak_os_alloc_aligned (mremap: no copy; the old range
+ * is unmapped), or, with dst == old and a smaller new_size, shrinks the
+ * mapping in place (the tail is unmapped).  false if it cannot: nothing
+ * changed then.  The caller clears the segment map of what goes back
+ * first: the kernel may hand that range to another thread at once. */
+bool _hak_os_remap(void* old, size_t old_size, void* dst, size_t new_size) {
   void* r;
-  if (new_size < old_size) {
+  if (dst == old) {
     KEEP_ERRNO(r = mremap(old, old_size, new_size, 0));
-    if (r == MAP_FAILED) return NULL;
+    if (r == MAP_FAILED) return false;
     hak_atomic_add(os_munmap_calls, 1);
     os_account(old_size - new_size, false);
-    return r;
+    return true;
   }
-  void* dst = _hak_os_alloc_aligned(new_size, HAK_SEGMENT_SIZE);
-  if (dst == NULL) return NULL;
   KEEP_ERRNO(r = mremap(old, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED, dst));
-  if (r == MAP_FAILED) {
-    _hak_os_free(dst, new_size);
-    return NULL;
-  }
-  hak_atomic_add(os_munmap_calls, 1); /* the old range is gone */
+  if (r == MAP_FAILED) return false; /* e.g. the range spans several VMAs (madvised parts) */
+  hak_atomic_add(os_munmap_calls, 1); /* the old range is gone; dst was counted when reserved */
   os_account(old_size, false);
-  return dst;
+  return true;
 }
 
 void _hak_os_free(void* addr, size_t size) {

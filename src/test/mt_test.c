@@ -334,4 +334,66 @@ static void huge_contention(long mode) {
 TEST(bigcache_and_batch_queue_under_contention) { huge_contention(0); }
 TEST(learning_under_contention) { huge_contention(1); }
 
+/* ---- huge realloc racing new mappings ------------------------------------
+ * One thread grows and shrinks a block past BigCache's classes (mremap:
+ * the old range or the tail goes back to the kernel), another keeps
+ * mapping segments and huge blocks, which the kernel may place in the range
+ * just given back: their segment map entries must survive (the first
+ * version cleared the old range's entries after mremap, wiping them). */
+static _Atomic(bool) remap_stop;
+static void* remap_grower(void* arg) {
+  (void)arg;
+  size_t n = 20u << 20;
+  unsigned char* p = hak_malloc(n);
+  memset(p, 0x5a, n);
+  for (long i = 0; i < 300; i++) {
+    size_t m = (i & 1) ? (20u << 20) + (size_t)(i % 7) * (4u << 20) : (48u << 20) + (size_t)(i % 5) * (4u << 20);
+    unsigned char* q = hak_realloc(p, m);
+    if (q == NULL) abort();
+    size_t k = m < n ? m : n;
+    for (size_t j = 0; j < k; j += 4096)
+      if (q[j] != 0x5a) abort(); /* lost data */
+    for (size_t j = n; j < m; j += 4096) q[j] = 0x5a;
+    p = q;
+    n = m;
+  }
+  hak_free(p);
+  atomic_store(&remap_stop, true);
+  return NULL;
+}
+static void* remap_mapper(void* arg) {
+  (void)arg;
+  void* v[64];
+  int nv = 0;
+  uint64_t r = 1;
+  while (!atomic_load(&remap_stop)) {
+    r = r * 6364136223846793005ull + 1442695040888963407ull;
+    size_t sz = (r >> 40) % 3 == 0 ? (17u << 20) + (size_t)(r >> 20) % (8u << 20) : 65536 + (size_t)(r >> 24) % (1u << 20);
+    void* q = hak_malloc(sz);
+    if (q != NULL) {
+      memset(q, 1, 4096);
+      v[nv++] = q;
+    }
+    if (nv == 64)
+      while (nv) hak_free(v[--nv]);
+  }
+  while (nv) hak_free(v[--nv]);
+  return NULL;
+}
+static void huge_realloc_race(void) {
+  _hak_options[HAK_OPT_ON_ERROR] = 1; /* count the misreports, do not abort */
+  pthread_t a, b;
+  pthread_create(&b, NULL, remap_mapper, NULL);
+  pthread_create(&a, NULL, remap_grower, NULL);
+  pthread_join(a, NULL);
+  pthread_join(b, NULL);
+  hak_stats_t s;
+  hak_stats_get(&s);
+  fprintf(stderr, "remap race: %llu invalid frees, %llu double frees reported\n",
+          (unsigned long long)s.errors_invalid_free, (unsigned long long)s.errors_double_free);
+  CHILD_CHECK(s.errors_invalid_free == 0 && s.errors_double_free == 0);
+  CHILD_CHECK(hak_check_heap() == 0);
+}
+TEST(huge_realloc_keeps_the_map_of_mappings_placed_in_its_old_range) { EXPECT_CHILD_OK(huge_realloc_race, 120); }
+
 TEST_MAIN()
