@@ -7,8 +7,9 @@
  *
  * Allocation: BigCache (same site and class) first, then a retained
  * mapping of the batch queue, then mmap.  Blocks of 2 MiB and more start
- * 2 MiB into the mapping, 2 MiB aligned, advised MADV_HUGEPAGE when their
- * call site allocated that size range before and has freed blocks.
+ * 2 MiB into the mapping, 2 MiB aligned, advised MADV_HUGEPAGE up to 4 MiB,
+ * and beyond when their call site allocated that size range before and has
+ * freed blocks.
  * Free: BigCache, else the batch queue; munmap happens only there.
  * The segment map marks every chunk with its distance to the head chunk,
  * so a pointer's header is found without reading unmapped memory.  Freed
@@ -63,10 +64,11 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
   if (base == NULL) {
     base = _hak_os_alloc_aligned(map_size, align > HAK_SEGMENT_SIZE ? align : HAK_SEGMENT_SIZE);
     if (base == NULL) return NULL;
-    /* huge pages for a site that churns blocks of such sizes: a one-off
-     * buffer (or one per thread) may be touched sparsely, and a huge page
-     * would make all of its 2 MiB resident */
-    if (size >= THP_SIZE && thp && hak_option(HAK_OPT_THP))
+    /* huge pages for blocks up to 4 MiB (a block touched sparsely wastes
+     * at most that) and for a site that churns larger ones: a big one-off
+     * buffer (or one per thread) may be touched sparsely, and huge pages
+     * would make all of it resident */
+    if (size >= THP_SIZE && (thp || size <= 2 * THP_SIZE) && hak_option(HAK_OPT_THP))
       _hak_os_advise(base + offset, (map_size - offset) & ~(THP_SIZE - 1), MADV_HUGEPAGE);
     /* THP=always: the header's write would fault in the whole first 2 MiB
      * (which holds nothing else) as a huge page */
