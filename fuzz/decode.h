@@ -32,8 +32,11 @@ static inline size_t decode_size(bytes_t* b) {
   if (tier < 9) return v % 1025;                         /* small        */
   if (tier < 12) return 1024 + (v * 2 + (odd & 1)) % (127u << 10); /* size classes */
   if (tier < 14) return (128u << 10) + (v * 32 + odd) % (2u << 20); /* large */
-  if (tier == 14 || odd != 15) return (2u << 20) + (v * 256 + odd) % (14u << 20); /* huge, cached classes */
-  return (16u << 20) + (v * 1024 + odd) % (48u << 20);  /* huge, past BigCache (1 in 256) */
+  /* (0xff is taken above: the first version tested odd != 15 here, and
+   * no size past BigCache was ever decoded; fuzz/coverage.sh showed huge
+   * realloc's remap path unreached) */
+  if (tier == 14 || odd != 14) return (2u << 20) + (v * 256 + odd) % (14u << 20); /* huge, cached classes */
+  return (16u << 20) + (v * 1024 + odd) % (48u << 20);  /* huge, past BigCache (0xfe: 1 in 256) */
 }
 
 /* 1 B .. 1 GiB; 1 in 32 a bad alignment (not a power of two). */
