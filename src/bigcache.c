@@ -14,6 +14,11 @@
  *   that does not fit, the oldest block of a full row, and a block idle for
  *   HAKMEM_BIGCACHE_EXPIRY_MS (2 s) are evicted: to the batch queue, never
  *   straight to munmap.
+ * - Get: the site's own row first; when it is empty, a block of the same
+ *   class cached by another site (scanned from a rotating cursor, at most
+ *   every row, only while anything is cached): a fresh mapping would cost
+ *   its page faults, and a program whose big buffers come from many sites
+ *   would otherwise fault in a new block while the cache holds one.
  * - Expiry is checked on puts to the row and by a sweep of 1/16 of the
  *   table on every 16th put; hak_collect() evicts everything.
  *
@@ -36,7 +41,7 @@ _Static_assert(HAK_SEGMENT_SHIFT == TIME_BITS, "slot packs time into the base's 
 
 static _Atomic(uintptr_t) bc_slots[BC_SITES][BC_CLASSES][BC_SLOTS_MAX];
 static _Atomic(uint64_t) bc_bytes;
-static _Atomic(uint64_t) st_hits, st_misses, st_puts, st_evictions, st_expired;
+static _Atomic(uint64_t) st_hits, st_other_site, st_misses, st_puts, st_evictions, st_expired;
 static _Atomic(uint32_t) bc_sweep_cursor, bc_put_count;
 
 int _hak_bigcache_class(size_t size) {
@@ -91,10 +96,8 @@ static void bc_sweep_some(uint64_t now) {
     for (int c = 0; c < BC_CLASSES; c++) bc_expire_row(bc_slots[s % BC_SITES][c], c, now);
 }
 
-/* A cached block of this class for this site, or NULL (a miss). */
-hak_huge_t* _hak_bigcache_get(const void* site, int cls) {
-  _Atomic(uintptr_t)* row = bc_slots[bc_row((uintptr_t)site)][cls];
-  int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
+/* Takes a block from one row; NULL if it holds none. */
+static hak_huge_t* bc_take(_Atomic(uintptr_t)* row, int cls, int slots) {
   for (int i = 0; i < slots; i++) {
     uintptr_t v = atomic_load_explicit(&row[i], memory_order_acquire);
 #ifdef HAK_FAULT_BIGCACHE_IN_USE /* fault injection: the slot keeps the block */
@@ -104,12 +107,35 @@ hak_huge_t* _hak_bigcache_get(const void* site, int cls) {
 #endif
       hak_huge_t* h = slot_header(v, cls);
       atomic_fetch_sub_explicit(&bc_bytes, h->map_size, memory_order_relaxed);
-      hak_atomic_add(st_hits, 1);
       return h;
     }
   }
-  hak_atomic_add(st_misses, 1);
   return NULL;
+}
+
+/* A cached block of this class for this site (or, failing that, another
+ * site's), or NULL (a miss). */
+hak_huge_t* _hak_bigcache_get(const void* site, int cls) {
+  int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
+  size_t own = bc_row((uintptr_t)site);
+  hak_huge_t* h = bc_take(bc_slots[own][cls], cls, slots);
+#ifndef HAK_FAULT_BIGCACHE_OWN_ROW_ONLY /* fault injection: no fallback to other sites */
+  if (h == NULL && atomic_load_explicit(&bc_bytes, memory_order_relaxed) != 0) {
+    static _Atomic(uint32_t) bc_steal_cursor;
+    uint32_t start = atomic_fetch_add_explicit(&bc_steal_cursor, 1, memory_order_relaxed);
+    for (uint32_t r = 0; r < BC_SITES && h == NULL; r++) {
+      size_t row = (start + r) % BC_SITES;
+      if (row != own) h = bc_take(bc_slots[row][cls], cls, slots);
+    }
+    if (h != NULL) hak_atomic_add(st_other_site, 1);
+  }
+#endif
+  if (h == NULL) {
+    hak_atomic_add(st_misses, 1);
+    return NULL;
+  }
+  hak_atomic_add(st_hits, 1);
+  return h;
 }
 
 /* Keeps a freed block (state FREED, cls >= 0, site = the row's site);
@@ -213,6 +239,7 @@ size_t _hak_bigcache_check(size_t* cached) {
 
 void _hak_bigcache_stats(hak_stats_t* st) {
   st->bigcache_hits = atomic_load(&st_hits);
+  st->bigcache_other_site = atomic_load(&st_other_site);
   st->bigcache_misses = atomic_load(&st_misses);
   st->bigcache_puts = atomic_load(&st_puts);
   st->bigcache_evictions = atomic_load(&st_evictions);

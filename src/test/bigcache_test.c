@@ -88,6 +88,30 @@ TEST(hit_reuses_the_mapping_of_the_same_site_and_class) {
   EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
 }
 
+TEST(a_site_with_an_empty_row_takes_another_sites_block_of_the_class) {
+  setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  char* p = hak_alloc_at(3 * MiB, SITE(5));
+  char* q = hak_alloc_at(3 * MiB, SITE(6));
+  char* big = hak_alloc_at(6 * MiB, SITE(6));
+  hak_free_at(p, SITE(5));
+  hak_free_at(big, SITE(6));
+  hak_stats_t a = stats();
+  char* r = hak_alloc_at(3 * MiB, SITE(7)); /* own row empty: site 5's block, not a new mapping */
+  hak_stats_t b = stats();
+  EXPECT_TRUE(r == p);
+  EXPECT_EQ_U(b.bigcache_other_site - a.bigcache_other_site, 1);
+  EXPECT_EQ_U(b.os_mmap_calls, a.os_mmap_calls);
+  hak_free_at(q, SITE(6));
+  hak_free_at(r, SITE(7));
+  a = stats();
+  EXPECT_TRUE(hak_alloc_at(3 * MiB, SITE(6)) == q); /* the site's own block first */
+  EXPECT_TRUE(hak_alloc_at(2 * MiB + 1, SITE(8)) == r); /* same class only: not the 6 MiB one */
+  b = stats();
+  EXPECT_EQ_U(b.bigcache_other_site - a.bigcache_other_site, 1);
+  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB); /* the 6 MiB block (8 MiB mapping) stays */
+  EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
+}
+
 TEST(full_row_evicts_its_oldest_block) {
   setup(2, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
   char* p[3];
