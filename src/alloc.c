@@ -31,12 +31,8 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
   bool mid = size < (64u << 10) || (hak_option(HAK_OPT_MODE) == 0 && size <= HAK_SMALL_MAX);
   if (align <= HAK_ALIGN && mid) {
     size_t bin = _hak_bin_of(size);
-    hak_page_t* page = heap->direct[bin];
-    hak_block_t* b = page->free;
+    hak_block_t* b = hak_page_pop(heap->direct[bin]);
     if (hak_likely(b != NULL)) { /* sizes past the lookup table: same pop */
-      page->free = b->next;
-      page->used++;
-      atomic_store_explicit(&b->tag, 0, memory_order_relaxed);
       hak_count(heap->counters.small_allocs, 1);
       return b; /* tracked by alloc_ex */
     }
@@ -196,7 +192,7 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
       /* the first free into a full page clears the flag and tells the owner
        * (its block on the delayed list); the next ones go on the page */
 #ifdef HAK_FAULT_REMOTE_NOTIFY_LOST /* fault injection: pushed on the page, the flag kept, nobody told */
-      b->next = (hak_block_t*)(tf & ~HAK_TF_FULL);
+      hak_block_set_next(b, (hak_block_t*)(tf & ~HAK_TF_FULL));
       if (atomic_compare_exchange_weak_explicit(&page->thread_free, &tf, (uintptr_t)b | HAK_TF_FULL, PUSH_ORDER,
                                                 memory_order_relaxed))
         break;
@@ -206,11 +202,11 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
                                                  memory_order_relaxed))
         continue;
       hak_block_t* head = atomic_load_explicit(&owner->delayed, memory_order_relaxed);
-      do b->next = head;
+      do hak_block_set_next(b, head);
       while (!atomic_compare_exchange_weak_explicit(&owner->delayed, &head, b, PUSH_ORDER, memory_order_relaxed));
       break;
     }
-    b->next = (hak_block_t*)tf;
+    hak_block_set_next(b, (hak_block_t*)tf);
     /* fails if another push came first or the owner marked the page full */
     if (atomic_compare_exchange_weak_explicit(&page->thread_free, &tf, (uintptr_t)b, PUSH_ORDER, memory_order_relaxed))
       break;
@@ -285,7 +281,7 @@ void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
     /* a local free the fast path did not take (not inlined at this call) */
     hak_track_free(p, page->block_size, HAK_TRACK_HEADER);
     atomic_store_explicit(&b->tag, hak_freed_tag(p), memory_order_relaxed);
-    b->next = page->free;
+    hak_block_set_next(b, page->free);
     page->free = b;
     hak_count(owner->counters.small_frees, 1);
     if (--page->used == 0 || page->in_full) _hak_page_free_slow(owner, page);

@@ -10,7 +10,9 @@
  *   was cached in the low 22 bits (milliseconds, modulo 2^22), so expiry
  *   never reads a block another thread may have taken; put and get claim
  *   slots with one compare-and-swap: thread-safe without a lock.
- * - Budget: at most HAKMEM_BIGCACHE_BYTES (64 MiB) cached in all; a block
+ * - Budget: at most HAKMEM_BIGCACHE_BYTES (64 MiB) cached in all, counting
+ *   what may be resident (the block and its header page, not the unused
+ *   address space of its mapping: bc_weight); a block
  *   that does not fit, the oldest block of a full row, and a block idle for
  *   HAKMEM_BIGCACHE_EXPIRY_MS (2 s) are evicted: to the batch queue, never
  *   straight to munmap.
@@ -65,13 +67,16 @@ static size_t bc_row(uintptr_t site) {
 
 static uintptr_t now_ms(uint64_t now_ns) { return (uintptr_t)(now_ns / 1000000u) & TIME_MASK; }
 
+/* What a cached block counts against the budget. */
+static size_t bc_weight(const hak_huge_t* h) { return h->size + 4096; }
+
 static hak_huge_t* slot_header(uintptr_t v, int cls) {
   return (hak_huge_t*)((v & ~TIME_MASK) + _hak_huge_offset(bc_class_size[cls], 0) - HAK_HUGE_HEADER);
 }
 
 static void bc_evict(uintptr_t v, int cls) {
   hak_huge_t* h = slot_header(v, cls);
-  atomic_fetch_sub_explicit(&bc_bytes, h->map_size, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&bc_bytes, bc_weight(h), memory_order_relaxed);
   hak_atomic_add(st_evictions, 1);
   _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
 }
@@ -106,7 +111,7 @@ static hak_huge_t* bc_take(_Atomic(uintptr_t)* row, int cls, int slots) {
     if (v != 0 && atomic_compare_exchange_strong(&row[i], &v, 0)) {
 #endif
       hak_huge_t* h = slot_header(v, cls);
-      atomic_fetch_sub_explicit(&bc_bytes, h->map_size, memory_order_relaxed);
+      atomic_fetch_sub_explicit(&bc_bytes, bc_weight(h), memory_order_relaxed);
       return h;
     }
   }
@@ -151,8 +156,8 @@ bool _hak_bigcache_put(hak_huge_t* h) {
   if ((atomic_fetch_add(&bc_put_count, 1) & 15) == 0) bc_sweep_some(now);
   bc_expire_row(row, cls, now);
   uint64_t budget = (uint64_t)hak_option(HAK_OPT_BIGCACHE_BYTES);
-  if (slots == 0 || atomic_fetch_add(&bc_bytes, h->map_size) + h->map_size > budget) {
-    if (slots != 0) atomic_fetch_sub(&bc_bytes, h->map_size);
+  if (slots == 0 || atomic_fetch_add(&bc_bytes, bc_weight(h)) + bc_weight(h) > budget) {
+    if (slots != 0) atomic_fetch_sub(&bc_bytes, bc_weight(h));
     hak_atomic_add(st_evictions, 1);
     return false;
   }
@@ -177,7 +182,7 @@ bool _hak_bigcache_put(hak_huge_t* h) {
       if (o != 0 && atomic_compare_exchange_strong(&row[oldest], &o, 0)) bc_evict(o, cls);
     }
   }
-  atomic_fetch_sub(&bc_bytes, h->map_size);
+  atomic_fetch_sub(&bc_bytes, bc_weight(h));
   hak_atomic_add(st_evictions, 1);
   return false;
 }
@@ -219,7 +224,7 @@ size_t _hak_bigcache_check(size_t* cached) {
           bad++;
           continue;
         }
-        bytes += h->map_size;
+        bytes += bc_weight(h);
         if (_hak_madvq_holds(h->base, NULL)) bad++; /* cached and queued */
         check_bases[n++] = h->base;
       }

@@ -39,7 +39,7 @@ static size_t violation(const char* what, const void* where, uint64_t a, uint64_
  * freed tag; UINT32_MAX if the walk does not end (cycle). */
 HAK_NO_SANITIZE static uint32_t check_list(const hak_page_t* page, hak_block_t* b, bool remote, size_t* bad) {
   uint32_t n = 0;
-  for (; b != NULL; b = b->next) {
+  for (; b != NULL; b = hak_block_next(b)) {
     if (++n > WALK_MAX || n > page->capacity) {
       *bad += violation("free list longer than capacity (cycle or double link)", page, n, page->capacity);
       return UINT32_MAX;
@@ -61,7 +61,7 @@ HAK_NO_SANITIZE static uint32_t check_list(const hak_page_t* page, hak_block_t* 
 HAK_NO_SANITIZE static uint32_t delayed_of(const hak_heap_t* heap, const hak_page_t* page) {
   uint32_t n = 0, k = 0;
   for (hak_block_t* b = atomic_load_explicit(&heap->delayed, memory_order_acquire); b != NULL && ++k <= WALK_MAX;
-       b = b->next)
+       b = hak_block_next(b))
     n += hak_segmap_get((uintptr_t)b) == HAK_MAP_SEGMENT && hak_page_of(b) == page;
   return n;
 }
@@ -70,7 +70,7 @@ HAK_NO_SANITIZE static uint32_t delayed_of(const hak_heap_t* heap, const hak_pag
  * with the remote freed tag; the list ends. */
 HAK_NO_SANITIZE static size_t check_delayed(const hak_heap_t* heap) {
   size_t bad = 0, n = 0;
-  for (hak_block_t* b = atomic_load_explicit(&heap->delayed, memory_order_acquire); b != NULL; b = b->next) {
+  for (hak_block_t* b = atomic_load_explicit(&heap->delayed, memory_order_acquire); b != NULL; b = hak_block_next(b)) {
     if (++n > WALK_MAX) return bad + violation("delayed list does not end", heap, n, 0);
     const hak_page_t* page = hak_segmap_get((uintptr_t)b) == HAK_MAP_SEGMENT ? hak_page_of(b) : NULL;
     if (page == NULL || page->heap != heap || !hak_page_is_block(page, (uintptr_t)b))
@@ -156,7 +156,7 @@ static size_t check_segment(const hak_heap_t* heap, hak_segment_t* seg, size_t* 
   size_t bad = 0;
   if (seg->magic != HAK_SEGMENT_MAGIC) return violation("segment magic", seg, seg->magic, 0);
   if (seg->heap != heap) bad += violation("segment owned by another heap", seg, 0, 0);
-  if (hak_segmap_get((uintptr_t)seg) != HAK_MAP_SEGMENT) bad += violation("segment not in the segment map", seg, 0, 0);
+  if (hak_segmap_get((uintptr_t)hak_segment_base(seg)) != HAK_MAP_SEGMENT) bad += violation("segment not in the segment map", seg, 0, 0);
   if (seg->free_mask & 1) bad += violation("slice 0 marked free", seg, 0, 0);
   if ((seg->dirty_mask & ~seg->free_mask) || (seg->aged_mask & ~seg->dirty_mask))
     bad += violation("purge masks: a slice in use marked dirty, or aged and not dirty", seg, seg->dirty_mask, seg->aged_mask);
@@ -245,7 +245,7 @@ HAK_NO_SANITIZE static size_t check_mappings(uint64_t live_expected) {
       continue;
     }
     if (m == HAK_MAP_SEGMENT) {
-      if (((const hak_segment_t*)base)->magic != HAK_SEGMENT_MAGIC)
+      if (hak_segment_of((const void*)base)->magic != HAK_SEGMENT_MAGIC)
         bad += violation("segment map names a segment without its magic", (void*)base, 0, 0);
       continue;
     }

@@ -22,7 +22,10 @@ static const char* const fn_names[] = {
     [HAK_FN_MALLOC] = "malloc",
 };
 
-void _hak_error(hak_error_t err, hak_fn_t fn, const void* p) {
+void _hak_error(hak_error_t err, hak_fn_t fn, const void* p) { _hak_error_what(err, fn, p, NULL); }
+
+/* what: the check that failed (heap corruption), or NULL. */
+void _hak_error_what(hak_error_t err, hak_fn_t fn, const void* p, const char* what) {
   hak_atomic_add(err_counts[err], 1);
   HAK_OUT(o, STDERR_FILENO, 512);
   _hak_out_str(&o, "hakmem: error: ");
@@ -31,7 +34,12 @@ void _hak_error(hak_error_t err, hak_fn_t fn, const void* p) {
   _hak_out_str(&o, fn_names[fn]);
   _hak_out_str(&o, "(");
   _hak_out_hex(&o, (uintptr_t)p);
-  _hak_out_str(&o, ") [pid ");
+  _hak_out_str(&o, ")");
+  if (what != NULL) {
+    _hak_out_str(&o, ": ");
+    _hak_out_str(&o, what);
+  }
+  _hak_out_str(&o, " [pid ");
   _hak_out_u64(&o, (uint64_t)getpid());
   _hak_out_str(&o, hak_option(HAK_OPT_ON_ERROR) == 0 ? "], aborting\n" : "], ignored\n");
   _hak_out_flush(&o);

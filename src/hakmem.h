@@ -50,7 +50,7 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(bigcache, puts, "freed huge blocks offered to BigCache")               \
   X(bigcache, evictions, "blocks sent from BigCache to the batch queue")   \
   X(bigcache, expired, "evictions of blocks idle past the expiry")         \
-  X(bigcache, bytes, "bytes of mappings cached now")                       \
+  X(bigcache, bytes, "bytes cached now (blocks and header pages)")         \
   X(batch, queued, "mappings queued for release")                          \
   X(batch, flushes, "releases of the queue")                               \
   X(batch, madvise_calls, "madvise calls made by releases")                \
@@ -69,6 +69,7 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(os, mmap_calls, "mmap system calls")                                   \
   X(os, munmap_calls, "munmap system calls")                               \
   X(os, madvise_calls, "madvise system calls")                             \
+  X(os, guard_pages, "guard pages set up (mprotect PROT_NONE calls)")       \
   X(os, mapped_bytes, "bytes currently mapped")                            \
   X(os, mapped_bytes_peak, "peak of mapped_bytes")                         \
   X(purge, runs, "runs of idle free memory decommitted (slices, segments, mappings)") \

@@ -10,6 +10,15 @@
  * 2 MiB into the mapping, 2 MiB aligned, advised MADV_HUGEPAGE up to 4 MiB,
  * and beyond when their call site allocated that size range before and has
  * freed blocks.
+ * Guard page (PROT_NONE): the mapping's last page, so an overflow out of
+ * the block stops there instead of running into the next mapping; except
+ * where a cached class fills its mapping exactly (2 and 6 MiB at offset
+ * 2 MiB: a page more would cost a whole chunk of address space), where it
+ * is the mapping's first page (unused: the block starts 2 MiB in), which
+ * still stops an overflow out of the mapping below (huge_guard_at).  It
+ * stays while the mapping lives (BigCache and the batch queue keep whole
+ * mappings; retained reuse moves it if the new block needs it elsewhere);
+ * realloc by mremap lifts it and sets it again at the new end.
  * Free: BigCache, else the batch queue; munmap happens only there.
  * The segment map marks every chunk with its distance to the head chunk,
  * so a pointer's header is found without reading unmapped memory.  Freed
@@ -28,10 +37,35 @@ static _Atomic(uint64_t) huge_live_bytes; /* mapping bytes of live blocks */
 static _Atomic(uintptr_t) recent[RECENT];
 static _Atomic(size_t) recent_next;
 
+/* Keyed and non-linear in the key: the fields are mixed, xored with one
+ * key, multiplied by another (odd), folded and multiplied again, so one
+ * header read does not give away how to forge another. */
 static uint64_t huge_checksum(const hak_huge_t* h) {
   uint64_t x = h->magic ^ (h->map_size * 0x9e3779b97f4a7c15ULL) ^ (h->size << 1) ^ ((uint64_t)h->offset << 7) ^
-               (uint64_t)h->base ^ ((uint64_t)(uint32_t)h->cls << 40) ^ _hak_free_key;
+               (uint64_t)h->base ^ ((uint64_t)(uint32_t)h->cls << 40);
+  x = (x ^ _hak_keys.sum0) * _hak_keys.sum1;
+  x ^= x >> 29;
   return x * 0xff51afd7ed558ccdULL;
+}
+
+/* Where the guard page of a mapping whose block ends at block_end goes. */
+static uintptr_t huge_guard_at(uintptr_t base, size_t map_size, size_t block_end) {
+  return map_size - block_end >= HAK_GUARD_SIZE ? base + map_size - HAK_GUARD_SIZE : base;
+}
+
+static void huge_guard(uintptr_t at, bool on) {
+#ifndef HAK_FAULT_HUGE_UNGUARDED /* fault injection: no guard page */
+  _hak_os_guard((void*)at, on);
+#else
+  (void)at, (void)on;
+#endif
+}
+
+/* The mapping size for a block of size bytes at offset, rounded up to whole
+ * chunks: with room for a guard page behind it unless it is a cached
+ * class's (whose size is fixed: huge_guard_at). */
+static size_t huge_map_size(size_t offset, size_t size, bool cls) {
+  return (offset + size + (cls ? 0 : HAK_GUARD_SIZE) + HAK_SEGMENT_MASK) & ~(size_t)HAK_SEGMENT_MASK;
 }
 
 /* Where the user block starts in its mapping. */
@@ -57,9 +91,22 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
   }
   size_t offset = _hak_huge_offset(size, align);
   if (size > PTRDIFF_MAX - offset - HAK_SEGMENT_SIZE || align > ((size_t)1 << 30)) return NULL;
-  size_t map_size = (offset + size + HAK_SEGMENT_MASK) & ~(size_t)HAK_SEGMENT_MASK;
+  size_t map_size = huge_map_size(offset, size, cls >= 0);
   uint8_t* base = NULL;
-  if (align <= HAK_SEGMENT_SIZE) base = (uint8_t*)_hak_madvq_reuse(map_size, &map_size); /* stale contents */
+  size_t old_end = 0;
+  if (align <= HAK_SEGMENT_SIZE) base = (uint8_t*)_hak_madvq_reuse(map_size, &map_size, &old_end); /* stale contents */
+  size_t block_end = offset + (cls >= 0 ? size : map_size - offset - HAK_GUARD_SIZE);
+  if (base != NULL) { /* the previous block's guard may be where this one's block goes */
+    uintptr_t was = huge_guard_at((uintptr_t)base, map_size, old_end);
+    uintptr_t at = huge_guard_at((uintptr_t)base, map_size, block_end);
+    if (was != at) {
+      huge_guard(was, false);
+      /* emptied first: a guard page is never resident, so the checker's
+       * look at resident pages (mincore) never reads one */
+      _hak_os_advise((void*)at, HAK_GUARD_SIZE, MADV_DONTNEED);
+      huge_guard(at, true);
+    }
+  }
   *fresh = base == NULL;
   if (base == NULL) {
     base = _hak_os_alloc_aligned(map_size, align > HAK_SEGMENT_SIZE ? align : HAK_SEGMENT_SIZE);
@@ -75,6 +122,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
 #ifndef HAK_FAULT_THP_HEADER /* fault injection */
     if (_hak_thp_always && offset >= THP_SIZE) _hak_os_advise(base, offset & ~(THP_SIZE - 1), MADV_NOHUGEPAGE);
 #endif
+    huge_guard(huge_guard_at((uintptr_t)base, map_size, block_end), true);
     _hak_segmap_set((uintptr_t)base, map_size, true);
   }
   hak_huge_t* h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER);
@@ -82,14 +130,14 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
   h->magic = HAK_HUGE_MAGIC;
   h->base = (uintptr_t)base;
   h->map_size = map_size;
-  h->size = cls >= 0 ? size : map_size - offset; /* what may be touched */
+  h->size = block_end - offset; /* what may be touched */
   h->offset = (uint32_t)offset;
   h->cls = cls;
   h->site = (uintptr_t)site;
   atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
   h->checksum = huge_checksum(h);
   /* sanitizer builds: nothing past the block is the program's */
-  hak_track_noaccess((uint8_t*)h + HAK_HUGE_HEADER + h->size, map_size - offset - h->size);
+  hak_track_noaccess((uint8_t*)h + HAK_HUGE_HEADER + h->size, map_size - block_end);
   hak_atomic_add(huge_allocs, 1);
   hak_atomic_add(huge_live_bytes, map_size);
   return base + offset;
@@ -191,24 +239,32 @@ void* _hak_huge_realloc(void* p, size_t size) {
   if (h == NULL || h->cls >= 0 || _hak_bigcache_class(size) >= 0) return NULL;
   size_t offset = _hak_huge_offset(size, 0);
   if (offset != h->offset || size > PTRDIFF_MAX - offset - HAK_SEGMENT_SIZE) return NULL;
-  size_t map_size = (offset + size + HAK_SEGMENT_MASK) & ~(size_t)HAK_SEGMENT_MASK;
+  size_t map_size = huge_map_size(offset, size, false);
   if (map_size == h->map_size) return NULL;
   uintptr_t old_base = h->base;
   size_t old_map = h->map_size;
   /* The map forgets what goes back to the kernel before it goes: another
    * thread's new mapping may land there the moment mremap returns.  Only
-   * this thread may use the block meanwhile (the caller owns it). */
+   * this thread may use the block meanwhile (the caller owns it).  The
+   * guard page is lifted first (mremap moves one VMA, and the guard is
+   * another) and set again at the new end. */
   uint8_t* base = (uint8_t*)old_base;
+  uintptr_t old_guard = huge_guard_at(old_base, old_map, h->offset + h->size);
+  huge_guard(old_guard, false);
   if (map_size < old_map) {
     _hak_segmap_clear(old_base + map_size, old_map - map_size); /* the tail's chunks */
     if (!_hak_os_remap((void*)old_base, old_map, base, map_size)) {
       _hak_segmap_clear(old_base, map_size);
       _hak_segmap_set(old_base, old_map, true); /* as it was */
+      huge_guard(old_guard, true);
       return NULL;
     }
   } else {
     base = _hak_os_alloc_aligned(map_size, HAK_SEGMENT_SIZE); /* reserved: the pages move onto it */
-    if (base == NULL) return NULL;
+    if (base == NULL) {
+      huge_guard(old_guard, true);
+      return NULL;
+    }
     _hak_segmap_set((uintptr_t)base, map_size, true);
 #if !defined(HAK_FAULT_REMAP_MAP_STALE) && !defined(HAK_FAULT_REMAP_CLEAR_LATE) /* fault injection */
     _hak_segmap_clear(old_base, old_map);
@@ -217,16 +273,18 @@ void* _hak_huge_realloc(void* p, size_t size) {
       _hak_segmap_clear((uintptr_t)base, map_size);
       _hak_segmap_set(old_base, old_map, true);
       _hak_os_free(base, map_size);
+      huge_guard(old_guard, true);
       return NULL;
     }
 #ifdef HAK_FAULT_REMAP_CLEAR_LATE /* fault injection: the old range forgotten after it went back (the first version) */
     _hak_segmap_clear(old_base, old_map);
 #endif
   }
+  huge_guard((uintptr_t)base + map_size - HAK_GUARD_SIZE, true);
   h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER);
   h->base = (uintptr_t)base;
   h->map_size = map_size;
-  h->size = map_size - offset;
+  h->size = map_size - offset - HAK_GUARD_SIZE;
   h->checksum = huge_checksum(h);
   atomic_fetch_add_explicit(&huge_live_bytes, map_size, memory_order_relaxed);
   atomic_fetch_sub_explicit(&huge_live_bytes, old_map, memory_order_relaxed);

@@ -13,7 +13,6 @@
 
 #include "internal.h"
 
-uintptr_t _hak_free_key;
 size_t _hak_fast_limit = HAK_SMALL_FAST_MAX; /* until the options are read */
 __thread bool _hak_forking __attribute__((tls_model("initial-exec")));
 _Atomic(bool) _hak_fork_pending;
@@ -86,7 +85,7 @@ bool _hak_init(void) {
   }
   init_self = true;
   for (size_t i = 0; i < HAK_BINS; i++) _hak_heap_empty.direct[i] = &_hak_page_empty;
-  _hak_free_key = (uintptr_t)_hak_os_random() | 1;
+  _hak_harden_init();
   _hak_options_init();
   _hak_fast_limit = hak_option(HAK_OPT_MODE) == 1 ? (64u << 10) - 1 : HAK_SMALL_MAX;
   _hak_thp_always = _hak_os_thp_always();

@@ -71,6 +71,7 @@ typedef struct hak_os_s {
   int (*advise)(void* addr, size_t size, int advice); /* 0 or errno         */
   uint64_t (*now_ns)(void);                  /* monotonic clock             */
   uint64_t (*faults)(void);                  /* this thread's page faults   */
+  int (*protect)(void* addr, size_t size, bool none); /* PROT_NONE or rw; 0 or errno */
 } hak_os_t;
 HAK_INTERNAL extern const hak_os_t _hak_os_default;
 HAK_INTERNAL extern const hak_os_t* _hak_os;   /* tests swap in a fake     */
@@ -79,6 +80,9 @@ HAK_INTERNAL void* _hak_os_alloc_aligned(size_t size, size_t align);
 HAK_INTERNAL void _hak_os_free(void* addr, size_t size);
 HAK_INTERNAL bool _hak_os_remap(void* old, size_t old_size, void* dst, size_t new_size); /* false: untouched */
 HAK_INTERNAL int _hak_os_advise(void* addr, size_t size, int advice); /* counted */
+/* [addr, addr + HAK_GUARD_SIZE) becomes a guard page (on) or rw again (off);
+ * counted.  A failure is harmless (no guard): the mapping stays usable. */
+HAK_INTERNAL void _hak_os_guard(void* addr, bool on);
 HAK_INTERNAL extern _Atomic(uint64_t) _hak_os_map_count;
 HAK_INTERNAL void _hak_os_stats(hak_stats_t* st);
 HAK_INTERNAL uint64_t _hak_os_random(void);   /* no allocation, no syscall */
@@ -119,6 +123,7 @@ HAK_INTERNAL void _hak_out_flush(hak_out_t* o);
 
 /* ---- error.c ----------------------------------------------------------- */
 HAK_INTERNAL void _hak_error(hak_error_t err, hak_fn_t fn, const void* p);
+HAK_INTERNAL void _hak_error_what(hak_error_t err, hak_fn_t fn, const void* p, const char* what);
 HAK_INTERNAL void _hak_error_stats(hak_stats_t* st);
 HAK_INTERNAL void _hak_warning(const char* msg, const char* detail);
 
@@ -183,11 +188,14 @@ static inline void hak_purge_tick(hak_heap_t* heap) {
     return;
   if (heap->purge_countdown-- == 0) _hak_purge_tick_slow(heap);
 }
+/* A segment's header sits behind its guard page: for a pointer, the header
+ * is (p & ~mask) + guard, a constant offset the page lookup folds in. */
 static inline hak_segment_t* hak_segment_of(const void* p) {
-  return (hak_segment_t*)((uintptr_t)p & ~(uintptr_t)HAK_SEGMENT_MASK);
+  return (hak_segment_t*)(((uintptr_t)p & ~(uintptr_t)HAK_SEGMENT_MASK) + HAK_GUARD_SIZE);
 }
+static inline uint8_t* hak_segment_base(const hak_segment_t* seg) { return (uint8_t*)seg - HAK_GUARD_SIZE; }
 static inline uint8_t* hak_slice_addr(hak_segment_t* seg, size_t i) {
-  return (uint8_t*)seg + (i << HAK_SLICE_SHIFT);
+  return hak_segment_base(seg) + (i << HAK_SLICE_SHIFT);
 }
 /* Page descriptor for an address inside a registered segment. */
 static inline hak_page_t* hak_page_of(const void* p) {
@@ -232,8 +240,34 @@ HAK_INTERNAL void _hak_heap_fork_child(void);
 HAK_INTERNAL void _hak_remote_heapless_stats(hak_stats_t* st); /* alloc.c */
 HAK_INTERNAL bool _hak_heaps_purge_abandoned(uint64_t now, bool all); /* true: more later */
 
+/* ---- harden.c: keys, encoded links, heap-corruption reports -------------- */
+typedef struct hak_keys_s {
+  uintptr_t link0, link1; /* free-list links: xor, then multiply (link1 odd) */
+  uintptr_t tag0, tag1;   /* freed tag: xor, then multiply (tag1 odd)      */
+  uintptr_t sum0, sum1;   /* huge header checksum (sum1 odd)               */
+} hak_keys_t;
+HAK_INTERNAL extern hak_keys_t _hak_keys;
+HAK_INTERNAL void _hak_harden_init(void);
+/* A corrupt free list (hak_pop_ok failed for b at its head): reported
+ * (HAK_ERR_CORRUPT, with what was wrong); the page's free list is dropped
+ * (its blocks leak) so nothing it holds is served.  Cold. */
+HAK_INTERNAL void _hak_freelist_corrupt(hak_page_t* page, const hak_block_t* b);
+/* The same from the fast path, which then allocates on the generic path. */
+HAK_INTERNAL void* _hak_alloc_corrupt(hak_heap_t* heap, hak_page_t* page, const hak_block_t* b, size_t size,
+                                      const void* site);
+
+/* The link stored in block `at` to block `next` (NULL too): next xored
+ * with a keyed multiplicative mix of the storage address, non-linear in the
+ * key (leaking one word does not give it away).  The mix depends only on
+ * `at`, so it is computed while word 0 is loaded: decoding adds one xor to
+ * the pop's dependency chain, encoding one to the free's. */
+static inline uintptr_t hak_link_mask(const void* at) { return ((uintptr_t)at ^ _hak_keys.link0) * _hak_keys.link1; }
+static inline uintptr_t hak_link_enc(const void* at, const void* next) { return (uintptr_t)next ^ hak_link_mask(at); }
+static inline hak_block_t* hak_link_dec(const void* at, uintptr_t v) { return (hak_block_t*)(v ^ hak_link_mask(at)); }
+static inline hak_block_t* hak_block_next(const hak_block_t* b) { return hak_link_dec(b, b->link); }
+static inline void hak_block_set_next(hak_block_t* b, const hak_block_t* next) { b->link = hak_link_enc(b, next); }
+
 /* ---- init.c: process init, fork protocol, hak_collect --------------------- */
-HAK_INTERNAL extern uintptr_t _hak_free_key;
 /* Largest size the fast path serves: HAK_SMALL_MAX, or 64 KiB - 1 in
  * evolving mode, where larger requests ask the policy first. */
 HAK_INTERNAL extern size_t _hak_fast_limit;
@@ -267,7 +301,7 @@ HAK_INTERNAL bool _hak_bigcache_expire(uint64_t now); /* true: still holds block
 HAK_INTERNAL void _hak_madvq_push(uintptr_t base, size_t size, size_t used, size_t bytes);
 HAK_INTERNAL void _hak_madvq_tick(void);
 HAK_INTERNAL void _hak_madvq_flush(bool all);
-HAK_INTERNAL uintptr_t _hak_madvq_reuse(size_t size, size_t* got);
+HAK_INTERNAL uintptr_t _hak_madvq_reuse(size_t size, size_t* got, size_t* used);
 HAK_INTERNAL size_t _hak_madvq_check(void);
 HAK_INTERNAL bool _hak_madvq_holds(uintptr_t base, size_t* n);
 HAK_INTERNAL void _hak_madvq_lock(bool lock);
@@ -350,7 +384,9 @@ HAK_INTERNAL void* _hak_calloc(size_t n, size_t size, const void* site);
 HAK_INTERNAL void* _hak_aligned(size_t align, size_t size, const void* site);
 HAK_INTERNAL size_t _hak_usable_size(const void* p, hak_fn_t fn);
 
-static inline uintptr_t hak_freed_tag(const void* p) { return (uintptr_t)p ^ _hak_free_key; }
+/* The freed tag of block p: (p ^ key) * odd key, a keyed non-linear mix
+ * (one read of a freed block no longer gives the key away). */
+static inline uintptr_t hak_freed_tag(const void* p) { return ((uintptr_t)p ^ _hak_keys.tag0) * _hak_keys.tag1; }
 /* A freed block carries hak_freed_tag(p) when its owner freed it, that ^
  * HAK_TAG_REMOTE when another thread did (every block on a page's remote
  * list has the remote tag).  The owner's free and another thread's free of
@@ -381,28 +417,74 @@ HAK_NO_SANITIZE static inline uintptr_t hak_tag_peek(const void* p) {
  * and branch, three stores, one counter add.  No lock, no atomic RMW; the
  * single exit is _hak_alloc_generic, which also initializes the thread.
  * ------------------------------------------------------------------------- */
+/* Whether block b, at the head of page's free list, may be popped: what a
+ * use after free could have written is checked before the successor
+ * becomes the list head: b's freed tag (word 1), and that its link (word
+ * 0) decodes to a block of this page (bound and divisibility, as
+ * hak_page_is_block) or NULL.  About 14 instructions with the decode. */
+__attribute__((always_inline)) static inline bool hak_pop_ok(const hak_page_t* page, const hak_block_t* b,
+                                                             const hak_block_t* next) {
+#ifdef HAK_FAULT_POP_UNCHECKED /* fault injection: the pop trusts the block */
+  (void)page, (void)b, (void)next;
+  return true;
+#endif
+  /* the three conditions or'ed without branches; NULL (the list's end)
+   * fails the bound and is let through on the unlikely side */
+  uintptr_t off = (uintptr_t)next - (uintptr_t)page->start;
+  uintptr_t bad = (uintptr_t)(off >= atomic_load_explicit(&page->carved, memory_order_relaxed)) |
+                  (uintptr_t)(off * page->div_check >= page->div_check) |
+                  ((atomic_load_explicit(&b->tag, memory_order_relaxed) ^ hak_freed_tag(b)) & ~HAK_TAG_REMOTE);
+  return hak_likely(bad == 0) || (next == NULL && hak_tag_is_freed(b, atomic_load_explicit(&b->tag, memory_order_relaxed)));
+}
+
+/* A free block of page, or NULL (none, or the list was found corrupt and
+ * dropped). */
+__attribute__((always_inline)) static inline hak_block_t* hak_page_pop(hak_page_t* page) {
+  hak_block_t* b = page->free;
+  if (hak_likely(b != NULL)) {
+    hak_block_t* next = hak_block_next(b);
+    if (hak_unlikely(!hak_pop_ok(page, b, next))) {
+      _hak_freelist_corrupt(page, b);
+      return NULL;
+    }
+    page->free = next;
+    page->used++;
+    atomic_store_explicit(&b->tag, 0, memory_order_relaxed); /* no longer freed */
+  }
+  return b;
+}
+
 /* A block of bin from the page the bin allocates from, or NULL. */
 __attribute__((always_inline)) static inline void* hak_pop_direct(hak_heap_t* heap, size_t bin, size_t size) {
   hak_page_t* page = heap->direct[bin];
-  hak_block_t* b = page->free;
+  hak_block_t* b = hak_page_pop(page);
   if (hak_likely(b != NULL)) {
-    page->free = b->next;
-    page->used++;
-    atomic_store_explicit(&b->tag, 0, memory_order_relaxed); /* no longer freed */
     hak_count(heap->counters.small_allocs, 1);
     hak_track_alloc(b, size, page->block_size); /* sanitizer builds only */
   }
   return b;
 }
 
+/* Every exit of the fast path is a tail call (no register is live across a
+ * call, so no callee-saved register is pushed). */
 __attribute__((always_inline)) static inline void* hak_alloc_fast(size_t size, const void* site) {
   hak_heap_t* heap = _hak_heap_tls;
   size_t bin;
   if (hak_likely(size <= HAK_SMALL_FAST_MAX)) bin = _hak_bin_lut[(size + HAK_ALIGN - 1) / HAK_ALIGN];
   else if (size <= _hak_fast_limit) bin = hak_bin_of_mid(size); /* 5 more instructions */
   else return _hak_alloc_generic(heap, size, 0, site);
-  void* b = hak_pop_direct(heap, bin, size);
-  if (hak_likely(b != NULL)) return b;
+  hak_page_t* page = heap->direct[bin];
+  hak_block_t* b = page->free;
+  if (hak_likely(b != NULL)) {
+    hak_block_t* next = hak_block_next(b);
+    if (hak_unlikely(!hak_pop_ok(page, b, next))) return _hak_alloc_corrupt(heap, page, b, size, site);
+    page->free = next;
+    page->used++;
+    atomic_store_explicit(&b->tag, 0, memory_order_relaxed); /* no longer freed */
+    hak_count(heap->counters.small_allocs, 1);
+    hak_track_alloc(b, size, page->block_size); /* sanitizer builds only */
+    return b;
+  }
   return _hak_alloc_generic(heap, size, 0, site);
 }
 
@@ -431,7 +513,7 @@ __attribute__((always_inline)) static inline void hak_free_fast(void* p, const v
 #endif
       hak_track_free(p, page->block_size, HAK_TRACK_HEADER); /* sanitizer builds only */
       atomic_store_explicit(&b->tag, tag, memory_order_relaxed);
-      b->next = page->free;
+      hak_block_set_next(b, page->free);
       page->free = b;
       hak_count(heap->counters.small_frees, 1);
       if (hak_likely(--page->used != 0 && !page->in_full)) return;

@@ -220,9 +220,10 @@ static long best_fit(const range_t* r, size_t n, size_t size) {
 }
 
 /* A mapping of at least size bytes (at most 4x: the rest stays virtual)
- * to reuse, or 0; *got is its size.  First one still waiting in the queue
+ * to reuse, or 0; *got is its size, *used where its last block ended (so
+ * the caller knows where that block's guard page is).  First one still waiting in the queue
  * (never advised: no system call, no page fault), then a retained one. */
-uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
+uintptr_t _hak_madvq_reuse(size_t size, size_t* got, size_t* used) {
   uintptr_t base = 0;
   if (atomic_load_explicit(&q_pending, memory_order_relaxed) == 0 &&
       atomic_load_explicit(&st_retained_bytes, memory_order_relaxed) == 0)
@@ -232,6 +233,7 @@ uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
   if (i >= 0) {
     base = queue[i].base;
     *got = queue[i].size;
+    *used = queue[i].used;
 #ifndef HAK_FAULT_MADVQ_LIVE /* fault injection: the range stays queued */
     queue_bytes -= queue[i].bytes;
     queue[i] = queue[--queue_len];
@@ -245,6 +247,7 @@ uintptr_t _hak_madvq_reuse(size_t size, size_t* got) {
   if (i >= 0) {
     base = retained[i].base;
     *got = retained[i].size;
+    *used = retained[i].used;
     retained_bytes -= retained[i].size;
     memmove(retained + i, retained + i + 1, (--retained_len - (size_t)i) * sizeof(range_t));
     atomic_store(&st_retained_bytes, retained_bytes);

@@ -25,6 +25,10 @@ static int os_advise(void* addr, size_t size, int advice) {
   return madvise(addr, size, advice) == 0 ? 0 : errno;
 }
 
+static int os_protect(void* addr, size_t size, bool none) {
+  return mprotect(addr, size, none ? PROT_NONE : PROT_READ | PROT_WRITE) == 0 ? 0 : errno;
+}
+
 static uint64_t os_now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -59,10 +63,10 @@ int _hak_os_resident(const void* page) {
   return rc != 0 ? -1 : (vec & 1);
 }
 
-const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns, os_faults};
+const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns, os_faults, os_protect};
 const hak_os_t* _hak_os = &_hak_os_default;
 
-static _Atomic(uint64_t) os_munmap_calls, os_madvise_calls;
+static _Atomic(uint64_t) os_munmap_calls, os_madvise_calls, os_guard_pages;
 _Atomic(uint64_t) _hak_os_map_count; /* mmap calls: also tells the policy a block was fresh */
 static _Atomic(uint64_t) os_mapped, os_mapped_peak;
 static _Atomic(uintptr_t) os_hint; /* where the next aligned mapping may go */
@@ -155,6 +159,12 @@ bool _hak_os_remap(void* old, size_t old_size, void* dst, size_t new_size) {
   return true;
 }
 
+void _hak_os_guard(void* addr, bool on) {
+  int r;
+  KEEP_ERRNO(r = _hak_os->protect(addr, HAK_GUARD_SIZE, on));
+  if (r == 0 && on) hak_atomic_add(os_guard_pages, 1);
+}
+
 void _hak_os_free(void* addr, size_t size) {
   hak_track_unmapped(addr, size);
   os_unmap_counted(addr, size);
@@ -235,6 +245,7 @@ void _hak_os_stats(hak_stats_t* st) {
   st->os_mmap_calls = atomic_load(&_hak_os_map_count);
   st->os_munmap_calls = atomic_load(&os_munmap_calls);
   st->os_madvise_calls = atomic_load(&os_madvise_calls);
+  st->os_guard_pages = atomic_load(&os_guard_pages);
   st->os_mapped_bytes = atomic_load(&os_mapped);
   st->os_mapped_bytes_peak = atomic_load(&os_mapped_peak);
 }

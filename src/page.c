@@ -53,10 +53,11 @@ static hak_page_queue_t* page_queue(hak_heap_t* heap, hak_page_t* page) {
  * hands one out twice. */
 static void page_recount(hak_page_t* page) {
   uint32_t n = 0;
-  for (hak_block_t** link = &page->free; *link != NULL; link = &(*link)->next) {
-    hak_block_t* b = *link;
+  hak_block_t* prev = NULL;
+  for (hak_block_t* b = page->free; b != NULL; prev = b, b = hak_block_next(b)) {
     if (!hak_page_is_block(page, (uintptr_t)b) || !hak_tag_is_freed(b, atomic_load_explicit(&b->tag, memory_order_relaxed))) {
-      *link = NULL;
+      if (prev != NULL) hak_block_set_next(prev, NULL);
+      else page->free = NULL;
       break;
     }
     if (++n > page->capacity) {
@@ -86,10 +87,18 @@ void _hak_page_collect(hak_page_t* page) {
   hak_block_t* last = NULL;
   uint32_t n = 0;
   bool raced = false;
-  for (hak_block_t* b = list; b != NULL; b = b->next) {
+  for (hak_block_t* b = list; b != NULL; b = hak_block_next(b)) {
+    /* a link a use after free overwrote may point anywhere: never followed */
+    if (hak_unlikely(!hak_page_is_block(page, (uintptr_t)b))) {
+      if (last != NULL) hak_block_set_next(last, NULL);
+      else list = NULL;
+      _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_MALLOC, b, "remote free-list link");
+      raced = true;
+      break;
+    }
 #ifndef HAK_FAULT_REMOTE_TAG_UNCHECKED /* fault injection: a block freed twice is served twice */
     if (hak_unlikely(atomic_load_explicit(&b->tag, memory_order_relaxed) != (hak_freed_tag(b) ^ HAK_TAG_REMOTE))) {
-      if (last != NULL) last->next = NULL;
+      if (last != NULL) hak_block_set_next(last, NULL);
       else list = NULL;
       _hak_error(HAK_ERR_DOUBLE_FREE, HAK_FN_FREE, b);
       raced = true;
@@ -106,7 +115,7 @@ void _hak_page_collect(hak_page_t* page) {
 #endif
   }
   if (last != NULL) {
-    last->next = page->free;
+    hak_block_set_next(last, page->free);
     page->free = list;
 #ifdef HAK_FAULT_USED_OFF_BY_ONE /* fault injection: one block too many counted back */
     page->used -= n + (n >= 3);
@@ -129,12 +138,12 @@ static void page_extend(hak_page_t* page) {
   for (uint32_t i = n; i-- > 0;) {
     hak_block_t* b = (hak_block_t*)(first + (size_t)i * page->block_size);
     hak_track_internal(b, HAK_TRACK_HEADER); /* a freed block's header */
-    b->next = head;
+    hak_block_set_next(b, head);
     atomic_store_explicit(&b->tag, hak_freed_tag(b), memory_order_relaxed);
     head = b;
   }
 #ifdef HAK_FAULT_FREELIST_TWICE /* fault injection: the second block links back to the first */
-  if (n >= 2 && cap == 0) ((hak_block_t*)(first + page->block_size))->next = (hak_block_t*)first;
+  if (n >= 2 && cap == 0) hak_block_set_next((hak_block_t*)(first + page->block_size), (hak_block_t*)first);
 #endif
   page->free = head;
   page->capacity = cap + n;
@@ -212,12 +221,12 @@ void _hak_heap_sweep_full(hak_heap_t* heap) {
   if (atomic_load_explicit(&heap->delayed, memory_order_relaxed) == NULL) return;
   hak_block_t* b = atomic_exchange_explicit(&heap->delayed, NULL, memory_order_acquire);
   while (b != NULL) {
-    hak_block_t* next = b->next;
     hak_page_t* page = hak_segmap_get((uintptr_t)b) == HAK_MAP_SEGMENT ? hak_page_of(b) : NULL;
     if (hak_unlikely(page == NULL || page->heap != heap || !hak_page_is_block(page, (uintptr_t)b) || page->used == 0)) {
-      _hak_error(HAK_ERR_CORRUPT, HAK_FN_MALLOC, b);
+      _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_MALLOC, b, "delayed-free link");
       return;
     }
+    hak_block_t* next = hak_block_next(b); /* read only once b is known to be a block */
 #ifndef HAK_FAULT_REMOTE_TAG_UNCHECKED /* fault injection: a block freed twice is served twice */
     if (hak_unlikely(atomic_load_explicit(&b->tag, memory_order_relaxed) != (hak_freed_tag(b) ^ HAK_TAG_REMOTE))) {
       _hak_error(HAK_ERR_DOUBLE_FREE, HAK_FN_FREE, b);
@@ -226,7 +235,7 @@ void _hak_heap_sweep_full(hak_heap_t* heap) {
     }
 #endif
     atomic_store_explicit(&b->tag, hak_freed_tag(b), memory_order_relaxed);
-    b->next = page->free;
+    hak_block_set_next(b, page->free);
     page->free = b;
     page->used--;
     if (page->kind == HAK_SLICE_LARGE) _hak_site_free((const void*)page->site);
@@ -271,10 +280,10 @@ void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const v
 
 static void* page_pop(hak_heap_t* heap, hak_page_t* page) {
   heap->direct[page->bin] = page;
-  hak_block_t* b = page->free;
-  page->free = b->next;
-  page->used++;
-  atomic_store_explicit(&b->tag, 0, memory_order_relaxed);
+  hak_block_t* b = hak_page_pop(page);
+  /* its list was found corrupt and dropped: look again (each corrupt page
+   * is dropped once, so this ends) */
+  if (hak_unlikely(b == NULL)) return _hak_page_alloc_small(heap, page->bin);
   return b;
 }
 

@@ -1,6 +1,8 @@
 /* Segments: 4 MiB aligned regions owned by one heap, cut into 64 slices of
- * 64 KiB.  Slice 0 holds the segment header and the page descriptors; runs
- * of the other slices become pages (small) or single large blocks.
+ * 64 KiB.  Slice 0 holds a guard page (PROT_NONE: an overflow out of the
+ * mapping below stops there) and behind it the segment header and the page
+ * descriptors; runs of the other slices become pages (small) or single
+ * large blocks.
  *
  * A heap keeps one empty segment of its own; further empty segments go to a
  * process-wide cache (HAKMEM_SEGMENT_CACHE of them) and beyond it back to
@@ -65,10 +67,14 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
     hak_unlock(&seg_lock);
   }
   if (seg == NULL) {
-    seg = _hak_os_alloc_aligned(HAK_SEGMENT_SIZE, HAK_SEGMENT_SIZE);
-    if (seg == NULL) return NULL;
+    uint8_t* base = _hak_os_alloc_aligned(HAK_SEGMENT_SIZE, HAK_SEGMENT_SIZE);
+    if (base == NULL) return NULL;
+#ifndef HAK_FAULT_SEGMENT_UNGUARDED /* fault injection: no guard page */
+    _hak_os_guard(base, true);
+#endif
+    seg = hak_segment_of(base);
     segment_init(seg, heap);
-    _hak_segmap_set((uintptr_t)seg, HAK_SEGMENT_SIZE, false);
+    _hak_segmap_set((uintptr_t)base, HAK_SEGMENT_SIZE, false);
   } else {
     dirty = seg->dirty_mask; /* not purged yet: may be resident */
     segment_init(seg, heap);
@@ -108,9 +114,9 @@ void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   if (seg != NULL) {
     seg->magic = 0;
 #ifndef HAK_FAULT_SEGMAP_NOT_CLEARED /* fault injection: the map still names an unmapped segment */
-    _hak_segmap_clear((uintptr_t)seg, HAK_SEGMENT_SIZE);
+    _hak_segmap_clear((uintptr_t)hak_segment_base(seg), HAK_SEGMENT_SIZE);
 #endif
-    _hak_os_free(seg, HAK_SEGMENT_SIZE);
+    _hak_os_free(hak_segment_base(seg), HAK_SEGMENT_SIZE);
   }
 }
 
@@ -210,8 +216,8 @@ void _hak_segment_trim(void) {
   while (list != NULL) {
     hak_segment_t* next = list->next;
     list->magic = 0;
-    _hak_segmap_clear((uintptr_t)list, HAK_SEGMENT_SIZE);
-    _hak_os_free(list, HAK_SEGMENT_SIZE);
+    _hak_segmap_clear((uintptr_t)hak_segment_base(list), HAK_SEGMENT_SIZE);
+    _hak_os_free(hak_segment_base(list), HAK_SEGMENT_SIZE);
     list = next;
   }
 }

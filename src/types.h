@@ -50,15 +50,23 @@ enum {
 };
 
 /* ---------------------------------------------------------------------------
- * Blocks.  A free block stores its successor in word 0 and a "freed" tag in
- * word 1: tag == (address ^ _hak_free_key).  Allocation clears the tag, so a
- * second free of the same block finds the tag and is reported; the key is
- * random per process so user data does not match it by accident.
+ * Blocks.  A free block stores its successor in word 0, encoded (harden.c:
+ * keyed, mixed with the address it is stored at), and a "freed" tag in word
+ * 1: tag == hak_freed_tag(address), a keyed multiplicative mix.  Allocation
+ * clears the tag, so a second free of the same block finds the tag and is
+ * reported; a pop checks the tag of the block it serves and that the
+ * successor decodes to a block of the same page, so a use after free that
+ * wrote either word is reported (heap corruption) instead of served.
  * ------------------------------------------------------------------------- */
 typedef struct hak_block_s {
-  struct hak_block_s* next;
+  uintptr_t link;          /* hak_link_enc(this, next); never read raw    */
   _Atomic(uintptr_t) tag;
 } hak_block_t;
+
+/* Guard pages (PROT_NONE, one mprotect each, counted in os.guard_pages):
+ * the first page of every segment, in front of its header, and the last
+ * page of every huge mapping, behind its block. */
+#define HAK_GUARD_SIZE ((size_t)4096)
 
 struct hak_heap_s;
 struct hak_segment_s;
@@ -130,7 +138,7 @@ _Static_assert(offsetof(hak_page_t, free) == 64 && offsetof(hak_page_t, thread_f
 #define HAK_TF_FULL ((uintptr_t)1)
 
 /* A segment: 4 MiB aligned, registered in the segment map.  Slice 0 holds
- * this header; slices 1..63 hold pages.
+ * a guard page and, behind it, this header; slices 1..63 hold pages.
  * Invariants: bit i of free_mask set <=> slices[i].kind == HAK_SLICE_FREE;
  *   bit 0 never set; used_slices == 63 - popcount(free_mask);
  *   aged_mask within dirty_mask within free_mask;

@@ -45,7 +45,7 @@ static hak_page_t* some_page(char** out) {
   for (int i = 0; i < 4096; i++)
     if (blocks[i] != NULL && hak_segmap_get((uintptr_t)blocks[i]) == HAK_MAP_SEGMENT) {
       hak_page_t* p = hak_page_of(blocks[i]);
-      if (p->kind == HAK_SLICE_SMALL && p->free != NULL && p->free->next != NULL) {
+      if (p->kind == HAK_SLICE_SMALL && p->free != NULL && hak_block_next(p->free) != NULL) {
         *out = blocks[i];
         return p;
       }
@@ -70,8 +70,8 @@ TEST(free_lists) {
   hak_page_t* page = some_page(&b);
   ASSERT_NOT_NULL(page);
   hak_block_t* first = page->free;
-  hak_block_t* saved = first->next;
-  PLANT("free list longer than capacity", first->next = first, first->next = saved);
+  hak_block_t* saved = hak_block_next(first);
+  PLANT("free list longer than capacity", hak_block_set_next(first, first), hak_block_set_next(first, saved));
   PLANT("not a block of its page", page->free = (hak_block_t*)((char*)first + 8), page->free = first);
   uintptr_t tag = atomic_load(&first->tag);
   PLANT("without the freed tag", atomic_store(&first->tag, 0), atomic_store(&first->tag, tag));
@@ -86,20 +86,20 @@ TEST(remote_lists) {
   hak_heap_t* heap = page->heap;
   hak_block_t* blk = (hak_block_t*)b; /* live: pretend another thread freed it */
   uintptr_t tf = atomic_load(&page->thread_free);
-  blk->next = NULL;
+  hak_block_set_next(blk, NULL);
   /* more remote frees than blocks in use: two, when used is one */
   uint32_t used = page->used;
   hak_block_t* other = page->free;
   uintptr_t other_tag = atomic_load(&other->tag);
   PLANT("more remote frees than used",
-        (page->used = 1, atomic_store(&blk->tag, hak_freed_tag(blk) ^ HAK_TAG_REMOTE), blk->next = NULL,
+        (page->used = 1, atomic_store(&blk->tag, hak_freed_tag(blk) ^ HAK_TAG_REMOTE), hak_block_set_next(blk, NULL),
          atomic_store(&other->tag, hak_freed_tag(other) ^ HAK_TAG_REMOTE),
-         page->free = other->next, other->next = blk, atomic_store(&page->thread_free, (uintptr_t)other | tf)),
+         page->free = hak_block_next(other), hak_block_set_next(other, blk), atomic_store(&page->thread_free, (uintptr_t)other | tf)),
         (page->used = used, atomic_store(&blk->tag, 0), atomic_store(&other->tag, other_tag),
-         other->next = page->free, page->free = other, atomic_store(&page->thread_free, tf)));
+         hak_block_set_next(other, page->free), page->free = other, atomic_store(&page->thread_free, tf)));
   /* a block on the remote list that its owner also freed (a race) */
   PLANT("block on a remote list without the remote freed tag",
-        (page->used = used, atomic_store(&blk->tag, hak_freed_tag(blk)), blk->next = NULL,
+        (page->used = used, atomic_store(&blk->tag, hak_freed_tag(blk)), hak_block_set_next(blk, NULL),
          atomic_store(&page->thread_free, (uintptr_t)blk | tf)),
         (atomic_store(&blk->tag, 0), atomic_store(&page->thread_free, tf)));
   PLANT("full flag of thread_free disagrees", atomic_store(&page->thread_free, tf | HAK_TF_FULL),
@@ -140,19 +140,19 @@ TEST(remote_free_without_notification) {
   page->in_full = 1;
   if (direct == page) heap->direct[page->bin] = &_hak_page_empty;
   atomic_store(&blk->tag, hak_freed_tag(blk) ^ HAK_TAG_REMOTE);
-  blk->next = NULL;
+  hak_block_set_next(blk, NULL);
   uintptr_t remote_tag = hak_freed_tag(blk) ^ HAK_TAG_REMOTE;
   atomic_store(&blk->tag, 0);
   atomic_store(&page->thread_free, tf | HAK_TF_FULL); /* blk: a live block */
   EXPECT_EQ_U(hak_check_heap(), 0);
   PLANT("full page with remote frees on its own list",
-        (atomic_store(&blk->tag, remote_tag), blk->next = NULL, atomic_store(&page->thread_free, (uintptr_t)blk | HAK_TF_FULL)),
+        (atomic_store(&blk->tag, remote_tag), hak_block_set_next(blk, NULL), atomic_store(&page->thread_free, (uintptr_t)blk | HAK_TF_FULL)),
         (atomic_store(&blk->tag, 0), atomic_store(&page->thread_free, tf | HAK_TF_FULL)));
   PLANT("block on the delayed list without the remote freed tag",
-        (blk->next = NULL, atomic_store(&heap->delayed, blk)), atomic_store(&heap->delayed, NULL));
+        (hak_block_set_next(blk, NULL), atomic_store(&heap->delayed, blk)), atomic_store(&heap->delayed, NULL));
   PLANT("delayed list links a pointer that is not a block of the heap",
-        (atomic_store(&blk->tag, remote_tag), blk->next = (hak_block_t*)((char*)blk + 8), atomic_store(&heap->delayed, blk)),
-        (atomic_store(&blk->tag, 0), blk->next = NULL, atomic_store(&heap->delayed, NULL)));
+        (atomic_store(&blk->tag, remote_tag), hak_block_set_next(blk, (hak_block_t*)((char*)blk + 8)), atomic_store(&heap->delayed, blk)),
+        (atomic_store(&blk->tag, 0), hak_block_set_next(blk, NULL), atomic_store(&heap->delayed, NULL)));
   atomic_store(&page->thread_free, tf);
   atomic_store(&blk->tag, 0);
   UNLINK(&heap->full, page);
@@ -213,8 +213,9 @@ TEST(exited_threads_heap) {
 
 TEST(segment_map) {
   hak_segment_t* seg = hak_segment_of(blocks[1]);
-  PLANT("segment not in the segment map", _hak_segmap_clear((uintptr_t)seg, HAK_SEGMENT_SIZE),
-        _hak_segmap_set((uintptr_t)seg, HAK_SEGMENT_SIZE, false));
+  uintptr_t base = (uintptr_t)hak_segment_base(seg);
+  PLANT("segment not in the segment map", _hak_segmap_clear(base, HAK_SEGMENT_SIZE),
+        _hak_segmap_set(base, HAK_SEGMENT_SIZE, false));
   /* a chunk registered for a segment that does not exist */
   static _Alignas(1 << 22) char fake[1];
   (void)fake;

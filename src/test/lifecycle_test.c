@@ -257,8 +257,8 @@ static void plant_cycle(void* arg) {
   hak_block_t* a = hak_malloc(48);
   hak_block_t* b = hak_malloc(48);
   hak_page_t* page = hak_page_of(a);
-  a->next = b;
-  b->next = a;
+  hak_block_set_next(a, b);
+  hak_block_set_next(b, a);
   atomic_store(&a->tag, hak_freed_tag(a) ^ HAK_TAG_REMOTE); /* as remote frees leave them */
   atomic_store(&b->tag, hak_freed_tag(b) ^ HAK_TAG_REMOTE);
   atomic_store(&page->thread_free, (uintptr_t)a | (atomic_load(&page->thread_free) & HAK_TF_FULL));
@@ -280,7 +280,7 @@ static void owner_and_remote_race(void) {
   hak_block_t* b = blocks[40];
   hak_page_t* page = hak_page_of(b);
   hak_free(b);          /* the owner's free: on the local list, owner's tag */
-  b->next = NULL;       /* ... and the remote push of the same block */
+  hak_block_set_next(b, NULL);       /* ... and the remote push of the same block */
   atomic_store(&page->thread_free, (uintptr_t)b | (atomic_load(&page->thread_free) & HAK_TF_FULL));
   uint64_t reported = stats().errors_double_free;
   _hak_page_collect(page);
