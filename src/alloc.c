@@ -28,9 +28,11 @@ static void reclaim_now(void) {
 static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void* site, bool* zeroed) {
   if (size < HAK_ALIGN) size = HAK_ALIGN; /* a zero-size block still needs room: aligned ones too */
   void* p;
-  bool mid = size < (64u << 10) || (hak_option(HAK_OPT_MODE) == 0 && size <= HAK_SMALL_MAX);
+  /* HAKMEM_SECURE: a size class with room for the canary too */
+  size_t need = _hak_secure ? size + HAK_CANARY : size;
+  bool mid = need < (64u << 10) || (hak_option(HAK_OPT_MODE) == 0 && need <= HAK_SMALL_MAX);
   if (align <= HAK_ALIGN && mid) {
-    size_t bin = _hak_bin_of(size);
+    size_t bin = _hak_bin_of(need);
     hak_block_t* b = hak_page_pop(heap->direct[bin]);
     if (hak_likely(b != NULL)) { /* sizes past the lookup table: same pop */
       hak_count(heap->counters.small_allocs, 1);
@@ -40,7 +42,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
     p = _hak_page_alloc_small(heap, bin);
     if (p == NULL) return NULL;
     hak_count(heap->counters.small_allocs, 1);
-    hak_count(heap->counters.refills, 1);
+    if (!_hak_secure) hak_count(heap->counters.refills, 1); /* secure: every allocation comes here */
 #ifdef HAK_VERIFY
     if ((atomic_load_explicit(&heap->counters.refills, memory_order_relaxed) & 1023) == 0) HAK_VERIFY_POINT();
 #endif
@@ -66,8 +68,8 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
   size_t threshold = _hak_policy_decide(s, size, &d);
   bool fresh = false;
   if (size < threshold) {
-    if (size <= HAK_SMALL_MAX) {
-      size_t bin = align <= HAK_ALIGN ? _hak_bin_of(size) : _hak_bin_aligned(size, align);
+    if (need <= HAK_SMALL_MAX) {
+      size_t bin = align <= HAK_ALIGN ? _hak_bin_of(need) : _hak_bin_aligned(need, align);
       if (bin < HAK_BINS) {
         uint64_t maps = atomic_load_explicit(&_hak_os_map_count, memory_order_relaxed);
         p = _hak_page_alloc_small(heap, bin);
@@ -171,6 +173,10 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
     _hak_error(HAK_ERR_DOUBLE_FREE, fn, b);
     return;
   }
+  if (_hak_secure) { /* the block is this thread's until the push */
+    if (!_hak_secure_check(page, b, fn)) return;
+    _hak_secure_fill(page, b);
+  }
   /* before the push: afterwards the block may be the owner's again */
   hak_track_free(b, page->block_size, HAK_TRACK_HEADER);
 #ifdef HAK_FAULT_REMOTE_LOST /* fault injection: one remote free in 16 is dropped */
@@ -258,7 +264,7 @@ void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
   if (p == NULL) return;
   uintptr_t a = (uintptr_t)p;
   uint8_t m = hak_segmap_get(a);
-  if (m == HAK_MAP_SEGMENT) {
+  if (hak_map_is_segment(m)) {
     hak_page_t* page = hak_page_of(p);
     hak_heap_t* owner = page->heap;
     if (owner == NULL || !hak_page_is_block(page, a)) {
@@ -278,9 +284,24 @@ void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
       _hak_error(HAK_ERR_DOUBLE_FREE, fn, p);
       return;
     }
-    /* a local free the fast path did not take (not inlined at this call) */
+    /* a local free the fast path did not take (not inlined at this call,
+     * or a secure segment's) */
+    if (_hak_secure) {
+      if (!_hak_secure_check(page, p, fn)) return;
+      _hak_secure_fill(page, p);
+    }
     hak_track_free(p, page->block_size, HAK_TRACK_HEADER);
     atomic_store_explicit(&b->tag, hak_freed_tag(p), memory_order_relaxed);
+    if (_hak_secure >= 2 && page->kind == HAK_SLICE_SMALL) {
+      hak_count(owner->counters.small_frees, 1);
+      b = _hak_quarantine_put(owner, b); /* held back; maybe another comes out */
+      if (b == NULL) return;
+      page = hak_page_of(b);
+      hak_block_set_next(b, page->free);
+      page->free = b;
+      if (--page->used == 0 || page->in_full) _hak_page_free_slow(owner, page);
+      return;
+    }
     hak_block_set_next(b, page->free);
     page->free = b;
     hak_count(owner->counters.small_frees, 1);
@@ -301,7 +322,7 @@ size_t _hak_usable_size(const void* p, hak_fn_t fn) {
   if (p == NULL) return 0;
   uintptr_t a = (uintptr_t)p;
   uint8_t m = hak_segmap_get(a);
-  if (m == HAK_MAP_SEGMENT) {
+  if (hak_map_is_segment(m)) {
     hak_page_t* page = hak_page_of(p);
     if (page->heap == NULL || !hak_page_is_block(page, a) ||
         hak_tag_is_freed(p, hak_tag_peek(p))) {
@@ -311,7 +332,12 @@ size_t _hak_usable_size(const void* p, hak_fn_t fn) {
 #ifdef HAK_FAULT_USABLE_PLUS16 /* fault injection */
     return page->block_size + 16;
 #endif
-    return fn == HAK_FN_USABLE_SIZE ? hak_track_requested(p, page->block_size) : page->block_size;
+    size_t usable = page->block_size;
+    if (_hak_secure && page->kind == HAK_SLICE_SMALL) {
+      usable -= HAK_CANARY;
+      if (fn == HAK_FN_REALLOC && !_hak_secure_check(page, p, fn)) return 0; /* reported */
+    }
+    return fn == HAK_FN_USABLE_SIZE ? hak_track_requested(p, usable) : usable;
   }
   if (m >= HAK_MAP_HUGE) {
     hak_huge_t* h = _hak_huge_header(p, fn);

@@ -62,7 +62,15 @@ HAK_NO_SANITIZE static uint32_t delayed_of(const hak_heap_t* heap, const hak_pag
   uint32_t n = 0, k = 0;
   for (hak_block_t* b = atomic_load_explicit(&heap->delayed, memory_order_acquire); b != NULL && ++k <= WALK_MAX;
        b = hak_block_next(b))
-    n += hak_segmap_get((uintptr_t)b) == HAK_MAP_SEGMENT && hak_page_of(b) == page;
+    n += hak_map_is_segment(hak_segmap_get((uintptr_t)b)) && hak_page_of(b) == page;
+  return n;
+}
+
+/* Blocks of page in the heap's quarantine (HAKMEM_SECURE=2: freed, tagged,
+ * counted in used until they leave it). */
+static uint32_t quarantined_of(const hak_heap_t* heap, const hak_page_t* page) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < heap->q_len; i++) n += hak_page_of(heap->quarantine[i]) == page;
   return n;
 }
 
@@ -72,7 +80,7 @@ HAK_NO_SANITIZE static size_t check_delayed(const hak_heap_t* heap) {
   size_t bad = 0, n = 0;
   for (hak_block_t* b = atomic_load_explicit(&heap->delayed, memory_order_acquire); b != NULL; b = hak_block_next(b)) {
     if (++n > WALK_MAX) return bad + violation("delayed list does not end", heap, n, 0);
-    const hak_page_t* page = hak_segmap_get((uintptr_t)b) == HAK_MAP_SEGMENT ? hak_page_of(b) : NULL;
+    const hak_page_t* page = hak_map_is_segment(hak_segmap_get((uintptr_t)b)) ? hak_page_of(b) : NULL;
     if (page == NULL || page->heap != heap || !hak_page_is_block(page, (uintptr_t)b))
       return bad + violation("delayed list links a pointer that is not a block of the heap", b, n, 0);
     if (atomic_load_explicit(&b->tag, memory_order_relaxed) != (hak_freed_tag(b) ^ HAK_TAG_REMOTE))
@@ -114,7 +122,9 @@ static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bo
       const hak_block_t* b = (const hak_block_t*)(page->start + (size_t)i * page->block_size);
       tagged += hak_tag_is_freed(b, hak_tag_peek(b));
     }
-    if (tagged != nfree + nremote) bad += violation("freed blocks missing from the free lists", page, tagged, nfree + nremote);
+    uint32_t held = quarantined_of(heap, page);
+    if (tagged != nfree + nremote + held)
+      bad += violation("freed blocks missing from the free lists", page, tagged, nfree + nremote + held);
   }
   if (nremote != UINT32_MAX && nremote > page->used) bad += violation("more remote frees than used", page, nremote, page->used);
   if (nfree != UINT32_MAX && nremote != UINT32_MAX && page->used + nfree != page->capacity)
@@ -156,7 +166,7 @@ static size_t check_segment(const hak_heap_t* heap, hak_segment_t* seg, size_t* 
   size_t bad = 0;
   if (seg->magic != HAK_SEGMENT_MAGIC) return violation("segment magic", seg, seg->magic, 0);
   if (seg->heap != heap) bad += violation("segment owned by another heap", seg, 0, 0);
-  if (hak_segmap_get((uintptr_t)hak_segment_base(seg)) != HAK_MAP_SEGMENT) bad += violation("segment not in the segment map", seg, 0, 0);
+  if (!hak_map_is_segment(hak_segmap_get((uintptr_t)hak_segment_base(seg)))) bad += violation("segment not in the segment map", seg, 0, 0);
   if (seg->free_mask & 1) bad += violation("slice 0 marked free", seg, 0, 0);
   if ((seg->dirty_mask & ~seg->free_mask) || (seg->aged_mask & ~seg->dirty_mask))
     bad += violation("purge masks: a slice in use marked dirty, or aged and not dirty", seg, seg->dirty_mask, seg->aged_mask);
@@ -238,13 +248,13 @@ HAK_NO_SANITIZE static size_t check_mappings(uint64_t live_expected) {
   _hak_segmap_range(&lo, &hi);
   for (size_t i = lo; i <= hi && i < HAK_SEGMAP_ENTRIES; i++) {
     uint8_t m = atomic_load_explicit(&_hak_segmap[i], memory_order_relaxed);
-    if (m != HAK_MAP_SEGMENT && m != HAK_MAP_HUGE) continue;
+    if (!hak_map_is_segment(m) && m != HAK_MAP_HUGE) continue;
     uintptr_t base = (uintptr_t)i << HAK_SEGMENT_SHIFT;
     if (_hak_os_resident((void*)base) < 0) {
       bad += violation("segment map names a mapping that does not exist", (void*)base, m, 0);
       continue;
     }
-    if (m == HAK_MAP_SEGMENT) {
+    if (hak_map_is_segment(m)) {
       if (hak_segment_of((const void*)base)->magic != HAK_SEGMENT_MAGIC)
         bad += violation("segment map names a segment without its magic", (void*)base, 0, 0);
       continue;
@@ -260,15 +270,20 @@ HAK_NO_SANITIZE static size_t check_mappings(uint64_t live_expected) {
     uint64_t found = 0;
     bool resident = false;
     for (size_t off = HAK_HUGE_HEADER; off < extent && off <= ((size_t)1 << 30); off = off == HAK_HUGE_HEADER ? 128 : off * 2) {
-      const hak_huge_t* h = (const hak_huge_t*)(base + off - HAK_HUGE_HEADER);
+      const hak_huge_t* at = (const hak_huge_t*)(base + off - HAK_HUGE_HEADER);
       if (off > 4096 || off == HAK_HUGE_HEADER) /* one look at page 0 serves the offsets up to 4 KiB */
-        resident = _hak_os_resident(h) > 0;
+        resident = _hak_os_resident(at) > 0;
       if (!resident) continue;
+      /* read through the kernel: the page may be a guard page, or a freed
+       * block made PROT_NONE (HAKMEM_SECURE=2), by now */
+      hak_huge_t copy;
+      if (!_hak_os_peek(at, &copy, sizeof(copy))) continue;
+      const hak_huge_t* h = &copy;
       if (h->magic != HAK_HUGE_MAGIC || h->base != base || h->offset != off ||
           atomic_load_explicit(&h->state, memory_order_relaxed) != HAK_HUGE_LIVE)
         continue;
-      if (++found == 2) bad += violation("two live huge headers in one mapping", h, off, 0);
-      else if (!_hak_huge_header_valid(h, extent)) bad += violation("live huge header invalid for its mapping", h, h->size, h->map_size);
+      if (++found == 2) bad += violation("two live huge headers in one mapping", at, off, 0);
+      else if (!_hak_huge_header_valid(h, extent)) bad += violation("live huge header invalid for its mapping", at, h->size, h->map_size);
     }
     live += found;
     i += chunks - 1;

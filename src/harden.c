@@ -24,6 +24,8 @@ void _hak_harden_init(void) {
   _hak_keys.tag1 = (uintptr_t)_hak_os_random() | 1;
   _hak_keys.sum0 = (uintptr_t)_hak_os_random();
   _hak_keys.sum1 = (uintptr_t)_hak_os_random() | 1;
+  _hak_keys.can0 = (uintptr_t)_hak_os_random();
+  _hak_keys.can1 = (uintptr_t)_hak_os_random() | 1;
 }
 
 void _hak_freelist_corrupt(hak_page_t* page, const hak_block_t* b) {

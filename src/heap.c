@@ -98,6 +98,7 @@ static void heaps_adopt_orphans(void) { /* heap_lock held */
 }
 
 static void heap_abandon(hak_heap_t* heap) {
+  _hak_quarantine_flush(heap); /* HAKMEM_SECURE=2: nobody else would */
   atomic_store_explicit(&heap->owner_tid, 0, memory_order_relaxed);
   atomic_store_explicit(&heap->abandoned, true, memory_order_relaxed);
   _hak_heap_release_empty(heap);

@@ -99,7 +99,10 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
   if (base != NULL) { /* the previous block's guard may be where this one's block goes */
     uintptr_t was = huge_guard_at((uintptr_t)base, map_size, old_end);
     uintptr_t at = huge_guard_at((uintptr_t)base, map_size, block_end);
-    if (was != at) {
+    if (_hak_secure >= 2) { /* freed blocks were made PROT_NONE (huge_free) */
+      _hak_os_protect(base, map_size, false);
+      _hak_os_guard((void*)at, true);
+    } else if (was != at) {
       huge_guard(was, false);
       /* emptied first: a guard page is never resident, so the checker's
        * look at resident pages (mincore) never reads one */
@@ -215,7 +218,16 @@ void _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
   hak_track_free(p, h->size, 0); /* before another thread can take it back */
   size_t slot = atomic_fetch_add_explicit(&recent_next, 1, memory_order_relaxed) % RECENT;
   atomic_store_explicit(&recent[slot], (uintptr_t)p, memory_order_relaxed);
-  if (h->cls >= 0 && _hak_bigcache_put(h)) return;
+  if (_hak_secure >= 2) {
+    /* HAKMEM_SECURE=2: no BigCache; the block (past its header's page) is
+     * PROT_NONE until the mapping is reused or unmapped, so a use after
+     * free faults */
+    uintptr_t from = (h->base + h->offset + 4095) & ~(uintptr_t)4095;
+    uintptr_t to = (h->base + h->offset + h->size) & ~(uintptr_t)4095;
+    if (to > from) _hak_os_protect((void*)from, to - from, true);
+  } else if (h->cls >= 0 && _hak_bigcache_put(h)) {
+    return;
+  }
   _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
 }
 

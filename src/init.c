@@ -87,6 +87,7 @@ bool _hak_init(void) {
   for (size_t i = 0; i < HAK_BINS; i++) _hak_heap_empty.direct[i] = &_hak_page_empty;
   _hak_harden_init();
   _hak_options_init();
+  _hak_secure_init();
   _hak_fast_limit = hak_option(HAK_OPT_MODE) == 1 ? (64u << 10) - 1 : HAK_SMALL_MAX;
   _hak_thp_always = _hak_os_thp_always();
   _hak_heap_init_key();
@@ -109,7 +110,10 @@ __attribute__((destructor)) static void hak_destructor(void) { _hak_stats_at_exi
 
 void hak_collect(void) {
   hak_heap_t* heap = _hak_heap_tls;
-  if (heap != &_hak_heap_empty) _hak_heap_release_empty(heap);
+  if (heap != &_hak_heap_empty) {
+    _hak_quarantine_flush(heap);
+    _hak_heap_release_empty(heap);
+  }
   _hak_heaps_reclaim();
   _hak_bigcache_drain();
   _hak_madvq_flush(true);

@@ -83,6 +83,8 @@ HAK_INTERNAL int _hak_os_advise(void* addr, size_t size, int advice); /* counted
 /* [addr, addr + HAK_GUARD_SIZE) becomes a guard page (on) or rw again (off);
  * counted.  A failure is harmless (no guard): the mapping stays usable. */
 HAK_INTERNAL void _hak_os_guard(void* addr, bool on);
+/* Any page-aligned range PROT_NONE (none) or rw again; not counted. */
+HAK_INTERNAL void _hak_os_protect(void* addr, size_t size, bool none);
 HAK_INTERNAL extern _Atomic(uint64_t) _hak_os_map_count;
 HAK_INTERNAL void _hak_os_stats(hak_stats_t* st);
 HAK_INTERNAL uint64_t _hak_os_random(void);   /* no allocation, no syscall */
@@ -94,6 +96,8 @@ HAK_INTERNAL bool _hak_os_thread_alive(int tid);
 HAK_INTERNAL bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns); /* true: taken */
 /* the checker: -1 the page is not mapped, 0 mapped but not resident, 1 resident */
 HAK_INTERNAL int _hak_os_resident(const void* page);
+/* the checker: copies n bytes at addr; false if they cannot be read */
+HAK_INTERNAL bool _hak_os_peek(const void* addr, void* out, size_t n);
 
 /* ---- options.c --------------------------------------------------------- */
 HAK_INTERNAL extern long _hak_options[HAK_OPT_COUNT];
@@ -150,6 +154,8 @@ HAK_INTERNAL void _hak_segmap_set(uintptr_t base, size_t size, bool huge);
 HAK_INTERNAL void _hak_segmap_clear(uintptr_t base, size_t size);
 HAK_INTERNAL size_t _hak_segmap_count(bool huge); /* registered heads */
 HAK_INTERNAL void _hak_segmap_range(size_t* lo, size_t* hi); /* entries ever set */
+/* A segment's chunk, plain or secure (types.h). */
+static inline bool hak_map_is_segment(uint8_t m) { return (uint8_t)(m - HAK_MAP_SEGMENT) <= HAK_MAP_SECURE - HAK_MAP_SEGMENT; }
 static inline uint8_t hak_segmap_get(uintptr_t a) {
   size_t i = a >> HAK_SEGMENT_SHIFT;
   if (hak_unlikely(i >= HAK_SEGMAP_ENTRIES)) return HAK_MAP_NONE;
@@ -245,6 +251,7 @@ typedef struct hak_keys_s {
   uintptr_t link0, link1; /* free-list links: xor, then multiply (link1 odd) */
   uintptr_t tag0, tag1;   /* freed tag: xor, then multiply (tag1 odd)      */
   uintptr_t sum0, sum1;   /* huge header checksum (sum1 odd)               */
+  uintptr_t can0, can1;   /* HAKMEM_SECURE canaries (can1 odd)             */
 } hak_keys_t;
 HAK_INTERNAL extern hak_keys_t _hak_keys;
 HAK_INTERNAL void _hak_harden_init(void);
@@ -266,6 +273,37 @@ static inline uintptr_t hak_link_enc(const void* at, const void* next) { return 
 static inline hak_block_t* hak_link_dec(const void* at, uintptr_t v) { return (hak_block_t*)(v ^ hak_link_mask(at)); }
 static inline hak_block_t* hak_block_next(const hak_block_t* b) { return hak_link_dec(b, b->link); }
 static inline void hak_block_set_next(hak_block_t* b, const hak_block_t* next) { b->link = hak_link_enc(b, next); }
+
+/* ---- secure.c: HAKMEM_SECURE levels 1 and 2 -------------------------------
+ * Level 1: each small block's last 8 bytes hold a canary (the usable size is
+ * 8 bytes less), checked on free and realloc; freed small blocks are zeroed
+ * past their link and tag, and checked at reuse; new blocks are carved in a
+ * random order, and a pop sometimes carves fresh blocks first.  Level 2
+ * also: freed blocks wait in a per-heap quarantine (a random place in a
+ * ring) before reuse; large blocks get a guard page behind them; freed huge
+ * blocks are made PROT_NONE and skip BigCache.  Every small allocation and
+ * free takes the generic paths (the fast paths never see a secure page:
+ * heap->direct stays empty and segments are HAK_MAP_SECURE). */
+HAK_INTERNAL extern int _hak_secure; /* the level, fixed at init */
+#define HAK_CANARY 8
+static inline uintptr_t hak_canary(const void* p) { return ((uintptr_t)p ^ _hak_keys.can0) * _hak_keys.can1; }
+HAK_INTERNAL void _hak_secure_init(void);
+/* a block leaving a page's list: its fill checked, its canary written;
+ * false: corrupt (reported; the block must not be served) */
+HAK_INTERNAL bool _hak_secure_pop(hak_page_t* page, hak_block_t* b);
+/* a block being freed (or reallocated): its canary checked (false:
+ * reported as corrupt, the block left alone), then (free) zero-filled */
+HAK_INTERNAL bool _hak_secure_check(const hak_page_t* page, const void* p, hak_fn_t fn);
+HAK_INTERNAL void _hak_secure_fill(const hak_page_t* page, void* p);
+/* a page about to retire: every block on its list checked as a pop would
+ * (a corrupt block is reported even if it was never to be reused) */
+HAK_INTERNAL void _hak_secure_retire(hak_page_t* page);
+/* level 2: holds b back; returns a block to free now (the one it displaced,
+ * or b itself), or NULL */
+HAK_INTERNAL hak_block_t* _hak_quarantine_put(hak_heap_t* heap, hak_block_t* b);
+HAK_INTERNAL void _hak_quarantine_flush(hak_heap_t* heap); /* every block held, freed */
+/* a random number from the heap's generator */
+HAK_INTERNAL uint64_t _hak_secure_rand(hak_heap_t* heap);
 
 /* ---- init.c: process init, fork protocol, hak_collect --------------------- */
 /* Largest size the fast path serves: HAK_SMALL_MAX, or 64 KiB - 1 in

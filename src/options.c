@@ -55,6 +55,8 @@ static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
                       "baseline: fixed HUGE_THRESHOLD; evolving: per-site thresholds learned (UCB1, ELO)", false},
     [HAK_OPT_SEED] = {"SEED", 0, 0, __LONG_MAX__, NULL, false,
                       "seed of the learners' random choices; 0: a random seed", false},
+    [HAK_OPT_SECURE] = {"SECURE", 0, 0, 2, NULL, false,
+                        "hardening beyond the default: 1 canaries, zero-on-free checked at reuse, random carving; 2 also a quarantine of freed blocks, guard pages after large blocks, freed huge blocks kept PROT_NONE (README: Hardening)", false},
 };
 
 long _hak_options[HAK_OPT_COUNT] = {

@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -61,6 +62,13 @@ int _hak_os_resident(const void* page) {
   int rc;
   KEEP_ERRNO(rc = mincore((void*)((uintptr_t)page & ~(uintptr_t)4095), 1, &vec));
   return rc != 0 ? -1 : (vec & 1);
+}
+
+bool _hak_os_peek(const void* addr, void* out, size_t n) {
+  struct iovec local = {out, n}, remote = {(void*)addr, n};
+  ssize_t r;
+  KEEP_ERRNO(r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0));
+  return r == (ssize_t)n;
 }
 
 const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns, os_faults, os_protect};
@@ -163,6 +171,11 @@ void _hak_os_guard(void* addr, bool on) {
   int r;
   KEEP_ERRNO(r = _hak_os->protect(addr, HAK_GUARD_SIZE, on));
   if (r == 0 && on) hak_atomic_add(os_guard_pages, 1);
+}
+
+void _hak_os_protect(void* addr, size_t size, bool none) {
+  if (size == 0) return;
+  KEEP_ERRNO(_hak_os->protect(addr, size, none));
 }
 
 void _hak_os_free(void* addr, size_t size) {

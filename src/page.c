@@ -44,6 +44,13 @@ static hak_page_queue_t* page_queue(hak_heap_t* heap, hak_page_t* page) {
   return page->in_full ? &heap->full : &heap->bins[page->bin];
 }
 
+/* The page a bin allocates from: kept even when empty.  Under HAKMEM_SECURE
+ * heap->direct stays empty (secure.c), and the bin's only page is kept. */
+static bool page_is_current(const hak_heap_t* heap, const hak_page_t* page) {
+  if (heap->direct[page->bin] == page) return true;
+  return _hak_secure && heap->bins[page->bin].first == page && page->next == NULL;
+}
+
 /* After a racing double free was found: the two pushes of one block wrote
  * its link twice, so the owner's list may have lost its tail, loop, or
  * (the heap's delayed list) continue into other pages' blocks.  The list
@@ -135,8 +142,21 @@ static void page_extend(hak_page_t* page) {
   if (n > page->reserved - cap) n = page->reserved - cap;
   uint8_t* first = page->start + (size_t)cap * page->block_size;
   hak_block_t* head = page->free;
+  /* HAKMEM_SECURE: zero what old data the slices may hold (a pop checks
+   * the zeroes), and carve in a random order */
+  uint16_t order[4096 / 16];
+  if (_hak_secure) {
+    if (!page->zero) memset(first, 0, (size_t)n * page->block_size);
+    for (uint32_t i = 0; i < n; i++) order[i] = (uint16_t)i;
+    for (uint32_t i = n; i > 1; i--) {
+      uint32_t j = (uint32_t)(_hak_secure_rand(page->heap) % i);
+      uint16_t t = order[i - 1];
+      order[i - 1] = order[j];
+      order[j] = t;
+    }
+  }
   for (uint32_t i = n; i-- > 0;) {
-    hak_block_t* b = (hak_block_t*)(first + (size_t)i * page->block_size);
+    hak_block_t* b = (hak_block_t*)(first + (size_t)(_hak_secure ? order[i] : i) * page->block_size);
     hak_track_internal(b, HAK_TRACK_HEADER); /* a freed block's header */
     hak_block_set_next(b, head);
     atomic_store_explicit(&b->tag, hak_freed_tag(b), memory_order_relaxed);
@@ -195,12 +215,20 @@ static void page_unfull(hak_heap_t* heap, hak_page_t* page) {
   queue_push_front(&heap->bins[page->bin], page);
 }
 
+/* The end of a page's run of slices. */
+static uint8_t* page_run_end(hak_page_t* page) {
+  hak_segment_t* seg = hak_segment_of(page);
+  return hak_slice_addr(seg, page->slice_index + page->slice_count);
+}
+
 static void page_retire(hak_heap_t* heap, hak_page_t* page) {
+  if (hak_unlikely(_hak_secure) && page->kind == HAK_SLICE_SMALL) _hak_secure_retire(page);
   queue_remove(page_queue(heap, page), page);
+  if (page->kind == HAK_SLICE_LARGE && _hak_secure >= 2) _hak_os_guard(page_run_end(page) - HAK_GUARD_SIZE, false);
   if (page->kind == HAK_SLICE_SMALL) {
     if (heap->direct[page->bin] == page) {
       hak_page_t* next = heap->bins[page->bin].first;
-      heap->direct[page->bin] = next ? next : &_hak_page_empty;
+      heap->direct[page->bin] = next && !_hak_secure ? next : &_hak_page_empty;
     }
   }
   hak_count(heap->counters.pages_retired, 1);
@@ -221,7 +249,7 @@ void _hak_heap_sweep_full(hak_heap_t* heap) {
   if (atomic_load_explicit(&heap->delayed, memory_order_relaxed) == NULL) return;
   hak_block_t* b = atomic_exchange_explicit(&heap->delayed, NULL, memory_order_acquire);
   while (b != NULL) {
-    hak_page_t* page = hak_segmap_get((uintptr_t)b) == HAK_MAP_SEGMENT ? hak_page_of(b) : NULL;
+    hak_page_t* page = hak_map_is_segment(hak_segmap_get((uintptr_t)b)) ? hak_page_of(b) : NULL;
     if (hak_unlikely(page == NULL || page->heap != heap || !hak_page_is_block(page, (uintptr_t)b) || page->used == 0)) {
       _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_MALLOC, b, "delayed-free link");
       return;
@@ -240,7 +268,7 @@ void _hak_heap_sweep_full(hak_heap_t* heap) {
     page->used--;
     if (page->kind == HAK_SLICE_LARGE) _hak_site_free((const void*)page->site);
     else _hak_page_collect(page);
-    if (page->used == 0 && (page->kind == HAK_SLICE_LARGE || heap->direct[page->bin] != page)) page_retire(heap, page);
+    if (page->used == 0 && (page->kind == HAK_SLICE_LARGE || !page_is_current(heap, page))) page_retire(heap, page);
     else if (page->in_full) page_unfull(heap, page);
     b = next;
   }
@@ -251,7 +279,8 @@ void _hak_heap_sweep_full(hak_heap_t* heap) {
 void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const void* site) {
   _hak_heap_sweep_full(heap);
   size_t pad = align > HAK_SLICE_SIZE ? align - HAK_SLICE_SIZE : 0;
-  size_t n = (size + pad + HAK_SLICE_SIZE - 1) >> HAK_SLICE_SHIFT;
+  size_t guard = _hak_secure >= 2 ? HAK_GUARD_SIZE : 0; /* a guard page behind the block */
+  size_t n = (size + pad + guard + HAK_SLICE_SIZE - 1) >> HAK_SLICE_SHIFT;
   if (n > HAK_LARGE_MAX_SLICES) return NULL;
   hak_page_t* page = _hak_segment_alloc_slices(heap, n);
   if (page == NULL) return NULL;
@@ -259,7 +288,8 @@ void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const v
   uint8_t* p = (uint8_t*)(((uintptr_t)run + align - 1) & ~(uintptr_t)(align - 1));
   page->kind = HAK_SLICE_LARGE;
   page->start = p;
-  page->block_size = (uint32_t)((run + (n << HAK_SLICE_SHIFT)) - p);
+  page->block_size = (uint32_t)((run + (n << HAK_SLICE_SHIFT)) - guard - p);
+  if (guard) _hak_os_guard(run + (n << HAK_SLICE_SHIFT) - guard, true);
   page->div_check = UINT64_MAX / page->block_size + 1;
   page->reserved = 1;
   page->capacity = 1;
@@ -279,6 +309,18 @@ void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const v
 }
 
 static void* page_pop(hak_heap_t* heap, hak_page_t* page) {
+  if (hak_unlikely(_hak_secure)) {
+    /* one pop in eight takes freshly carved blocks first */
+    if (page->capacity < page->reserved && (_hak_secure_rand(heap) & 7) == 0) page_extend(page);
+    hak_block_t* b = hak_page_pop(page);
+    if (b != NULL && !_hak_secure_pop(page, b)) {
+      page->free = NULL; /* the list may hold more of the same: dropped */
+      page->used = page->capacity;
+      b = NULL;
+    }
+    if (hak_unlikely(b == NULL)) return _hak_page_alloc_small(heap, page->bin);
+    return b;
+  }
   heap->direct[page->bin] = page;
   hak_block_t* b = hak_page_pop(page);
   /* its list was found corrupt and dropped: look again (each corrupt page
@@ -345,7 +387,7 @@ void _hak_page_free_slow(hak_heap_t* heap, hak_page_t* page) {
     return;
   }
   if (page->in_full) page_unfull(heap, page);
-  if (page->used == 0 && heap->direct[page->bin] != page) page_retire(heap, page);
+  if (page->used == 0 && !page_is_current(heap, page)) page_retire(heap, page);
   hak_purge_tick(heap);
 }
 
@@ -359,7 +401,7 @@ void _hak_heap_release_empty(hak_heap_t* heap) {
       _hak_page_collect(page);
       if (page->used == 0) page_retire(heap, page);
     }
-    heap->direct[bin] = heap->bins[bin].first ? heap->bins[bin].first : &_hak_page_empty;
+    heap->direct[bin] = heap->bins[bin].first && !_hak_secure ? heap->bins[bin].first : &_hak_page_empty;
   }
   for (hak_segment_t *seg = heap->segments, *next; seg != NULL; seg = next) {
     next = seg->next;

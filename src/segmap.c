@@ -35,7 +35,7 @@ void _hak_segmap_set(uintptr_t base, size_t size, bool huge) {
   size_t n = (size + HAK_SEGMENT_MASK) >> HAK_SEGMENT_SHIFT;
   if (first < HAK_SEGMAP_ENTRIES) widen(first, first + n - 1);
   for (size_t i = 0; i < n && first + i < HAK_SEGMAP_ENTRIES; i++) {
-    uint8_t v = HAK_MAP_SEGMENT;
+    uint8_t v = _hak_secure ? HAK_MAP_SECURE : HAK_MAP_SEGMENT;
     if (huge) v = (uint8_t)(i < HAK_MAP_HUGE_FAR - HAK_MAP_HUGE ? HAK_MAP_HUGE + i : HAK_MAP_HUGE_FAR);
     atomic_store_explicit(&_hak_segmap[first + i], v, memory_order_release);
   }
@@ -44,7 +44,7 @@ void _hak_segmap_set(uintptr_t base, size_t size, bool huge) {
 void _hak_segmap_clear(uintptr_t base, size_t size) {
   size_t first = base >> HAK_SEGMENT_SHIFT;
   uint8_t head = hak_segmap_get(base);
-  if (head == HAK_MAP_SEGMENT) atomic_fetch_sub_explicit(&map_segments, 1, memory_order_relaxed);
+  if (hak_map_is_segment(head)) atomic_fetch_sub_explicit(&map_segments, 1, memory_order_relaxed);
   else if (head == HAK_MAP_HUGE) atomic_fetch_sub_explicit(&map_huge, 1, memory_order_relaxed);
   size_t n = (size + HAK_SEGMENT_MASK) >> HAK_SEGMENT_SHIFT;
   for (size_t i = 0; i < n && first + i < HAK_SEGMAP_ENTRIES; i++)

@@ -39,13 +39,17 @@
 /* Segment map values, one byte per 4 MiB chunk of address space:
  *   0                 not hakmem's
  *   HAK_MAP_SEGMENT   a segment (small and large blocks) starts here
+ *   HAK_MAP_SECURE    the same under HAKMEM_SECURE >= 1: the fast free path
+ *                     tests for HAK_MAP_SEGMENT only, so every free of a
+ *                     secure segment's block takes the checked path (secure.c)
  *   HAK_MAP_HUGE + d  chunk d chunks after the head chunk of a huge mapping
  *                     (d <= HAK_MAP_HUGE_FAR - HAK_MAP_HUGE - 1)
  *   HAK_MAP_HUGE_FAR  further inside a huge mapping (only interior pointers) */
 enum {
   HAK_MAP_NONE = 0,
   HAK_MAP_SEGMENT = 1,
-  HAK_MAP_HUGE = 2,
+  HAK_MAP_SECURE = 2,
+  HAK_MAP_HUGE = 3,
   HAK_MAP_HUGE_FAR = 255,
 };
 
@@ -205,6 +209,11 @@ typedef struct hak_heap_s {
   uint32_t sample_countdown;      /* small refills until the next site sample */
   uint32_t purge_countdown;       /* slow-path calls until the clock is read */
   uint64_t purge_next_ns;         /* next purge tick of its segments, 0: none dirty */
+  uint64_t rng;                   /* HAKMEM_SECURE: this heap's random choices */
+  /* HAKMEM_SECURE=2: freed blocks of this heap held back from reuse (a ring
+   * in which each free takes a random place: secure.c) */
+  hak_block_t** quarantine;
+  uint32_t q_len;
   hak_heap_counters_t counters;
   struct hak_heap_s* next_all;    /* registry of every heap ever made      */
   struct hak_heap_s* next_free;   /* abandoned heaps waiting for a thread  */
@@ -288,6 +297,7 @@ typedef enum {
   HAK_OPT_PURGE_DELAY_MS,  /* idle free memory is decommitted after this    */
   HAK_OPT_MODE,            /* 0 baseline, 1 evolving                        */
   HAK_OPT_SEED,            /* learners' random seed (0: from the OS)        */
+  HAK_OPT_SECURE,          /* hardening level 0, 1, 2 (secure.c)            */
   HAK_OPT_COUNT
 } hak_option_t;
 

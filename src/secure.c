@@ -1,0 +1,156 @@
+/* HAKMEM_SECURE levels 1 and 2: checks that cost more than the default
+ * level's (harden.c), on the generic paths only.
+ *
+ * Level 1
+ * - Canary: the last 8 bytes of every small block (HAK_CANARY) hold
+ *   hak_canary(block), a keyed mix of its address; a request is given a
+ *   class 8 bytes larger, and the usable size excludes the canary.  free
+ *   and realloc check it: an overflow past the block (of any length, into
+ *   a live or a free neighbour) or an underflow into the block before is
+ *   reported as heap corruption naming the block whose canary broke.
+ * - Zero on free: a freed block is zeroed past its link and tag (words 0
+ *   and 1, which the default level checks); a pop checks the zeroes (the
+ *   whole block up to 4 KiB, its first and last KiB beyond), so a write
+ *   after free anywhere is reported when the block is reused.  New blocks
+ *   are zeroed when carved from slices that may hold old data.
+ * - Random carving: the blocks a page carves go on its list in a random
+ *   order, and one pop in eight carves fresh blocks first when the page
+ *   has room: where the next block comes from is not predictable.
+ * - A page retiring checks every block on its list as a pop would, so a
+ *   corruption is reported even when its block is never reused.
+ * Level 2, also
+ * - Quarantine: a freed block waits in its heap's ring of QUARANTINE slots,
+ *   at a random place (the block it displaces is freed for real), so reuse
+ *   is delayed by ~QUARANTINE frees and its order is random; a block
+ *   leaving it is checked (tag, zero link, zero fill) before it goes on its
+ *   page's list.  Thread exit and hak_collect empty the ring.
+ * - Large blocks get a guard page after them (page.c), freed huge blocks
+ *   are made PROT_NONE until reused and skip BigCache (huge.c).
+ * Not detected: an overflow that stays within a block's slack before the
+ * canary, a read after free, corruption of a live block's contents, an
+ * overflow out of a large block at level 1 or of a huge block into its own
+ * slack; the keys are not a cryptographic MAC (harden.c). */
+#include <string.h>
+
+#include "internal.h"
+
+#define QUARANTINE 256
+#define CHECK_ALL 4096 /* blocks up to this size are checked whole at reuse */
+#define CHECK_EDGE 1024
+
+int _hak_secure;
+
+void _hak_secure_init(void) { _hak_secure = (int)hak_option(HAK_OPT_SECURE); }
+
+uint64_t _hak_secure_rand(hak_heap_t* heap) {
+  if (heap->rng == 0) heap->rng = (_hak_keys.can0 ^ (uintptr_t)heap) | 1;
+  uint64_t x = heap->rng; /* xorshift64* */
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  heap->rng = x;
+  return x * 0x2545f4914f6cdd1dULL;
+}
+
+static bool zero_range(const uint8_t* p, size_t n) {
+  uint64_t acc = 0;
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, p + i, 8);
+    acc |= w;
+  }
+  return acc == 0;
+}
+
+/* The block's fill (past words 0 and 1) is intact. */
+HAK_NO_SANITIZE static bool fill_intact(const uint8_t* b, size_t bs) {
+  if (bs <= CHECK_ALL) return zero_range(b + 16, bs - 16);
+  return zero_range(b + 16, CHECK_EDGE - 16) && zero_range(b + bs - CHECK_EDGE, CHECK_EDGE);
+}
+
+bool _hak_secure_pop(hak_page_t* page, hak_block_t* b) {
+  size_t bs = page->block_size;
+#ifndef HAK_FAULT_SECURE_FILL_UNCHECKED /* fault injection: reuse trusts the fill */
+  if (hak_unlikely(!fill_intact((const uint8_t*)b, bs))) {
+    _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_MALLOC, b, "a freed block was written after free");
+    return false;
+  }
+#endif
+  uintptr_t c = hak_canary(b);
+  memcpy((uint8_t*)b + bs - HAK_CANARY, &c, sizeof(c));
+  return true;
+}
+
+bool _hak_secure_check(const hak_page_t* page, const void* p, hak_fn_t fn) {
+  if (page->kind != HAK_SLICE_SMALL) return true;
+  uintptr_t c;
+  memcpy(&c, (const uint8_t*)p + page->block_size - HAK_CANARY, sizeof(c));
+#ifndef HAK_FAULT_SECURE_CANARY_UNCHECKED /* fault injection: the canary is not looked at */
+  if (hak_unlikely(c != hak_canary(p))) {
+    _hak_error_what(HAK_ERR_CORRUPT, fn, p, "the block's canary was overwritten (heap overflow or underflow)");
+    return false;
+  }
+#endif
+  return true;
+}
+
+void _hak_secure_fill(const hak_page_t* page, void* p) {
+  if (page->kind == HAK_SLICE_SMALL) memset((uint8_t*)p + 16, 0, page->block_size - 16);
+}
+
+void _hak_secure_retire(hak_page_t* page) {
+  uint32_t n = 0;
+  for (hak_block_t* b = page->free; b != NULL && n++ < page->capacity;) {
+    hak_block_t* next = hak_block_next(b);
+    if (hak_unlikely(!hak_pop_ok(page, b, next))) {
+      _hak_freelist_corrupt(page, b);
+      return;
+    }
+    if (hak_unlikely(!fill_intact((const uint8_t*)b, page->block_size))) {
+      _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_FREE, b, "a freed block was written after free");
+      return;
+    }
+    b = next;
+  }
+}
+
+/* The checks a block passes when it leaves the quarantine: still freed, and
+ * its link (zero while held) and fill untouched. */
+static bool quarantine_intact(const hak_page_t* page, const hak_block_t* b) {
+  if (!hak_tag_is_freed(b, atomic_load_explicit(&b->tag, memory_order_relaxed)) || b->link != 0) return false;
+  return page->kind != HAK_SLICE_SMALL || fill_intact((const uint8_t*)b, page->block_size);
+}
+
+hak_block_t* _hak_quarantine_put(hak_heap_t* heap, hak_block_t* b) {
+  if (heap->quarantine == NULL) {
+    heap->quarantine = _hak_meta_alloc(QUARANTINE * sizeof(hak_block_t*));
+    if (heap->quarantine == NULL) return b; /* no room to hold it: freed now */
+  }
+  b->link = 0;
+  if (heap->q_len < QUARANTINE) {
+    heap->quarantine[heap->q_len++] = b;
+    return NULL;
+  }
+  size_t i = (size_t)(_hak_secure_rand(heap) % QUARANTINE);
+  hak_block_t* out = heap->quarantine[i];
+  heap->quarantine[i] = b;
+  if (hak_unlikely(!quarantine_intact(hak_page_of(out), out))) {
+    _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_FREE, out, "a block in quarantine was written after free");
+    return NULL; /* leaked, never served */
+  }
+  return out;
+}
+
+void _hak_quarantine_flush(hak_heap_t* heap) {
+  while (heap->q_len > 0) {
+    hak_block_t* b = heap->quarantine[--heap->q_len];
+    hak_page_t* page = hak_page_of(b);
+    if (hak_unlikely(!quarantine_intact(page, b))) {
+      _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_FREE, b, "a block in quarantine was written after free");
+      continue;
+    }
+    hak_block_set_next(b, page->free);
+    page->free = b;
+    if (--page->used == 0 || page->in_full) _hak_page_free_slow(heap, page);
+  }
+}
