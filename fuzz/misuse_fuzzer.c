@@ -9,8 +9,14 @@
  * (synchronously, so the error counts stay exact), so blocks are allocated,
  * freed, double-freed and misused from a thread other than their owner's;
  * op 0xff retires the helper (it exits with its blocks still live, whose
- * heap is then abandoned) and starts a new one. */
+ * heap is then abandoned) and starts a new one.
+ *
+ * Heap corruption: a write after free to word 0 or word 1 of a freed small
+ * block on its page's list, then allocations from that page until its list
+ * is used up: the corruption must be diagnosed exactly once (errors.corrupt
+ * + 1) and the block never handed out. */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -32,6 +38,38 @@ static uint64_t errors(void) {
 
 static void expect_one_error(uint64_t before) {
   if (errors() != before + 1) abort(); /* misuse not diagnosed (or twice) */
+}
+
+/* On this thread's local list of its page (not a remote list). */
+static bool on_local_list(hak_page_t* page, const void* p) {
+  uint32_t n = 0;
+  for (hak_block_t* b = page->free; b != NULL && n++ <= page->capacity; b = hak_block_next(b))
+    if (b == p) return true;
+  return false;
+}
+
+static bool corrupt_freed(char* d, uint8_t arg) {
+  if (!hak_map_is_segment(hak_segmap_get((uintptr_t)d))) return false;
+  hak_page_t* page = hak_page_of(d);
+  hak_heap_t* heap = _hak_heap_tls;
+  if (page->kind != HAK_SLICE_SMALL || page->heap != heap || _hak_secure || !on_local_list(page, d)) return false;
+  hak_stats_t s0, s1;
+  hak_stats_get(&s0);
+  ((uint64_t*)d)[arg & 1] ^= 0x5a5a5a5a5a5a5a5aull + ((uint64_t)arg << 4); /* a write after free */
+  heap->direct[page->bin] = page; /* allocate from that page until its list is used up */
+  static char* got[4096];
+  uint32_t n = 0, cap = page->capacity;
+  while (n < cap + 1 && n < 4096) {
+    got[n] = hak_malloc(page->block_size);
+    if (got[n] == NULL) abort();
+    if (got[n++] == d) abort(); /* the corrupt block was served */
+    hak_stats_get(&s1);
+    if (s1.errors_corrupt != s0.errors_corrupt) break;
+  }
+  while (n-- > 0) hak_free(got[n]);
+  hak_stats_get(&s1);
+  if (s1.errors_corrupt != s0.errors_corrupt + 1) abort(); /* missed, or reported twice */
+  return true;
 }
 
 static void run_op(uint8_t op, uint8_t arg) {
@@ -72,7 +110,12 @@ static void run_op(uint8_t op, uint8_t arg) {
           expect_one_error(before);
         }
         break;
-      case 5: /* stack or wild pointer; or a huge block whose header was overwritten */
+      case 5: /* stack or wild pointer; or a huge block whose header was overwritten;
+               or a write after free into a small block */
+        if ((op & 32) && dead[k] && !live[k] && corrupt_freed(dead[k], arg)) {
+          dead[k] = NULL;
+          break;
+        }
         if ((op & 16) && live[k] && len[k] >= (2u << 20)) {
           hak_huge_t* h = (hak_huge_t*)(live[k] - HAK_HUGE_HEADER);
           hak_stats_t s0, s1;

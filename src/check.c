@@ -116,7 +116,7 @@ static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bo
   /* every block carrying the freed tag is on one of the two lists: a freed
    * block on neither was lost (a live block never carries the tag).  Only
    * when the world is still: a remote free tags its block before the push. */
-  if (quiet && nfree != UINT32_MAX && nremote != UINT32_MAX) {
+  if (quiet && nfree != UINT32_MAX && nremote != UINT32_MAX && !page->corrupt) {
     uint32_t tagged = 0;
     for (uint32_t i = 0; i < page->capacity; i++) {
       const hak_block_t* b = (const hak_block_t*)(page->start + (size_t)i * page->block_size);

@@ -35,6 +35,7 @@ void _hak_freelist_corrupt(hak_page_t* page, const hak_block_t* b) {
                       : "a freed block's tag was overwritten (use after free or overflow)");
   page->free = NULL;
   page->used = page->capacity;
+  page->corrupt = 1;
 }
 
 void* _hak_alloc_corrupt(hak_heap_t* heap, hak_page_t* page, const hak_block_t* b, size_t size, const void* site) {

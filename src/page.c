@@ -183,6 +183,7 @@ static hak_page_t* page_new(hak_heap_t* heap, size_t bin) {
   page->free = NULL;
   page->used = 0;
   page->capacity = 0;
+  page->corrupt = 0;
   atomic_store_explicit(&page->carved, 0, memory_order_relaxed);
   page->heap = heap;
   queue_push_front(&heap->bins[bin], page);
@@ -316,6 +317,7 @@ static void* page_pop(hak_heap_t* heap, hak_page_t* page) {
     if (b != NULL && !_hak_secure_pop(page, b)) {
       page->free = NULL; /* the list may hold more of the same: dropped */
       page->used = page->capacity;
+      page->corrupt = 1;
       b = NULL;
     }
     if (hak_unlikely(b == NULL)) return _hak_page_alloc_small(heap, page->bin);

@@ -117,6 +117,9 @@ void _hak_secure_retire(hak_page_t* page) {
 /* The checks a block passes when it leaves the quarantine: still freed, and
  * its link (zero while held) and fill untouched. */
 static bool quarantine_intact(const hak_page_t* page, const hak_block_t* b) {
+#ifdef HAK_FAULT_QUARANTINE_UNCHECKED /* fault injection: blocks leave the quarantine unchecked */
+  return true;
+#endif
   if (!hak_tag_is_freed(b, atomic_load_explicit(&b->tag, memory_order_relaxed)) || b->link != 0) return false;
   return page->kind != HAK_SLICE_SMALL || fill_intact((const uint8_t*)b, page->block_size);
 }

@@ -124,7 +124,9 @@ typedef struct hak_page_s {
   hak_block_t* free;            /* owner-only free list                     */
   uint32_t used;                /* blocks handed out and not yet collected  */
   uint8_t in_full;              /* on the heap's full list (owner only)     */
-  uint8_t _pad2[3];
+  uint8_t corrupt;              /* its list was found corrupt and dropped:
+                                   freed blocks leak (tagged, on no list)   */
+  uint8_t _pad2[2];
   uint32_t capacity;            /* blocks carved so far                     */
   uint32_t _pad3;
   struct hak_page_s* next;      /* bin queue or full list                   */
