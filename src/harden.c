@@ -2,8 +2,9 @@
  * when a check finds the heap overwritten.
  *
  * - Keys: drawn once at init from _hak_os_random (AT_RANDOM, ASLR, clock).
- *   link0/link1 encode free-list links (internal.h, hak_link_enc), tag0/tag1
- *   make the freed tag, sum0/sum1 the huge header checksum.  The mixes are
+ *   link0/link1 encode free-list links (internal.h, hak_link_enc), tag0
+ *   with the same mix makes the freed tag, sum0/sum1 the huge header
+ *   checksum, can0/can1 the HAKMEM_SECURE canaries.  The mixes are
  *   cheap and non-linear in the keys (an xor, then a multiply by an odd
  *   key), so one leaked word gives away neither the key nor a
  *   way to forge another block's tag or link; they are not a cryptographic
@@ -21,7 +22,6 @@ void _hak_harden_init(void) {
   _hak_keys.link0 = (uintptr_t)_hak_os_random();
   _hak_keys.link1 = (uintptr_t)_hak_os_random() | 1;
   _hak_keys.tag0 = (uintptr_t)_hak_os_random();
-  _hak_keys.tag1 = (uintptr_t)_hak_os_random() | 1;
   _hak_keys.sum0 = (uintptr_t)_hak_os_random();
   _hak_keys.sum1 = (uintptr_t)_hak_os_random() | 1;
   _hak_keys.can0 = (uintptr_t)_hak_os_random();

@@ -249,7 +249,7 @@ HAK_INTERNAL bool _hak_heaps_purge_abandoned(uint64_t now, bool all); /* true: m
 /* ---- harden.c: keys, encoded links, heap-corruption reports -------------- */
 typedef struct hak_keys_s {
   uintptr_t link0, link1; /* free-list links: xor, then multiply (link1 odd) */
-  uintptr_t tag0, tag1;   /* freed tag: xor, then multiply (tag1 odd)      */
+  uintptr_t tag0;         /* freed tag: the link mask xored with this      */
   uintptr_t sum0, sum1;   /* huge header checksum (sum1 odd)               */
   uintptr_t can0, can1;   /* HAKMEM_SECURE canaries (can1 odd)             */
 } hak_keys_t;
@@ -422,9 +422,13 @@ HAK_INTERNAL void* _hak_calloc(size_t n, size_t size, const void* site);
 HAK_INTERNAL void* _hak_aligned(size_t align, size_t size, const void* site);
 HAK_INTERNAL size_t _hak_usable_size(const void* p, hak_fn_t fn);
 
-/* The freed tag of block p: (p ^ key) * odd key, a keyed non-linear mix
- * (one read of a freed block no longer gives the key away). */
-static inline uintptr_t hak_freed_tag(const void* p) { return ((uintptr_t)p ^ _hak_keys.tag0) * _hak_keys.tag1; }
+/* The freed tag of block p: the keyed multiplicative mix of its address
+ * that also encodes its link, xored with a key of its own: non-linear in
+ * the keys, and one mix serves both words (a pop and a free compute it
+ * once).  Knowing the mix of one block (from its link and a known
+ * successor) lets one forge that block's link, never past the pop's
+ * same-page test, nor a freed tag for any other address. */
+static inline uintptr_t hak_freed_tag(const void* p) { return hak_link_mask(p) ^ _hak_keys.tag0; }
 /* A freed block carries hak_freed_tag(p) when its owner freed it, that ^
  * HAK_TAG_REMOTE when another thread did (every block on a page's remote
  * list has the remote tag).  The owner's free and another thread's free of
@@ -466,13 +470,14 @@ __attribute__((always_inline)) static inline bool hak_pop_ok(const hak_page_t* p
   (void)page, (void)b, (void)next;
   return true;
 #endif
-  /* the three conditions or'ed without branches; NULL (the list's end)
-   * fails the bound and is let through on the unlikely side */
+  /* three predictable branches; NULL (the list's end) fails the bound and
+   * is let through on the unlikely side */
+  if (hak_unlikely(((atomic_load_explicit(&b->tag, memory_order_relaxed) ^ hak_freed_tag(b)) & ~HAK_TAG_REMOTE) != 0))
+    return false;
   uintptr_t off = (uintptr_t)next - (uintptr_t)page->start;
-  uintptr_t bad = (uintptr_t)(off >= atomic_load_explicit(&page->carved, memory_order_relaxed)) |
-                  (uintptr_t)(off * page->div_check >= page->div_check) |
-                  ((atomic_load_explicit(&b->tag, memory_order_relaxed) ^ hak_freed_tag(b)) & ~HAK_TAG_REMOTE);
-  return hak_likely(bad == 0) || (next == NULL && hak_tag_is_freed(b, atomic_load_explicit(&b->tag, memory_order_relaxed)));
+  if (hak_likely(off < atomic_load_explicit(&page->carved, memory_order_relaxed)))
+    return hak_likely(off * page->div_check < page->div_check);
+  return next == NULL;
 }
 
 /* A free block of page, or NULL (none, or the list was found corrupt and
@@ -542,16 +547,19 @@ __attribute__((always_inline)) static inline void hak_free_fast(void* p, const v
     hak_page_t* page = hak_page_of(p);
     hak_heap_t* heap = _hak_heap_tls;
     hak_block_t* b = (hak_block_t*)p;
-    uintptr_t tag = hak_freed_tag(p);
+    uintptr_t mask = hak_link_mask(p); /* one multiply for the tag and the link */
+    uintptr_t tag = mask ^ _hak_keys.tag0;
 #ifdef HAK_UNCHECKED_FREE /* measurement only: the cost of the two checks */
     if (hak_likely(page->heap == heap)) {
 #else
     if (hak_likely(page->heap == heap && hak_page_is_block(page, a) &&
-                   (hak_track_free_begin(p), !hak_tag_is_freed(p, atomic_load_explicit(&b->tag, memory_order_relaxed))))) {
+                   (hak_track_free_begin(p),
+                    ((atomic_load_explicit(&b->tag, memory_order_relaxed) ^ tag) & ~HAK_TAG_REMOTE) != 0))) {
 #endif
       hak_track_free(p, page->block_size, HAK_TRACK_HEADER); /* sanitizer builds only */
+      uintptr_t link = (uintptr_t)page->free ^ mask;
       atomic_store_explicit(&b->tag, tag, memory_order_relaxed);
-      hak_block_set_next(b, page->free);
+      b->link = link;
       page->free = b;
       hak_count(heap->counters.small_frees, 1);
       if (hak_likely(--page->used != 0 && !page->in_full)) return;
