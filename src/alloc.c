@@ -294,12 +294,7 @@ void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
     atomic_store_explicit(&b->tag, hak_freed_tag(p), memory_order_relaxed);
     if (_hak_secure >= 2 && page->kind == HAK_SLICE_SMALL) {
       hak_count(owner->counters.small_frees, 1);
-      b = _hak_quarantine_put(owner, b); /* held back; maybe another comes out */
-      if (b == NULL) return;
-      page = hak_page_of(b);
-      hak_block_set_next(b, page->free);
-      page->free = b;
-      if (--page->used == 0 || page->in_full) _hak_page_free_slow(owner, page);
+      _hak_quarantine_put(owner, b); /* held back; others may leave */
       return;
     }
     hak_block_set_next(b, page->free);

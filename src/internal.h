@@ -298,9 +298,9 @@ HAK_INTERNAL void _hak_secure_fill(const hak_page_t* page, void* p);
 /* a page about to retire: every block on its list checked as a pop would
  * (a corrupt block is reported even if it was never to be reused) */
 HAK_INTERNAL void _hak_secure_retire(hak_page_t* page);
-/* level 2: holds b back; returns a block to free now (the one it displaced,
- * or b itself), or NULL */
-HAK_INTERNAL hak_block_t* _hak_quarantine_put(hak_heap_t* heap, hak_block_t* b);
+/* level 2: holds b (freed, tagged, still counted used) back; the blocks it
+ * displaces are checked and freed into their pages */
+HAK_INTERNAL void _hak_quarantine_put(hak_heap_t* heap, hak_block_t* b);
 HAK_INTERNAL void _hak_quarantine_flush(hak_heap_t* heap); /* every block held, freed */
 /* a random number from the heap's generator */
 HAK_INTERNAL uint64_t _hak_secure_rand(hak_heap_t* heap);

@@ -19,9 +19,10 @@
  * - A page retiring checks every block on its list as a pop would, so a
  *   corruption is reported even when its block is never reused.
  * Level 2, also
- * - Quarantine: a freed block waits in its heap's ring of QUARANTINE slots,
- *   at a random place (the block it displaces is freed for real), so reuse
- *   is delayed by ~QUARANTINE frees and its order is random; a block
+ * - Quarantine: a freed block waits in its heap's ring of QUARANTINE slots
+ *   (and QUARANTINE_BYTES), at a random place (the block it displaces is
+ *   freed for real), so reuse is delayed by up to ~QUARANTINE frees and its
+ *   order is random; a block
  *   leaving it is checked (tag, zero link, zero fill) before it goes on its
  *   page's list.  Thread exit and hak_collect empty the ring.
  * - Large blocks get a guard page after them (page.c), freed huge blocks
@@ -34,7 +35,8 @@
 
 #include "internal.h"
 
-#define QUARANTINE 256
+#define QUARANTINE 256                 /* blocks held at most ... */
+#define QUARANTINE_BYTES ((size_t)2 << 20) /* ... and bytes */
 #define CHECK_ALL 4096 /* blocks up to this size are checked whole at reuse */
 #define CHECK_EDGE 1024
 
@@ -124,36 +126,48 @@ static bool quarantine_intact(const hak_page_t* page, const hak_block_t* b) {
   return page->kind != HAK_SLICE_SMALL || fill_intact((const uint8_t*)b, page->block_size);
 }
 
-hak_block_t* _hak_quarantine_put(hak_heap_t* heap, hak_block_t* b) {
+/* A block leaving the quarantine: checked, then freed into its page. */
+static void quarantine_release(hak_heap_t* heap, hak_block_t* b) {
+  hak_page_t* page = hak_page_of(b);
+  heap->q_bytes -= page->block_size;
+  if (hak_unlikely(!quarantine_intact(page, b))) {
+    _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_FREE, b, "a block in quarantine was written after free");
+    return; /* leaked, never served */
+  }
+  hak_block_set_next(b, page->free);
+  page->free = b;
+  if (--page->used == 0 || page->in_full) _hak_page_free_slow(heap, page);
+}
+
+void _hak_quarantine_put(hak_heap_t* heap, hak_block_t* b) {
   if (heap->quarantine == NULL) {
     heap->quarantine = _hak_meta_alloc(QUARANTINE * sizeof(hak_block_t*));
-    if (heap->quarantine == NULL) return b; /* no room to hold it: freed now */
+    if (heap->quarantine == NULL) { /* no room to hold it: freed now */
+      heap->q_bytes += hak_page_of(b)->block_size;
+      b->link = 0;
+      quarantine_release(heap, b);
+      return;
+    }
   }
   b->link = 0;
+  heap->q_bytes += hak_page_of(b)->block_size;
   if (heap->q_len < QUARANTINE) {
     heap->quarantine[heap->q_len++] = b;
-    return NULL;
+  } else { /* b takes a random place; the block there leaves */
+    size_t i = (size_t)(_hak_secure_rand(heap) % QUARANTINE);
+    hak_block_t* out = heap->quarantine[i];
+    heap->quarantine[i] = b;
+    quarantine_release(heap, out);
   }
-  size_t i = (size_t)(_hak_secure_rand(heap) % QUARANTINE);
-  hak_block_t* out = heap->quarantine[i];
-  heap->quarantine[i] = b;
-  if (hak_unlikely(!quarantine_intact(hak_page_of(out), out))) {
-    _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_FREE, out, "a block in quarantine was written after free");
-    return NULL; /* leaked, never served */
+  /* bounded in bytes too: random ones leave until it fits */
+  while (heap->q_bytes > QUARANTINE_BYTES && heap->q_len > 1) {
+    size_t i = (size_t)(_hak_secure_rand(heap) % heap->q_len);
+    hak_block_t* out = heap->quarantine[i];
+    heap->quarantine[i] = heap->quarantine[--heap->q_len];
+    quarantine_release(heap, out);
   }
-  return out;
 }
 
 void _hak_quarantine_flush(hak_heap_t* heap) {
-  while (heap->q_len > 0) {
-    hak_block_t* b = heap->quarantine[--heap->q_len];
-    hak_page_t* page = hak_page_of(b);
-    if (hak_unlikely(!quarantine_intact(page, b))) {
-      _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_FREE, b, "a block in quarantine was written after free");
-      continue;
-    }
-    hak_block_set_next(b, page->free);
-    page->free = b;
-    if (--page->used == 0 || page->in_full) _hak_page_free_slow(heap, page);
-  }
+  while (heap->q_len > 0) quarantine_release(heap, heap->quarantine[--heap->q_len]);
 }
