@@ -10,15 +10,13 @@
  * 2 MiB into the mapping, 2 MiB aligned, advised MADV_HUGEPAGE up to 4 MiB,
  * and beyond when their call site allocated that size range before and has
  * freed blocks.
- * Guard page (PROT_NONE): the mapping's last page, so an overflow out of
- * the block stops there instead of running into the next mapping; except
- * where a cached class fills its mapping exactly (2 and 6 MiB at offset
- * 2 MiB: a page more would cost a whole chunk of address space), where it
- * is the mapping's first page (unused: the block starts 2 MiB in), which
- * still stops an overflow out of the mapping below (huge_guard_at).  It
- * stays while the mapping lives (BigCache and the batch queue keep whole
- * mappings; retained reuse moves it if the new block needs it elsewhere);
- * realloc by mremap lifts it and sets it again at the new end.
+ * Guard page (PROT_NONE): the page right behind the block (a BigCache
+ * class's fixed size may leave more of the mapping behind it; the 2 and
+ * 6 MiB classes take a chunk more of address space for it, never memory),
+ * so an overflow out of the block faults at once instead of running on.
+ * It stays while the mapping lives (BigCache and the batch queue keep
+ * whole mappings); a retained mapping reused for a block of another size
+ * has it moved; realloc by mremap lifts it and sets it at the new end.
  * Free: BigCache, else the batch queue; munmap happens only there.
  * The segment map marks every chunk with its distance to the head chunk,
  * so a pointer's header is found without reading unmapped memory.  Freed
@@ -48,9 +46,18 @@ static uint64_t huge_checksum(const hak_huge_t* h) {
   return x * 0xff51afd7ed558ccdULL;
 }
 
-/* Where the guard page of a mapping whose block ends at block_end goes. */
-static uintptr_t huge_guard_at(uintptr_t base, size_t map_size, size_t block_end) {
-  return map_size - block_end >= HAK_GUARD_SIZE ? base + map_size - HAK_GUARD_SIZE : base;
+/* The guard page of a mapping whose block ends at block_end.  Sanitizer
+ * and Valgrind builds keep it at the mapping's end: there the tool reports
+ * a write past the block (it was told the rest is off limits) with its
+ * stack, where a fault would say less. */
+static uintptr_t huge_guard_at(uintptr_t base, size_t block_end, size_t map_size) {
+#if HAK_TRACKING
+  (void)block_end;
+  return base + map_size - HAK_GUARD_SIZE;
+#else
+  (void)map_size;
+  return base + ((block_end + HAK_GUARD_SIZE - 1) & ~(HAK_GUARD_SIZE - 1));
+#endif
 }
 
 static void huge_guard(uintptr_t at, bool on) {
@@ -61,11 +68,10 @@ static void huge_guard(uintptr_t at, bool on) {
 #endif
 }
 
-/* The mapping size for a block of size bytes at offset, rounded up to whole
- * chunks: with room for a guard page behind it unless it is a cached
- * class's (whose size is fixed: huge_guard_at). */
-static size_t huge_map_size(size_t offset, size_t size, bool cls) {
-  return (offset + size + (cls ? 0 : HAK_GUARD_SIZE) + HAK_SEGMENT_MASK) & ~(size_t)HAK_SEGMENT_MASK;
+/* The mapping size for a block of size bytes at offset: the block and the
+ * guard page behind it, rounded up to whole chunks. */
+static size_t huge_map_size(size_t offset, size_t size) {
+  return (offset + size + HAK_GUARD_SIZE + HAK_SEGMENT_MASK) & ~(size_t)HAK_SEGMENT_MASK;
 }
 
 /* Where the user block starts in its mapping. */
@@ -91,18 +97,17 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
   }
   size_t offset = _hak_huge_offset(size, align);
   if (size > PTRDIFF_MAX - offset - HAK_SEGMENT_SIZE || align > ((size_t)1 << 30)) return NULL;
-  size_t map_size = huge_map_size(offset, size, cls >= 0);
+  size_t map_size = huge_map_size(offset, size);
   uint8_t* base = NULL;
   size_t old_end = 0;
   if (align <= HAK_SEGMENT_SIZE) base = (uint8_t*)_hak_madvq_reuse(map_size, &map_size, &old_end); /* stale contents */
   size_t block_end = offset + (cls >= 0 ? size : map_size - offset - HAK_GUARD_SIZE);
-  if (base != NULL) { /* the previous block's guard may be where this one's block goes */
-    uintptr_t was = huge_guard_at((uintptr_t)base, map_size, old_end);
-    uintptr_t at = huge_guard_at((uintptr_t)base, map_size, block_end);
-    if (_hak_secure >= 2) { /* freed blocks were made PROT_NONE (huge_free) */
-      _hak_os_protect(base, map_size, false);
-      _hak_os_guard((void*)at, true);
-    } else if (was != at) {
+  if (base != NULL) {
+    uintptr_t was = huge_guard_at((uintptr_t)base, old_end, map_size);
+    uintptr_t at = huge_guard_at((uintptr_t)base, block_end, map_size);
+    /* HAKMEM_SECURE=2: the freed block was made PROT_NONE (huge_free) */
+    if (_hak_secure >= 2) _hak_os_protect(base, was - (uintptr_t)base, false);
+    if (was != at) { /* the last block's guard is not where this one needs it */
       huge_guard(was, false);
       /* emptied first: a guard page is never resident, so the checker's
        * look at resident pages (mincore) never reads one */
@@ -125,7 +130,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
 #ifndef HAK_FAULT_THP_HEADER /* fault injection */
     if (_hak_thp_always && offset >= THP_SIZE) _hak_os_advise(base, offset & ~(THP_SIZE - 1), MADV_NOHUGEPAGE);
 #endif
-    huge_guard(huge_guard_at((uintptr_t)base, map_size, block_end), true);
+    huge_guard(huge_guard_at((uintptr_t)base, block_end, map_size), true);
     _hak_segmap_set((uintptr_t)base, map_size, true);
   }
   hak_huge_t* h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER);
@@ -140,7 +145,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
   atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
   h->checksum = huge_checksum(h);
   /* sanitizer builds: nothing past the block is the program's */
-  hak_track_noaccess((uint8_t*)h + HAK_HUGE_HEADER + h->size, map_size - block_end);
+  hak_track_noaccess((uint8_t*)h + HAK_HUGE_HEADER + h->size, huge_guard_at(0, block_end, map_size) - block_end);
   hak_atomic_add(huge_allocs, 1);
   hak_atomic_add(huge_live_bytes, map_size);
   return base + offset;
@@ -171,13 +176,25 @@ HAK_NO_SANITIZE static hak_huge_t* huge_lookup_raw(const void* p, hak_error_t* e
 #endif
   if (m < HAK_MAP_HUGE || m == HAK_MAP_HUGE_FAR) return NULL;
   uintptr_t head = (chunk - (uintptr_t)(m - HAK_MAP_HUGE)) << HAK_SEGMENT_SHIFT;
-  if (a < head + HAK_HUGE_HEADER || (a & (HAK_ALIGN - 1)) != 0) return NULL;
+  /* a block starts 64 bytes, 2 MiB or its alignment into its mapping: a
+   * power of two; anything else is not a block, and is told so without
+   * reading memory (the page below may be a guard page) */
+  uintptr_t d = a - head;
+  if (a < head + HAK_HUGE_HEADER || (d & (d - 1)) != 0) return NULL;
   hak_huge_t* h = (hak_huge_t*)(a - HAK_HUGE_HEADER); /* inside the mapping */
-  if (h->magic != HAK_HUGE_MAGIC) return NULL;
+  /* HAKMEM_SECURE=2: a freed block is PROT_NONE, and so may be where a
+   * pointer into it puts the header: read through the kernel */
+  hak_huge_t copy;
+  const hak_huge_t* hv = h;
+  if (_hak_secure >= 2) {
+    if (!_hak_os_peek(h, &copy, sizeof(copy))) return NULL;
+    hv = &copy;
+  }
+  if (hv->magic != HAK_HUGE_MAGIC) return NULL;
 #ifdef HAK_FAULT_HUGE_CHECKSUM_UNCHECKED /* fault injection */
-  if (h->base != head || head + h->offset != a) {
+  if (hv->base != head || head + hv->offset != a) {
 #else
-  if (h->base != head || h->checksum != huge_checksum(h) || head + h->offset != a) {
+  if (hv->base != head || hv->checksum != huge_checksum(hv) || head + hv->offset != a) {
 #endif
 #ifndef HAK_FAULT_CORRUPT_AS_INVALID /* fault injection: corruption reported as an invalid pointer */
     *err = HAK_ERR_CORRUPT;
@@ -251,7 +268,7 @@ void* _hak_huge_realloc(void* p, size_t size) {
   if (h == NULL || h->cls >= 0 || _hak_bigcache_class(size) >= 0) return NULL;
   size_t offset = _hak_huge_offset(size, 0);
   if (offset != h->offset || size > PTRDIFF_MAX - offset - HAK_SEGMENT_SIZE) return NULL;
-  size_t map_size = huge_map_size(offset, size, false);
+  size_t map_size = huge_map_size(offset, size);
   if (map_size == h->map_size) return NULL;
   uintptr_t old_base = h->base;
   size_t old_map = h->map_size;
@@ -261,7 +278,7 @@ void* _hak_huge_realloc(void* p, size_t size) {
    * guard page is lifted first (mremap moves one VMA, and the guard is
    * another) and set again at the new end. */
   uint8_t* base = (uint8_t*)old_base;
-  uintptr_t old_guard = huge_guard_at(old_base, old_map, h->offset + h->size);
+  uintptr_t old_guard = huge_guard_at(old_base, h->offset + h->size, old_map);
   huge_guard(old_guard, false);
   if (map_size < old_map) {
     _hak_segmap_clear(old_base + map_size, old_map - map_size); /* the tail's chunks */

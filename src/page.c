@@ -94,24 +94,30 @@ void _hak_page_collect(hak_page_t* page) {
   hak_block_t* last = NULL;
   uint32_t n = 0;
   bool raced = false;
-  for (hak_block_t* b = list; b != NULL; b = hak_block_next(b)) {
-    /* a link a use after free overwrote may point anywhere: never followed */
-    if (hak_unlikely(!hak_page_is_block(page, (uintptr_t)b))) {
-      if (last != NULL) hak_block_set_next(last, NULL);
-      else list = NULL;
-      _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_MALLOC, b, "remote free-list link");
-      raced = true;
-      break;
-    }
-#ifndef HAK_FAULT_REMOTE_TAG_UNCHECKED /* fault injection: a block freed twice is served twice */
-    if (hak_unlikely(atomic_load_explicit(&b->tag, memory_order_relaxed) != (hak_freed_tag(b) ^ HAK_TAG_REMOTE))) {
-      if (last != NULL) hak_block_set_next(last, NULL);
-      else list = NULL;
-      _hak_error(HAK_ERR_DOUBLE_FREE, HAK_FN_FREE, b);
-      raced = true;
-      break;
-    }
+  /* each block is checked before it is kept: its tag, then its link, so a
+   * block whose link was overwritten is dropped (it leaks) and named, and
+   * the link is never followed */
+  for (hak_block_t* b = list; b != NULL;) {
+    uintptr_t tag = atomic_load_explicit(&b->tag, memory_order_relaxed);
+    hak_block_t* next = hak_block_next(b);
+    bool tag_bad = tag != (hak_freed_tag(b) ^ HAK_TAG_REMOTE);
+#ifdef HAK_FAULT_REMOTE_TAG_UNCHECKED /* fault injection: a block freed twice is served twice */
+    tag_bad = false;
 #endif
+    bool link_bad = next != NULL && !hak_page_is_block(page, (uintptr_t)next);
+    if (hak_unlikely(tag_bad || link_bad)) {
+      if (last != NULL) hak_block_set_next(last, NULL);
+      else list = NULL;
+      if (tag_bad && tag == hak_freed_tag(b)) /* the owner freed it too: a race (internal.h) */
+        _hak_error(HAK_ERR_DOUBLE_FREE, HAK_FN_FREE, b);
+      else
+        _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_MALLOC, b,
+                        tag_bad ? "a remotely freed block's tag was overwritten (use after free)"
+                                : "a remotely freed block's link was overwritten (use after free)");
+      if (!(tag_bad && tag == hak_freed_tag(b))) page->corrupt = 1; /* b and what followed it leak */
+      raced = true;
+      break;
+    }
     last = b;
     n++;
 #ifndef HAK_FAULT_COLLECT_UNBOUNDED /* fault injection: the walk follows a cycle forever */
@@ -120,6 +126,7 @@ void _hak_page_collect(hak_page_t* page) {
       return;
     }
 #endif
+    b = next;
   }
   if (last != NULL) {
     hak_block_set_next(last, page->free);
@@ -216,6 +223,13 @@ static void page_unfull(hak_heap_t* heap, hak_page_t* page) {
   queue_push_front(&heap->bins[page->bin], page);
 }
 
+/* HAKMEM_SECURE=2: large blocks with a guard page now.  Each splits its
+ * segment's mapping in three, and the kernel allows 65,530 mappings per
+ * process (vm.max_map_count): beyond LARGE_GUARDS_MAX, large blocks get
+ * none. */
+#define LARGE_GUARDS_MAX 8192
+static _Atomic(uint32_t) large_guards;
+
 /* The end of a page's run of slices. */
 static uint8_t* page_run_end(hak_page_t* page) {
   hak_segment_t* seg = hak_segment_of(page);
@@ -225,7 +239,11 @@ static uint8_t* page_run_end(hak_page_t* page) {
 static void page_retire(hak_heap_t* heap, hak_page_t* page) {
   if (hak_unlikely(_hak_secure) && page->kind == HAK_SLICE_SMALL) _hak_secure_retire(page);
   queue_remove(page_queue(heap, page), page);
-  if (page->kind == HAK_SLICE_LARGE && _hak_secure >= 2) _hak_os_guard(page_run_end(page) - HAK_GUARD_SIZE, false);
+  if (page->kind == HAK_SLICE_LARGE && page->guarded) {
+    _hak_os_guard(page_run_end(page) - HAK_GUARD_SIZE, false);
+    page->guarded = 0;
+    atomic_fetch_sub_explicit(&large_guards, 1, memory_order_relaxed);
+  }
   if (page->kind == HAK_SLICE_SMALL) {
     if (heap->direct[page->bin] == page) {
       hak_page_t* next = heap->bins[page->bin].first;
@@ -255,14 +273,28 @@ void _hak_heap_sweep_full(hak_heap_t* heap) {
       _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_MALLOC, b, "delayed-free link");
       return;
     }
+    uintptr_t tag = atomic_load_explicit(&b->tag, memory_order_relaxed);
     hak_block_t* next = hak_block_next(b); /* read only once b is known to be a block */
 #ifndef HAK_FAULT_REMOTE_TAG_UNCHECKED /* fault injection: a block freed twice is served twice */
-    if (hak_unlikely(atomic_load_explicit(&b->tag, memory_order_relaxed) != (hak_freed_tag(b) ^ HAK_TAG_REMOTE))) {
-      _hak_error(HAK_ERR_DOUBLE_FREE, HAK_FN_FREE, b);
-      page_recount(page);
+    if (hak_unlikely(tag != (hak_freed_tag(b) ^ HAK_TAG_REMOTE))) {
+      if (tag == hak_freed_tag(b)) { /* the owner freed it too: a race */
+        _hak_error(HAK_ERR_DOUBLE_FREE, HAK_FN_FREE, b);
+        page_recount(page);
+      } else {
+        _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_MALLOC, b, "a remotely freed block's tag was overwritten (use after free)");
+        page->corrupt = 1; /* b leaks */
+      }
       return;
     }
 #endif
+    /* its link must lead to another block of this heap, or end the list:
+     * else it was overwritten, and b is dropped (it leaks) and named */
+    hak_page_t* np = next == NULL || !hak_map_is_segment(hak_segmap_get((uintptr_t)next)) ? NULL : hak_page_of(next);
+    if (hak_unlikely(next != NULL && (np == NULL || np->heap != heap || !hak_page_is_block(np, (uintptr_t)next)))) {
+      _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_MALLOC, b, "a remotely freed block's link was overwritten (use after free)");
+      page->corrupt = 1;
+      return;
+    }
     atomic_store_explicit(&b->tag, hak_freed_tag(b), memory_order_relaxed);
     hak_block_set_next(b, page->free);
     page->free = b;
@@ -280,7 +312,9 @@ void _hak_heap_sweep_full(hak_heap_t* heap) {
 void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const void* site) {
   _hak_heap_sweep_full(heap);
   size_t pad = align > HAK_SLICE_SIZE ? align - HAK_SLICE_SIZE : 0;
-  size_t guard = _hak_secure >= 2 ? HAK_GUARD_SIZE : 0; /* a guard page behind the block */
+  size_t guard = _hak_secure >= 2 && atomic_load_explicit(&large_guards, memory_order_relaxed) < LARGE_GUARDS_MAX
+                     ? HAK_GUARD_SIZE
+                     : 0; /* a guard page behind the block */
   size_t n = (size + pad + guard + HAK_SLICE_SIZE - 1) >> HAK_SLICE_SHIFT;
   if (n > HAK_LARGE_MAX_SLICES) return NULL;
   hak_page_t* page = _hak_segment_alloc_slices(heap, n);
@@ -290,7 +324,11 @@ void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const v
   page->kind = HAK_SLICE_LARGE;
   page->start = p;
   page->block_size = (uint32_t)((run + (n << HAK_SLICE_SHIFT)) - guard - p);
-  if (guard) _hak_os_guard(run + (n << HAK_SLICE_SHIFT) - guard, true);
+  page->guarded = guard != 0;
+  if (guard) {
+    atomic_fetch_add_explicit(&large_guards, 1, memory_order_relaxed);
+    _hak_os_guard(run + (n << HAK_SLICE_SHIFT) - guard, true);
+  }
   page->div_check = UINT64_MAX / page->block_size + 1;
   page->reserved = 1;
   page->capacity = 1;

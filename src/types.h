@@ -126,7 +126,8 @@ typedef struct hak_page_s {
   uint8_t in_full;              /* on the heap's full list (owner only)     */
   uint8_t corrupt;              /* its list was found corrupt and dropped:
                                    freed blocks leak (tagged, on no list)   */
-  uint8_t _pad2[2];
+  uint8_t guarded;              /* a large block with a guard page behind it */
+  uint8_t _pad2[1];
   uint32_t capacity;            /* blocks carved so far                     */
   uint32_t _pad3;
   struct hak_page_s* next;      /* bin queue or full list                   */
