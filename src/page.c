@@ -105,6 +105,9 @@ void _hak_page_collect(hak_page_t* page) {
     tag_bad = false;
 #endif
     bool link_bad = next != NULL && !hak_page_is_block(page, (uintptr_t)next);
+#ifdef HAK_FAULT_REMOTE_LINK_LATE /* fault injection: the link is checked when followed (the first version) */
+    if (link_bad && last == NULL) link_bad = false;
+#endif
     if (hak_unlikely(tag_bad || link_bad)) {
       if (last != NULL) hak_block_set_next(last, NULL);
       else list = NULL;
