@@ -11,8 +11,7 @@
  *   never reads a block another thread may have taken; put and get claim
  *   slots with one compare-and-swap: thread-safe without a lock.
  * - Budget: at most HAKMEM_BIGCACHE_BYTES (64 MiB) cached in all, counting
- *   what may be resident (the block and its header page, not the unused
- *   address space of its mapping: bc_weight); a block
+ *   the chunks each block spans from its mapping's start (bc_weight); a block
  *   that does not fit, the oldest block of a full row, and a block idle for
  *   HAKMEM_BIGCACHE_EXPIRY_MS (2 s) are evicted: to the batch queue, never
  *   straight to munmap.
@@ -67,8 +66,12 @@ static size_t bc_row(uintptr_t site) {
 
 static uintptr_t now_ms(uint64_t now_ns) { return (uintptr_t)(now_ns / 1000000u) & TIME_MASK; }
 
-/* What a cached block counts against the budget. */
-static size_t bc_weight(const hak_huge_t* h) { return h->size + 4096; }
+/* What a cached block counts against the budget: the chunks its block
+ * spans from the mapping's start (the mapping less the chunk a guard page
+ * may add: address space, not memory). */
+static size_t bc_weight(const hak_huge_t* h) {
+  return (h->offset + h->size + HAK_SEGMENT_MASK) & ~(size_t)HAK_SEGMENT_MASK;
+}
 
 static hak_huge_t* slot_header(uintptr_t v, int cls) {
   return (hak_huge_t*)((v & ~TIME_MASK) + _hak_huge_offset(bc_class_size[cls], 0) - HAK_HUGE_HEADER);

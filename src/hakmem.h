@@ -50,7 +50,7 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(bigcache, puts, "freed huge blocks offered to BigCache")               \
   X(bigcache, evictions, "blocks sent from BigCache to the batch queue")   \
   X(bigcache, expired, "evictions of blocks idle past the expiry")         \
-  X(bigcache, bytes, "bytes cached now (blocks and header pages)")         \
+  X(bigcache, bytes, "bytes cached now (the chunks their blocks span)")    \
   X(batch, queued, "mappings queued for release")                          \
   X(batch, flushes, "releases of the queue")                               \
   X(batch, madvise_calls, "madvise calls made by releases")                \

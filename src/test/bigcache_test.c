@@ -108,7 +108,7 @@ TEST(a_site_with_an_empty_row_takes_another_sites_block_of_the_class) {
   EXPECT_TRUE(hak_alloc_at(2 * MiB + 1, SITE(8)) == r); /* same class only: not the 6 MiB one */
   b = stats();
   EXPECT_EQ_U(b.bigcache_other_site - a.bigcache_other_site, 1);
-  EXPECT_EQ_U(b.bigcache_bytes, 6 * MiB + 4096); /* the 6 MiB block (and its header page) stays */
+  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB); /* the 6 MiB block (2 MiB in: 8 MiB of chunks) stays */
   EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
 }
 
@@ -133,13 +133,13 @@ TEST(full_row_evicts_its_oldest_block) {
 }
 
 TEST(budget_bounds_cached_bytes) {
-  setup(4, 5 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB); /* two 2 MiB blocks and header pages */
+  setup(4, 8 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB); /* two 2 MiB blocks (4 MiB of chunks each) */
   char* p[3];
   for (int i = 0; i < 3; i++) p[i] = hak_alloc_at(2 * MiB, SITE(10 + i));
   hak_stats_t a = stats();
   for (int i = 0; i < 3; i++) hak_free_at(p[i], SITE(10 + i));
   hak_stats_t b = stats();
-  EXPECT_EQ_U(b.bigcache_bytes, 2 * (2 * MiB + 4096));
+  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB);
   EXPECT_EQ_U(b.bigcache_evictions - a.bigcache_evictions, 1);
   EXPECT_EQ_U(b.batch_queued - a.batch_queued, 1);
 }
