@@ -117,6 +117,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
   }
   *fresh = base == NULL;
   if (base == NULL) {
+    _hak_madvq_shed(map_size); /* what no request reused goes before the heap grows */
     base = _hak_os_alloc_aligned(map_size, align > HAK_SEGMENT_SIZE ? align : HAK_SEGMENT_SIZE);
     if (base == NULL) return NULL;
     /* huge pages for blocks up to 4 MiB (a block touched sparsely wastes

@@ -17,7 +17,9 @@
  *   back before it is ever advised (no system call, no page fault).
  * - Released mappings stay mapped and registered, retained for reuse by
  *   the next huge allocation of the same mapping size (no mmap).  Only when
- *   more than HAKMEM_RETAIN_BYTES are retained are the oldest unmapped.
+ *   more than HAKMEM_RETAIN_BYTES are retained are the oldest unmapped, and
+ *   when a fresh mapping must be made anyway (none fits) as many bytes of
+ *   the oldest go first (_hak_madvq_shed).
  *   hak_collect() unmaps everything.
  * - MADV_FREE'd pages still count in RSS (and a cgroup's memory) until the
  *   kernel is short of memory: a mapping retained for HAKMEM_PURGE_DELAY_MS
@@ -203,6 +205,41 @@ void _hak_madvq_flush(bool all) {
   if (retaining) hak_purge_global_due(); /* decommitted after the purge delay */
 
   for (size_t i = 0; i < nu; i++) { /* deferred munmap, beyond the budget */
+    _hak_segmap_clear(unmap[i].base, unmap[i].size);
+    _hak_os_free((void*)unmap[i].base, unmap[i].size);
+    hak_atomic_add(st_munmaps, 1);
+  }
+  hak_unlock(&flush_lock);
+}
+
+/* A fresh mapping of size bytes is about to be made although mappings are
+ * retained (none fits): the oldest retained ones, as many bytes, are
+ * unmapped first, so that what no request could reuse does not stay
+ * resident (MADV_FREE'd pages count until the kernel is short) while the
+ * heap grows by as much. */
+void _hak_madvq_shed(size_t size) {
+  if (atomic_load_explicit(&st_retained_bytes, memory_order_relaxed) == 0) return;
+#ifdef HAK_FAULT_MADVQ_NO_SHED /* fault injection: retained mappings stay while the heap grows */
+  return;
+#endif
+  if (!hak_lock(&flush_lock)) return; /* a fork is pending: later */
+  if (!hak_lock(&q_lock)) {
+    hak_unlock(&flush_lock);
+    return;
+  }
+  range_t* unmap = flush_unmap;
+  size_t nu = 0, shed = 0;
+  while (nu < retained_len && shed < size && !retained[nu].busy) {
+    shed += retained[nu].size;
+    unmap[nu] = retained[nu];
+    nu++;
+  }
+  retained_len -= nu;
+  retained_bytes -= shed;
+  memmove(retained, retained + nu, retained_len * sizeof(range_t));
+  atomic_store(&st_retained_bytes, retained_bytes);
+  hak_unlock(&q_lock);
+  for (size_t i = 0; i < nu; i++) {
     _hak_segmap_clear(unmap[i].base, unmap[i].size);
     _hak_os_free((void*)unmap[i].base, unmap[i].size);
     hak_atomic_add(st_munmaps, 1);

@@ -230,6 +230,26 @@ TEST(munmap_is_deferred_beyond_the_retained_budget_and_nothing_twice) {
   EXPECT_EQ_U(_hak_madvq_check(), 0);
 }
 
+TEST(a_fresh_mapping_sheds_as_much_retained_memory_first) {
+  setup(0, 0, 100000, 1024 * MiB, 2, 100000, 64 * MiB);
+  char* p[2];
+  for (int i = 0; i < 2; i++) p[i] = hak_alloc_at(1 * MiB, SITE(60));
+  for (int i = 0; i < 2; i++) hak_free_at(p[i], SITE(60)); /* flushed: two 4 MiB mappings retained */
+  hak_stats_t a = stats();
+  EXPECT_EQ_U(a.batch_retained_bytes, 8 * MiB);
+  char* big = hak_alloc_at(5 * MiB, SITE(61)); /* needs 12 MiB: nothing retained fits */
+  ASSERT_NOT_NULL(big);
+  hak_stats_t b = stats();
+  EXPECT_EQ_U(b.os_mmap_calls - a.os_mmap_calls, 1);
+  EXPECT_EQ_U(b.batch_retained_bytes, 0);            /* the oldest, 12 MiB's worth: both */
+  EXPECT_EQ_U(b.batch_munmaps - a.batch_munmaps, 2);
+  char* small = hak_alloc_at(1 * MiB, SITE(62));    /* ... so this one is fresh too */
+  EXPECT_EQ_U(stats().os_mmap_calls - b.os_mmap_calls, 1);
+  hak_free_at(big, SITE(61));
+  hak_free_at(small, SITE(62));
+  EXPECT_EQ_U(_hak_madvq_check(), 0);
+}
+
 TEST(double_free_of_a_cached_block_is_reported) {
   setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
   _hak_options[HAK_OPT_ON_ERROR] = 1; /* report and go on */
