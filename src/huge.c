@@ -242,6 +242,9 @@ void _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
      * free faults */
     uintptr_t from = (h->base + h->offset + 4095) & ~(uintptr_t)4095;
     uintptr_t to = (h->base + h->offset + h->size) & ~(uintptr_t)4095;
+#ifdef HAK_FAULT_HUGE_FREED_ACCESSIBLE /* fault injection: freed huge blocks stay accessible */
+    to = from;
+#endif
     if (to > from) _hak_os_protect((void*)from, to - from, true);
   } else if (h->cls >= 0 && _hak_bigcache_put(h)) {
     return;

@@ -315,9 +315,13 @@ void _hak_heap_sweep_full(hak_heap_t* heap) {
 void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const void* site) {
   _hak_heap_sweep_full(heap);
   size_t pad = align > HAK_SLICE_SIZE ? align - HAK_SLICE_SIZE : 0;
+#ifdef HAK_FAULT_LARGE_UNGUARDED /* fault injection: large blocks get no guard page */
+  size_t guard = 0;
+#else
   size_t guard = _hak_secure >= 2 && atomic_load_explicit(&large_guards, memory_order_relaxed) < LARGE_GUARDS_MAX
                      ? HAK_GUARD_SIZE
                      : 0; /* a guard page behind the block */
+#endif
   size_t n = (size + pad + guard + HAK_SLICE_SIZE - 1) >> HAK_SLICE_SHIFT;
   if (n > HAK_LARGE_MAX_SLICES) return NULL;
   hak_page_t* page = _hak_segment_alloc_slices(heap, n);

@@ -255,6 +255,28 @@ static void many_large(void* arg) {
   for (int i = 0; i < 40000; i++) hak_free(blocks[i]);
 }
 
+/* a write into a huge block after its free (level 2: PROT_NONE until its
+ * mapping is reused) */
+static void uaf_huge(void* arg) {
+  char* p = hak_malloc((size_t)20 << 20);
+  memset(p, 1, 8192);
+  hak_free(p);
+  expect_addr(p + 4096);
+  catch_segv();
+  p[4096] = 2;
+}
+
+/* an overflow past a large block (level 2: a guard page behind it) */
+static void overflow_large(void* arg) {
+  char* p = hak_malloc(200 << 10);
+  char* q = hak_malloc(200 << 10); /* something behind it */
+  (void)q;
+  size_t u = hak_usable_size(p);
+  expect_addr(p + u);
+  catch_segv();
+  memset(p + u, 'L', 4096);
+}
+
 /* ---- the table -------------------------------------------------------- */
 typedef struct {
   const char* name;
@@ -292,6 +314,8 @@ static const case_t cases[] = {
      "invalid pointer (not allocated by hakmem) in free("},
     {"free into a freed huge block", free_near_guard, 1, {ABORTS, ABORTS, ABORTS}, "invalid pointer (not allocated by hakmem) in free("},
     {"40,000 large blocks", many_large, 0, {UNDETECTED, UNDETECTED, UNDETECTED}, NULL},
+    {"use after free of a huge block", uaf_huge, 0, {UNDETECTED, UNDETECTED, SEGV}, NULL},
+    {"overflow past a large block", overflow_large, 0, {UNDETECTED, UNDETECTED, SEGV}, NULL},
 };
 
 TEST(every_corruption_gets_the_outcome_its_level_promises) {
