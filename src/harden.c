@@ -33,6 +33,10 @@ void _hak_freelist_corrupt(hak_page_t* page, const hak_block_t* b) {
   _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_MALLOC, b,
                   tag ? "a freed block's link was overwritten (use after free or overflow)"
                       : "a freed block's tag was overwritten (use after free or overflow)");
+  _hak_page_drop_list(page);
+}
+
+void _hak_page_drop_list(hak_page_t* page) {
   page->free = NULL;
   page->used = page->capacity;
   page->corrupt = 1;

@@ -259,6 +259,9 @@ HAK_INTERNAL void _hak_harden_init(void);
  * (HAK_ERR_CORRUPT, with what was wrong); the page's free list is dropped
  * (its blocks leak) so nothing it holds is served.  Cold. */
 HAK_INTERNAL void _hak_freelist_corrupt(hak_page_t* page, const hak_block_t* b);
+/* Drops page's free list after a corruption was reported: its free blocks
+ * count as used and leak, and the page is marked for the checker. */
+HAK_INTERNAL void _hak_page_drop_list(hak_page_t* page);
 /* The same from the fast path, which then allocates on the generic path. */
 HAK_INTERNAL void* _hak_alloc_corrupt(hak_heap_t* heap, hak_page_t* page, const hak_block_t* b, size_t size,
                                       const void* site);
@@ -454,17 +457,18 @@ HAK_NO_SANITIZE static inline uintptr_t hak_tag_peek(const void* p) {
 /* ---------------------------------------------------------------------------
  * Fast paths.
  *
- * Allocation, sizes <= 1 KiB: 19 instructions on x86-64 in libhakmem.so
- * (clang 14 -O2, counted with objdump): frame setup for the call-site
- * address, TLS load, size-class table lookup, two dependent loads, one test
- * and branch, three stores, one counter add.  No lock, no atomic RMW; the
- * single exit is _hak_alloc_generic, which also initializes the thread.
+ * Allocation, sizes <= 1 KiB: 39 instructions on x86-64 in libhakmem.so
+ * (clang -O2, counted with objdump): TLS load, size-class table lookup,
+ * two dependent loads, the pop's checks (19 of the 38: link decode, freed
+ * tag, same-page test, harden.c), three stores, one counter add.  No lock,
+ * no atomic RMW, no frame (shim.c has none); the exits are tail calls to
+ * _hak_alloc_generic, which also initializes the thread.
  * ------------------------------------------------------------------------- */
 /* Whether block b, at the head of page's free list, may be popped: what a
  * use after free could have written is checked before the successor
  * becomes the list head: b's freed tag (word 1), and that its link (word
  * 0) decodes to a block of this page (bound and divisibility, as
- * hak_page_is_block) or NULL.  About 14 instructions with the decode. */
+ * hak_page_is_block) or NULL.  19 instructions with the decode. */
 __attribute__((always_inline)) static inline bool hak_pop_ok(const hak_page_t* page, const hak_block_t* b,
                                                              const hak_block_t* next) {
 #ifdef HAK_FAULT_POP_UNCHECKED /* fault injection: the pop trusts the block */
@@ -481,6 +485,13 @@ __attribute__((always_inline)) static inline bool hak_pop_ok(const hak_page_t* p
   return next == NULL;
 }
 
+/* Takes b, checked by hak_pop_ok, off the head of page's list. */
+__attribute__((always_inline)) static inline void hak_pop_commit(hak_page_t* page, hak_block_t* b, hak_block_t* next) {
+  page->free = next;
+  page->used++;
+  atomic_store_explicit(&b->tag, 0, memory_order_relaxed); /* no longer freed */
+}
+
 /* A free block of page, or NULL (none, or the list was found corrupt and
  * dropped). */
 __attribute__((always_inline)) static inline hak_block_t* hak_page_pop(hak_page_t* page) {
@@ -491,9 +502,7 @@ __attribute__((always_inline)) static inline hak_block_t* hak_page_pop(hak_page_
       _hak_freelist_corrupt(page, b);
       return NULL;
     }
-    page->free = next;
-    page->used++;
-    atomic_store_explicit(&b->tag, 0, memory_order_relaxed); /* no longer freed */
+    hak_pop_commit(page, b, next);
   }
   return b;
 }
@@ -522,9 +531,7 @@ __attribute__((always_inline)) static inline void* hak_alloc_fast(size_t size, c
   if (hak_likely(b != NULL)) {
     hak_block_t* next = hak_block_next(b);
     if (hak_unlikely(!hak_pop_ok(page, b, next))) return _hak_alloc_corrupt(heap, page, b, size, site);
-    page->free = next;
-    page->used++;
-    atomic_store_explicit(&b->tag, 0, memory_order_relaxed); /* no longer freed */
+    hak_pop_commit(page, b, next);
     hak_count(heap->counters.small_allocs, 1);
     hak_track_alloc(b, size, page->block_size); /* sanitizer builds only */
     return b;
@@ -533,8 +540,9 @@ __attribute__((always_inline)) static inline void* hak_alloc_fast(size_t size, c
 }
 
 /* ---------------------------------------------------------------------------
- * Free of a block owned by this thread: 50 instructions (same build): map
- * lookup, page lookup, owner test, block-boundary test by multiply, freed
+ * Free of a block owned by this thread: 60 instructions (same build): map
+ * lookup, page lookup, owner test, block-boundary test by multiply, the
+ * keyed mix (one multiply for the freed tag and the encoded link), freed
  * tag test, push, used count, counter.  The validity tests (bound, boundary,
  * tag, tag store) are what makes invalid and double frees reportable; they
  * cost 12 instructions (callgrind: 55 vs 43 per free, see the build flag

@@ -360,9 +360,7 @@ static void* page_pop(hak_heap_t* heap, hak_page_t* page) {
     if (page->capacity < page->reserved && (_hak_secure_rand(heap) & 7) == 0) page_extend(page);
     hak_block_t* b = hak_page_pop(page);
     if (b != NULL && !_hak_secure_pop(page, b)) {
-      page->free = NULL; /* the list may hold more of the same: dropped */
-      page->used = page->capacity;
-      page->corrupt = 1;
+      _hak_page_drop_list(page); /* the list may hold more of the same */
       b = NULL;
     }
     if (hak_unlikely(b == NULL)) return _hak_page_alloc_small(heap, page->bin);
