@@ -53,6 +53,19 @@ typedef struct {
   uint64_t id;
 } head_t;
 
+/* Blocks above 64 KiB get one byte per stride: per page, or under TSan
+ * one per 64 KiB (each page first touched costs TSan faults on its shadow
+ * too, which made the huge modes' 32k blocks of up to 5 MiB take minutes;
+ * the allocator's races, not the touching, are what is under test). */
+#ifndef __has_feature
+#define __has_feature(x) 0
+#endif
+#if __has_feature(thread_sanitizer) || defined(__SANITIZE_THREAD__)
+#define BIG_STRIDE (64 * KiB)
+#else
+#define BIG_STRIDE 4096
+#endif
+
 static uint8_t pat(uint64_t id, size_t i) { return (uint8_t)((id * 0x9e3779b97f4a7c15ULL) >> 56) ^ (uint8_t)(i * 7); }
 
 static void* block_new(size_t size, uint64_t id, const void* site) {
@@ -63,7 +76,7 @@ static void* block_new(size_t size, uint64_t id, const void* site) {
     exit(1);
   }
   *(head_t*)p = (head_t){size, id};
-  size_t step = size > 64 * KiB ? 4096 : 1;
+  size_t step = size > 64 * KiB ? BIG_STRIDE : 1;
   for (size_t i = sizeof(head_t); i < size; i += step) p[i] = pat(id, i);
   p[size - 1] = pat(id, size - 1);
   atomic_fetch_add(&allocated, 1);
@@ -72,7 +85,7 @@ static void* block_new(size_t size, uint64_t id, const void* site) {
 
 static bool block_ok(const uint8_t* p) {
   head_t h = *(const head_t*)p;
-  size_t step = h.size > 64 * KiB ? 4096 : 1;
+  size_t step = h.size > 64 * KiB ? BIG_STRIDE : 1;
   for (size_t i = sizeof(head_t); i < h.size; i += step)
     if (p[i] != pat(h.id, i)) return false;
   return p[h.size - 1] == pat(h.id, h.size - 1) && hak_usable_size(p) >= h.size;
@@ -205,7 +218,7 @@ static void fork_body(uint64_t* s, long i) {
     if (n < sizeof(head_t)) n = sizeof(head_t);
     uint8_t* q = hak_realloc(p, n);
     size_t keep = h.size < n ? h.size : n;
-    size_t step = h.size > 64 * KiB ? 4096 : 1; /* the bytes the fill wrote */
+    size_t step = h.size > 64 * KiB ? BIG_STRIDE : 1; /* the bytes the fill wrote */
     for (size_t b = sizeof(head_t); b < keep; b += step)
       if (q[b] != pat(h.id, b)) {
         fprintf(stderr, "stress fork: realloc %p -> %p lost byte %zu of %zu\n", (void*)p, (void*)q, b, h.size);
