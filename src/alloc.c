@@ -191,7 +191,9 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
 #ifdef HAK_FAULT_REMOTE_CAS_RELAXED /* fault injection: the push does not publish b->next */
 #define PUSH_ORDER memory_order_relaxed
 #else
-#define PUSH_ORDER memory_order_release
+/* seq_cst (on x86 the same lock cmpxchg as release): ordered against the
+ * abandon and reclaim sweeps (heap.c, heap_abandon) */
+#define PUSH_ORDER memory_order_seq_cst
 #endif
   for (;;) {
     if (tf & HAK_TF_FULL) {
@@ -222,8 +224,8 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
 #endif
   /* an exited thread's heap: nobody sweeps it but a reclaim (heap.c) */
 #ifndef HAK_FAULT_ABANDONED_STRANDED /* fault injection: nobody is told */
-  if (atomic_load_explicit(&owner->abandoned, memory_order_relaxed) &&
-      !atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed))
+  if (atomic_load_explicit(&owner->abandoned, memory_order_seq_cst) &&
+      !atomic_load_explicit(&_hak_heaps_dirty, memory_order_seq_cst))
     atomic_store_explicit(&_hak_heaps_dirty, true, memory_order_relaxed);
 #endif
   /* counted by the freeing thread, in its own heap: no shared write */

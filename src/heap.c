@@ -97,19 +97,34 @@ static void heaps_adopt_orphans(void) { /* heap_lock held */
   }
 }
 
+/* The heap is marked abandoned before it is swept, so a remote free that
+ * the sweep misses sees the mark (free_remote, alloc.c) and requests a
+ * reclaim; the store and the sweep's loads against the free's push and its
+ * loads are sequentially consistent (a fence here, seq_cst there), or both
+ * could miss each other.  The sweep runs under heap_lock, after the heap is
+ * on the abandoned list: a reclaim that clears the request is then either
+ * wholly before (and this sweep comes after it) or sees the heap listed. */
 static void heap_abandon(hak_heap_t* heap) {
   _hak_quarantine_flush(heap); /* HAKMEM_SECURE=2: nobody else would */
   atomic_store_explicit(&heap->owner_tid, 0, memory_order_relaxed);
-  atomic_store_explicit(&heap->abandoned, true, memory_order_relaxed);
+  atomic_store_explicit(&heap->abandoned, true, memory_order_seq_cst);
+  atomic_thread_fence(memory_order_seq_cst);
+#ifdef HAK_FAULT_ABANDON_SWEEP_UNLOCKED /* fault injection: swept before the lock (the first version) */
   _hak_heap_release_empty(heap);
-  if (!hak_lock(&heap_lock)) {
+#endif
+  if (!hak_lock(&heap_lock)) { /* a fork is pending: the lock's next holder adopts it */
+    _hak_heap_release_empty(heap);
     hak_heap_t* head = atomic_load_explicit(&heaps_orphans, memory_order_relaxed);
     do heap->next_free = head;
     while (!atomic_compare_exchange_weak_explicit(&heaps_orphans, &head, heap, memory_order_release,
                                                   memory_order_relaxed));
+    atomic_store_explicit(&_hak_heaps_dirty, true, memory_order_seq_cst); /* swept by that adoption */
     return;
   }
   heap_push_abandoned(heap);
+#ifndef HAK_FAULT_ABANDON_SWEEP_UNLOCKED
+  _hak_heap_release_empty(heap);
+#endif
   hak_unlock(&heap_lock);
 }
 
@@ -212,7 +227,9 @@ hak_heap_t* _hak_heap_get(void) {
  * owner meanwhile (lock order: heap_lock, then the segment lock). */
 void _hak_heaps_reclaim(void) {
   if (!hak_lock(&heap_lock)) return; /* a fork is pending: later */
-  atomic_store_explicit(&_hak_heaps_dirty, false, memory_order_relaxed);
+  /* cleared before the sweep, ordered against remote frees (heap_abandon) */
+  atomic_store_explicit(&_hak_heaps_dirty, false, memory_order_seq_cst);
+  atomic_thread_fence(memory_order_seq_cst);
   heaps_adopt_orphans();
   for (hak_heap_t* h = heaps_free; h != NULL; h = h->next_free) _hak_heap_release_empty(h);
   hak_unlock(&heap_lock);

@@ -295,6 +295,63 @@ static void owner_and_remote_race(void) {
 }
 TEST(owner_and_remote_racing_frees_never_serve_a_block_twice) { EXPECT_CHILD_OK(owner_and_remote_race, 30); }
 
+/* A thread exiting while a reclaim holds the heap lock (found by
+ * mt_test at HAKMEM_SECURE=1 in CI, then by the randomized race in
+ * mt_test): its heap was swept before it waited for the lock, a remote
+ * free came in then, saw the reclaim request still set and added none,
+ * the reclaim cleared the request without seeing the heap (not yet on the
+ * abandoned list), and the block stayed on the exited thread's page.  The
+ * interleaving, made deterministic: this thread holds the heap lock (as a
+ * reclaim walking the abandoned list does), the owner exits and waits for
+ * it, the block is freed with the request set, then cleared (what that
+ * reclaim does) and the lock released. */
+static _Atomic(hak_heap_t*) exiting_heap;
+static _Atomic(int) exiting_tid, exiting_go;
+static void* exiting_owner(void* arg) {
+  void** out = arg;
+  *out = hak_malloc(48); /* its heap, taken before the lock is held */
+  atomic_store(&exiting_tid, _hak_os_tid());
+  atomic_store(&exiting_heap, _hak_heap_tls);
+  while (!atomic_load(&exiting_go)) sched_yield();
+  return NULL;
+}
+static char task_state(int tid) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+  FILE* f = fopen(path, "r");
+  if (f == NULL) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  const char* close = strrchr(buf, ')'); /* "tid (comm) S ..." */
+  return close != NULL && close[1] == ' ' ? close[2] : 0;
+}
+static void exit_during_reclaim(void) {
+  signal(SIGALRM, hak_test_on_alarm);
+  alarm(20);
+  hak_free(hak_malloc(64)); /* this thread's heap, before the lock is taken */
+  void* block = NULL;
+  pthread_t t;
+  pthread_create(&t, NULL, exiting_owner, &block);
+  while (atomic_load(&exiting_heap) == NULL) sched_yield();
+  _hak_heap_lock(true);
+  atomic_store(&exiting_go, 1);
+  /* until the owner has marked its heap abandoned and sleeps on the lock */
+  for (;;) {
+    hak_heap_t* h = atomic_load(&exiting_heap);
+    int tid = atomic_load(&exiting_tid);
+    if (h != NULL && atomic_load(&h->abandoned) && task_state(tid) == 'S') break;
+    sched_yield();
+  }
+  atomic_store(&_hak_heaps_dirty, true); /* a request pending for another heap */
+  hak_free(block);                       /* remote: the request is set already */
+  atomic_store(&_hak_heaps_dirty, false); /* the reclaim is done with the list */
+  _hak_heap_lock(false);
+  pthread_join(t, NULL);
+  CHILD_CHECK(hak_check_heap() == 0);
+}
+TEST(thread_exit_during_a_reclaim_strands_no_remote_free) { EXPECT_CHILD_OK(exit_during_reclaim, 30); }
+
 /* ---- 5: a fork child: site locks held at fork are free again ------------- */
 static atomic_int lock_taken, lock_release;
 static hak_site_t* held_site;

@@ -202,6 +202,59 @@ TEST(thousand_short_lived_threads_reuse_heaps) {
   EXPECT_EQ_U(hak_check_heap(), 0);
 }
 
+/* ---- thread exit racing with remote frees and reclaims ------------------ */
+/* An exiting thread marks its heap abandoned, sweeps it and puts it on the
+ * abandoned list; a remote free pushes its block, then looks whether the
+ * heap is abandoned and whether a reclaim was requested; a reclaim clears
+ * the request and sweeps the listed heaps.  However they interleave, no
+ * remotely freed block may stay on an exited thread's page with no reclaim
+ * requested (hak_check_heap names it). */
+#define RACE_OWNERS 4
+#define RACE_BLOCKS 1024
+static void* race_blocks[RACE_OWNERS][RACE_BLOCKS];
+static _Atomic(int) race_ready, race_done;
+
+static void* race_owner(void* arg) {
+  void** mine = race_blocks[(uintptr_t)arg];
+  for (int i = 0; i < RACE_BLOCKS; i++) mine[i] = hak_malloc((size_t)(16 + (i % 48) * 16));
+  atomic_fetch_add(&race_ready, 1);
+  return NULL; /* exits while the freers free */
+}
+
+static void* race_freer(void* arg) {
+  uintptr_t half = (uintptr_t)arg;
+  while (atomic_load(&race_ready) < RACE_OWNERS) {
+  }
+  for (int i = (int)half; i < RACE_BLOCKS; i += 2)
+    for (int o = 0; o < RACE_OWNERS; o++) hak_free(race_blocks[o][i]);
+  return NULL;
+}
+
+static void* race_reclaimer(void* arg) {
+  (void)arg;
+  while (!atomic_load(&race_done)) _hak_heaps_reclaim();
+  return NULL;
+}
+
+TEST(thread_exit_racing_with_remote_frees_strands_nothing) {
+  unsigned bad = 0;
+  for (int round = 0; round < 300 && bad == 0; round++) {
+    atomic_store(&race_ready, 0);
+    atomic_store(&race_done, 0);
+    pthread_t o[RACE_OWNERS], f[2], r;
+    pthread_create(&r, NULL, race_reclaimer, NULL);
+    for (uintptr_t k = 0; k < 2; k++) pthread_create(&f[k], NULL, race_freer, (void*)k);
+    for (uintptr_t k = 0; k < RACE_OWNERS; k++) pthread_create(&o[k], NULL, race_owner, (void*)k);
+    for (int k = 0; k < RACE_OWNERS; k++) pthread_join(o[k], NULL);
+    for (int k = 0; k < 2; k++) pthread_join(f[k], NULL);
+    atomic_store(&race_done, 1);
+    pthread_join(r, NULL);
+    bad = hak_check_heap();
+    if (bad) fprintf(stderr, "round %d: %u violations\n", round, bad);
+  }
+  EXPECT_EQ_U(bad, 0);
+}
+
 /* ---- fork while other threads allocate --------------------------------- */
 static _Atomic(bool) stop_workers;
 
@@ -351,9 +404,9 @@ static void* remap_grower(void* arg) {
     unsigned char* q = hak_realloc(p, m);
     if (q == NULL) abort();
     size_t k = m < n ? m : n;
-    for (size_t j = 0; j < k; j += 4096)
+    for (size_t j = 0; j < k; j += HAK_TEST_PAGE_STRIDE)
       if (q[j] != 0x5a) abort(); /* lost data */
-    for (size_t j = n; j < m; j += 4096) q[j] = 0x5a;
+    for (size_t j = n; j < m; j += HAK_TEST_PAGE_STRIDE) q[j] = 0x5a;
     p = q;
     n = m;
   }

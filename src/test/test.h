@@ -173,4 +173,16 @@ static inline uint64_t hak_test_rand(uint64_t* s) {
 #define HAK_TEST_SCALE 1
 #endif
 
+/* Tests that touch big blocks touch one byte per this many: every page,
+ * but under TSan one per 64 KiB (a page first touched faults in its shadow
+ * too: tens of MiB per iteration made such tests take minutes). */
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define HAK_TEST_PAGE_STRIDE 65536
+#endif
+#endif
+#ifndef HAK_TEST_PAGE_STRIDE
+#define HAK_TEST_PAGE_STRIDE 4096
+#endif
+
 #endif
