@@ -1,34 +1,47 @@
 #!/usr/bin/env bash
 # The nightly run: sanitizer matrix, Valgrind, long stress, a fuzz campaign
-# and the benchmark, in that order.  Each stage's pass/fail, duration and
-# log go to DIR/report.md and DIR/report.json; the benchmark is compared
-# with a previous night's report.json (--baseline): a hakmem slowdown beyond
-# --threshold (5 %), measured as a ratio to a peer allocator run the same
-# night, fails the night.  Exits non-zero if any stage fails.
-#   ci/nightly.sh [--quick] --out DIR [--baseline FILE] [--threshold PCT]
-# --quick: about 15 minutes on 2 cores; the full night fits in 8 hours.
+# (resumed from the state's corpus and merged back into it, minimized once
+# a week, with a coverage report), and the benchmark, in that order.  Each
+# stage's pass/fail, duration and log go to OUT/report.md and report.json.
+# The night is then recorded in STATE/history.db (ci/history.py) and gated
+# against the last good nights of the same machine: a slowdown or an
+# RSS/fault growth is flagged only when it is statistically real (the test
+# and its thresholds are in the report).  Exits non-zero on a failed stage,
+# a regression or a new fuzz finding.
+#   ci/nightly.sh [--quick] --out DIR [--state DIR] [--stages LIST] [--hakmem-fault NAME]
+# --quick: about 20 minutes on 2 cores; the full night fits in 8 hours.
+# --state: kept across nights (history.db, the fuzz corpus); default OUT/state.
+# --stages: a comma-separated subset of sanitizers,valgrind,stress,fuzz,bench.
+# --hakmem-fault NAME: the benchmark's hakmem is built with --define
+#   hak_fault=NAME (src/BUILD), e.g. slow_malloc to see the gate flag it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0 out="" baseline="" threshold=5
+quick=0 out="" state="" stages="sanitizers,valgrind,stress,fuzz,bench" fault=""
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
     --out) out=$2; shift ;;
-    --baseline) baseline=$2; shift ;;
-    --threshold) threshold=$2; shift ;;
+    --state) state=$2; shift ;;
+    --stages) stages=$2; shift ;;
+    --hakmem-fault) fault=$2; shift ;;
     *) echo "nightly: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
-[ -n "$out" ] || { echo "usage: ci/nightly.sh [--quick] --out DIR [--baseline FILE]" >&2; exit 2; }
+[ -n "$out" ] || { echo "usage: ci/nightly.sh [--quick] --out DIR [--state DIR] [--stages LIST] [--hakmem-fault NAME]" >&2; exit 2; }
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+state=${state:-$out/state}
+mkdir -p "$state"
+state=$(cd "$state" && pwd)
 if [ $quick = 1 ]; then
-  stress_seconds=12 fuzz_minutes=3 bench_args="--quick"
+  # 5 runs per cell: the gate's test needs at least 5 against 5 to reject at 1 %
+  stress_seconds=12 fuzz_minutes=3 bench_args="--quick --runs 5"
 else
   stress_seconds=600 fuzz_minutes=240 bench_args=""
 fi
+want() { [[ ",$stages," == *",$1,"* ]]; }
 
 started=$(date +%s)
 stages_json="$out/.stages"
@@ -37,20 +50,33 @@ failed=0
 
 progress() { echo "nightly: [$(($(date +%s) - started))s] $*" >&2; }
 
+# how long a stage took the last night that ran it (history.db), for progress
+expected() {
+  [ -f "$state/history.db" ] || return 0
+  python3 - "$state/history.db" "$1" "$quick" <<'PYEOF' 2>/dev/null
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+row = db.execute("SELECT s.seconds FROM stages s JOIN nights n ON n.id = s.night WHERE s.stage = ? AND n.quick = ? "
+                 "ORDER BY n.id DESC LIMIT 1", (sys.argv[2], int(sys.argv[3]))).fetchone()
+print(row[0] if row else "")
+PYEOF
+}
+
 # stage NAME COMMAND...: runs it with its output in DIR/NAME.log, printing
 # a progress line every 30 s while it runs.
 stage() {
   local name=$1
   shift
-  local log="$out/$name.log" t0 rc
+  local log="$out/$name.log" t0 rc exp
   t0=$(date +%s)
-  progress "stage $name: $*"
+  exp=$(expected "$name")
+  progress "stage $name: $*${exp:+ (last time ${exp}s)}"
   ("$@") >"$log" 2>&1 &
   local pid=$!
   while kill -0 $pid 2>/dev/null; do
     sleep 5
     if [ $(( ($(date +%s) - t0) % 30 )) -lt 5 ]; then
-      progress "stage $name running ($(($(date +%s) - t0)) s): $(tail -c 300 "$log" | tr '\n\r' '  ' | tail -c 120)"
+      progress "stage $name running ($(($(date +%s) - t0)) s${exp:+ of about ${exp}}): $(tail -c 300 "$log" | tr '\n\r' '  ' | tail -c 120)"
     fi
   done
   wait $pid
@@ -63,18 +89,21 @@ stage() {
 }
 
 # ---- 1. sanitizer matrix --------------------------------------------------------
-for c in asan ubsan tsan msan; do
-  stage "sanitizer-$c" bazel test --config=$c //...
-done
+if want sanitizers; then
+  for c in asan ubsan tsan msan; do
+    stage "sanitizer-$c" bazel test --config=$c //...
+  done
+fi
 
 # ---- 2. Valgrind ----------------------------------------------------------------
-valgrind_filter=""
-[ $quick = 1 ] && valgrind_filter="--test_tag_filters=-no_valgrind,-valgrind_slow"
-stage valgrind bazel test --config=valgrind $valgrind_filter //src:all //verify:all //fuzz:all
+if want valgrind; then
+  valgrind_filter=""
+  [ $quick = 1 ] && valgrind_filter="--test_tag_filters=-no_valgrind,-valgrind_slow"
+  stage valgrind bazel test --config=valgrind $valgrind_filter //src:all //verify:all //fuzz:all
+fi
 
 # ---- 3. long stress ---------------------------------------------------------------
 stress_seed=$(date -u +%Y%m%d)
-echo "nightly: stress seed $stress_seed"
 stress_run() {
   bazel build -c opt //stress:stress >/dev/null 2>&1 || return 1
   local bin rc=0
@@ -87,55 +116,48 @@ stress_run() {
   done
   return $rc
 }
-stage stress stress_run
+if want stress; then
+  echo "nightly: stress seed $stress_seed"
+  stage stress stress_run
+fi
 
 # ---- 4. fuzz campaign ---------------------------------------------------------------
-# the corpus accumulates across nights (HAKMEM_FUZZ_CORPUS, default ~/.cache/hakmem/corpus)
-fuzz_corpus=${HAKMEM_FUZZ_CORPUS:-$HOME/.cache/hakmem/corpus}
-stage fuzz fuzz/campaign.sh --minutes $fuzz_minutes --jobs 2 --engine both --corpus "$fuzz_corpus" --out "$out/fuzz"
+# The corpus lives in the state and accumulates: each night resumes from it
+# and merges its new inputs back (campaign.py); once a week it is minimized
+# (fuzz/minimize.sh); then the coverage the whole corpus reaches is reported.
+fuzz_corpus=${HAKMEM_FUZZ_CORPUS:-$state/corpus}
+if want fuzz; then
+  mkdir -p "$fuzz_corpus"
+  stage fuzz fuzz/campaign.sh --minutes $fuzz_minutes --jobs 2 --engine both --corpus "$fuzz_corpus" --out "$out/fuzz"
+  stamp="$fuzz_corpus/.minimized"
+  if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mtime +6 2>/dev/null)" ]; then
+    stage fuzz-minimize bash fuzz/minimize.sh "$fuzz_corpus"
+  fi
+  stage fuzz-coverage env HAKMEM_FUZZ_CORPUS="$fuzz_corpus" bash fuzz/coverage.sh "$out/coverage"
+fi
 
 # ---- 5. benchmark ---------------------------------------------------------------------
 bench_run() {
-  bazel run -c opt //verify:bench -- $bench_args --out "$out/bench" || return 1
-  [ -n "$baseline" ] || return 0
-  python3 - "$out/bench/results.json" "$baseline" "$threshold" <<'PYEOF'
-import json, sys
-now = json.load(open(sys.argv[1]))["results"]
-base_doc = json.load(open(sys.argv[2]))
-base = base_doc.get("bench", base_doc).get("results", base_doc.get("results"))
-limit = 1 + float(sys.argv[3]) / 100
-slow = []
-for sc, rows in now.items():
-    if sc not in base:
-        continue
-    for alloc in ("hakmem-baseline", "hakmem-evolving"):
-        if alloc not in rows or alloc not in base[sc] or "mimalloc" not in rows or "mimalloc" not in base[sc]:
-            continue
-        # a slowdown must show in the medians and in the best runs alike: a
-        # noisy run moves one of them, a real regression moves both
-        r_now = rows[alloc]["latency_ns"] / rows["mimalloc"]["latency_ns"]
-        r_base = base[sc][alloc]["latency_ns"] / base[sc]["mimalloc"]["latency_ns"]
-        m_now = rows[alloc]["min_ns"] / rows["mimalloc"]["min_ns"]
-        m_base = base[sc][alloc]["min_ns"] / base[sc]["mimalloc"]["min_ns"]
-        verdict = "SLOWER" if r_now > r_base * limit and m_now > m_base * limit else "ok"
-        print(f"{sc:6s} {alloc:16s} vs mimalloc: median {r_base:.3f} -> {r_now:.3f}, best {m_base:.3f} -> {m_now:.3f} {verdict}")
-        if verdict != "ok":
-            slow.append((sc, alloc))
-sys.exit(1 if slow else 0)
-PYEOF
+  local def=()
+  [ -n "$fault" ] && def=(--define "hak_fault=$fault" --platform_suffix="-nightly-$fault")
+  bazel run -c opt "${def[@]}" //verify:bench -- $bench_args --out "$out/bench"
 }
-stage bench bench_run
+want bench && stage bench bench_run
 
-# ---- report ----------------------------------------------------------------------------
+# ---- report, history, gate --------------------------------------------------------------
 total=$(($(date +%s) - started))
-python3 - "$out" "$stages_json" "$total" "$quick" <<'PYEOF'
-import json, os, sys
-out, stages_file, total, quick = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+python3 - "$out" "$stages_json" "$total" "$quick" "$commit" "$fault" "$started" <<'PYEOF'
+import json, os, sys, time
+out, stages_file, total, quick, commit, fault, started = sys.argv[1:8]
+total, quick = int(total), quick == "1"
 stages = []
 for line in open(stages_file):
     name, status, dur, log = line.rstrip("\n").split("\t")
     stages.append({"stage": name, "status": status, "seconds": int(dur), "log": log})
-doc = {"quick": quick, "seconds": total, "passed": all(s["status"] == "pass" for s in stages), "stages": stages}
+doc = {"quick": quick, "seconds": total, "commit": commit, "hakmem_fault": fault or None,
+       "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(started))),
+       "passed": all(s["status"] == "pass" for s in stages), "stages": stages}
 stress_log = os.path.join(out, "stress.log")
 if os.path.exists(stress_log):
     doc["stress"] = [l.strip() for l in open(stress_log) if l.startswith("stress ")]
@@ -145,19 +167,42 @@ if os.path.exists(bench):
 fuzz = os.path.join(out, "fuzz", "summary.json")
 if os.path.exists(fuzz):
     doc["fuzz"] = json.load(open(fuzz))
+unreached = os.path.join(out, "coverage", "uncovered.txt")
+if os.path.exists(unreached):
+    doc["coverage"] = {"html": "coverage/html/index.html", "unreached": [l.strip() for l in open(unreached) if l.strip()]}
 json.dump(doc, open(os.path.join(out, "report.json"), "w"), indent=1)
 lines = ["# hakmem nightly" + (" (quick)" if quick else ""), "",
-         f"{total // 60} min {total % 60} s, {'all stages passed' if doc['passed'] else 'FAILED'}.", "",
+         f"{doc['started']}, commit `{commit[:12]}`" + (f", hakmem built with fault `{fault}`" if fault else "") +
+         f"; {total // 60} min {total % 60} s, {'all stages passed' if doc['passed'] else 'a stage FAILED'}.", "",
+         "VERDICTS", "",
          "| stage | result | duration | log |", "|---|---|---:|---|"]
 for s in stages:
-    lines.append(f"| {s['stage']} | {s['status']} | {s['seconds']} s | `{s['log']}` |")
+    lines.append(f"| {s['stage']} | {s['status']} | {s['seconds']} s | `{os.path.relpath(s['log'], out)}` |")
 if doc.get("stress"):
     lines += ["", "## Stress", ""] + [f"- {l}" for l in doc["stress"]]
 if os.path.exists(os.path.join(out, "fuzz", "summary.md")):
     lines += ["", "## Fuzzing", "", open(os.path.join(out, "fuzz", "summary.md")).read().split("\n", 2)[2]]
+if doc.get("coverage"):
+    u = doc["coverage"]["unreached"]
+    lines += ["", "## Coverage", "", f"HTML: `coverage/html/index.html`; {len(u)} functions of src/ no target reaches"
+              + (": " + ", ".join(f"`{x}`" for x in u[:40]) + (" ..." if len(u) > 40 else "") if u else ".")]
 if os.path.exists(os.path.join(out, "bench", "report.md")):
-    lines += ["", "## Benchmark", "", open(os.path.join(out, "bench", "report.md")).read().split("\n", 2)[2]]
+    lines += ["", "## Benchmark", "", "![chart](bench/chart.png)", "",
+              open(os.path.join(out, "bench", "report.md")).read().split("\n", 2)[2]]
 open(os.path.join(out, "report.md"), "w").write("\n".join(lines) + "\n")
 PYEOF
-progress "report: $out/report.md, $out/report.json ($failed failed stage(s))"
-[ $failed -eq 0 ]
+night=$(python3 ci/history.py ingest --state "$state" --night "$out") || { progress "history: ingest failed"; exit 1; }
+python3 ci/history.py gate --state "$state" --night "$night" --out "$out" | tee "$out/gate.log" >&2
+gate_rc=${PIPESTATUS[0]}
+# the verdicts go to the top of report.md and into report.json
+python3 - "$out" <<'PYEOF'
+import json, os, sys
+out = sys.argv[1]
+md = open(os.path.join(out, "report.md")).read()
+open(os.path.join(out, "report.md"), "w").write(md.replace("VERDICTS", open(os.path.join(out, "verdicts.md")).read(), 1))
+doc = json.load(open(os.path.join(out, "report.json")))
+doc["gate"] = json.load(open(os.path.join(out, "verdicts.json")))
+json.dump(doc, open(os.path.join(out, "report.json"), "w"), indent=1)
+PYEOF
+progress "report: $out/report.md, $out/report.json; night $night in $state/history.db ($failed failed stage(s), gate exit $gate_rc)"
+[ $failed -eq 0 ] && [ "$gate_rc" -eq 0 ]

@@ -11,7 +11,9 @@ PACKAGES=(
   libmimalloc2.0 libjemalloc2 libtcmalloc-minimal4   # peer allocators for benchmarks
   python3 git gcc sqlite3 xz-utils coreutils # real programs the preload test runs
   gnuplot-nox                               # benchmark chart
+  python3-yaml                              # ci/check_workflows.py (//ci:schedule_test)
   bc zip                                    # verify/mutants.sh, fuzz/oss-fuzz/build.sh
+  chromium                                  # ci/history_test.py renders the nightly dashboard
 )
 
 missing=()

@@ -4,7 +4,8 @@
 # Builds the replay binaries with clang's source-based coverage, replays
 # fuzz/corpus/<target> and fuzz/regressions/<target> of every target
 # (plus $HAKMEM_FUZZ_CORPUS/<target> if set), and writes OUT_DIR/report.txt
-# (per file: functions, lines, regions, branches covered), per-target
+# (per file: functions, lines, regions, branches covered) and OUT_DIR/html/
+# (llvm-cov show), per-target
 # function and edge (branch) counts, and OUT_DIR/uncovered.txt (functions
 # of src/ that no target reaches); functions unreached and not explained
 # in fuzz/unreached.txt are listed at the end.
@@ -31,6 +32,9 @@ llvm-profdata-14 merge -o "$out/all.profdata" "${profs[@]}"
 objs=()
 for t in $targets; do objs+=(-object "$bin/fuzz/$t"); done
 llvm-cov-14 report "${objs[@]:1}" -instr-profile="$out/all.profdata" $(ls src/*.c) >"$out/report.txt" 2>/dev/null
+# the same as browsable HTML, line by line (OUT_DIR/html/index.html)
+llvm-cov-14 show -format=html -output-dir="$out/html" -show-line-counts-or-regions "${objs[@]:1}" \
+  -instr-profile="$out/all.profdata" $(ls src/*.c) 2>/dev/null || echo "coverage: no HTML report (llvm-cov show failed)"
 llvm-cov-14 export -format=text "${objs[@]:1}" -instr-profile="$out/all.profdata" $(ls src/*.c) 2>/dev/null |
   python3 -c '
 import json, sys

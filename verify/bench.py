@@ -117,6 +117,9 @@ def summarize(runs):
         "ops_per_sec": runs[0]["ops"] / secs if secs > 0 else 0.0,
         "runs": len(runs),
         "samples_ns": lat,
+        # per run, in run order: the nightly gate tests memory like time
+        "samples_rss_kib": [r["maxrss_kib"] for r in runs],
+        "samples_soft_pf": [r["minflt"] for r in runs],
     }
 
 
