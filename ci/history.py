@@ -30,6 +30,7 @@ Schema (version 1, meta.schema_version):
   bench(night, scenario, allocator, metric, run, value)
          metric: latency_ns | rss_kib | soft_pf, one row per measured run
   fuzz(night, target, engine, execs, exec_per_sec, coverage, corpus, findings)
+         coverage: libFuzzer's edges, or AFL++'s bitmap percentage
   findings(night, target, engine, stack)
   mutants(night, fault, verdict, checker, seconds)
   verdicts(night, kind, subject, metric, verdict, now, base, change,
@@ -42,6 +43,7 @@ import json
 import math
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -55,7 +57,7 @@ CREATE TABLE IF NOT EXISTS nights(id INTEGER PRIMARY KEY, started TEXT, commit_s
 CREATE TABLE IF NOT EXISTS stages(night INTEGER, stage TEXT, status TEXT, seconds INTEGER);
 CREATE TABLE IF NOT EXISTS bench(night INTEGER, scenario TEXT, allocator TEXT, metric TEXT, run INTEGER, value REAL);
 CREATE TABLE IF NOT EXISTS fuzz(night INTEGER, target TEXT, engine TEXT, execs INTEGER, exec_per_sec REAL,
-  coverage INTEGER, corpus INTEGER, findings INTEGER);
+  coverage REAL, corpus INTEGER, findings INTEGER);
 CREATE TABLE IF NOT EXISTS findings(night INTEGER, target TEXT, engine TEXT, stack TEXT);
 CREATE TABLE IF NOT EXISTS mutants(night INTEGER, fault TEXT, verdict TEXT, checker TEXT, seconds REAL);
 CREATE TABLE IF NOT EXISTS verdicts(night INTEGER, kind TEXT, subject TEXT, metric TEXT, verdict TEXT,
@@ -125,10 +127,16 @@ def ingest(db, night_dir, commit=None, machine=None, started=None):
                 for i, v in enumerate(r.get(key, [])):
                     db.execute("INSERT INTO bench VALUES(?,?,?,?,?,?)", (night, sc, alloc, metric, i, float(v)))
     fuzz = doc.get("fuzz") or {}
+    per = {}  # (target, engine) -> one row: AFL's instances of a target share a queue
     for t in fuzz.get("targets", []):
-        db.execute("INSERT INTO fuzz VALUES(?,?,?,?,?,?,?,?)",
-                   (night, t["target"], t["engine"], t.get("execs", 0), t.get("exec_per_sec", 0.0),
-                    coverage_number(t.get("coverage")), t.get("corpus", 0), t.get("findings", 0)))
+        r = per.setdefault((t["target"], t["engine"]), [0, 0.0, 0.0, 0, 0])
+        r[0] += t.get("execs", 0)
+        r[1] += t.get("exec_per_sec", 0.0)
+        r[2] = max(r[2], coverage_number(t.get("coverage")))
+        r[3] = max(r[3], t.get("corpus", 0))
+        r[4] += t.get("findings", 0)
+    for (target, engine), r in per.items():
+        db.execute("INSERT INTO fuzz VALUES(?,?,?,?,?,?,?,?)", (night, target, engine, *r))
     for f in fuzz.get("findings", []):
         db.execute("INSERT INTO findings VALUES(?,?,?,?)", (night, f["target"], f["engine"], f["stack"]))
     for m in doc.get("mutants", []):
@@ -139,11 +147,12 @@ def ingest(db, night_dir, commit=None, machine=None, started=None):
 
 
 def coverage_number(cov):
-    """libFuzzer's "cov: N" (campaign.py keeps it as a number or text)."""
+    """The first number of campaign.py's coverage text: libFuzzer's edges
+    ("2419 edges, 11299 features") or AFL++'s bitmap share ("21.21%")."""
     if isinstance(cov, (int, float)):
-        return int(cov)
-    digits = "".join(ch for ch in str(cov or "") if ch.isdigit() or ch == " ").split()
-    return int(digits[0]) if digits else 0
+        return float(cov)
+    m = re.search(r"\d+(?:\.\d+)?", str(cov or ""))
+    return float(m.group()) if m else 0.0
 
 
 # ---- statistics -------------------------------------------------------------------

@@ -162,6 +162,19 @@ class GateTest(unittest.TestCase):
         self.assertIn(("fuzz", "api_fuzzer", "known since an earlier night", "pass"), verdicts)
         self.assertIn("fail", {x["verdict"] for x in v if x["subject"] == "sanitizer-asan"})
 
+    def test_fuzz_rows_are_one_per_target_and_engine(self):
+        doc = night_doc(self.rng)
+        doc["fuzz"]["targets"] += [
+            {"target": "api_fuzzer", "engine": "afl", "execs": 1000, "exec_per_sec": 100, "corpus": 90,
+             "coverage": "21.21%", "findings": 0},
+            {"target": "api_fuzzer", "engine": "afl", "execs": 0, "exec_per_sec": 0, "corpus": 0, "coverage": "",
+             "findings": 0}]
+        night, _ = self.nights.add(doc)
+        rows = self.nights.db.execute("SELECT execs, coverage, corpus FROM fuzz WHERE night=? AND target='api_fuzzer' "
+                                      "AND engine='afl'", (night,)).fetchall()
+        self.assertEqual(rows, [(1000, 21.21, 90)])
+        self.assertEqual(history.coverage_number("2419 edges, 11299 features"), 2419)
+
     def test_schema_is_versioned(self):
         self.assertEqual(self.nights.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0],
                          str(history.SCHEMA_VERSION))

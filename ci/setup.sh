@@ -12,7 +12,7 @@ PACKAGES=(
   python3 git gcc sqlite3 xz-utils coreutils # real programs the preload test runs
   gnuplot-nox                               # benchmark chart
   python3-yaml                              # ci/check_workflows.py (//ci:schedule_test)
-  bc zip                                    # verify/mutants.sh, fuzz/oss-fuzz/build.sh
+  bc zip                                    # verify/mutants.sh, .clusterfuzzlite/build.sh
   chromium                                  # ci/history_test.py renders the nightly dashboard
 )
 
