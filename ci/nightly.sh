@@ -134,6 +134,9 @@ if want fuzz; then
     stage fuzz-minimize bash fuzz/minimize.sh "$fuzz_corpus"
   fi
   stage fuzz-coverage env HAKMEM_FUZZ_CORPUS="$fuzz_corpus" bash fuzz/coverage.sh "$out/coverage"
+  # ClusterFuzzLite's build script with OSS-Fuzz's flags (ASan, UBSan, MSan,
+  # coverage): what the GitHub workflows will build still builds and runs
+  [ $quick = 1 ] || stage cflite-build bash .clusterfuzzlite/check.sh all coverage
 fi
 
 # ---- 5. benchmark ---------------------------------------------------------------------
