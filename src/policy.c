@@ -86,12 +86,32 @@ static bool evolving(void) { return hak_option(HAK_OPT_MODE) == 1; }
 
 static double clamp01(double x) { return x != x || x < 0 ? 0 : x > 1 ? 1 : x; }
 
-/* Ends the site's epoch (site lock held): feeds its cost to its learner. */
+/* A number for the calling thread, never reused (a tid or a TLS address
+ * may be, by a later thread). */
+static uint32_t thread_token(void) {
+  static _Atomic(uint32_t) next;
+  static __thread uint32_t token;
+  if (hak_unlikely(token == 0)) token = atomic_fetch_add_explicit(&next, 1, memory_order_relaxed) + 1;
+  return token;
+}
+
+/* Ends the site's epoch (site lock held): feeds its cost to its learner.
+ * The page-fault counter is the thread's own (getrusage RUSAGE_THREAD): an
+ * epoch closed by another thread than the one that opened it has no fault
+ * count (the difference of two threads' counters, which wrapped to ~1.8e19
+ * in the first version) and is dropped unmeasured. */
 static void epoch_close(hak_site_t* s, uint64_t now) {
   if (s->epoch_kind == 0 || s->epoch_n == 0) return;
+  uint64_t f = _hak_os->faults();
+#ifndef HAK_FAULT_EPOCH_CROSS_THREAD /* fault injection: the first version */
+  if (s->epoch_thread != thread_token() || f < s->epoch_faults0) {
+    s->epoch_kind = 0;
+    return;
+  }
+#endif
   double n = (double)s->epoch_n;
   double cpu = (double)s->epoch_cpu_ns / n;
-  double faults = (double)(_hak_os->faults() - s->epoch_faults0) / n;
+  double faults = (double)(f - s->epoch_faults0) / n;
   double pages = (double)s->epoch_bytes / 4096.0 / n;
   double waste = (double)s->epoch_waste / n;
   if (s->epoch_kind == HAK_DECIDE_UCB) {
@@ -133,6 +153,7 @@ static bool epoch_start(hak_site_t* s, size_t size, uint64_t now) {
   s->epoch_n = 0;
   s->epoch_cpu_ns = s->epoch_bytes = s->epoch_waste = 0;
   s->epoch_faults0 = _hak_os->faults();
+  s->epoch_thread = thread_token();
   (void)now;
   hak_atomic_add(st_explored, 1);
   return true;

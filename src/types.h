@@ -271,6 +271,7 @@ typedef struct hak_site_s {
   uint32_t epoch_seq;
   uint32_t epochs;               /* closed UCB epochs                     */
   uint32_t epoch_n;
+  uint32_t epoch_thread;         /* who opened it: faults are per thread  */
   uint64_t epoch_faults0, epoch_cpu_ns, epoch_bytes, epoch_waste;
   hak_ucb_t ucb;
 } hak_site_t;

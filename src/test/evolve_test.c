@@ -7,6 +7,7 @@
  * threshold <= 1 MiB is better than the default 2 MiB, and the site's
  * UCB1 must adopt one of them.  Baseline mode on the same workload never
  * moves.  HAKMEM_SEED makes the run repeatable. */
+#include <pthread.h>
 #include <stdint.h>
 
 #include "src/hakmem.h"
@@ -74,6 +75,50 @@ TEST(baseline_never_moves) {
   EXPECT_EQ_U(site_threshold(&site2), 0);
   EXPECT_EQ_U(b.learn_samples, a.learn_samples);
   EXPECT_EQ_U(b.served_huge, a.served_huge); /* 1 MiB < the fixed 2 MiB */
+}
+
+/* An epoch opened on one thread and closed on another: the page-fault
+ * counter is per thread (getrusage RUSAGE_THREAD), so the difference of two
+ * threads' counters wrapped to ~1.8e19 faults per request and the ELO
+ * learner recorded it (found by .clusterfuzzlite/check.sh: api_mt_fuzzer
+ * under UBSan with unsigned-overflow reports on).  A fake OS whose fault
+ * counter differs per thread makes it certain: the learner's fault sums
+ * must stay what one thread could have seen. */
+static __thread uint64_t thread_faults;
+static uint64_t fake_faults(void) { return thread_faults; }
+static hak_os_t faults_os;
+static void big_allocations(const void* site, int n) {
+  for (int i = 0; i < n; i++) {
+    void* p = hak_alloc_at(3 * MiB, site);
+    if (p == NULL) abort();
+    hak_free_at(p, site);
+  }
+}
+static void* closing_thread(void* site) {
+  thread_faults = 5; /* this thread has faulted little */
+  big_allocations(site, 64);
+  return NULL;
+}
+TEST(an_epoch_closed_on_another_thread_records_no_wrapped_fault_count) {
+  _hak_options[HAK_OPT_MODE] = 1;
+  faults_os = _hak_os_default;
+  faults_os.faults = fake_faults;
+  _hak_os = &faults_os;
+  static int site;
+  thread_faults = 1000000; /* this thread has faulted a lot */
+  /* a site's requests 0..7 are an epoch: it opens here (faults0 = 1e6) */
+  big_allocations(&site, 8);
+  pthread_t t; /* request 8 closes it, on another thread */
+  pthread_create(&t, NULL, closing_thread, &site);
+  pthread_join(t, NULL);
+  _hak_os = &_hak_os_default;
+  hak_elo_t elo;
+  ASSERT_TRUE(_hak_policy_elo(&elo));
+  double faults = 0;
+  for (int i = 0; i < HAK_ELO_CANDIDATES; i++) faults += elo.c[i].page_faults;
+  fprintf(stderr, "ELO fault sums: %g\n", faults);
+  EXPECT_TRUE(faults < 1e7);
+  _hak_options[HAK_OPT_MODE] = 0;
 }
 
 TEST_MAIN()
