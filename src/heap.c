@@ -124,6 +124,9 @@ static void heap_abandon(hak_heap_t* heap) {
   heap_push_abandoned(heap);
 #ifndef HAK_FAULT_ABANDON_SWEEP_UNLOCKED
   _hak_heap_release_empty(heap);
+#ifndef HAK_FAULT_ABANDON_PURGE_LOST /* fault injection: the swept pages are never purged */
+  if (heap->purge_next_ns != 0) hak_purge_global_due(); /* the sweep's retired pages: purge.c */
+#endif
 #endif
   hak_unlock(&heap_lock);
 }
@@ -231,7 +234,10 @@ void _hak_heaps_reclaim(void) {
   atomic_store_explicit(&_hak_heaps_dirty, false, memory_order_seq_cst);
   atomic_thread_fence(memory_order_seq_cst);
   heaps_adopt_orphans();
-  for (hak_heap_t* h = heaps_free; h != NULL; h = h->next_free) _hak_heap_release_empty(h);
+  for (hak_heap_t* h = heaps_free; h != NULL; h = h->next_free) {
+    _hak_heap_release_empty(h);
+    if (h->purge_next_ns != 0) hak_purge_global_due(); /* its retired pages: purge.c */
+  }
   hak_unlock(&heap_lock);
 }
 

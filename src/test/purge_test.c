@@ -4,6 +4,7 @@
  * decommitted after the delay (between one and two delays) from ordinary
  * allocation paths, without hak_collect; nothing live and nothing reused
  * in between is ever decommitted; hak_collect purges at once. */
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -242,6 +243,51 @@ TEST(cached_segments_are_decommitted) {
   activity(80, DELAY_MS / 20);
   hak_stats_get(&st);
   EXPECT_TRUE(st.purge_bytes - purged0 >= (uint64_t)N * 1000 / 2);
+  EXPECT_EQ_U(bad_advice, 0);
+  EXPECT_TRUE(intact());
+  teardown();
+}
+
+/* A thread's blocks freed by another thread while it lives, then the
+ * thread exits: its exit sweep takes the remote frees in and retires the
+ * pages, and their slices are purged after the delay like any others (the
+ * sweep under the heap lock first came after the abandoned heap asked for
+ * its purge, so nobody ever purged them: found by the adversarial review). */
+enum { EXIT_N = 24 * 1024 };
+static char* exit_blocks[EXIT_N];
+static _Atomic(int) exit_phase;
+static void* exiting_allocator(void* arg) {
+  (void)arg;
+  for (int i = 0; i < EXIT_N; i++) exit_blocks[i] = hak_malloc(1000);
+  atomic_store(&exit_phase, 1);
+  while (atomic_load(&exit_phase) != 2) sched_yield(); /* the main thread frees them */
+  return NULL;
+}
+TEST(an_exited_threads_swept_pages_are_purged_after_the_delay) {
+  setup();
+  pthread_t t;
+  atomic_store(&exit_phase, 0);
+  pthread_create(&t, NULL, exiting_allocator, NULL);
+  while (atomic_load(&exit_phase) != 1) sched_yield();
+  for (int i = 0; i < EXIT_N; i++) {
+    hak_segment_t* seg = hak_segment_of(exit_blocks[i]);
+    if (i == 0 || hak_segment_of(exit_blocks[i - 1]) != seg) { /* one kept per segment */
+      memset(exit_blocks[i], 0x5a, 1000);
+      live[nlive].p = exit_blocks[i];
+      live[nlive++].n = 1000;
+    } else {
+      hak_free(exit_blocks[i]); /* remote */
+    }
+  }
+  atomic_store(&exit_phase, 2);
+  pthread_join(t, NULL); /* the exit sweep retires the pages */
+  hak_stats_t st;
+  hak_stats_get(&st);
+  uint64_t purged0 = st.purge_bytes;
+  activity(80, DELAY_MS / 20); /* past two delays and the caches' tick */
+  hak_stats_get(&st);
+  fprintf(stderr, "purged after the owner exited: %llu KiB\n", (unsigned long long)((st.purge_bytes - purged0) >> 10));
+  EXPECT_TRUE(st.purge_bytes - purged0 >= (uint64_t)(EXIT_N * 1000) / 2);
   EXPECT_EQ_U(bad_advice, 0);
   EXPECT_TRUE(intact());
   teardown();
