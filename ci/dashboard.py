@@ -192,8 +192,9 @@ function head() {
   const p = html("p", "", h);
   p.appendChild(document.createTextNode("Last night #" + last.id + ", " + last.started + ", commit " + last.commit +
     (last.quick ? " (quick)" : "") + ", " + last.machine + ": "));
-  const b = html("b", last.failing ? last.failing + " failing verdict(s)" : "no regression, no finding, every stage passed",
-                 p, last.failing ? "v-fail" : "v-improvement");
+  const bad = last.failing || !last.passed;
+  const b = html("b", last.failing ? last.failing + " failing verdict(s)" : !last.passed ? "a stage failed"
+                 : "no regression, no finding, every stage passed", p, bad ? "v-fail" : "v-improvement");
   p.appendChild(document.createTextNode(" - "));
   const a = html("a", "report", p); a.href = last.report;
 }
@@ -264,8 +265,8 @@ def main():
     db = history.connect(args.state)
     os.makedirs(args.out, exist_ok=True)
     data = collect(db, os.path.abspath(args.out), args.nights)
-    # </script> inside the data would end the script early
-    blob = json.dumps(data, sort_keys=True).replace("</", "<\\/")
+    # no markup can come out of the data (</script>, <!--): JSON escapes
+    blob = json.dumps(data, sort_keys=True).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     with open(os.path.join(args.out, "index.html"), "w") as f:
         f.write(PAGE.replace("__DATA__", blob))
     print(f"dashboard: {args.out}/index.html ({len(data['nights'])} nights, {len(data['series'])} charts)")

@@ -9,12 +9,14 @@
       stores and prints one verdict line per (scenario, allocator, metric),
       per stage and per fuzz target, writes OUT/verdicts.md and verdicts.json;
       exits 1 on a regression, a failed stage or a new finding
+  ci/history.py accept --state DIR --night ID
+      an intended change: that night becomes a baseline despite its regressions
   ci/history.py nights --state DIR
       one line per night
 
-The gate (see gate()): a hakmem sample is divided by mimalloc's median of
-the same metric in the same night, so the machine's drift from night to
-night cancels.  This night's ratios are compared with the pooled ratios of
+The gate (see gate()): a hakmem run is divided by mimalloc's run of the
+same round of the same night (the rounds interleave the allocators), so the
+machine's drift within and across nights cancels.  This night's ratios are compared with the pooled ratios of
 the last N good nights (same machine, no regression verdict) by a one-sided
 Mann-Whitney U test (exact for small samples), and the change of the median
 ratio is bounded by a percentile bootstrap interval.  A change is a
@@ -25,10 +27,13 @@ threshold that the test does not confirm is "noisy"; the rest pass.
 Schema (version 1, meta.schema_version):
   meta(key PRIMARY KEY, value)
   nights(id, started, commit_sha, quick, cpu, kernel, cores, machine,
-         passed, report_dir, seconds)       machine: "cpu | cores | kernel"
+         passed, report_dir, seconds, fault, accepted)
+         machine: "cpu | cores | kernel"; fault: --hakmem-fault (never a
+         baseline); accepted: set by `accept` (a baseline despite regressions)
   stages(night, stage, status, seconds)
   bench(night, scenario, allocator, metric, run, value)
          metric: latency_ns | rss_kib | soft_pf, one row per measured run
+         (run = its round, so allocators pair by round; < 0: order unknown)
   fuzz(night, target, engine, execs, exec_per_sec, coverage, corpus, findings)
          coverage: libFuzzer's edges, or AFL++'s bitmap percentage
   findings(night, target, engine, stack)
@@ -53,7 +58,8 @@ SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS nights(id INTEGER PRIMARY KEY, started TEXT, commit_sha TEXT, quick INTEGER,
-  cpu TEXT, kernel TEXT, cores INTEGER, machine TEXT, passed INTEGER, report_dir TEXT, seconds INTEGER);
+  cpu TEXT, kernel TEXT, cores INTEGER, machine TEXT, passed INTEGER, report_dir TEXT, seconds INTEGER,
+  fault TEXT, accepted INTEGER DEFAULT 0);
 CREATE TABLE IF NOT EXISTS stages(night INTEGER, stage TEXT, status TEXT, seconds INTEGER);
 CREATE TABLE IF NOT EXISTS bench(night INTEGER, scenario TEXT, allocator TEXT, metric TEXT, run INTEGER, value REAL);
 CREATE TABLE IF NOT EXISTS fuzz(night INTEGER, target TEXT, engine TEXT, execs INTEGER, exec_per_sec REAL,
@@ -66,8 +72,9 @@ CREATE INDEX IF NOT EXISTS bench_night ON bench(night);
 """
 
 # metric -> (samples key in verify/bench.py's results.json, threshold)
-METRICS = {"latency_ns": ("samples_ns", 0.03), "rss_kib": ("samples_rss_kib", 0.05),
+METRICS = {"latency_ns": ("runs_ns", 0.03), "rss_kib": ("samples_rss_kib", 0.05),
            "soft_pf": ("samples_soft_pf", 0.10)}
+UNORDERED = {"latency_ns": "samples_ns"}  # older results.json: sorted, no run order
 GATED = ("hakmem-baseline", "hakmem-evolving")
 REFERENCE = "mimalloc"  # the peer every ratio is taken against, the same night
 FAILING = ("regression", "fail", "finding")
@@ -77,6 +84,10 @@ def connect(state):
     os.makedirs(state, exist_ok=True)
     db = sqlite3.connect(os.path.join(state, "history.db"))
     db.executescript(SCHEMA)
+    cols = {r[1] for r in db.execute("PRAGMA table_info(nights)")}
+    for col, decl in (("fault", "TEXT"), ("accepted", "INTEGER DEFAULT 0")):  # databases of the first draft
+        if col not in cols:
+            db.execute(f"ALTER TABLE nights ADD COLUMN {col} {decl}")
     row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     if row is None:
         db.execute("INSERT INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -114,18 +125,21 @@ def ingest(db, night_dir, commit=None, machine=None, started=None):
     cpu, kernel, cores = machine or machine_identity()
     started = started or doc.get("started") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     cur = db.execute("INSERT INTO nights(started, commit_sha, quick, cpu, kernel, cores, machine, passed, report_dir,"
-                     " seconds) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                     " seconds, fault) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
                      (started, commit or doc.get("commit") or git_commit(), int(bool(doc.get("quick"))), cpu, kernel,
                       cores, f"{cpu} | {cores} cores | {kernel}", int(bool(doc.get("passed"))),
-                      os.path.abspath(night_dir), doc.get("seconds", 0)))
+                      os.path.abspath(night_dir), doc.get("seconds", 0), doc.get("hakmem_fault")))
     night = cur.lastrowid
     for s in doc.get("stages", []):
         db.execute("INSERT INTO stages VALUES(?,?,?,?)", (night, s["stage"], s["status"], s["seconds"]))
     for sc, rows in doc.get("bench", {}).get("results", {}).items():
         for alloc, r in rows.items():
             for metric, (key, _) in METRICS.items():
-                for i, v in enumerate(r.get(key, [])):
-                    db.execute("INSERT INTO bench VALUES(?,?,?,?,?,?)", (night, sc, alloc, metric, i, float(v)))
+                ordered = key in r
+                for i, v in enumerate(r.get(key, r.get(UNORDERED.get(metric, ""), []))):
+                    # run -1 - i: no run order known (not paired by round)
+                    db.execute("INSERT INTO bench VALUES(?,?,?,?,?,?)",
+                               (night, sc, alloc, metric, i if ordered else -1 - i, float(v)))
     fuzz = doc.get("fuzz") or {}
     per = {}  # (target, engine) -> one row: AFL's instances of a target share a queue
     for t in fuzz.get("targets", []):
@@ -240,23 +254,35 @@ def verdict_of(now, base, threshold, alpha):
 
 # ---- gate -------------------------------------------------------------------------
 def ratios(db, night, scenario, alloc, metric):
-    """hakmem's samples of one night over mimalloc's median that night."""
-    ref = [v for (v,) in db.execute("SELECT value FROM bench WHERE night=? AND scenario=? AND allocator=? AND metric=?",
-                                    (night, scenario, REFERENCE, metric))]
-    xs = [v for (v,) in db.execute("SELECT value FROM bench WHERE night=? AND scenario=? AND allocator=? AND metric=?",
-                                   (night, scenario, alloc, metric))]
-    r = median(ref) if ref else 0
-    return [v / r for v in xs] if r > 0 else []
+    """hakmem's samples of one night over mimalloc's of the same round (the
+    allocators of a round ran side by side, so a slow moment of the machine
+    cancels); over mimalloc's median when the runs' order is not known."""
+    q = "SELECT run, value FROM bench WHERE night=? AND scenario=? AND allocator=? AND metric=?"
+    ref = dict(db.execute(q, (night, scenario, REFERENCE, metric)).fetchall())
+    xs = dict(db.execute(q, (night, scenario, alloc, metric)).fetchall())
+    if xs and all(k >= 0 and ref.get(k, 0) > 0 for k in xs):
+        return [xs[k] / ref[k] for k in sorted(xs)]
+    r = median(list(ref.values())) if ref else 0
+    return [v / r for v in xs.values()] if r > 0 else []
 
 
-def good_nights(db, night, last):
-    """The last `last` nights before `night` on the same machine with no
-    failing verdict (a regressed night is not a baseline)."""
+def good_nights(db, night, last, cell=None):
+    """The last `last` nights before `night` on the same machine that can be
+    a baseline: none before the last accepted night (ci/history.py accept:
+    an intended change starts a new baseline), no failing verdict unless accepted,
+    not built with a deliberate fault (--hakmem-fault), and, for a cell,
+    with samples of it (nights that ran no benchmark use up no slot)."""
     machine = db.execute("SELECT machine FROM nights WHERE id=?", (night,)).fetchone()[0]
-    rows = db.execute("SELECT id FROM nights WHERE id<? AND machine=? AND id NOT IN "
-                      "(SELECT night FROM verdicts WHERE verdict IN ('regression','finding')) "
-                      "ORDER BY id DESC LIMIT ?", (night, machine, last)).fetchall()
-    return [r[0] for r in rows]
+    # an accepted night starts a new baseline: the nights before it are the old state
+    since = db.execute("SELECT COALESCE(MAX(id), 0) FROM nights WHERE id<? AND accepted=1", (night,)).fetchone()[0]
+    q = ("SELECT id FROM nights WHERE id<? AND id>=? AND machine=? AND (fault IS NULL OR fault='') AND (accepted=1 OR "
+         "id NOT IN (SELECT night FROM verdicts WHERE verdict IN ('regression','finding')))")
+    args = [night, since, machine]
+    if cell is not None:
+        q += " AND id IN (SELECT night FROM bench WHERE scenario=? AND allocator=? AND metric=?)"
+        args += list(cell)
+    q += " ORDER BY id DESC LIMIT ?"
+    return [r[0] for r in db.execute(q, args + [last]).fetchall()]
 
 
 def gate(db, night, last=5, alpha=0.01):
@@ -285,7 +311,8 @@ def gate(db, night, last=5, alpha=0.01):
             continue
         threshold = METRICS[metric][1]
         now = ratios(db, night, sc, alloc, metric)
-        base = [v for b in base_nights for v in ratios(db, b, sc, alloc, metric)]
+        cell_nights = good_nights(db, night, last, (sc, alloc, metric))
+        base = [v for b in cell_nights for v in ratios(db, b, sc, alloc, metric)]
         if len(now) < 3 or len(base) < 3:
             add("bench", f"{sc}/{alloc}", metric, "no-baseline", now=median(now) if now else None,
                 detail=f"{len(now)} samples now, {len(base)} before: too few to test")
@@ -294,7 +321,7 @@ def gate(db, night, last=5, alpha=0.01):
         add("bench", f"{sc}/{alloc}", metric, v, now=median(now), base=median(base), change=change, ci=ci, p=p,
             detail=f"ratio to {REFERENCE} {median(base):.3f} -> {median(now):.3f} ({change:+.1%}, 95% CI "
                    f"{ci[0]:+.1%}..{ci[1]:+.1%}), Mann-Whitney p={p:.2g}, {len(now)} vs {len(base)} samples "
-                   f"from {len(base_nights)} night(s), threshold {threshold:.0%}, alpha {alpha}")
+                   f"from night(s) {','.join(map(str, cell_nights))}, threshold {threshold:.0%}, alpha {alpha}")
     # fuzzing: a finding whose stack no earlier night had is new
     seen = {s for (s,) in db.execute("SELECT DISTINCT stack FROM findings WHERE night<?", (night,))}
     for target, engine, stack in db.execute("SELECT target, engine, stack FROM findings WHERE night=?", (night,)):
@@ -359,6 +386,9 @@ def main():
     g.add_argument("--last", type=int, default=5)
     g.add_argument("--alpha", type=float, default=0.01)
     g.add_argument("--out", help="where verdicts.md/json go (default: the night's folder)")
+    c = sub.add_parser("accept", help="a night whose change is intended becomes a baseline despite its regressions")
+    c.add_argument("--state", required=True)
+    c.add_argument("--night", type=int, required=True)
     n = sub.add_parser("nights")
     n.add_argument("--state", required=True)
     args = ap.parse_args()
@@ -374,8 +404,14 @@ def main():
                 print(f"gate: {v['verdict']:11s} {v['kind']:5s} {v['subject']} {v['metric']}: {v['detail']}")
         print(f"gate: night {args.night}: {len(failing)} failing verdict(s) of {len(verdicts)}")
         return 1 if failing else 0
+    elif args.cmd == "accept":
+        if db.execute("UPDATE nights SET accepted=1 WHERE id=?", (args.night,)).rowcount != 1:
+            raise SystemExit(f"history: no night {args.night}")
+        db.commit()
+        print(f"history: night {args.night} is a baseline from now on")
     else:
-        for row in db.execute("SELECT id, started, substr(commit_sha,1,10), quick, passed, machine FROM nights"):
+        for row in db.execute("SELECT id, started, substr(commit_sha,1,10), quick, passed, fault, accepted, machine "
+                              "FROM nights"):
             print(*row, sep="\t")
     return 0
 

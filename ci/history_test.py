@@ -29,8 +29,11 @@ PEERS = ("system", "mimalloc", "jemalloc", "tcmalloc")
 MACHINE = ("Test CPU 3000", "6.1.0-test", 2)
 
 
-def night_doc(rng, slow=1.0, fat=1.0, noise=0.01, findings=(), stage_fail=False, runs=5):
+def night_doc(rng, slow=1.0, fat=1.0, noise=0.01, findings=(), stage_fail=False, runs=5, machine_noise=0.0,
+              fault=None, bench=True):
     results = {}
+    # the machine's speed per round, shared by every allocator of the round
+    rounds = [1 + abs(rng.gauss(0, machine_noise)) for _ in range(runs)]
     for sc in SCENARIOS:
         rows = {}
         base = {"small": 14.0, "mid": 80.0}[sc]
@@ -38,10 +41,11 @@ def night_doc(rng, slow=1.0, fat=1.0, noise=0.01, findings=(), stage_fail=False,
                          ("hakmem-baseline", 1.05), ("hakmem-evolving", 1.07)]:
             k = (slow if alloc.startswith("hakmem") else 1.0)
             m = (fat if alloc.startswith("hakmem") else 1.0)
-            lat = [base * f * k * (1 + rng.gauss(0, noise)) for _ in range(runs)]
+            lat = [base * f * k * rounds[i] * (1 + rng.gauss(0, noise)) for i in range(runs)]
             rss = [50000 * f * m * (1 + rng.gauss(0, noise / 2)) for _ in range(runs)]
             pf = [12000 * f * m * (1 + rng.gauss(0, noise / 2)) for _ in range(runs)]
-            rows[alloc] = {"latency_ns": sorted(lat)[runs // 2], "samples_ns": sorted(lat), "samples_rss_kib": rss,
+            rows[alloc] = {"latency_ns": sorted(lat)[runs // 2], "samples_ns": sorted(lat), "runs_ns": lat,
+                           "samples_rss_kib": rss,
                            "samples_soft_pf": pf, "min_ns": min(lat)}
         results[sc] = rows
     fuzz = {"targets": [{"target": t, "engine": "libfuzzer", "execs": 100000, "exec_per_sec": 300 + rng.random() * 50,
@@ -50,8 +54,8 @@ def night_doc(rng, slow=1.0, fat=1.0, noise=0.01, findings=(), stage_fail=False,
             "findings": [{"target": "api_fuzzer", "engine": "libfuzzer", "stack": s} for s in findings]}
     stages = [{"stage": "sanitizer-asan", "status": "fail" if stage_fail else "pass", "seconds": 300, "log": "x.log"},
               {"stage": "bench", "status": "pass", "seconds": 200, "log": "bench.log"}]
-    return {"quick": True, "seconds": 900, "passed": not stage_fail, "stages": stages,
-            "bench": {"results": results}, "fuzz": fuzz}
+    return {"quick": True, "seconds": 900, "passed": not stage_fail, "stages": stages, "hakmem_fault": fault,
+            "bench": {"results": results} if bench else {}, "fuzz": fuzz}
 
 
 class Nights:
@@ -136,6 +140,29 @@ class GateTest(unittest.TestCase):
         self.assertNotIn(night, history.good_nights(self.nights.db, night + 1, 5))
         self.assertEqual({v["verdict"] for v in after if v["kind"] == "bench"}, {"pass"})
 
+    def test_a_slow_moment_of_the_machine_cancels_by_round(self):
+        # rounds up to ~2x slower for every allocator alike: paired by round, nothing moves
+        for _ in range(3):
+            _, v = self.nights.add(night_doc(self.rng, machine_noise=0.5))
+        self.assertEqual({x["verdict"] for x in v if x["kind"] == "bench" and x["metric"] == "latency_ns"}, {"pass"})
+        _, slow = self.nights.add(night_doc(self.rng, machine_noise=0.5, slow=1.1))
+        self.assertEqual(self.nights.pick(slow, "mid/hakmem-baseline", "latency_ns"), "regression")
+
+    def test_fault_nights_and_benchless_nights_are_no_baseline_accepted_nights_are(self):
+        first, _ = self.nights.add(night_doc(self.rng))
+        fault, _ = self.nights.add(night_doc(self.rng, slow=3.0, fault="slow_malloc"))
+        for _ in range(6):  # nights that ran no benchmark use up no baseline slot
+            self.nights.add(night_doc(self.rng, bench=False))
+        regressed, v = self.nights.add(night_doc(self.rng, slow=1.2))
+        self.assertEqual(self.nights.pick(v, "small/hakmem-baseline", "latency_ns"), "regression")
+        cell = ("small", "hakmem-baseline", "latency_ns")
+        self.assertEqual(history.good_nights(self.nights.db, regressed, 5, cell), [first])
+        # the change was intended: accepted, the next nights compare with it
+        self.nights.db.execute("UPDATE nights SET accepted=1 WHERE id=?", (regressed,))
+        _, after = self.nights.add(night_doc(self.rng, slow=1.2))
+        self.assertIn(regressed, history.good_nights(self.nights.db, regressed + 1, 5, cell))
+        self.assertEqual(self.nights.pick(after, "small/hakmem-baseline", "latency_ns"), "pass")
+
     def test_memory_growth_is_gated(self):
         self.nights.add(night_doc(self.rng))
         _, fat = self.nights.add(night_doc(self.rng, fat=1.2))
@@ -198,7 +225,9 @@ class DashboardTest(unittest.TestCase):
             rng = random.Random(3)
             nights.add(night_doc(rng))
             nights.add(night_doc(rng), machine=("Other CPU", "6.1", 2))
-            nights.add(night_doc(rng, slow=1.2), machine=("Other CPU", "6.1", 2))
+            # markup in the data (a fuzz stack, say) must not break the page
+            nights.add(night_doc(rng, slow=1.2, findings=["</script><!--<script>alert(1)"]),
+                       machine=("Other CPU", "6.1", 2))
             out = os.path.join(tmp, "dash")
             subprocess.run([sys.executable, os.path.join(HERE, "dashboard.py"), "--state", nights.state, "--out", out],
                            check=True)
@@ -219,6 +248,7 @@ class DashboardTest(unittest.TestCase):
             points = re.findall(r'<a href="([^"]+)" data-night="(\d+)"><circle', dom)
             # per scenario chart: 2 hakmem series x 3 nights; fuzz: 2 targets x 3 nights; 3 night charts x 3
             self.assertEqual(len(points), 2 * len(SCENARIOS) * 2 * 3 + 2 * 2 * 3 + 3 * 3)
+            self.assertIn("&lt;/script&gt;&lt;!--&lt;script&gt;alert(1)", dom)  # shown as text
             for href, night in points:
                 self.assertTrue(os.path.exists(os.path.join(out, href)), href)
                 self.assertTrue(href.endswith(f"night-{night}/report.md"), href)

@@ -42,6 +42,11 @@ else
   stress_seconds=600 fuzz_minutes=240 bench_args=""
 fi
 want() { [[ ",$stages," == *",$1,"* ]]; }
+for s in ${stages//,/ }; do
+  case $s in sanitizers|valgrind|stress|fuzz|bench) ;; *) echo "nightly: unknown stage $s (sanitizers,valgrind,stress,fuzz,bench)" >&2; exit 2 ;; esac
+done
+# a reused --out must not carry last night's results into this one
+rm -rf "$out/bench" "$out/fuzz" "$out/coverage" "$out/report.json" "$out/report.md" "$out/verdicts.json" "$out/verdicts.md"
 
 started=$(date +%s)
 stages_json="$out/.stages"

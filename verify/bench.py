@@ -117,7 +117,9 @@ def summarize(runs):
         "ops_per_sec": runs[0]["ops"] / secs if secs > 0 else 0.0,
         "runs": len(runs),
         "samples_ns": lat,
-        # per run, in run order: the nightly gate tests memory like time
+        # per run, in run order (round i of every allocator ran side by
+        # side): the nightly gate pairs them by round, and tests memory like time
+        "runs_ns": [r["ns_per_iter"] for r in runs],
         "samples_rss_kib": [r["maxrss_kib"] for r in runs],
         "samples_soft_pf": [r["minflt"] for r in runs],
     }
