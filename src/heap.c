@@ -97,6 +97,16 @@ static void heaps_adopt_orphans(void) { /* heap_lock held */
   }
 }
 
+/* An abandoned heap's sweep (heap_lock held, or a fork pending): remote
+ * frees taken in, empty pages and segments released, and the purge asked
+ * for the slices the sweep left dirty (purge.c). */
+static void heap_sweep(hak_heap_t* heap) {
+  _hak_heap_release_empty(heap);
+#ifndef HAK_FAULT_ABANDON_PURGE_LOST /* fault injection: the swept pages are never purged */
+  if (heap->purge_next_ns != 0) hak_purge_global_due();
+#endif
+}
+
 /* The heap is marked abandoned before it is swept, so a remote free that
  * the sweep misses sees the mark (free_remote, alloc.c) and requests a
  * reclaim; the store and the sweep's loads against the free's push and its
@@ -110,10 +120,10 @@ static void heap_abandon(hak_heap_t* heap) {
   atomic_store_explicit(&heap->abandoned, true, memory_order_seq_cst);
   atomic_thread_fence(memory_order_seq_cst);
 #ifdef HAK_FAULT_ABANDON_SWEEP_UNLOCKED /* fault injection: swept before the lock (the first version) */
-  _hak_heap_release_empty(heap);
+  heap_sweep(heap);
 #endif
   if (!hak_lock(&heap_lock)) { /* a fork is pending: the lock's next holder adopts it */
-    _hak_heap_release_empty(heap);
+    heap_sweep(heap);
     hak_heap_t* head = atomic_load_explicit(&heaps_orphans, memory_order_relaxed);
     do heap->next_free = head;
     while (!atomic_compare_exchange_weak_explicit(&heaps_orphans, &head, heap, memory_order_release,
@@ -123,10 +133,7 @@ static void heap_abandon(hak_heap_t* heap) {
   }
   heap_push_abandoned(heap);
 #ifndef HAK_FAULT_ABANDON_SWEEP_UNLOCKED
-  _hak_heap_release_empty(heap);
-#ifndef HAK_FAULT_ABANDON_PURGE_LOST /* fault injection: the swept pages are never purged */
-  if (heap->purge_next_ns != 0) hak_purge_global_due(); /* the sweep's retired pages: purge.c */
-#endif
+  heap_sweep(heap);
 #endif
   hak_unlock(&heap_lock);
 }
@@ -234,10 +241,7 @@ void _hak_heaps_reclaim(void) {
   atomic_store_explicit(&_hak_heaps_dirty, false, memory_order_seq_cst);
   atomic_thread_fence(memory_order_seq_cst);
   heaps_adopt_orphans();
-  for (hak_heap_t* h = heaps_free; h != NULL; h = h->next_free) {
-    _hak_heap_release_empty(h);
-    if (h->purge_next_ns != 0) hak_purge_global_due(); /* its retired pages: purge.c */
-  }
+  for (hak_heap_t* h = heaps_free; h != NULL; h = h->next_free) heap_sweep(h);
   hak_unlock(&heap_lock);
 }
 
