@@ -30,6 +30,7 @@ typedef struct {
   hak_lifecycle_t lc;
   hak_rng_t rng;
   hak_p99_t p99;
+  hak_budget_t budget;
   uint64_t samples[256]; /* what p99 was fed, for the check */
   unsigned nsamples;
 } state_t;
@@ -69,6 +70,39 @@ static void check_p99(state_t* st, uint64_t v) {
   if (!(got >= truth) || got > 1.25 * truth + 1) abort(); /* >=: (double)v rounds up near 2^64 */
 }
 
+/* The exploration budget: an operation (earn, admit, settle) of any
+ * amount, then its invariant: what was spent and is reserved never exceeds
+ * the limit plus what the estimates missed; an admission fits the limit;
+ * a settle charges exactly its excess (unless the sum saturates). */
+static void check_budget(hak_budget_t* b, int op, uint64_t v) {
+  hak_budget_t before = *b;
+  switch (op) {
+    case 0: _hak_budget_earn(b, v); break;
+    case 1:
+      if (_hak_budget_admit(b, v)) {
+        uint64_t r = v ? v : 1;
+        if (before.reserved_ns != 0 || b->reserved_ns != r || before.spent_ns + r < before.spent_ns ||
+            before.spent_ns + r > _hak_budget_limit(&before))
+          abort();
+      } else if (b->reserved_ns != before.reserved_ns || b->spent_ns != before.spent_ns) {
+        abort();
+      }
+      break;
+    case 2:
+      _hak_budget_settle(b, v);
+      if (before.reserved_ns == 0 ? b->spent_ns != before.spent_ns
+                                  : b->reserved_ns != 0 || (before.spent_ns + v >= before.spent_ns &&
+                                                             b->spent_ns != before.spent_ns + v))
+        abort();
+      break;
+    default: _hak_budget_earn(b, v << 20); break;
+  }
+  uint64_t room = _hak_budget_limit(b) + b->overrun_ns;
+  if (room < b->overrun_ns) room = UINT64_MAX;
+  if (b->spent_ns > room || b->reserved_ns > room - b->spent_ns) abort();
+  if (_hak_budget_limit(b) < _hak_budget_limit(&before)) abort(); /* the limit only grows */
+}
+
 static void run(const uint8_t* data, size_t size, state_t* st) {
   memset(st, 0, sizeof(*st));
   _hak_ucb_init(&st->ucb, size ? data[0] % 8 : 0);
@@ -95,7 +129,13 @@ static void run(const uint8_t* data, size_t size, state_t* st) {
         break;
       }
       case 3: _hak_elo_play(&st->elo); break;
-      case 4: check_numerics(x); break;
+      case 4: {
+        check_numerics(x);
+        uint64_t v;
+        memcpy(&v, data + i + 1, sizeof(v));
+        check_budget(&st->budget, (op >> 4) & 3, v >> (op & 0x0f) * 4);
+        break;
+      }
       case 5: {
         uint64_t v;
         memcpy(&v, data + i + 1, sizeof(v));

@@ -11,8 +11,8 @@
 #error "a mutant that does not compile (verify/mutants_selftest.sh)"
 #endif
 
-/* Tier selection.  Below 64 KiB (and for the size classes' own alignment)
- * the size classes serve; from 64 KiB the policy (policy.c) decides first
+/* Tier selection.  Up to 128 KiB (and for the size classes' own alignment)
+ * the size classes serve; above it the policy (policy.c) decides first
  * whether the request goes straight to a mapping (huge), and that decision
  * is what routes it. */
 static void reclaim_now(void) {
@@ -30,7 +30,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
   void* p;
   /* HAKMEM_SECURE: a size class with room for the canary too */
   size_t need = _hak_secure ? size + HAK_CANARY : size;
-  bool mid = need < (64u << 10) || (hak_option(HAK_OPT_MODE) == 0 && need <= HAK_SMALL_MAX);
+  bool mid = need <= HAK_SMALL_MAX;
   if (align <= HAK_ALIGN && mid) {
     size_t bin = _hak_bin_of(need);
     hak_block_t* b = hak_page_pop(heap->direct[bin]);

@@ -335,7 +335,7 @@ size_t hak_check_heap(void) {
   size_t q = _hak_madvq_check();
   if (q) bad += violation("batch queue ranges overlapping or misaligned", NULL, q, 0);
   size_t sites = _hak_site_check();
-  if (sites) bad += violation("site threshold that is not a UCB1 arm", NULL, sites, 0);
+  if (sites) bad += violation("site threshold that is not a UCB1 arm, or exploration beyond its budget", NULL, sites, 0);
   hak_track_quiet(false);
   return bad;
 }

@@ -61,11 +61,14 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(batch, retained_bytes, "released mappings kept for reuse now")         \
   X(learn, decisions, "large requests routed by the policy (evolving)")    \
   X(learn, samples, "sampled (timed) large requests")                      \
-  X(learn, explored, "samples routed by an exploratory choice")            \
+  X(learn, explored, "epochs routed otherwise than the policy in force")   \
   X(learn, adoptions, "UCB1 arms adopted by sites")                        \
   X(learn, matches, "ELO matches played")                                  \
   X(learn, windows, "lifecycle windows closed")                            \
   X(learn, routed_huge, "requests >= 64 KiB the policy sent to mmap")      \
+  X(learn, explore_ns, "excess cost of exploring epochs, ns (what learning spent)") \
+  X(learn, denied, "explorations the sites' budgets did not admit")       \
+  X(learn, settled, "times a site stopped exploring (every arm measured, none cheaper)") \
   X(os, mmap_calls, "mmap system calls")                                   \
   X(os, munmap_calls, "munmap system calls")                               \
   X(os, madvise_calls, "madvise system calls")                             \
@@ -111,6 +114,14 @@ typedef struct hak_site_info_s {
   uint64_t frees;
   uint64_t bytes;
   uint64_t threshold; /* learned mmap threshold (evolving mode), 0: default */
+  /* evolving mode: what learning measured and spent at this site */
+  uint64_t large;      /* requests the policy routed (above 128 KiB)      */
+  uint64_t epochs;     /* measured epochs (8 requests each)               */
+  uint64_t explored;   /* of which routed otherwise than the policy in force */
+  uint64_t cost_ns;    /* the site's estimated cost under the policy in force */
+  uint64_t explore_ns; /* excess cost of its explorations (<= 2 % of cost_ns, plus overrun) */
+  uint64_t overrun_ns; /* part of explore_ns beyond the explorations' estimates */
+  int settled;         /* 1: stopped exploring (every arm measured, none cheaper) */
 } hak_site_info_t;
 
 /* Empties BigCache and the batch queue, unmaps retained and cached memory

@@ -88,7 +88,7 @@ bool _hak_init(void) {
   _hak_harden_init();
   _hak_options_init();
   _hak_secure_init();
-  _hak_fast_limit = hak_option(HAK_OPT_MODE) == 1 ? (64u << 10) - 1 : HAK_SMALL_MAX;
+  _hak_fast_limit = HAK_SMALL_MAX;
   _hak_thp_always = _hak_os_thp_always();
   _hak_heap_init_key();
   atomic_store_explicit(&init_state, 2, memory_order_release);
@@ -102,7 +102,7 @@ bool _hak_init(void) {
 __attribute__((constructor)) static void hak_constructor(void) {
   _hak_init();
   _hak_options_init(); /* no-op unless the first read came before environ */
-  _hak_fast_limit = hak_option(HAK_OPT_MODE) == 1 ? (64u << 10) - 1 : HAK_SMALL_MAX;
+  _hak_fast_limit = HAK_SMALL_MAX;
   pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 

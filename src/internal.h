@@ -309,8 +309,9 @@ HAK_INTERNAL void _hak_quarantine_flush(hak_heap_t* heap); /* every block held, 
 HAK_INTERNAL uint64_t _hak_secure_rand(hak_heap_t* heap);
 
 /* ---- init.c: process init, fork protocol, hak_collect --------------------- */
-/* Largest size the fast path serves: HAK_SMALL_MAX, or 64 KiB - 1 in
- * evolving mode, where larger requests ask the policy first. */
+/* Largest size the fast path serves: HAK_SMALL_MAX in both modes (the
+ * policy never maps a block the size classes serve: a mapping per 64-128
+ * KiB block, system calls and faults each time, never paid off). */
 HAK_INTERNAL extern size_t _hak_fast_limit;
 HAK_INTERNAL bool _hak_init(void); /* false: re-entered on the initializing thread */
 HAK_INTERNAL extern bool _hak_thp_always; /* the system backs every mapping with huge pages */

@@ -418,6 +418,38 @@ const char* _hak_learn_state_name(hak_learn_state_t s) {
   return "unknown";
 }
 
+/* ---- exploration budget ------------------------------------------------------------ */
+static uint64_t sat_add(uint64_t a, uint64_t b) { return a + b < a ? UINT64_MAX : a + b; }
+
+uint64_t _hak_budget_limit(const hak_budget_t* b) {
+  /* earned / 1000 * permille: no overflow for any earned */
+  return b->earned_ns / 1000 * HAK_EXPLORE_PERMILLE + b->earned_ns % 1000 * HAK_EXPLORE_PERMILLE / 1000;
+}
+
+void _hak_budget_earn(hak_budget_t* b, uint64_t ns) { b->earned_ns = sat_add(b->earned_ns, ns); }
+
+bool _hak_budget_admit(hak_budget_t* b, uint64_t reserve_ns) {
+  if (reserve_ns == 0) reserve_ns = 1; /* no budget, no exploration, however cheap it looks */
+  uint64_t need = sat_add(b->spent_ns, reserve_ns);
+#ifdef HAK_FAULT_BUDGET_IGNORED /* fault injection: exploration never waits for its budget */
+  need = 0;
+#endif
+  if (b->reserved_ns != 0 || need > _hak_budget_limit(b)) {
+    b->denied++;
+    return false;
+  }
+  b->reserved_ns = reserve_ns;
+  b->admitted++;
+  return true;
+}
+
+void _hak_budget_settle(hak_budget_t* b, uint64_t excess_ns) {
+  if (b->reserved_ns == 0) return;
+  b->spent_ns = sat_add(b->spent_ns, excess_ns);
+  if (excess_ns > b->reserved_ns) b->overrun_ns = sat_add(b->overrun_ns, excess_ns - b->reserved_ns);
+  b->reserved_ns = 0;
+}
+
 /* ---- p99 estimator ---------------------------------------------------------------------- */
 static unsigned p99_index(uint64_t v) {
   if (v < 4) return (unsigned)v;

@@ -153,6 +153,37 @@ HAK_LEARN_API const char* _hak_learn_state_name(hak_learn_state_t s);
  * 0 when either is all zero. */
 HAK_LEARN_API double _hak_mix_distance(const uint64_t a[HAK_MIX_BUCKETS], const uint64_t b[HAK_MIX_BUCKETS]);
 
+/* ---- exploration budget (one per call site) --------------------------------
+ * Exploration is paid for out of what the site has cost under the policy in
+ * force: its excess cost (measured cost of an exploring epoch beyond what
+ * the policy in force would have cost) may reach HAK_EXPLORE_PERMILLE / 1000
+ * of it.  An exploring epoch is admitted only with a reservation (the
+ * estimate of its excess) that fits; when it closes, its measured excess is
+ * charged, and whatever it cost beyond its reservation is also counted as
+ * overrun (the estimate was wrong; it still counts against later
+ * admissions, which need spent + reserve <= limit).  Invariant, at every
+ * step:
+ *   spent_ns + reserved_ns <= limit + overrun_ns,  limit = earned_ns * permille / 1000
+ * and at most one reservation is open. */
+#define HAK_EXPLORE_PERMILLE 20
+typedef struct {
+  uint64_t earned_ns;   /* the site's cost under the policy in force     */
+  uint64_t spent_ns;    /* excess cost of exploration, as measured       */
+  uint64_t overrun_ns;  /* part of spent_ns beyond each reservation      */
+  uint64_t reserved_ns; /* the open exploration's reservation, 0: none   */
+  uint64_t admitted, denied;
+} hak_budget_t;
+
+HAK_LEARN_API uint64_t _hak_budget_limit(const hak_budget_t* b);
+/* Adds to the site's cost (saturating). */
+HAK_LEARN_API void _hak_budget_earn(hak_budget_t* b, uint64_t ns);
+/* Opens an exploration reserving reserve_ns (at least 1): true when none is
+ * open and spent + reserve fits the limit. */
+HAK_LEARN_API bool _hak_budget_admit(hak_budget_t* b, uint64_t reserve_ns);
+/* Closes the open exploration, charging its measured excess (no-op when
+ * none is open). */
+HAK_LEARN_API void _hak_budget_settle(hak_budget_t* b, uint64_t excess_ns);
+
 /* ---- p99 estimator --------------------------------------------------------- */
 /* Values 0..3 have a bucket each; a value v >= 4 with e = floor(log2 v)
  * falls in one of 4 equal sub-buckets of [2^e, 2^(e+1)), so a bucket's upper

@@ -6,48 +6,70 @@
  * block is allocated and is what routes it.
  *
  * baseline (HAKMEM_MODE=baseline): the fixed HAKMEM_HUGE_THRESHOLD (2 MiB).
- * evolving (HAKMEM_MODE=evolving), for requests of 64 KiB and more:
- *  - outside an experiment a request uses its site's snapshot: the arm its
- *    UCB1 bandit adopted (64 KiB .. 2 MiB), else the ELO champion among 12
- *    global candidates (512 KiB .. 32 MiB) once ELO has played, else the
- *    default;
- *  - while learning (lifecycle LEARN, or CANARY for 5 % of epochs) a site
- *    runs epochs, one every 64 of its requests (the 56 in between cost one
- *    counter): HAK_POLICY_EPOCH (8) consecutive requests routed by one
- *    choice, the site's UCB1 arm (epoch started by a request under 2 MiB)
- *    or an epsilon-greedy ELO candidate (2 MiB and more).  An epoch's cost
- *    is measured from its first request to the first request of the next
- *    epoch, so it includes the page faults the program takes touching the
- *    blocks (thread's fault counter, through the OS layer): per request,
- *    0.4 x time in the allocator (relative to 20 us) + 0.3 x faults per
- *    page requested + 0.3 x bytes reserved beyond the request (relative),
- *    each clamped to [0, 1]; the UCB1 reward is 1 - cost, ELO gets the raw
- *    per-request means (it normalizes per match);
- *  - every 4 closed epochs a site's UCB1 evaluates (adopt after 3 wins of
+ * evolving (HAKMEM_MODE=evolving, the default), for requests the size
+ * classes do not take (above 128 KiB):
+ *  - the policy in force: below 2 MiB the site's own threshold, the arm its
+ *    UCB1 bandit adopted (64 KiB .. 2 MiB; the default until one is); from
+ *    2 MiB the ELO champion among 12 global candidates (512 KiB .. 32 MiB)
+ *    once ELO has played, else the default;
+ *  - measurement: a site's requests cycle through 64 positions; 0..7 are an
+ *    epoch, routed by one choice, whose cost is the wall time from its first
+ *    request to the request after it (position 8), per request: it counts
+ *    the allocator, the page faults the program takes touching the blocks,
+ *    and the frees.  An epoch routed by the policy in force (control)
+ *    measures what the site costs; the site earns its exploration budget
+ *    from that cost (HAK_EXPLORE_PERMILLE, 2 %, of it: learn.h);
+ *  - exploration: an epoch routed otherwise (a UCB1 arm below 2 MiB; an
+ *    epsilon-greedy ELO candidate from 2 MiB) runs only when the site has
+ *    had EXPLORE_MIN_REQUESTS large requests, is not settled, and its budget
+ *    admits a reservation: the estimated excess cost of the epoch.  The
+ *    estimate comes from what the site measured per (size bucket, tier)
+ *    cell: an arm that routes the site's sizes to tiers already measured is
+ *    estimated without being tried, and arms never tried are taken in the
+ *    order of their estimates (a never measured cell: a pessimistic prior).
+ *    When it closes, its measured excess over the control cost is charged;
+ *  - an epoch's cost updates every UCB1 arm that would have routed its
+ *    requests the same way (they would have cost the same), so the bandit
+ *    learns about arms it never played;
+ *  - a site settles (stops exploring) once every alternative's cells are
+ *    measured and none is estimated cheaper than the policy in force by
+ *    SETTLE_PCT: all arms cost the same within noise, or the one in force is
+ *    best.  A new size bucket or a drift of the control cost unsettles it;
+ *  - every 4 closed UCB epochs a site's UCB1 evaluates (adopt after 3 wins of
  *    8 %, at most once per 180 s) and the adopted arm becomes the site's
  *    snapshot; a window of 10,000 large requests or 2 s closes with the p99
  *    of the timed requests and the size mix into the lifecycle (LEARN ->
- *    FROZEN -> LEARN / CANARY; LEARN lasts at least 400 explored epochs)
- *    and plays ELO's pending matches.
- * In FROZEN no experiment runs; one request in 8 is timed for the window.
- * Learning never touches the small fast path; its work is guarded by
- * try-locks, so a busy learner skips instead of waiting.  Every random
+ *    FROZEN -> LEARN / CANARY) and plays ELO's pending matches.
+ * In FROZEN only control epochs run; one request in 8 is timed for the
+ * window.  Learning never touches the small fast path; its work is guarded
+ * by try-locks, so a busy learner skips instead of waiting.  Every random
  * choice comes from HAKMEM_SEED; time and faults come from the OS layer. */
 #include <string.h>
 
 #include "internal.h"
 
-#define HAK_POLICY_EPOCH 8
 #define HAK_POLICY_GAP 56 /* unmeasured requests between two epochs */
+#define HAK_POLICY_PERIOD (HAK_POLICY_EPOCH + HAK_POLICY_GAP)
 #define HAK_POLICY_EVAL 4
 #define HAK_POLICY_TIMED 8
 #define HAK_POLICY_MIN (64u << 10)
 #define WINDOW_OPS 10000
 #define WINDOW_NS (2ull * 1000000000ull)
 #define UCB_SPLIT (2u << 20)
-/* LEARN may not end before this many epochs were explored since it began:
+#define UCB_BUCKETS 5 /* buckets 0..4 (64 KiB .. 2 MiB) are the UCB1 arms' */
+/* LEARN may not end before this many epochs were measured since it began:
  * a flat p99 alone (the estimator's buckets are coarse) is no convergence. */
 #define FREEZE_MIN_EPOCHS 400
+#define EXPLORE_MIN_REQUESTS 256 /* a site's large requests before it explores */
+#define SETTLE_PCT 0.05          /* cheaper by less than this: the same  */
+#define SETTLE_MIN 4             /* epochs' worth of requests in a cell before it counts */
+#define SETTLE_DRIFT 0.25        /* control cost moved this much: unsettle */
+#define COST_MAX_NS 100000000.0  /* a request's measured cost is clamped to 100 ms */
+/* Priors for a cell never measured, as an excess over the other tier's
+ * cost (pessimistic: a reservation must cover the epoch): mapping costs the
+ * system calls and may fault in every page; fresh slices may fault too. */
+#define PRIOR_MAP_NS 20000.0
+#define PRIOR_PAGE_NS 250.0
 
 static pthread_mutex_t pol_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
@@ -57,13 +79,14 @@ static struct {
   hak_p99_t p99;
   uint64_t mix[HAK_MIX_BUCKETS];
   uint64_t window_start;
-  uint64_t learn_mark; /* st_explored when LEARN was last entered */
+  uint64_t learn_mark; /* st_epochs when LEARN was last entered */
   hak_rng_t rng;
 } pol;
 static _Atomic(uint32_t) elo_threshold; /* champion, once a match is played */
 static _Atomic(int) lc_state;
 static _Atomic(uint64_t) window_ops;
-static _Atomic(uint64_t) st_decisions, st_samples, st_explored, st_adoptions, st_matches, st_windows, st_routed_huge;
+static _Atomic(uint64_t) st_decisions, st_samples, st_explored, st_adoptions, st_matches, st_windows, st_routed_huge,
+    st_explore_ns, st_denied, st_settled, st_epochs;
 
 static uint64_t policy_seed(void) {
   long s = hak_option(HAK_OPT_SEED);
@@ -84,8 +107,6 @@ static void policy_ready(void) {
 
 static bool evolving(void) { return hak_option(HAK_OPT_MODE) == 1; }
 
-static double clamp01(double x) { return x != x || x < 0 ? 0 : x > 1 ? 1 : x; }
-
 /* A number for the calling thread, never reused (a tid or a TLS address
  * may be, by a later thread). */
 static uint32_t thread_token(void) {
@@ -95,58 +116,242 @@ static uint32_t thread_token(void) {
   return token;
 }
 
-/* Ends the site's epoch (site lock held): feeds its cost to its learner.
- * The page-fault counter is the thread's own (getrusage RUSAGE_THREAD): an
- * epoch closed by another thread than the one that opened it has no fault
- * count (the difference of two threads' counters, which wrapped to ~1.8e19
- * in the first version) and is dropped unmeasured. */
-static void epoch_close(hak_site_t* s, uint64_t now) {
-  if (s->epoch_kind == 0 || s->epoch_n == 0) return;
-  uint64_t f = _hak_os->faults();
-#ifndef HAK_FAULT_EPOCH_CROSS_THREAD /* fault injection: the first version */
-  if (s->epoch_thread != thread_token() || f < s->epoch_faults0) {
-    s->epoch_kind = 0;
-    return;
-  }
-#endif
-  double n = (double)s->epoch_n;
-  double cpu = (double)s->epoch_cpu_ns / n;
-  double faults = (double)(f - s->epoch_faults0) / n;
-  double pages = (double)s->epoch_bytes / 4096.0 / n;
-  double waste = (double)s->epoch_waste / n;
-  if (s->epoch_kind == HAK_DECIDE_UCB) {
-    double cost = 0.4 * clamp01(cpu / 20000.0) + 0.3 * clamp01(faults / (pages > 1 ? pages : 1)) +
-                  0.3 * clamp01(waste * n / (double)s->epoch_bytes);
-    _hak_ucb_update(&s->ucb, s->epoch_arm, 1.0 - cost);
-    if (++s->epochs % HAK_POLICY_EVAL == 0 && _hak_ucb_evaluate(&s->ucb, now, HAK_UCB_COOLDOWN_NS)) {
-      atomic_store_explicit(&s->threshold, (uint32_t)_hak_ucb_threshold(&s->ucb), memory_order_relaxed);
-      hak_atomic_add(st_adoptions, 1);
-    }
-  } else if (hak_trylock(&pol_lock) == 0) {
-    policy_ready();
-    _hak_elo_record(&pol.elo, s->epoch_arm, cpu, faults, waste);
-    hak_unlock(&pol_lock);
-  }
-  s->epoch_kind = 0;
+/* ---- what a site has measured: (size bucket, tier) cells ---------------- */
+
+/* 64K, 128K, ..., 1M: one bucket per UCB1 arm below 2 MiB; 2-4M; more. */
+static int bucket_of(size_t size) {
+  int b = 0;
+  for (size_t edge = 128u << 10; b < HAK_LEARN_BUCKETS - 1 && size >= edge; edge <<= 1) b++;
+  return b;
 }
 
-/* Starts an epoch for a request of this size (site lock held); false if
- * no experiment should run now. */
-static bool epoch_start(hak_site_t* s, size_t size, uint64_t now) {
-  int state = atomic_load_explicit(&lc_state, memory_order_relaxed);
-  if (state == HAK_FROZEN) return false;
-  if (size < UCB_SPLIT) {
-    if (state == HAK_CANARY) return false; /* canaries try ELO candidates */
-    s->epoch_kind = HAK_DECIDE_UCB;
-    s->epoch_arm = _hak_ucb_select(&s->ucb);
+/* Does UCB1 arm a map requests of bucket b (< UCB_BUCKETS)? */
+static bool arm_huge(int a, int b) { return b >= a; }
+
+/* The UCB1 arm the site's policy in force is, below 2 MiB. */
+static int arm_in_force(const hak_site_t* s) { return s->ucb.current; }
+
+static double pages_of(int b) { return (double)((size_t)(96u << 10) << b) / 4096.0; /* 1.5 x the bucket's start */ }
+
+/* Estimated cost per request of serving bucket b from tier huge/large. */
+static double cell_est(const hak_site_t* s, int b, int huge) {
+  if (s->cell_n[b][huge] > 0) return s->cell_ns[b][huge];
+  double other = s->cell_n[b][!huge] > 0 ? s->cell_ns[b][!huge] : 0;
+  return other + (huge ? PRIOR_MAP_NS : 0) + pages_of(b) * PRIOR_PAGE_NS;
+}
+
+static bool cell_known(const hak_site_t* s, int b, int huge) {
+  return s->cell_n[b][huge] >= SETTLE_MIN * HAK_POLICY_EPOCH;
+}
+
+static void cell_add(hak_site_t* s, int b, int huge, double ns) {
+  uint32_t n = s->cell_n[b][huge];
+  /* no clipping: a tier's cost comes in rare slow windows too (a purge
+   * refaulting what the program touches), and clipping them hides it */
+  if (n < UINT32_MAX) s->cell_n[b][huge] = ++n;
+  /* a mean over the first 16, then a moving average: tiers' costs drift */
+  s->cell_ns[b][huge] += (float)((ns - s->cell_ns[b][huge]) / (n < 16 ? n : 16));
+}
+
+/* The site's sampled UCB-domain buckets, as a mask. */
+static uint32_t ucb_mix(const hak_site_t* s) {
+  uint32_t m = 0;
+  for (int b = 0; b < UCB_BUCKETS; b++) m |= (s->mix[b] != 0) << b;
+  return m;
+}
+
+/* Do arms a and c route every bucket of mask m the same way? */
+static bool arms_same(int a, int c, uint32_t m) {
+  for (int b = 0; b < UCB_BUCKETS; b++)
+    if ((m >> b & 1) && arm_huge(a, b) != arm_huge(c, b)) return false;
+  return true;
+}
+
+/* Estimated excess cost per request of arm a over arm c on the site's mix;
+ * *known: every cell a needs is measured. */
+static double arm_excess(const hak_site_t* s, int a, int c, bool* known) {
+  double total = 0, excess = 0;
+  *known = true;
+  for (int b = 0; b < UCB_BUCKETS; b++) {
+    if (s->mix[b] == 0) continue;
+    total += s->mix[b];
+    if (arm_huge(a, b) == arm_huge(c, b)) continue;
+    *known &= cell_known(s, b, arm_huge(a, b));
+    excess += s->mix[b] * (cell_est(s, b, arm_huge(a, b)) - cell_est(s, b, arm_huge(c, b)));
+  }
+  return total > 0 ? excess / total : 0;
+}
+
+/* Settled: every arm that routes the site's mix otherwise than the one in
+ * force is estimated from measured cells, and none is cheaper by
+ * SETTLE_PCT.  Exploration stops (until the mix or the cost moves). */
+static void settle_check(hak_site_t* s) {
+  uint32_t m = ucb_mix(s);
+  int c = arm_in_force(s);
+  if (m == 0 || s->ctl_ns <= 0) return;
+  for (int a = 0; a < HAK_UCB_ARMS; a++) {
+    if (arms_same(a, c, m)) continue;
+    bool known;
+    double x = arm_excess(s, a, c, &known);
+    if (!known || x < -SETTLE_PCT * s->ctl_ns) return;
+  }
+  if (s->settled_mix == 0) hak_atomic_add(st_settled, 1);
+  s->settled_mix = m;
+  s->settle_ctl_ns = s->ctl_ns;
+}
+
+static bool settled(hak_site_t* s) {
+  if (s->settled_mix == 0) return false;
+  double drift = s->ctl_ns > s->settle_ctl_ns ? s->ctl_ns - s->settle_ctl_ns : s->settle_ctl_ns - s->ctl_ns;
+  if (s->settled_mix != ucb_mix(s) || drift > SETTLE_DRIFT * s->settle_ctl_ns) s->settled_mix = 0;
+  return s->settled_mix != 0;
+}
+
+/* The UCB1 arm to explore: the arms never played (none that routes the
+ * site's mix as the policy in force does) in the order of their estimated
+ * excess, then UCB1's own choice; -1: nothing to explore. */
+static int ucb_explore_arm(const hak_site_t* s, double* excess) {
+  uint32_t m = ucb_mix(s);
+  int c = arm_in_force(s), best = -1;
+  double best_x = 0;
+  bool known;
+  for (int a = 0; a < HAK_UCB_ARMS; a++) {
+    if (s->ucb.pulls[a] != 0 || arms_same(a, c, m)) continue;
+    double x = arm_excess(s, a, c, &known);
+    if (best < 0 || x < best_x) best = a, best_x = x;
+  }
+  if (best < 0) {
+    best = _hak_ucb_select(&s->ucb);
+    if (arms_same(best, c, m)) return -1;
+    best_x = arm_excess(s, best, c, &known);
+  }
+  *excess = best_x;
+  return best;
+}
+
+/* ELO: does candidate threshold t map a request of this size? */
+static bool thr_huge(size_t t, size_t size) {
+  return size >= t || size + HAK_ALIGN > (size_t)HAK_LARGE_MAX_SLICES << HAK_SLICE_SHIFT;
+}
+
+/* Ends the site's epoch (site lock held): its cost per request (window wall
+ * time) goes to the cells, to every UCB1 arm that would have routed it
+ * alike, to ELO, to the control cost and the budget.  The page-fault
+ * counter ELO also uses is the thread's own (getrusage RUSAGE_THREAD): an
+ * epoch closed by another thread than the one that opened it has no fault
+ * count (the difference of two threads' counters, which wrapped to ~1.8e19
+ * in the first version), and ELO does not get it. */
+static void epoch_close(hak_site_t* s, uint64_t now) {
+  if (s->epoch_kind == 0) return;
+  int kind = s->epoch_kind;
+  s->epoch_kind = 0;
+  /* unmeasured: an epoch nobody recorded into, a clock gone backwards, and
+   * the site's first, which pays for warming up whatever it touches */
+  if (s->epoch_n == 0 || now < s->epoch_t0 || s->epoch_count0 < HAK_POLICY_PERIOD) {
+    _hak_budget_settle(&s->budget, s->budget.reserved_ns); /* unmeasured: charged its reservation */
+    return;
+  }
+  uint32_t count = atomic_load_explicit(&s->large_count, memory_order_relaxed);
+  double n = (double)s->epoch_n;
+  double window = (double)(now - s->epoch_t0);
+  if (window > COST_MAX_NS * n) window = COST_MAX_NS * n;
+  double cost = window / n;
+  /* cells: the window split over the requests by size */
+  uint32_t m = 0;
+  double kib = 0;
+  uint32_t k = s->epoch_n < HAK_POLICY_EPOCH ? s->epoch_n : HAK_POLICY_EPOCH;
+  for (uint32_t i = 0; i < k; i++) kib += s->epoch_kib[i] ? s->epoch_kib[i] : 1;
+  for (uint32_t i = 0; i < k; i++) {
+    int b = s->epoch_cell[i] >> 1, huge = s->epoch_cell[i] & 1;
+    cell_add(s, b, huge, window * (s->epoch_kib[i] ? s->epoch_kib[i] : 1) / kib);
+    if (b < UCB_BUCKETS) m |= 1u << b;
+  }
+  /* the budget: the site earns what its requests since the last close cost
+   * under the policy in force; an exploration is charged its excess */
+  if (s->epoch_explore) {
+    double excess = s->ctl_ns > 0 ? (cost - s->ctl_ns) * n : window;
+    uint64_t x = excess > 0 ? (uint64_t)excess : 0;
+    _hak_budget_settle(&s->budget, x);
+    hak_atomic_add(st_explore_ns, x);
   } else {
-    if (hak_trylock(&pol_lock) != 0) return false;
+    s->ctl_ns = s->ctl_ns > 0 ? s->ctl_ns + (cost - s->ctl_ns) / 4 : cost;
+  }
+  if (s->ctl_ns > 0) _hak_budget_earn(&s->budget, (uint64_t)(s->ctl_ns * (double)(uint32_t)(count - s->earned_count)));
+  s->earned_count = count;
+  s->epochs_all++;
+  hak_atomic_add(st_epochs, 1);
+  if (kind == HAK_DECIDE_UCB && m != 0) {
+    /* relative to the policy in force as measured now: 0.5 for as costly,
+     * more for cheaper (the scale drifts with the program, both sides alike) */
+    double reward = s->ctl_ns > 0 ? s->ctl_ns / (s->ctl_ns + cost) : 0.5;
+    for (int a = 0; a < HAK_UCB_ARMS; a++)
+      if (arms_same(a, s->epoch_arm, m)) _hak_ucb_update(&s->ucb, a, reward);
+    if (++s->epochs % HAK_POLICY_EVAL == 0 && _hak_ucb_evaluate(&s->ucb, now, HAK_UCB_COOLDOWN_NS)) {
+      atomic_store_explicit(&s->threshold, (uint32_t)_hak_ucb_threshold(&s->ucb), memory_order_relaxed);
+      bool known;
+      s->ctl_ns += arm_excess(s, s->ucb.current, s->epoch_arm, &known); /* the new arm's estimate */
+      if (s->ctl_ns < 1) s->ctl_ns = 1;
+      hak_atomic_add(st_adoptions, 1);
+    }
+  } else if (kind == HAK_DECIDE_ELO) {
+    uint64_t f = _hak_os->faults();
+#ifndef HAK_FAULT_EPOCH_CROSS_THREAD /* fault injection: the first version */
+    bool faults_ok = s->epoch_thread == thread_token() && f >= s->epoch_faults0;
+#else
+    bool faults_ok = true;
+#endif
+    if (faults_ok && hak_trylock(&pol_lock) == 0) {
+      policy_ready();
+      _hak_elo_record(&pol.elo, s->epoch_arm, cost, (double)(f - s->epoch_faults0) / n, (double)s->epoch_waste / n);
+      hak_unlock(&pol_lock);
+    }
+  }
+  settle_check(s);
+}
+
+/* Starts an epoch for a request of this size (site lock held): an
+ * exploration when the site may and its budget admits it, else a control
+ * epoch (the policy in force, measured). */
+static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, uint64_t now) {
+  int state = atomic_load_explicit(&lc_state, memory_order_relaxed);
+  int b = bucket_of(size);
+  if (b < UCB_BUCKETS && s->mix[b] == 0) s->mix[b] = 1; /* seen: the mix decides what exploring means */
+  bool may = state != HAK_FROZEN && count >= EXPLORE_MIN_REQUESTS && s->ctl_ns > 0 && !settled(s);
+  s->epoch_explore = false;
+  if (size < UCB_SPLIT) {
+    s->epoch_kind = HAK_DECIDE_UCB;
+    s->epoch_arm = arm_in_force(s);
+    double x;
+    int a = may && state != HAK_CANARY /* canaries try ELO candidates */ ? ucb_explore_arm(s, &x) : -1;
+    if (a >= 0) {
+      if (_hak_budget_admit(&s->budget, x > 0 ? (uint64_t)(x * HAK_POLICY_EPOCH) : 0)) {
+        s->epoch_arm = a;
+        s->epoch_explore = true;
+      } else {
+        hak_atomic_add(st_denied, 1);
+      }
+    }
+  } else {
+    if (hak_trylock(&pol_lock) != 0) return;
     policy_ready();
-    bool go = state == HAK_LEARN || _hak_lifecycle_canary(&pol.lc, &pol.rng);
-    if (go) s->epoch_arm = _hak_elo_select(&pol.elo);
+    int champ = _hak_elo_champion(&pol.elo);
+    int a = champ;
+    if (may && (state == HAK_LEARN || _hak_lifecycle_canary(&pol.lc, &pol.rng))) a = _hak_elo_select(&pol.elo);
     hak_unlock(&pol_lock);
-    if (!go) return false;
+    bool huge_c = thr_huge(thr, size), huge_a = thr_huge(_hak_elo_thresholds[a], size);
     s->epoch_kind = HAK_DECIDE_ELO;
+    s->epoch_arm = champ;
+    if (huge_a == huge_c) {
+      s->epoch_arm = a; /* routes as the policy in force: a free sample */
+    } else {
+      double x = cell_est(s, b, huge_a) - cell_est(s, b, huge_c);
+      if (_hak_budget_admit(&s->budget, x > 0 ? (uint64_t)(x * HAK_POLICY_EPOCH) : 0)) {
+        s->epoch_arm = a;
+        s->epoch_explore = true;
+      } else {
+        hak_atomic_add(st_denied, 1);
+      }
+    }
   }
   s->epoch_left = HAK_POLICY_EPOCH;
   s->epoch_seq++;
@@ -154,9 +359,12 @@ static bool epoch_start(hak_site_t* s, size_t size, uint64_t now) {
   s->epoch_cpu_ns = s->epoch_bytes = s->epoch_waste = 0;
   s->epoch_faults0 = _hak_os->faults();
   s->epoch_thread = thread_token();
-  (void)now;
-  hak_atomic_add(st_explored, 1);
-  return true;
+  s->epoch_t0 = now;
+  s->epoch_count0 = count;
+  if (s->epoch_explore) {
+    s->epochs_explored++;
+    hak_atomic_add(st_explored, 1);
+  }
 }
 
 size_t _hak_policy_decide(hak_site_t* s, size_t size, hak_decision_t* d) {
@@ -165,25 +373,27 @@ size_t _hak_policy_decide(hak_site_t* s, size_t size, hak_decision_t* d) {
   if (!evolving() || size < HAK_POLICY_MIN) return def;
   hak_atomic_add(st_decisions, 1);
   hak_atomic_add(window_ops, 1);
-  uint32_t t = s ? atomic_load_explicit(&s->threshold, memory_order_relaxed) : 0;
-  uint32_t e = atomic_load_explicit(&elo_threshold, memory_order_relaxed);
-  size_t thr = t ? t : e ? e : def;
+  /* the policy in force: the site's arm below 2 MiB, ELO's champion above */
+  uint32_t t = size < UCB_SPLIT && s ? atomic_load_explicit(&s->threshold, memory_order_relaxed)
+                                     : atomic_load_explicit(&elo_threshold, memory_order_relaxed);
+  size_t thr = t ? t : def;
   if (s == NULL) return thr;
   /* a site's requests cycle through 64 positions: 0..7 an epoch, 8 closes
    * it, 9..63 use the snapshot; one request in 8 is timed for the window */
   uint32_t n = atomic_fetch_add_explicit(&s->large_count, 1, memory_order_relaxed);
-  uint32_t pos = n % (HAK_POLICY_EPOCH + HAK_POLICY_GAP);
+  uint32_t pos = n % HAK_POLICY_PERIOD;
   bool timed = n % HAK_POLICY_TIMED == 0;
   if (pos > HAK_POLICY_EPOCH && !timed) return thr;
   if (!_hak_site_trylock(s)) return thr;
   uint64_t now = _hak_os->now_ns();
+  if (timed && s->mix[bucket_of(size)] < UINT32_MAX) s->mix[bucket_of(size)]++;
   bool epoch = false;
   if (pos == HAK_POLICY_EPOCH) {
     epoch_close(s, now); /* its cost includes touching its blocks */
   } else if (pos < HAK_POLICY_EPOCH) {
     if (pos == 0) {
       epoch_close(s, now); /* one left open by a busy lock */
-      epoch_start(s, size, now);
+      epoch_start(s, size, thr, n, now);
     }
     epoch = s->epoch_kind != 0 && s->epoch_left > 0;
   }
@@ -203,7 +413,11 @@ size_t _hak_policy_decide(hak_site_t* s, size_t size, hak_decision_t* d) {
   d->site = s;
   d->size = size;
   d->t0 = now;
-  size_t epoch_thr = s->epoch_kind == HAK_DECIDE_UCB ? _hak_ucb_thresholds[s->epoch_arm] : _hak_elo_thresholds[s->epoch_arm];
+  /* an epoch routes its own domain's requests by its arm, the others by
+   * the policy in force */
+  size_t epoch_thr = thr;
+  if (s->epoch_kind == HAK_DECIDE_UCB && size < UCB_SPLIT) epoch_thr = _hak_ucb_thresholds[s->epoch_arm];
+  if (s->epoch_kind == HAK_DECIDE_ELO && size >= UCB_SPLIT) epoch_thr = _hak_elo_thresholds[s->epoch_arm];
   _hak_site_unlock(s);
   hak_atomic_add(st_samples, 1);
   return epoch_thr;
@@ -219,7 +433,7 @@ static int mix_bucket(size_t size) {
 static void window_maybe_close(uint64_t now) {
   uint64_t ops = atomic_load_explicit(&window_ops, memory_order_relaxed);
   if (ops < WINDOW_OPS && (now <= pol.window_start || now - pol.window_start < WINDOW_NS)) return;
-  uint64_t explored = atomic_load_explicit(&st_explored, memory_order_relaxed);
+  uint64_t explored = atomic_load_explicit(&st_epochs, memory_order_relaxed);
   bool learning_young = pol.lc.state == HAK_LEARN && explored - pol.learn_mark < FREEZE_MIN_EPOCHS;
   if (_hak_p99_count(&pol.p99) > 0 && !learning_young) {
     hak_learn_state_t before = pol.lc.state;
@@ -248,6 +462,10 @@ void _hak_policy_record(hak_decision_t* d, bool huge, bool fresh, size_t reserve
   if (d->kind != HAK_DECIDE_TIMED && _hak_site_trylock(d->site)) {
     hak_site_t* s = d->site;
     if (s->epoch_seq == d->epoch_seq && s->epoch_kind != 0) {
+      if (s->epoch_n < HAK_POLICY_EPOCH) {
+        s->epoch_cell[s->epoch_n] = (uint8_t)(bucket_of(d->size) << 1 | huge);
+        s->epoch_kib[s->epoch_n] = (uint32_t)((d->size >> 10) < UINT32_MAX ? d->size >> 10 : UINT32_MAX);
+      }
       s->epoch_n++;
       s->epoch_cpu_ns += cpu;
       s->epoch_bytes += d->size;
@@ -271,6 +489,9 @@ void _hak_policy_stats(hak_stats_t* st) {
   st->learn_matches = atomic_load(&st_matches);
   st->learn_windows = atomic_load(&st_windows);
   st->learn_routed_huge = atomic_load(&st_routed_huge);
+  st->learn_explore_ns = atomic_load(&st_explore_ns);
+  st->learn_denied = atomic_load(&st_denied);
+  st->learn_settled = atomic_load(&st_settled);
 }
 
 const char* _hak_policy_mode_name(void) { return evolving() ? "evolving" : "baseline"; }

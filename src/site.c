@@ -38,10 +38,12 @@ static bool site_reset(hak_site_t* s) {
   for (int i = 0; i < HAK_SITE_HIST; i++) atomic_store_explicit(&s->hist[i], 0, memory_order_relaxed);
   atomic_store_explicit(&s->threshold, 0, memory_order_relaxed);
   atomic_store_explicit(&s->large_count, 0, memory_order_relaxed);
-  s->epoch_kind = 0;
-  s->epoch_left = s->epochs = s->epoch_n = 0;
-  s->epoch_faults0 = s->epoch_cpu_ns = s->epoch_bytes = s->epoch_waste = 0;
-  _hak_ucb_init(&s->ucb, HAK_UCB_ARMS - 1);
+  /* the learner's state, under the lock: everything after it */
+  memset(&s->epoch_kind, 0, sizeof(*s) - offsetof(hak_site_t, epoch_kind));
+  /* UCB1's arm in force: the largest at most the default threshold */
+  int arm = 0;
+  while (arm + 1 < HAK_UCB_ARMS && _hak_ucb_thresholds[arm + 1] <= (size_t)hak_option(HAK_OPT_HUGE_THRESHOLD)) arm++;
+  _hak_ucb_init(&s->ucb, arm);
   _hak_site_unlock(s);
   return true;
 }
@@ -128,8 +130,19 @@ size_t hak_sites_get(hak_site_info_t* out, size_t max) {
   for (size_t i = 0; i < SITE_SLOTS; i++) {
     uintptr_t k = atomic_load_explicit(&sites[i].key, memory_order_relaxed);
     if (k == 0) continue;
-    hak_site_info_t info = {(const void*)k, atomic_load(&sites[i].allocs), atomic_load(&sites[i].frees),
-                            atomic_load(&sites[i].bytes), atomic_load(&sites[i].threshold)};
+    hak_site_t* s = &sites[i];
+    hak_site_info_t info = {(const void*)k, atomic_load(&s->allocs), atomic_load(&s->frees), atomic_load(&s->bytes),
+                            atomic_load(&s->threshold), atomic_load(&s->large_count), 0, 0, 0, 0, 0, 0};
+    /* the learner's fields are the site lock's: a copy only if it is free */
+    if (_hak_site_trylock(s)) {
+      info.epochs = s->epochs_all;
+      info.explored = s->epochs_explored;
+      info.cost_ns = s->budget.earned_ns;
+      info.explore_ns = s->budget.spent_ns;
+      info.overrun_ns = s->budget.overrun_ns;
+      info.settled = s->settled_mix != 0;
+      _hak_site_unlock(s);
+    }
     /* insertion into the top-max list, most allocations first */
     size_t j = n < max ? n++ : max;
     while (j > 0 && out[j - 1].allocs < info.allocs) {
@@ -141,10 +154,17 @@ size_t hak_sites_get(hak_site_info_t* out, size_t max) {
   return n;
 }
 
-/* Checker: every learned threshold is one of the UCB1 arms. */
+/* Checker: every learned threshold is one of the UCB1 arms, and every
+ * site's exploration stays within its budget (learn.h's invariant). */
 size_t _hak_site_check(void) {
   size_t bad = 0;
   for (size_t i = 0; i < SITE_SLOTS; i++) {
+    if (_hak_site_trylock(&sites[i])) {
+      const hak_budget_t* b = &sites[i].budget;
+      uint64_t room = _hak_budget_limit(b) + b->overrun_ns;
+      if (room >= b->overrun_ns && (b->spent_ns > room || b->reserved_ns > room - b->spent_ns)) bad++;
+      _hak_site_unlock(&sites[i]);
+    }
     uint32_t t = atomic_load_explicit(&sites[i].threshold, memory_order_relaxed);
     if (t == 0) continue;
     bool arm = false;

@@ -35,6 +35,77 @@ static void out_double(hak_out_t* o, double v) {
   _hak_out_u64(o, frac > 9 ? 9 : frac);
 }
 
+/* The sites learning worked at (evolving mode): the HAK_TOP_SITES with the
+ * most requests the policy routed, copied into a static table (a report
+ * that finds it busy, another thread printing, leaves the sites out). */
+#define HAK_TOP_SITES 8
+static hak_site_info_t site_buf[1024];
+static _Atomic(bool) site_buf_busy;
+
+static size_t top_sites(hak_site_info_t top[HAK_TOP_SITES]) {
+  if (atomic_exchange_explicit(&site_buf_busy, true, memory_order_acquire)) return 0;
+  size_t n = hak_sites_get(site_buf, 1024), k = 0;
+  if (n > 1024) n = 1024;
+  for (size_t i = 0; i < n; i++) {
+    if (site_buf[i].large == 0) continue;
+    size_t j = k < HAK_TOP_SITES ? k++ : HAK_TOP_SITES;
+    while (j > 0 && top[j - 1].large < site_buf[i].large) {
+      if (j < HAK_TOP_SITES) top[j] = top[j - 1];
+      j--;
+    }
+    if (j < HAK_TOP_SITES) top[j] = site_buf[i];
+  }
+  atomic_store_explicit(&site_buf_busy, false, memory_order_release);
+  return k;
+}
+
+static hak_site_info_t top_buf[HAK_TOP_SITES];
+
+static void json_sites(hak_out_t* o) {
+  size_t k = top_sites(top_buf);
+  _hak_out_str(o, ",\"sites\":[");
+  for (size_t i = 0; i < k; i++) {
+    const hak_site_info_t* t = &top_buf[i];
+    _hak_out_str(o, i ? ",{\"site\":\"" : "{\"site\":\"");
+    _hak_out_hex(o, (uintptr_t)t->site);
+#define SITE_FIELD(name) \
+  _hak_out_str(o, ",\"" #name "\":");   \
+  _hak_out_u64(o, t->name);
+    _hak_out_str(o, "\"");
+    SITE_FIELD(allocs) SITE_FIELD(large) SITE_FIELD(threshold) SITE_FIELD(epochs) SITE_FIELD(explored)
+    SITE_FIELD(cost_ns) SITE_FIELD(explore_ns) SITE_FIELD(overrun_ns)
+#undef SITE_FIELD
+    _hak_out_str(o, t->settled ? ",\"settled\":true}" : ",\"settled\":false}");
+  }
+  _hak_out_str(o, "]");
+}
+
+static void text_sites(hak_out_t* o) {
+  size_t k = top_sites(top_buf);
+  _hak_out_str(o, "  sites (most requests above 128 KiB first): threshold learned, epochs measured / explored,\n"
+                  "  the site's cost and what exploring it cost (budget: 2 % of the cost)\n");
+  _hak_out_str(o, "    site                large  threshold KiB  epochs  explored  cost us  explore us  settled\n");
+  for (size_t i = 0; i < k; i++) {
+    const hak_site_info_t* t = &top_buf[i];
+    _hak_out_str(o, "    ");
+    _hak_out_hex(o, (uintptr_t)t->site);
+    _hak_out_str(o, "  ");
+    _hak_out_u64(o, t->large);
+    _hak_out_str(o, "  ");
+    if (t->threshold) _hak_out_u64(o, t->threshold >> 10);
+    else _hak_out_str(o, "default");
+    _hak_out_str(o, "  ");
+    _hak_out_u64(o, t->epochs);
+    _hak_out_str(o, "  ");
+    _hak_out_u64(o, t->explored);
+    _hak_out_str(o, "  ");
+    _hak_out_u64(o, t->cost_ns / 1000);
+    _hak_out_str(o, "  ");
+    _hak_out_u64(o, t->explore_ns / 1000);
+    _hak_out_str(o, t->settled ? "  yes\n" : "  no\n");
+  }
+}
+
 /* The learn group's non-numeric members: mode, state, the ELO table. */
 static void json_learn_extras(hak_out_t* o) {
   _hak_out_str(o, ",\"mode\":\"");
@@ -55,6 +126,7 @@ static void json_learn_extras(hak_out_t* o) {
     }
   }
   _hak_out_str(o, "]");
+  json_sites(o);
 }
 
 /* The ELO leaderboard, best first (text statistics, evolving mode). */
@@ -141,7 +213,10 @@ void hak_stats_print(int fd, int json) {
   _hak_out_str(&o, "\n");
     HAK_STATS_FIELDS(HAK_X)
 #undef HAK_X
-    if (hak_option(HAK_OPT_MODE) == 1) text_leaderboard(&o);
+    if (hak_option(HAK_OPT_MODE) == 1) {
+      text_leaderboard(&o);
+      text_sites(&o);
+    }
   }
   _hak_out_flush(&o);
   if (mine) atomic_store_explicit(&print_busy, false, memory_order_release);

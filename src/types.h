@@ -256,6 +256,8 @@ _Static_assert(sizeof(hak_huge_t) <= HAK_HUGE_HEADER, "huge header fits 64 bytes
  * lock (a try-lock: a busy site skips learning for that sample).
  * Invariants: key != 0 for a used slot; hist sums to <= allocs;
  * threshold is 0 or one of _hak_ucb_thresholds. */
+#define HAK_POLICY_EPOCH 8   /* requests routed by one choice (policy.c)  */
+#define HAK_LEARN_BUCKETS 7  /* 64K, 128K, ..., 1M, 2M, 4M: one per UCB arm, then 2-4M, more */
 #define HAK_SITE_HIST 8 /* < 64K, < 256K, < 512K, < 1M, < 2M, < 4M, < 16M, more */
 typedef struct hak_site_s {
   _Atomic(uintptr_t) key;
@@ -264,15 +266,31 @@ typedef struct hak_site_s {
   _Atomic(uint32_t) threshold;
   _Atomic(uint32_t) large_count; /* large/huge allocations: sampling     */
   _Atomic(int) lock;
-  /* evolving: the epoch being measured (policy.c), under lock */
+  /* evolving (policy.c), under lock: the epoch being measured ... */
   int epoch_kind;                /* 0 none, else HAK_DECIDE_UCB / _ELO     */
   int epoch_arm;
+  bool epoch_explore;            /* routed otherwise than the policy in force */
   uint32_t epoch_left;           /* requests still to route by epoch_arm  */
   uint32_t epoch_seq;
   uint32_t epochs;               /* closed UCB epochs                     */
   uint32_t epoch_n;
   uint32_t epoch_thread;         /* who opened it: faults are per thread  */
-  uint64_t epoch_faults0, epoch_cpu_ns, epoch_bytes, epoch_waste;
+  uint32_t epoch_count0;         /* large_count when it opened            */
+  uint64_t epoch_t0, epoch_faults0, epoch_cpu_ns, epoch_bytes, epoch_waste;
+  uint8_t epoch_cell[HAK_POLICY_EPOCH]; /* each request's bucket * 2 + huge */
+  uint32_t epoch_kib[HAK_POLICY_EPOCH];
+  /* ... and what the site has learned: cost per request (ns, window wall
+   * time) of each (size bucket, tier) cell, the requests sampled per
+   * bucket, the cost of the policy in force, the exploration budget */
+  float cell_ns[HAK_LEARN_BUCKETS][2];
+  uint32_t cell_n[HAK_LEARN_BUCKETS][2];
+  uint32_t mix[HAK_LEARN_BUCKETS];
+  uint32_t earned_count;         /* large_count when the budget last earned */
+  uint32_t settled_mix;          /* buckets seen when exploration stopped, 0: not settled */
+  uint64_t epochs_all, epochs_explored;
+  double ctl_ns;                 /* per request, policy in force; 0: unknown */
+  double settle_ctl_ns;          /* ctl_ns when it settled */
+  hak_budget_t budget;
   hak_ucb_t ucb;
 } hak_site_t;
 

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-SCENARIOS = ["json", "mir", "vm", "mixed", "small", "mid", "large", "mt", "prodcons", "cold", "purge"]
+SCENARIOS = ["json", "mir", "vm", "mixed", "small", "mid", "large", "mt", "prodcons", "cold", "purge", "sites"]
 ALLOCATORS = ["system", "mimalloc", "jemalloc", "tcmalloc", "hakmem-baseline", "hakmem-evolving"]
 PEER_LIBS = {
     "mimalloc": "libmimalloc.so.2",

@@ -35,6 +35,13 @@
  *           blocks of 16..1024 B allocated and freed), no malloc_trim: also
  *           reports "rss_free_kib" (VmRSS right after the frees) and
  *           "rss_end_kib" (2 s later); time covers the malloc/free phase
+ *   sites   3,000 x, two call sites asking for the same size, 1.5 MiB: a
+ *           churn site allocates 4 blocks, writes every page and frees
+ *           them; a keep site replaces 8 of 256 long-lived blocks it sizes
+ *           for the worst case and writes 2 pages of.  Mapping serves the
+ *           churn site best, slices the keep site: a fixed threshold is
+ *           wrong for one of them (2 MiB: the churn site; 1 MiB: the keep
+ *           site), a per-site one for neither
  * An iteration is the unit of "ns_per_iter"; "ops" counts mallocs + frees. */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -204,6 +211,34 @@ static void cold(void) {
   ops = 2 * iters;
 }
 
+static double sites_churn_ns = -1; /* the churn site's share of an iteration */
+static __attribute__((noinline)) void* churn_site(size_t n) { void* p = malloc(n); sink = p; return p; }
+static __attribute__((noinline)) void* keep_site(size_t n) { void* p = malloc(n); sink = p; return p; }
+
+#define SITES_KEEP 256
+static void sites(void) {
+  const size_t n = 3 * MiB / 2;
+  static char* keep[SITES_KEEP];
+  iters = 3000;
+  double churn = 0, t;
+  for (long i = 0; i < iters; i++) {
+    char* c[4];
+    t = now();
+    for (int j = 0; j < 4; j++) touch(c[j] = churn_site(n), n);
+    for (int j = 3; j >= 0; j--) free(c[j]);
+    churn += now() - t;
+    for (int j = 0; j < 8; j++) {
+      char** k = &keep[(i * 8 + j) % SITES_KEEP];
+      free(*k);
+      *k = keep_site(n);
+      touch(*k, 8 * KiB);
+    }
+    ops += 4 * 2 + 8 * 2;
+  }
+  for (int i = 0; i < SITES_KEEP; i++) free(keep[i]);
+  sites_churn_ns = churn * 1e9 / (double)iters;
+}
+
 /* Peak (VmHWM) or current (VmRSS) resident set of this process image, from
  * /proc (getrusage's ru_maxrss survives exec and would report the parent's
  * peak). */
@@ -256,7 +291,7 @@ static void purge(void) {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    fprintf(stderr, "usage: %s json|mir|vm|mixed|small|mid|large|mt|cold|prodcons|purge\n", argv[0]);
+    fprintf(stderr, "usage: %s json|mir|vm|mixed|small|mid|large|mt|cold|prodcons|purge|sites\n", argv[0]);
     return 2;
   }
   const char* sc = argv[1];
@@ -274,6 +309,7 @@ int main(int argc, char** argv) {
   else if (strcmp(sc, "cold") == 0) cold();
   else if (strcmp(sc, "purge") == 0) purge();
   else if (strcmp(sc, "prodcons") == 0) prodcons();
+  else if (strcmp(sc, "sites") == 0) sites();
   else {
     fprintf(stderr, "unknown scenario %s\n", sc);
     return 2;
@@ -286,6 +322,7 @@ int main(int argc, char** argv) {
          sc, iters, ops, t, t * 1e9 / (double)iters, b.ru_minflt - a.ru_minflt, b.ru_majflt - a.ru_majflt,
          status_kib("VmHWM:"), rss_end_kib);
   if (rss_free_kib >= 0) printf(",\"rss_free_kib\":%ld", rss_free_kib);
+  if (sites_churn_ns >= 0) printf(",\"churn_ns\":%.1f", sites_churn_ns);
   if (pc_first_ns > 0) printf(",\"malloc_ns_first\":%.1f,\"malloc_ns_last\":%.1f", pc_first_ns, pc_last_ns);
   printf("}\n");
   return 0;

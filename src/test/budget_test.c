@@ -1,0 +1,139 @@
+/* Learning pays for itself (policy.c, the exploration budget of learn.h),
+ * on a fake clock: the test plays a program whose requests of 1 MiB cost
+ * a known time after they return, one amount when the policy routed them
+ * to the segments and another when it mapped them, and checks what the
+ * learner spends and gains:
+ *  - where mapping is worse, exploration never costs the program more than
+ *    2 % of the time its requests cost (plus what the estimates missed,
+ *    counted as overrun), and the site never adopts the worse tier;
+ *  - where mapping is better, the site adopts a threshold that maps them;
+ *  - where both cost the same, the site settles and stops exploring.
+ * Each scenario runs in its own child: the lifecycle is process-wide. */
+#include <stdint.h>
+
+#include "src/hakmem.h"
+#include "src/internal.h"
+#include "src/test/test.h"
+
+#define MiB ((size_t)1 << 20)
+#define US 1000ull
+
+static uint64_t clk = 1000000000ull;
+static uint64_t fake_now(void) { return clk; }
+static hak_os_t fake_os;
+
+static void use_fake_clock(void) {
+  _hak_options[HAK_OPT_MODE] = 1;
+  fake_os = _hak_os_default;
+  fake_os.now_ns = fake_now;
+  _hak_os = &fake_os;
+}
+
+static uint64_t routed_huge(void) {
+  hak_stats_t st;
+  _hak_policy_stats(&st);
+  return st.learn_routed_huge;
+}
+
+static hak_site_info_t info_of(const void* site) {
+  static hak_site_info_t info[1024];
+  size_t n = hak_sites_get(info, 1024);
+  for (size_t i = 0; i < n && i < 1024; i++)
+    if (info[i].site == site) return info[i];
+  return (hak_site_info_t){0};
+}
+
+typedef struct {
+  uint64_t requests, mapped;
+  uint64_t program_ns; /* what the requests cost the program */
+  uint64_t extra_ns;   /* of which beyond what the policy in force (segments) would have cost */
+} played_t;
+
+/* n requests of 1 MiB from site, each freed after the program "used" it for
+ * large_ns (segments) or huge_ns (mapped) of fake time. */
+static void play(const void* site, int n, uint64_t large_ns, uint64_t huge_ns, played_t* pl) {
+  for (int i = 0; i < n; i++) {
+    uint64_t h0 = routed_huge();
+    void* p = hak_alloc_at(1 * MiB, site);
+    CHILD_CHECK(p != NULL);
+    bool mapped = routed_huge() != h0;
+    uint64_t cost = mapped ? huge_ns : large_ns;
+    clk += cost;
+    pl->requests++;
+    pl->mapped += mapped;
+    pl->program_ns += cost;
+    if (cost > large_ns) pl->extra_ns += cost - large_ns;
+    hak_free_at(p, site);
+  }
+}
+
+static void print_site(const char* what, const void* site, const played_t* pl) {
+  hak_site_info_t s = info_of(site);
+  fprintf(stderr,
+          "%s: %lu requests, %lu mapped; program %lu us, extra %lu us; site: threshold %lu, epochs %lu, explored %lu, "
+          "cost %lu us, explore %lu us, overrun %lu us, settled %d\n",
+          what, (unsigned long)pl->requests, (unsigned long)pl->mapped, (unsigned long)(pl->program_ns / US),
+          (unsigned long)(pl->extra_ns / US), (unsigned long)s.threshold, (unsigned long)s.epochs,
+          (unsigned long)s.explored, (unsigned long)(s.cost_ns / US), (unsigned long)(s.explore_ns / US),
+          (unsigned long)(s.overrun_ns / US), s.settled);
+}
+
+/* Mapping costs 20x: exploring it is bounded by the budget. */
+static void worse_tier_within_budget(void) {
+  use_fake_clock();
+  static int site;
+  played_t pl = {0};
+  for (int round = 0; round < 10; round++) {
+    play(&site, 4000, 10 * US, 200 * US, &pl);
+    hak_site_info_t s = info_of(&site);
+    /* the learner's own books: what it charged stays within its limit */
+    CHILD_CHECK(s.explore_ns <= s.cost_ns / 1000 * HAK_EXPLORE_PERMILLE + s.overrun_ns + 1);
+    /* the program's clock: what exploring cost it, against 2 % of what its
+     * requests cost under the policy in force, plus what the estimates missed */
+    CHILD_CHECK(pl.extra_ns <= (pl.program_ns - pl.extra_ns) / 1000 * HAK_EXPLORE_PERMILLE + s.overrun_ns + 1);
+  }
+  print_site("mapping 20x worse", &site, &pl);
+  hak_site_info_t s = info_of(&site);
+  CHILD_CHECK(s.explored >= 1);        /* it did look ... */
+  CHILD_CHECK(s.threshold == 0);       /* ... and kept the segments */
+  CHILD_CHECK(s.overrun_ns < s.cost_ns / 100); /* the estimates were close */
+  /* after learning, the requests are served as before: few mapped */
+  uint64_t mapped = pl.mapped;
+  play(&site, 4000, 10 * US, 200 * US, &pl);
+  CHILD_CHECK(pl.mapped - mapped <= 4000 / 50);
+}
+
+/* Mapping costs a fifth: the site adopts a threshold that maps 1 MiB. */
+static void better_tier_adopted(void) {
+  use_fake_clock();
+  static int site;
+  played_t pl = {0};
+  for (int round = 0; round < 20 && info_of(&site).threshold == 0; round++) play(&site, 1000, 100 * US, 20 * US, &pl);
+  print_site("mapping 5x better", &site, &pl);
+  hak_site_info_t s = info_of(&site);
+  CHILD_CHECK(s.threshold != 0 && s.threshold <= 1 * MiB);
+  uint64_t mapped = pl.mapped;
+  play(&site, 1000, 100 * US, 20 * US, &pl);
+  CHILD_CHECK(pl.mapped - mapped >= 900); /* the adopted threshold routes it now */
+}
+
+/* Both tiers cost the same: the site settles and explores no more. */
+static void equal_tiers_settle(void) {
+  use_fake_clock();
+  static int site;
+  played_t pl = {0};
+  for (int round = 0; round < 40 && !info_of(&site).settled; round++) play(&site, 1000, 50 * US, 50 * US, &pl);
+  print_site("tiers equal", &site, &pl);
+  hak_site_info_t s = info_of(&site);
+  CHILD_CHECK(s.settled);
+  play(&site, 5000, 50 * US, 50 * US, &pl);
+  hak_site_info_t t = info_of(&site);
+  print_site("tiers equal, later", &site, &pl);
+  CHILD_CHECK(t.settled && t.explored == s.explored);
+}
+
+TEST(exploring_a_worse_tier_stays_within_the_budget) { EXPECT_CHILD_OK(worse_tier_within_budget, 120); }
+TEST(a_better_tier_is_adopted) { EXPECT_CHILD_OK(better_tier_adopted, 120); }
+TEST(a_site_whose_tiers_cost_the_same_settles) { EXPECT_CHILD_OK(equal_tiers_settle, 120); }
+
+TEST_MAIN()
