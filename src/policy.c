@@ -52,7 +52,6 @@
 #define HAK_POLICY_PERIOD (HAK_POLICY_EPOCH + HAK_POLICY_GAP)
 #define HAK_POLICY_EVAL 4
 #define HAK_POLICY_TIMED 8
-#define HAK_POLICY_MIN (64u << 10)
 #define WINDOW_OPS 10000
 #define WINDOW_NS (2ull * 1000000000ull)
 #define UCB_SPLIT (2u << 20)
@@ -247,12 +246,16 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
   s->epoch_kind = 0;
   /* unmeasured: an epoch nobody recorded into, a clock gone backwards, and
    * the site's first, which pays for warming up whatever it touches */
-  if (s->epoch_n == 0 || now < s->epoch_t0 || s->epoch_count0 < HAK_POLICY_PERIOD) {
+  uint32_t count = atomic_load_explicit(&s->large_count, memory_order_relaxed);
+  uint32_t span = count - s->epoch_count0 - 1; /* the site's requests in the window */
+  /* ... and one whose window held more than a period of the site's
+   * requests: closes and opens failed their try-locks meanwhile (a thread
+   * preempted holding the lock), and the window is not the epoch's */
+  if (s->epoch_n == 0 || now < s->epoch_t0 || s->epoch_count0 < HAK_POLICY_PERIOD || span > HAK_POLICY_PERIOD) {
     _hak_budget_settle(&s->budget, s->budget.reserved_ns); /* unmeasured: charged its reservation */
     return;
   }
-  uint32_t count = atomic_load_explicit(&s->large_count, memory_order_relaxed);
-  double n = (double)s->epoch_n;
+  double n = (double)(span > s->epoch_n ? span : s->epoch_n);
   double window = (double)(now - s->epoch_t0);
   if (window > COST_MAX_NS * n) window = COST_MAX_NS * n;
   double cost = window / n;
@@ -274,7 +277,10 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
     _hak_budget_settle(&s->budget, x);
     hak_atomic_add(st_explore_ns, x);
   } else {
-    s->ctl_ns = s->ctl_ns > 0 ? s->ctl_ns + (cost - s->ctl_ns) / 4 : cost;
+    /* one slow window moves the cost the budget is earned from by at most
+     * its own size: a stall must not buy exploration */
+    double c = s->ctl_ns > 0 && cost > 4 * s->ctl_ns ? 4 * s->ctl_ns : cost;
+    s->ctl_ns = s->ctl_ns > 0 ? s->ctl_ns + (c - s->ctl_ns) / 4 : c;
   }
   if (s->ctl_ns > 0) _hak_budget_earn(&s->budget, (uint64_t)(s->ctl_ns * (double)(uint32_t)(count - s->earned_count)));
   s->earned_count = count;
@@ -286,14 +292,15 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
     double reward = s->ctl_ns > 0 ? s->ctl_ns / (s->ctl_ns + cost) : 0.5;
     for (int a = 0; a < HAK_UCB_ARMS; a++)
       if (arms_same(a, s->epoch_arm, m)) _hak_ucb_update(&s->ucb, a, reward);
+    int prev = s->ucb.current;
     if (++s->epochs % HAK_POLICY_EVAL == 0 && _hak_ucb_evaluate(&s->ucb, now, HAK_UCB_COOLDOWN_NS)) {
       atomic_store_explicit(&s->threshold, (uint32_t)_hak_ucb_threshold(&s->ucb), memory_order_relaxed);
       bool known;
-      s->ctl_ns += arm_excess(s, s->ucb.current, s->epoch_arm, &known); /* the new arm's estimate */
+      s->ctl_ns += arm_excess(s, s->ucb.current, prev, &known); /* the new arm's estimate */
       if (s->ctl_ns < 1) s->ctl_ns = 1;
       hak_atomic_add(st_adoptions, 1);
     }
-  } else if (kind == HAK_DECIDE_ELO) {
+  } else if (kind == HAK_DECIDE_ELO && s->epoch_arm >= 0) {
     uint64_t f = _hak_os->faults();
 #ifndef HAK_FAULT_EPOCH_CROSS_THREAD /* fault injection: the first version */
     bool faults_ok = s->epoch_thread == thread_token() && f >= s->epoch_faults0;
@@ -334,22 +341,22 @@ static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, 
   } else {
     if (hak_trylock(&pol_lock) != 0) return;
     policy_ready();
-    int champ = _hak_elo_champion(&pol.elo);
-    int a = champ;
+    int a = _hak_elo_champion(&pol.elo);
     if (may && (state == HAK_LEARN || _hak_lifecycle_canary(&pol.lc, &pol.rng))) a = _hak_elo_select(&pol.elo);
     hak_unlock(&pol_lock);
+    /* a candidate that routes this size as the policy in force is a free
+     * sample; one that routes it otherwise is an exploration, admitted by
+     * the budget or else a control epoch that gives ELO no sample */
     bool huge_c = thr_huge(thr, size), huge_a = thr_huge(_hak_elo_thresholds[a], size);
     s->epoch_kind = HAK_DECIDE_ELO;
-    s->epoch_arm = champ;
-    if (huge_a == huge_c) {
-      s->epoch_arm = a; /* routes as the policy in force: a free sample */
-    } else {
+    s->epoch_arm = a;
+    if (huge_a != huge_c) {
       double x = cell_est(s, b, huge_a) - cell_est(s, b, huge_c);
-      if (_hak_budget_admit(&s->budget, x > 0 ? (uint64_t)(x * HAK_POLICY_EPOCH) : 0)) {
-        s->epoch_arm = a;
+      if (may && _hak_budget_admit(&s->budget, x > 0 ? (uint64_t)(x * HAK_POLICY_EPOCH) : 0)) {
         s->epoch_explore = true;
       } else {
-        hak_atomic_add(st_denied, 1);
+        if (may) hak_atomic_add(st_denied, 1);
+        s->epoch_arm = -1;
       }
     }
   }
@@ -370,7 +377,8 @@ static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, 
 size_t _hak_policy_decide(hak_site_t* s, size_t size, hak_decision_t* d) {
   d->kind = HAK_DECIDE_NONE;
   size_t def = (size_t)hak_option(HAK_OPT_HUGE_THRESHOLD);
-  if (!evolving() || size < HAK_POLICY_MIN) return def;
+  /* what the size classes serve never reaches the learner, aligned or not */
+  if (!evolving() || size <= HAK_SMALL_MAX) return def;
   hak_atomic_add(st_decisions, 1);
   hak_atomic_add(window_ops, 1);
   /* the policy in force: the site's arm below 2 MiB, ELO's champion above */
@@ -415,9 +423,9 @@ size_t _hak_policy_decide(hak_site_t* s, size_t size, hak_decision_t* d) {
   d->t0 = now;
   /* an epoch routes its own domain's requests by its arm, the others by
    * the policy in force */
-  size_t epoch_thr = thr;
-  if (s->epoch_kind == HAK_DECIDE_UCB && size < UCB_SPLIT) epoch_thr = _hak_ucb_thresholds[s->epoch_arm];
-  if (s->epoch_kind == HAK_DECIDE_ELO && size >= UCB_SPLIT) epoch_thr = _hak_elo_thresholds[s->epoch_arm];
+  size_t epoch_thr = thr; /* a control epoch: the policy in force, exactly */
+  if (s->epoch_explore && s->epoch_kind == HAK_DECIDE_UCB && size < UCB_SPLIT) epoch_thr = _hak_ucb_thresholds[s->epoch_arm];
+  if (s->epoch_explore && s->epoch_kind == HAK_DECIDE_ELO && size >= UCB_SPLIT) epoch_thr = _hak_elo_thresholds[s->epoch_arm];
   _hak_site_unlock(s);
   hak_atomic_add(st_samples, 1);
   return epoch_thr;

@@ -119,6 +119,7 @@ void _hak_site_fork_child(void) {
 #ifndef HAK_FAULT_FORK_SITE_LOCKS /* fault injection: held locks stay held */
     if (atomic_load_explicit(&sites[i].lock, memory_order_relaxed) != 0) {
       sites[i].epoch_kind = 0;
+      _hak_budget_settle(&sites[i].budget, sites[i].budget.reserved_ns); /* charged what it reserved */
       atomic_store_explicit(&sites[i].lock, 0, memory_order_relaxed);
     }
 #endif
