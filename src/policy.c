@@ -6,7 +6,7 @@
  * block is allocated and is what routes it.
  *
  * baseline (HAKMEM_MODE=baseline): the fixed HAKMEM_HUGE_THRESHOLD (2 MiB).
- * evolving (HAKMEM_MODE=evolving, the default), for requests the size
+ * evolving (HAKMEM_MODE=evolving), for requests the size
  * classes do not take (above 128 KiB):
  *  - the policy in force: below 2 MiB the site's own threshold, the arm its
  *    UCB1 bandit adopted (64 KiB .. 2 MiB; the default until one is); from
@@ -363,7 +363,7 @@ static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, 
   s->epoch_left = HAK_POLICY_EPOCH;
   s->epoch_seq++;
   s->epoch_n = 0;
-  s->epoch_cpu_ns = s->epoch_bytes = s->epoch_waste = 0;
+  s->epoch_waste = 0;
   s->epoch_faults0 = _hak_os->faults();
   s->epoch_thread = thread_token();
   s->epoch_t0 = now;
@@ -475,8 +475,6 @@ void _hak_policy_record(hak_decision_t* d, bool huge, bool fresh, size_t reserve
         s->epoch_kib[s->epoch_n] = (uint32_t)((d->size >> 10) < UINT32_MAX ? d->size >> 10 : UINT32_MAX);
       }
       s->epoch_n++;
-      s->epoch_cpu_ns += cpu;
-      s->epoch_bytes += d->size;
       s->epoch_waste += reserved > d->size ? reserved - d->size : 0;
     }
     _hak_site_unlock(s);

@@ -36,14 +36,16 @@ static void out_double(hak_out_t* o, double v) {
 }
 
 /* The sites learning worked at (evolving mode): the HAK_TOP_SITES with the
- * most requests the policy routed, copied into a static table (a report
- * that finds it busy, another thread printing, leaves the sites out). */
+ * most requests the policy routed, copied into static tables held by
+ * site_buf_busy from the copy to the end of the printing (a report that
+ * finds them busy, another thread printing, leaves the sites out). */
 #define HAK_TOP_SITES 8
 static hak_site_info_t site_buf[1024];
 static _Atomic(bool) site_buf_busy;
 
+/* Fills top and returns how many, with site_buf_busy taken: the caller
+ * releases it with top_sites_done() once it has printed them. */
 static size_t top_sites(hak_site_info_t top[HAK_TOP_SITES]) {
-  if (atomic_exchange_explicit(&site_buf_busy, true, memory_order_acquire)) return 0;
   size_t n = hak_sites_get(site_buf, 1024), k = 0;
   if (n > 1024) n = 1024;
   for (size_t i = 0; i < n; i++) {
@@ -55,14 +57,17 @@ static size_t top_sites(hak_site_info_t top[HAK_TOP_SITES]) {
     }
     if (j < HAK_TOP_SITES) top[j] = site_buf[i];
   }
-  atomic_store_explicit(&site_buf_busy, false, memory_order_release);
   return k;
 }
+
+static bool top_sites_take(void) { return !atomic_exchange_explicit(&site_buf_busy, true, memory_order_acquire); }
+static void top_sites_done(void) { atomic_store_explicit(&site_buf_busy, false, memory_order_release); }
 
 static hak_site_info_t top_buf[HAK_TOP_SITES];
 
 static void json_sites(hak_out_t* o) {
-  size_t k = top_sites(top_buf);
+  bool mine = top_sites_take();
+  size_t k = mine ? top_sites(top_buf) : 0;
   _hak_out_str(o, ",\"sites\":[");
   for (size_t i = 0; i < k; i++) {
     const hak_site_info_t* t = &top_buf[i];
@@ -78,9 +83,11 @@ static void json_sites(hak_out_t* o) {
     _hak_out_str(o, t->settled ? ",\"settled\":true}" : ",\"settled\":false}");
   }
   _hak_out_str(o, "]");
+  if (mine) top_sites_done();
 }
 
 static void text_sites(hak_out_t* o) {
+  if (!top_sites_take()) return;
   size_t k = top_sites(top_buf);
   _hak_out_str(o, "  sites (most requests above 128 KiB first): threshold learned, epochs measured / explored,\n"
                   "  the site's cost and what exploring it cost (budget: 2 % of the cost)\n");
@@ -104,6 +111,7 @@ static void text_sites(hak_out_t* o) {
     _hak_out_u64(o, t->explore_ns / 1000);
     _hak_out_str(o, t->settled ? "  yes\n" : "  no\n");
   }
+  top_sites_done();
 }
 
 /* The learn group's non-numeric members: mode, state, the ELO table. */
