@@ -20,6 +20,7 @@ static const char* const fn_names[] = {
     [HAK_FN_REALLOC] = "realloc",
     [HAK_FN_USABLE_SIZE] = "malloc_usable_size",
     [HAK_FN_MALLOC] = "malloc",
+    [HAK_FN_DELETE] = "operator delete",
 };
 
 void _hak_error(hak_error_t err, hak_fn_t fn, const void* p) { _hak_error_what(err, fn, p, NULL); }

@@ -61,7 +61,7 @@ static inline int hak_trylock(pthread_mutex_t* m) { return hak_forking() ? 0 : p
 
 /* The API function a generic path reports errors under. */
 typedef enum {
-  HAK_FN_FREE, HAK_FN_REALLOC, HAK_FN_USABLE_SIZE, HAK_FN_MALLOC, HAK_FN_COUNT
+  HAK_FN_FREE, HAK_FN_REALLOC, HAK_FN_USABLE_SIZE, HAK_FN_MALLOC, HAK_FN_DELETE, HAK_FN_COUNT
 } hak_fn_t;
 
 /* ---- os.c: the only file that calls mmap/munmap/madvise/clock ---------- */

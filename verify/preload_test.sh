@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # LD_PRELOADs libhakmem.so into real programs (python3 with every object
 # through malloc, an allocation-heavy CPython workload, git, sort, gcc,
+# clang++ and the C++ program it builds,
 # sqlite3, xz -T2), compares each output with a run without it, and proves
 # from hakmem's own statistics that hakmem served the allocations (a silent
 # fall-back to glibc fails the test).
@@ -196,6 +197,25 @@ with open('$WORK/input/gen.c', 'w') as f:
     f.write('  printf(\"%ld\\\\n\", t); return 0; }\n')
 "
 run gcc 10000 sh -c 'gcc -O2 -c gen.c -o gen.o && gcc gen.o -o gen && ./gen && rm gen'
+
+# ---- a C++ compile with clang++, and the C++ program it built ----------------
+# (operator new and delete are hakmem's own: src/cxx.c)
+rm -rf "$WORK/input" && mkdir -p "$WORK/input"
+cat >"$WORK/input/words.cc" <<'CCEOF'
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+int main() {
+  std::map<std::string, std::vector<std::unique_ptr<long>>> m;
+  for (long i = 0; i < 200000; i++) m[std::to_string(i % 7919)].push_back(std::make_unique<long>(i));
+  long sum = 0;
+  for (auto& [k, v] : m) sum += static_cast<long>(k.size() * v.size()) + *v.back();
+  std::cout << m.size() << " " << sum << std::endl;
+}
+CCEOF
+run cxx 100000 sh -c 'clang++ -std=c++17 -O1 words.cc -o words && ./words && rm words'
 
 # ---- sqlite3 ----------------------------------------------------------------
 rm -rf "$WORK/input"
