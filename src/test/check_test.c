@@ -2,6 +2,7 @@
  * each kind of violation it knows, planted by hand (then undone), it
  * reports that kind first. */
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include "src/hakmem.h"
 #include "src/internal.h"
@@ -211,19 +212,37 @@ TEST(exited_threads_heap) {
   EXPECT_EQ_U(hak_check_heap(), 0);
 }
 
+/* A segment-aligned address where nothing is mapped (a fixed one is not:
+ * TSan and MSan reserve large ranges PROT_NONE). */
+static uintptr_t unmapped_chunk(void) {
+  void* r = mmap(NULL, 2 * HAK_SEGMENT_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (r == MAP_FAILED) abort();
+  munmap(r, 2 * HAK_SEGMENT_SIZE);
+  return ((uintptr_t)r + HAK_SEGMENT_MASK) & ~(uintptr_t)HAK_SEGMENT_MASK;
+}
+
 TEST(segment_map) {
   hak_segment_t* seg = hak_segment_of(blocks[1]);
   uintptr_t base = (uintptr_t)hak_segment_base(seg);
   PLANT("segment not in the segment map", _hak_segmap_clear(base, HAK_SEGMENT_SIZE),
         _hak_segmap_set(base, HAK_SEGMENT_SIZE, false));
   /* a chunk registered for a segment that does not exist */
-  static _Alignas(1 << 22) char fake[1];
-  (void)fake;
-  uintptr_t nowhere = ((uintptr_t)1 << 46) + ((uintptr_t)7 << 22); /* never mapped here */
+  uintptr_t nowhere = unmapped_chunk();
   PLANT("registered segments != owned + cached", _hak_segmap_set(nowhere, HAK_SEGMENT_SIZE, false),
         _hak_segmap_clear(nowhere, HAK_SEGMENT_SIZE));
   PLANT("registered huge mappings", _hak_segmap_set(nowhere, HAK_SEGMENT_SIZE, true),
         _hak_segmap_clear(nowhere, HAK_SEGMENT_SIZE));
+  /* ... and over memory mapped PROT_NONE, as a fixed address is under
+   * TSan and MSan (their reserved ranges): the checker read the segment's
+   * magic there and crashed (the first sanitizer night) */
+  void* r = mmap(NULL, 2 * HAK_SEGMENT_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  ASSERT_TRUE(r != MAP_FAILED);
+  uintptr_t none = ((uintptr_t)r + HAK_SEGMENT_MASK) & ~(uintptr_t)HAK_SEGMENT_MASK;
+  PLANT("registered segments != owned + cached", _hak_segmap_set(none, HAK_SEGMENT_SIZE, false),
+        _hak_segmap_clear(none, HAK_SEGMENT_SIZE));
+  PLANT("registered huge mappings", _hak_segmap_set(none, HAK_SEGMENT_SIZE, true),
+        _hak_segmap_clear(none, HAK_SEGMENT_SIZE));
+  munmap(r, 2 * HAK_SEGMENT_SIZE);
 }
 
 TEST(bigcache_and_batch_queue) {
@@ -252,7 +271,7 @@ TEST(huge_mappings) {
   PLANT("two live huge headers in one mapping", (memcpy(copy, h, sizeof *h), copy->offset = 4u << 20),
         memset(copy, 0, sizeof *copy));
   /* a registration moved to where nothing is mapped: the counts agree */
-  uintptr_t nowhere = ((uintptr_t)1 << 46) + ((uintptr_t)7 << 22);
+  uintptr_t nowhere = unmapped_chunk();
   size_t map_size = h->map_size;
   PLANT("segment map names a mapping that does not exist",
         (_hak_segmap_clear(h->base, map_size), _hak_segmap_set(nowhere, HAK_SEGMENT_SIZE, true)),
