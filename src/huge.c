@@ -219,18 +219,19 @@ hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn) {
   return h;
 }
 
-void _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
+size_t _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
   hak_error_t err;
   hak_huge_t* h = huge_lookup(p, &err);
   if (h == NULL) {
     _hak_error(err, fn, p);
-    return;
+    return 0;
   }
   if (atomic_exchange_explicit(&h->state, HAK_HUGE_FREED, memory_order_acq_rel) != HAK_HUGE_LIVE) {
     _hak_error(HAK_ERR_DOUBLE_FREE, fn, p);
-    return;
+    return 0;
   }
   _hak_site_free((const void*)h->site);
+  size_t size = h->size;
   hak_atomic_add(huge_frees, 1);
   atomic_fetch_sub_explicit(&huge_live_bytes, h->map_size, memory_order_relaxed);
   hak_track_free(p, h->size, 0); /* before another thread can take it back */
@@ -247,9 +248,10 @@ void _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
 #endif
     if (to > from) _hak_os_protect((void*)from, to - from, true);
   } else if (h->cls >= 0 && _hak_bigcache_put(h)) {
-    return;
+    return size;
   }
   _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
+  return size;
 }
 
 bool _hak_huge_header_valid(const hak_huge_t* h, size_t map_size) {

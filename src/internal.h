@@ -318,7 +318,7 @@ HAK_INTERNAL extern bool _hak_thp_always; /* the system backs every mapping with
 
 /* ---- huge.c: direct mappings with a checked header ------------------------ */
 HAK_INTERNAL void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, bool* fresh);
-HAK_INTERNAL void _hak_huge_free(void* p, hak_fn_t fn, const void* site);
+HAK_INTERNAL size_t _hak_huge_free(void* p, hak_fn_t fn, const void* site); /* its size, 0: misuse */
 HAK_INTERNAL hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn); /* NULL if invalid (reported) */
 HAK_INTERNAL bool _hak_huge_recently_freed(const void* p);
 HAK_INTERNAL void _hak_huge_stats(hak_stats_t* st);
@@ -378,6 +378,12 @@ typedef struct hak_decision_s {
 HAK_INTERNAL size_t _hak_policy_decide(hak_site_t* s, size_t size, hak_decision_t* d);
 HAK_INTERNAL void _hak_policy_record(hak_decision_t* d, bool huge, bool fresh, size_t reserved);
 HAK_INTERNAL void _hak_policy_stats(hak_stats_t* st);
+/* Around the free of a mapped block (evolving: its cost is the block's
+ * tier's, not that of the epoch it happens in): a clock, 0 in baseline. */
+HAK_INTERNAL uint64_t _hak_policy_free_begin(void);
+HAK_INTERNAL void _hak_policy_freed(size_t size, uint64_t t0);
+/* Closes the site's open epoch unmeasured (site lock held or owned). */
+HAK_INTERNAL void _hak_policy_drop_epoch(hak_site_t* s);
 HAK_INTERNAL const char* _hak_policy_mode_name(void);
 HAK_INTERNAL const char* _hak_policy_state_name(void);
 HAK_INTERNAL bool _hak_policy_elo(hak_elo_t* out);

@@ -70,6 +70,24 @@
 #define PRIOR_MAP_NS 20000.0
 #define PRIOR_PAGE_NS 250.0
 
+/* What freeing a mapped block costs, by size bucket (ns, a moving average
+ * every thread updates: a lost update is one sample less).  The free of a
+ * block happens long after its epoch when the program keeps it: its munmap,
+ * madvise and the flush of the batch queue would land in whichever epoch of
+ * whichever site is open then (a control epoch, so exploring looked cheap
+ * and the policy in force dear).  An epoch's window leaves out the time its
+ * own thread spent freeing mapped blocks (tls_free_ns) and charges each
+ * request it mapped the bucket's free cost instead. */
+static _Atomic(uint32_t) free_cost[HAK_LEARN_BUCKETS];
+static __thread uint64_t tls_free_ns;
+
+/* The process-wide cap: the sites' budgets are each 2 % of what the site's
+ * windows cost, and windows of different sites overlap (each counts the
+ * whole program while it is open), so K sites would earn K x 2 %.  Every
+ * exploration also reserves from 2 % of the process's wall time since
+ * learning began (racy by a few reservations at most; never a lock). */
+static _Atomic(uint64_t) g_t0, g_reserved, g_spent;
+
 static pthread_mutex_t pol_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
   bool ready;
@@ -113,6 +131,68 @@ static uint32_t thread_token(void) {
   static __thread uint32_t token;
   if (hak_unlikely(token == 0)) token = atomic_fetch_add_explicit(&next, 1, memory_order_relaxed) + 1;
   return token;
+}
+
+static int bucket_of(size_t size);
+
+/* ---- the process-wide exploration budget ------------------------------ */
+
+static bool global_admit(uint64_t reserve, uint64_t now) {
+  uint64_t t0 = atomic_load_explicit(&g_t0, memory_order_relaxed);
+  if (t0 == 0 || now <= t0) return false;
+  uint64_t limit = (now - t0) / 1000 * HAK_EXPLORE_PERMILLE;
+  uint64_t used = atomic_load_explicit(&g_spent, memory_order_relaxed) +
+                  atomic_load_explicit(&g_reserved, memory_order_relaxed);
+  if (used + reserve > limit) return false;
+  atomic_fetch_add_explicit(&g_reserved, reserve, memory_order_relaxed);
+  return true;
+}
+
+static void global_settle(uint64_t reserved, uint64_t excess) {
+  if (reserved == 0) return;
+  atomic_fetch_sub_explicit(&g_reserved, reserved, memory_order_relaxed);
+  atomic_fetch_add_explicit(&g_spent, excess, memory_order_relaxed);
+}
+
+/* Both budgets admit it, or neither is touched. */
+static bool budget_admit(hak_site_t* s, double excess_per_request, uint64_t now) {
+  uint64_t r = excess_per_request > 0 ? (uint64_t)(excess_per_request * HAK_POLICY_EPOCH) : 0;
+  if (r == 0) r = 1;
+  if (!_hak_budget_admit(&s->budget, r)) return false;
+#ifdef HAK_FAULT_BUDGET_SITES_ONLY /* fault injection: K sites earn K x 2 % */
+  if (false && !global_admit(r, now)) {
+#else
+  if (!global_admit(r, now)) {
+#endif
+    _hak_budget_settle(&s->budget, 0);
+    return false;
+  }
+  s->epoch_reserve = r;
+  return true;
+}
+
+static void budget_settle(hak_site_t* s, uint64_t excess) {
+  _hak_budget_settle(&s->budget, excess);
+  global_settle(s->epoch_reserve, excess);
+  s->epoch_reserve = 0;
+}
+
+void _hak_policy_drop_epoch(hak_site_t* s) {
+  s->epoch_kind = 0;
+  budget_settle(s, s->budget.reserved_ns); /* unmeasured: charged what it reserved */
+}
+
+uint64_t _hak_policy_free_begin(void) { return evolving() ? _hak_os->now_ns() : 0; }
+
+void _hak_policy_freed(size_t size, uint64_t t0) {
+  uint64_t now = _hak_os->now_ns();
+  uint64_t ns = now > t0 ? now - t0 : 0;
+  if (ns > (uint64_t)COST_MAX_NS) ns = (uint64_t)COST_MAX_NS;
+  tls_free_ns += ns;
+  _Atomic(uint32_t)* c = &free_cost[bucket_of(size)];
+  uint32_t old = atomic_load_explicit(c, memory_order_relaxed);
+  int64_t d = (int64_t)ns - (int64_t)old;
+  atomic_store_explicit(c, old == 0 ? (uint32_t)(ns ? ns : 1) : (uint32_t)((int64_t)old + d / 16), memory_order_relaxed);
 }
 
 /* ---- what a site has measured: (size bucket, tier) cells ---------------- */
@@ -252,29 +332,40 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
    * requests: closes and opens failed their try-locks meanwhile (a thread
    * preempted holding the lock), and the window is not the epoch's */
   if (s->epoch_n == 0 || now < s->epoch_t0 || s->epoch_count0 < HAK_POLICY_PERIOD || span > HAK_POLICY_PERIOD) {
-    _hak_budget_settle(&s->budget, s->budget.reserved_ns); /* unmeasured: charged its reservation */
+    budget_settle(s, s->budget.reserved_ns); /* unmeasured: charged its reservation */
     return;
   }
   double n = (double)(span > s->epoch_n ? span : s->epoch_n);
   double window = (double)(now - s->epoch_t0);
+  /* the frees of mapped blocks in the window are their tiers' cost, not
+   * this epoch's; its own mapped requests are charged their free instead
+   * (known only for the thread that opened it) */
+  bool own = s->epoch_thread == thread_token();
+  if (own) {
+    double f = (double)(tls_free_ns - s->epoch_free0);
+    window = window > f ? window - f : 0;
+  }
   if (window > COST_MAX_NS * n) window = COST_MAX_NS * n;
-  double cost = window / n;
-  /* cells: the window split over the requests by size */
+  /* cells: the window split over the requests by size, plus the free of
+   * each mapped one */
   uint32_t m = 0;
-  double kib = 0;
+  double kib = 0, freed = 0;
   uint32_t k = s->epoch_n < HAK_POLICY_EPOCH ? s->epoch_n : HAK_POLICY_EPOCH;
   for (uint32_t i = 0; i < k; i++) kib += s->epoch_kib[i] ? s->epoch_kib[i] : 1;
   for (uint32_t i = 0; i < k; i++) {
     int b = s->epoch_cell[i] >> 1, huge = s->epoch_cell[i] & 1;
-    cell_add(s, b, huge, window * (s->epoch_kib[i] ? s->epoch_kib[i] : 1) / kib);
+    double f = own && huge ? (double)atomic_load_explicit(&free_cost[b], memory_order_relaxed) : 0;
+    freed += f;
+    cell_add(s, b, huge, window * (s->epoch_kib[i] ? s->epoch_kib[i] : 1) / kib + f);
     if (b < UCB_BUCKETS) m |= 1u << b;
   }
+  double cost = (window + freed) / n;
   /* the budget: the site earns what its requests since the last close cost
    * under the policy in force; an exploration is charged its excess */
   if (s->epoch_explore) {
     double excess = s->ctl_ns > 0 ? (cost - s->ctl_ns) * n : window;
     uint64_t x = excess > 0 ? (uint64_t)excess : 0;
-    _hak_budget_settle(&s->budget, x);
+    budget_settle(s, x);
     hak_atomic_add(st_explore_ns, x);
   } else {
     /* one slow window moves the cost the budget is earned from by at most
@@ -322,6 +413,8 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
 static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, uint64_t now) {
   int state = atomic_load_explicit(&lc_state, memory_order_relaxed);
   int b = bucket_of(size);
+  uint64_t zero = 0; /* learning begins: the process-wide budget's clock */
+  if (atomic_load_explicit(&g_t0, memory_order_relaxed) == 0) atomic_compare_exchange_strong(&g_t0, &zero, now);
   if (b < UCB_BUCKETS && s->mix[b] == 0) s->mix[b] = 1; /* seen: the mix decides what exploring means */
   bool may = state != HAK_FROZEN && count >= EXPLORE_MIN_REQUESTS && s->ctl_ns > 0 && !settled(s);
   s->epoch_explore = false;
@@ -331,7 +424,7 @@ static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, 
     double x;
     int a = may && state != HAK_CANARY /* canaries try ELO candidates */ ? ucb_explore_arm(s, &x) : -1;
     if (a >= 0) {
-      if (_hak_budget_admit(&s->budget, x > 0 ? (uint64_t)(x * HAK_POLICY_EPOCH) : 0)) {
+      if (budget_admit(s, x, now)) {
         s->epoch_arm = a;
         s->epoch_explore = true;
       } else {
@@ -352,7 +445,7 @@ static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, 
     s->epoch_arm = a;
     if (huge_a != huge_c) {
       double x = cell_est(s, b, huge_a) - cell_est(s, b, huge_c);
-      if (may && _hak_budget_admit(&s->budget, x > 0 ? (uint64_t)(x * HAK_POLICY_EPOCH) : 0)) {
+      if (may && budget_admit(s, x, now)) {
         s->epoch_explore = true;
       } else {
         if (may) hak_atomic_add(st_denied, 1);
@@ -366,6 +459,7 @@ static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, 
   s->epoch_waste = 0;
   s->epoch_faults0 = _hak_os->faults();
   s->epoch_thread = thread_token();
+  s->epoch_free0 = tls_free_ns;
   s->epoch_t0 = now;
   s->epoch_count0 = count;
   if (s->epoch_explore) {

@@ -39,6 +39,7 @@ static bool site_reset(hak_site_t* s) {
   atomic_store_explicit(&s->threshold, 0, memory_order_relaxed);
   atomic_store_explicit(&s->large_count, 0, memory_order_relaxed);
   /* the learner's state, under the lock: everything after it */
+  _hak_policy_drop_epoch(s);
   memset(&s->epoch_kind, 0, sizeof(*s) - offsetof(hak_site_t, epoch_kind));
   /* UCB1's arm in force: the largest at most the default threshold */
   int arm = 0;
@@ -118,8 +119,7 @@ void _hak_site_fork_child(void) {
   for (size_t i = 0; i < SITE_SLOTS; i++) {
 #ifndef HAK_FAULT_FORK_SITE_LOCKS /* fault injection: held locks stay held */
     if (atomic_load_explicit(&sites[i].lock, memory_order_relaxed) != 0) {
-      sites[i].epoch_kind = 0;
-      _hak_budget_settle(&sites[i].budget, sites[i].budget.reserved_ns); /* charged what it reserved */
+      _hak_policy_drop_epoch(&sites[i]);
       atomic_store_explicit(&sites[i].lock, 0, memory_order_relaxed);
     }
 #endif
