@@ -122,6 +122,11 @@ def summarize(runs):
         "runs_ns": [r["ns_per_iter"] for r in runs],
         "samples_rss_kib": [r["maxrss_kib"] for r in runs],
         "samples_soft_pf": [r["minflt"] for r in runs],
+        # what a scenario reports beside its iteration (sites: churn_ns;
+        # prodcons: malloc_ns_first/last), medians
+        "extra_ns": {k: statistics.median(r[k] for r in runs)
+                     for k in sorted(runs[0]) if k.endswith("_ns") and k != "ns_per_iter"
+                     and all(isinstance(r.get(k), (int, float)) for r in runs)},
     }
 
 
@@ -143,16 +148,20 @@ def write_report(out, results, args, started, elapsed):
     for sc, rows in results.items():
         best = min(r["latency_ns"] for r in rows.values())
         freed = any(r.get("rss_free_kib", -1) >= 0 for r in rows.values())
+        extra = sorted({k for r in rows.values() for k in r.get("extra_ns", {})})
         lines += [f"## {sc}", "",
                   "| rank | allocator | latency | vs best | min-max | soft PF | hard PF | peak RSS | "
-                  + ("RSS after free | " if freed else "") + "end RSS | ops/sec |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if freed else "") + "---:|---:|"]
+                  + ("RSS after free | " if freed else "") + "end RSS | ops/sec |" + "".join(f" {k} |" for k in extra),
+                  "|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if freed else "") + "---:|---:|"
+                  + "---:|" * len(extra)]
         for rank, (alloc, r) in enumerate(sorted(rows.items(), key=lambda kv: kv[1]["latency_ns"]), 1):
             lines.append(f"| {rank} | {alloc} | {fmt_ns(r['latency_ns'])} | {r['latency_ns'] / best:.2f}x | "
                          f"{fmt_ns(r['min_ns'])}-{fmt_ns(r['max_ns'])} | {r['soft_pf']:.0f} | {r['hard_pf']:.0f} | "
                          f"{r['rss_kib'] / 1024:.1f} MiB | "
                          + (f"{r['rss_free_kib'] / 1024:.1f} MiB | " if freed else "")
-                         + f"{r['rss_end_kib'] / 1024:.1f} MiB | {r['ops_per_sec']:,.0f} |")
+                         + f"{r['rss_end_kib'] / 1024:.1f} MiB | {r['ops_per_sec']:,.0f} |"
+                         + "".join(f" {fmt_ns(r['extra_ns'][k])} |" if k in r.get("extra_ns", {}) else " - |"
+                                   for k in extra))
         lines.append("")
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(lines))

@@ -38,10 +38,16 @@
  *   sites   3,000 x, two call sites asking for the same size, 1.5 MiB: a
  *           churn site allocates 4 blocks, writes every page and frees
  *           them; a keep site replaces 8 of 256 long-lived blocks it sizes
- *           for the worst case and writes 2 pages of.  Mapping serves the
- *           churn site best, slices the keep site: a fixed threshold is
- *           wrong for one of them (2 MiB: the churn site; 1 MiB: the keep
- *           site), a per-site one for neither
+ *           for the worst case and writes 2 pages of.  While the keep
+ *           site's set fills (the first 32 iterations), its new blocks take
+ *           the slices the churn site just freed, and the churn site's next
+ *           blocks fault in fresh pages (1,536 faults, ~20 ms an iteration
+ *           here; 17 us once the set is full): mapping the churn site
+ *           (BigCache keeps its 4 blocks) avoids that, mapping the keep
+ *           site costs a mapping per replacement ever after.  A fixed
+ *           threshold is wrong for one of them (2 MiB: the churn site;
+ *           1 MiB: the keep site), a per-site one for neither -- if it is
+ *           learned within the first iterations
  * An iteration is the unit of "ns_per_iter"; "ops" counts mallocs + frees. */
 #include <pthread.h>
 #include <stdatomic.h>
