@@ -134,8 +134,13 @@ size_t hak_sites_get(hak_site_info_t* out, size_t max) {
     hak_site_t* s = &sites[i];
     hak_site_info_t info = {(const void*)k, atomic_load(&s->allocs), atomic_load(&s->frees), atomic_load(&s->bytes),
                             atomic_load(&s->threshold), atomic_load(&s->large_count), 0, 0, 0, 0, 0, 0};
-    /* the learner's fields are the site lock's: a copy only if it is free */
-    if (_hak_site_trylock(s)) {
+    /* the learner's fields are the site lock's, held for a few hundred
+     * instructions at a time: a bounded wait (never blocks; a lock held by
+     * a thread this one interrupted leaves them 0) */
+    int tries = 0;
+    while (!_hak_site_trylock(s) && ++tries < 10000) {
+    }
+    if (tries < 10000) {
       info.epochs = s->epochs_all;
       info.explored = s->epochs_explored;
       info.cost_ns = s->budget.earned_ns;
