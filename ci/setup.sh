@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   bazel-bootstrap bazel-rules-java          # Bazel 4.2.3 (WORKSPACE mode) + rules_java
   clang-14 libclang-rt-14-dev llvm-14       # compiler, sanitizer and libFuzzer runtimes
+  clang                                     # /usr/bin/clang (Bazel's), clang++ (the preload test)
   afl++                                     # AFL++ (afl-clang-fast)
   valgrind                                  # memcheck / callgrind
   libmimalloc2.0 libjemalloc2 libtcmalloc-minimal4   # peer allocators for benchmarks
@@ -14,6 +15,7 @@ PACKAGES=(
   python3-yaml                              # ci/check_workflows.py (//ci:schedule_test)
   bc zip                                    # verify/mutants.sh, .clusterfuzzlite/build.sh
   chromium                                  # ci/history_test.py renders the nightly dashboard
+  cron                                      # ci/install-nightly.sh where systemd is not PID 1
 )
 
 missing=()
