@@ -308,8 +308,8 @@ void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
   if (m >= HAK_MAP_HUGE) {
     uint64_t t0 = _hak_policy_free_begin(); /* ~25 ns, on a path of microseconds */
     size_t size = _hak_huge_free(p, fn, site);
-    _hak_purge_tick_any();
     if (t0 != 0 && size != 0) _hak_policy_freed(size, t0);
+    _hak_purge_tick_any(); /* every tier's: not this block's cost */
     return;
   }
   _hak_error(_hak_huge_recently_freed(p) ? HAK_ERR_DOUBLE_FREE : HAK_ERR_INVALID_FREE, fn, p);

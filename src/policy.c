@@ -85,7 +85,11 @@ static __thread uint64_t tls_free_ns;
  * windows cost, and windows of different sites overlap (each counts the
  * whole program while it is open), so K sites would earn K x 2 %.  Every
  * exploration also reserves from 2 % of the process's wall time since
- * learning began (racy by a few reservations at most; never a lock). */
+ * learning began (never a lock: explorations admitted at the same instant
+ * may overshoot by a reservation or two).  An exploring epoch its site
+ * never closes (the site went quiet) keeps its reservation until the site
+ * comes back or its slot is reused: at most one per site, and the limit
+ * grows with the wall time. */
 static _Atomic(uint64_t) g_t0, g_reserved, g_spent;
 
 static pthread_mutex_t pol_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -137,44 +141,36 @@ static int bucket_of(size_t size);
 
 /* ---- the process-wide exploration budget ------------------------------ */
 
-static bool global_admit(uint64_t reserve, uint64_t now) {
+static bool global_fits(uint64_t reserve, uint64_t now) {
+#ifdef HAK_FAULT_BUDGET_SITES_ONLY /* fault injection: K sites earn K x 2 % */
+  return true;
+#endif
   uint64_t t0 = atomic_load_explicit(&g_t0, memory_order_relaxed);
   if (t0 == 0 || now <= t0) return false;
   uint64_t limit = (now - t0) / 1000 * HAK_EXPLORE_PERMILLE;
-  uint64_t used = atomic_load_explicit(&g_spent, memory_order_relaxed) +
-                  atomic_load_explicit(&g_reserved, memory_order_relaxed);
-  if (used + reserve > limit) return false;
-  atomic_fetch_add_explicit(&g_reserved, reserve, memory_order_relaxed);
-  return true;
+  return atomic_load_explicit(&g_spent, memory_order_relaxed) +
+             atomic_load_explicit(&g_reserved, memory_order_relaxed) + reserve <=
+         limit;
 }
 
-static void global_settle(uint64_t reserved, uint64_t excess) {
-  if (reserved == 0) return;
-  atomic_fetch_sub_explicit(&g_reserved, reserved, memory_order_relaxed);
-  atomic_fetch_add_explicit(&g_spent, excess, memory_order_relaxed);
-}
-
-/* Both budgets admit it, or neither is touched. */
+/* The process-wide budget and the site's admit it, or nothing is counted. */
 static bool budget_admit(hak_site_t* s, double excess_per_request, uint64_t now) {
   uint64_t r = excess_per_request > 0 ? (uint64_t)(excess_per_request * HAK_POLICY_EPOCH) : 0;
   if (r == 0) r = 1;
+  if (!global_fits(r, now)) return false;
   if (!_hak_budget_admit(&s->budget, r)) return false;
-#ifdef HAK_FAULT_BUDGET_SITES_ONLY /* fault injection: K sites earn K x 2 % */
-  if (false && !global_admit(r, now)) {
-#else
-  if (!global_admit(r, now)) {
-#endif
-    _hak_budget_settle(&s->budget, 0);
-    return false;
-  }
-  s->epoch_reserve = r;
+  atomic_fetch_add_explicit(&g_reserved, r, memory_order_relaxed);
   return true;
 }
 
+/* Charges an exploration that closed (or was dropped: its reservation). */
 static void budget_settle(hak_site_t* s, uint64_t excess) {
+  uint64_t r = s->budget.reserved_ns;
+  if (r == 0) return; /* none open */
   _hak_budget_settle(&s->budget, excess);
-  global_settle(s->epoch_reserve, excess);
-  s->epoch_reserve = 0;
+  atomic_fetch_sub_explicit(&g_reserved, r, memory_order_relaxed);
+  atomic_fetch_add_explicit(&g_spent, excess, memory_order_relaxed);
+  hak_atomic_add(st_explore_ns, excess);
 }
 
 void _hak_policy_drop_epoch(hak_site_t* s) {
@@ -366,7 +362,6 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
     double excess = s->ctl_ns > 0 ? (cost - s->ctl_ns) * n : window;
     uint64_t x = excess > 0 ? (uint64_t)excess : 0;
     budget_settle(s, x);
-    hak_atomic_add(st_explore_ns, x);
   } else {
     /* one slow window moves the cost the budget is earned from by at most
      * its own size: a stall must not buy exploration */

@@ -278,7 +278,6 @@ typedef struct hak_site_s {
   uint32_t epoch_count0;         /* large_count when it opened            */
   uint64_t epoch_t0, epoch_faults0, epoch_waste;
   uint64_t epoch_free0;           /* the opener's time freeing mapped blocks, then */
-  uint64_t epoch_reserve;         /* what it reserved of the process-wide budget */
   uint8_t epoch_cell[HAK_POLICY_EPOCH]; /* each request's bucket * 2 + huge */
   uint32_t epoch_kib[HAK_POLICY_EPOCH];
   /* ... and what the site has learned: cost per request (ns, window wall

@@ -125,7 +125,7 @@ def summarize(runs):
         # what a scenario reports beside its iteration (sites: churn_ns;
         # prodcons: malloc_ns_first/last), medians
         "extra_ns": {k: statistics.median(r[k] for r in runs)
-                     for k in sorted(runs[0]) if k.endswith("_ns") and k != "ns_per_iter"
+                     for k in sorted(runs[0]) if "_ns" in k and k != "ns_per_iter"
                      and all(isinstance(r.get(k), (int, float)) for r in runs)},
     }
 

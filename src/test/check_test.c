@@ -2,7 +2,13 @@
  * each kind of violation it knows, planted by hand (then undone), it
  * reports that kind first. */
 #include <pthread.h>
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 
 #include "src/hakmem.h"
 #include "src/internal.h"
@@ -244,6 +250,32 @@ TEST(segment_map) {
         _hak_segmap_clear(none, HAK_SEGMENT_SIZE));
   munmap(r, 2 * HAK_SEGMENT_SIZE);
 }
+
+/* The same over memory written and then made PROT_NONE (resident: mincore
+ * says 1), where process_vm_readv is denied (seccomp, some containers): the
+ * checker read it directly then, and crashed (review of the fix above). */
+static void deny_process_vm_readv(void) {
+  struct sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_process_vm_readv, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {sizeof(f) / sizeof(f[0]), f};
+  CHILD_CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0);
+}
+static void resident_protected_registration(void) {
+  char* r = mmap(NULL, 2 * HAK_SEGMENT_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  CHILD_CHECK(r != MAP_FAILED);
+  uintptr_t none = ((uintptr_t)r + HAK_SEGMENT_MASK) & ~(uintptr_t)HAK_SEGMENT_MASK;
+  memset((void*)none, 0, 16384);
+  CHILD_CHECK(mprotect((void*)none, HAK_SEGMENT_SIZE, PROT_NONE) == 0);
+  CHILD_CHECK(_hak_os_resident((void*)(none + 4096)) == 1);
+  deny_process_vm_readv();
+  _hak_segmap_set(none, HAK_SEGMENT_SIZE, false);
+  CHILD_CHECK(hak_check_heap() > 0); /* diagnosed, not a crash */
+}
+TEST(protected_registration_without_process_vm_readv) { EXPECT_CHILD_OK(resident_protected_registration, 60); }
 
 TEST(bigcache_and_batch_queue) {
   static int site;
