@@ -12,6 +12,7 @@ command -v "$CC" >/dev/null || { echo "afl.sh: $CC not found (ci/setup.sh instal
 targets=$(sed -n 's/^    "\(.*_fuzzer\)",$/\1/p' fuzz/BUILD)
 common=(src/*.c verify/shadow_heap.c verify/trace.c fuzz/afl_main.c)
 common=("${common[@]/src\/shim.c/}")
+common=("${common[@]/src\/cxx.c/}") # the shim's C++ operators: not in a fuzz target
 for t in $targets; do
   echo "afl.sh: building $t" >&2
   "$CC" -std=gnu11 -O2 -g -I. -ftls-model=initial-exec -fno-builtin -DHAK_AFL \
