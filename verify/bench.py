@@ -19,6 +19,7 @@ import glob
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -254,8 +255,12 @@ def main():
         for round_no in range(args.warmup + args.runs):
             warm = round_no < args.warmup
             for s in scenarios:
-                # rotate the order each round so no allocator always runs first
-                order = allocators[round_no % len(allocators):] + allocators[:round_no % len(allocators)]
+                # a new order each round (seeded: reproducible), so no allocator
+                # always runs first nor always after the same one (a rotation
+                # kept hakmem-evolving right after hakmem-baseline every round:
+                # a run may pay for what its predecessor left the machine)
+                order = list(allocators)
+                random.Random(f"{s}/{round_no}").shuffle(order)
                 for a in order:
                     r = run_once(args.binary, s, a, args.hakmem, tmp)
                     if not warm:
