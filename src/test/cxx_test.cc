@@ -43,21 +43,20 @@ TEST(new_sees_its_caller) {
   EXPECT_TRUE(first->frees == first->allocs);
 }
 
+// Does f() throw std::bad_alloc?
+template <class F>
+static bool throws_bad_alloc(F f) {
+  try {
+    f();
+  } catch (const std::bad_alloc&) {
+    return true;
+  }
+  return false;
+}
+
 TEST(bad_alloc_thrown) {
-  bool caught = false;
-  try {
-    sink = ::operator new(SIZE_MAX / 4);
-  } catch (const std::bad_alloc&) {
-    caught = true;
-  }
-  EXPECT_TRUE(caught);
-  caught = false;
-  try {
-    sink = ::operator new[](SIZE_MAX / 4, std::align_val_t(4096));
-  } catch (const std::bad_alloc&) {
-    caught = true;
-  }
-  EXPECT_TRUE(caught);
+  EXPECT_TRUE(throws_bad_alloc([] { sink = ::operator new(SIZE_MAX / 4); }));
+  EXPECT_TRUE(throws_bad_alloc([] { sink = ::operator new[](SIZE_MAX / 4, std::align_val_t(4096)); }));
 }
 
 static int handler_calls;
@@ -72,13 +71,7 @@ static void throw_from_handler() {
 TEST(new_handler_called_until_it_gives_up) {
   handler_calls = 0;
   std::set_new_handler(give_up_second_time);
-  bool caught = false;
-  try {
-    sink = ::operator new(SIZE_MAX / 4);
-  } catch (const std::bad_alloc&) {
-    caught = true;
-  }
-  EXPECT_TRUE(caught);
+  EXPECT_TRUE(throws_bad_alloc([] { sink = ::operator new(SIZE_MAX / 4); }));
   EXPECT_EQ_U(handler_calls, 2);
   std::set_new_handler(nullptr);
 }
