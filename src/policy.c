@@ -158,9 +158,13 @@ static bool budget_admit(hak_site_t* s, double excess_per_request, uint64_t now)
   uint64_t r = excess_per_request > 0 ? (uint64_t)(excess_per_request * HAK_POLICY_EPOCH) : 0;
   if (r == 0) r = 1;
   if (!global_fits(r, now)) return false;
-  if (!_hak_budget_admit(&s->budget, r)) return false;
+  /* reserved globally first: a fork between the two leaves the child a
+   * global reservation without a site's (held for good, harmless), never a
+   * site's without a global one (its release would wrap g_reserved) */
   atomic_fetch_add_explicit(&g_reserved, r, memory_order_relaxed);
-  return true;
+  if (_hak_budget_admit(&s->budget, r)) return true;
+  atomic_fetch_sub_explicit(&g_reserved, r, memory_order_relaxed);
+  return false;
 }
 
 /* Charges an exploration that closed (or was dropped: its reservation). */
