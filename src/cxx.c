@@ -238,26 +238,28 @@ NEW_ALIGNED_NOTHROW(_ZnamSt11align_val_tRKSt9nothrow_t, F_NEW_A_AL_NT)
 
 /* Every delete is a free: hakmem finds the size and the alignment itself.
  * Replaced: libstdc++'s form, which calls the program's delete. */
-#define DELETE(name, form, fn_t, args, ...)                               \
+#define DELETE(name, form, fn_t, args, al, ...)                           \
   HAK_SHIM_API void name(void* p, ##__VA_ARGS__);                          \
   HAK_SHIM_API void name(void* p, ##__VA_ARGS__) {                         \
     if (hak_unlikely(replaced())) {                                        \
       fn_t f = (fn_t)next(form);                                           \
       if (f != NULL) f args;                                               \
-      else program_delete(p, 0);                                           \
+      else program_delete(p, al);                                          \
       return;                                                              \
     }                                                                      \
     hak_free_fast(p, CALLER, HAK_FN_DELETE);                               \
   }
-DELETE(_ZdlPv, F_DEL, del_fn, (p))
-DELETE(_ZdaPv, F_DEL_A, del_fn, (p))
-DELETE(_ZdlPvm, F_DEL_S, del_2_fn, (p, size), size_t size)
-DELETE(_ZdaPvm, F_DEL_A_S, del_2_fn, (p, size), size_t size)
-DELETE(_ZdlPvSt11align_val_t, F_DEL_AL, del_2_fn, (p, align), size_t align)
-DELETE(_ZdaPvSt11align_val_t, F_DEL_A_AL, del_2_fn, (p, align), size_t align)
-DELETE(_ZdlPvmSt11align_val_t, F_DEL_S_AL, del_3_fn, (p, size, align), size_t size, size_t align)
-DELETE(_ZdaPvmSt11align_val_t, F_DEL_A_S_AL, del_3_fn, (p, size, align), size_t size, size_t align)
-DELETE(_ZdlPvRKSt9nothrow_t, F_DEL_NT, del_nt_fn, (p, nt), const void* nt)
-DELETE(_ZdaPvRKSt9nothrow_t, F_DEL_A_NT, del_nt_fn, (p, nt), const void* nt)
-DELETE(_ZdlPvSt11align_val_tRKSt9nothrow_t, F_DEL_AL_NT, del_al_nt_fn, (p, align, nt), size_t align, const void* nt)
-DELETE(_ZdaPvSt11align_val_tRKSt9nothrow_t, F_DEL_A_AL_NT, del_al_nt_fn, (p, align, nt), size_t align, const void* nt)
+DELETE(_ZdlPv, F_DEL, del_fn, (p), 0)
+DELETE(_ZdaPv, F_DEL_A, del_fn, (p), 0)
+DELETE(_ZdlPvm, F_DEL_S, del_2_fn, (p, size), 0, size_t size)
+DELETE(_ZdaPvm, F_DEL_A_S, del_2_fn, (p, size), 0, size_t size)
+DELETE(_ZdlPvSt11align_val_t, F_DEL_AL, del_2_fn, (p, align), align, size_t align)
+DELETE(_ZdaPvSt11align_val_t, F_DEL_A_AL, del_2_fn, (p, align), align, size_t align)
+DELETE(_ZdlPvmSt11align_val_t, F_DEL_S_AL, del_3_fn, (p, size, align), align, size_t size, size_t align)
+DELETE(_ZdaPvmSt11align_val_t, F_DEL_A_S_AL, del_3_fn, (p, size, align), align, size_t size, size_t align)
+DELETE(_ZdlPvRKSt9nothrow_t, F_DEL_NT, del_nt_fn, (p, nt), 0, const void* nt)
+DELETE(_ZdaPvRKSt9nothrow_t, F_DEL_A_NT, del_nt_fn, (p, nt), 0, const void* nt)
+DELETE(_ZdlPvSt11align_val_tRKSt9nothrow_t, F_DEL_AL_NT, del_al_nt_fn, (p, align, nt), align, size_t align,
+       const void* nt)
+DELETE(_ZdaPvSt11align_val_tRKSt9nothrow_t, F_DEL_A_AL_NT, del_al_nt_fn, (p, align, nt), align, size_t align,
+       const void* nt)
