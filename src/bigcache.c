@@ -17,15 +17,19 @@
  *   straight to munmap.
  * - Get: the site's own row first; when it is empty, a block of the same
  *   class cached by another site (scanned from a rotating cursor, at most
- *   every row, only while anything is cached): a fresh mapping would cost
- *   its page faults, and a program whose big buffers come from many sites
- *   would otherwise fault in a new block while the cache holds one.
+ *   every row, only while the class holds any), then a block of a larger
+ *   class up to twice the size (the smallest first): a fresh mapping would
+ *   cost its page faults, and a program whose big buffers come from many
+ *   sites, in many sizes, would otherwise fault in a new block while the
+ *   cache holds one it fits in.  A larger block keeps its class (and its
+ *   usable size), and goes back to that class's row when freed.
  * - Expiry is checked on puts to the row and by a sweep of 1/16 of the
  *   table on every 16th put; hak_collect() evicts everything.
  *
  * Invariants: a slot's block has state FREED and cls == the slot's class;
  * no block is in two slots or in a slot and the batch queue;
- * cached_bytes == sum of the mapping sizes in slots (when quiescent). */
+ * cached_bytes == sum of the mapping sizes in slots, bc_count[c] == the
+ * blocks in class c's slots (when quiescent). */
 #include "internal.h"
 
 #define BC_SITES 256
@@ -42,7 +46,8 @@ _Static_assert(HAK_SEGMENT_SHIFT == TIME_BITS, "slot packs time into the base's 
 
 static _Atomic(uintptr_t) bc_slots[BC_SITES][BC_CLASSES][BC_SLOTS_MAX];
 static _Atomic(uint64_t) bc_bytes;
-static _Atomic(uint64_t) st_hits, st_other_site, st_misses, st_puts, st_evictions, st_expired;
+static _Atomic(uint32_t) bc_count[BC_CLASSES]; /* blocks cached per class */
+static _Atomic(uint64_t) st_hits, st_other_site, st_larger, st_misses, st_puts, st_evictions, st_expired;
 static _Atomic(uint32_t) bc_sweep_cursor, bc_put_count;
 
 int _hak_bigcache_class(size_t size) {
@@ -80,6 +85,7 @@ static hak_huge_t* slot_header(uintptr_t v, int cls) {
 static void bc_evict(uintptr_t v, int cls) {
   hak_huge_t* h = slot_header(v, cls);
   atomic_fetch_sub_explicit(&bc_bytes, bc_weight(h), memory_order_relaxed);
+  atomic_fetch_sub_explicit(&bc_count[cls], 1, memory_order_relaxed);
   hak_atomic_add(st_evictions, 1);
   _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
 }
@@ -115,27 +121,43 @@ static hak_huge_t* bc_take(_Atomic(uintptr_t)* row, int cls, int slots) {
 #endif
       hak_huge_t* h = slot_header(v, cls);
       atomic_fetch_sub_explicit(&bc_bytes, bc_weight(h), memory_order_relaxed);
+      atomic_fetch_sub_explicit(&bc_count[cls], 1, memory_order_relaxed);
       return h;
     }
   }
   return NULL;
 }
 
-/* A cached block of this class for this site (or, failing that, another
- * site's), or NULL (a miss). */
+/* Another site's block of class cls, or NULL. */
+static hak_huge_t* bc_steal(size_t own, int cls, int slots) {
+  static _Atomic(uint32_t) bc_steal_cursor;
+  if (atomic_load_explicit(&bc_count[cls], memory_order_relaxed) == 0) return NULL;
+  uint32_t start = atomic_fetch_add_explicit(&bc_steal_cursor, 1, memory_order_relaxed);
+  for (uint32_t r = 0; r < BC_SITES; r++) {
+    size_t row = (start + r) % BC_SITES;
+    hak_huge_t* h = row != own ? bc_take(bc_slots[row][cls], cls, slots) : NULL;
+    if (h != NULL) return h;
+  }
+  return NULL;
+}
+
+/* A cached block of class cls (or a larger one up to twice its size) for
+ * this site (or, failing that, another site's), or NULL (a miss). */
 hak_huge_t* _hak_bigcache_get(const void* site, int cls) {
   int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
   size_t own = bc_row((uintptr_t)site);
   hak_huge_t* h = bc_take(bc_slots[own][cls], cls, slots);
 #ifndef HAK_FAULT_BIGCACHE_OWN_ROW_ONLY /* fault injection: no fallback to other sites */
-  if (h == NULL && atomic_load_explicit(&bc_bytes, memory_order_relaxed) != 0) {
-    static _Atomic(uint32_t) bc_steal_cursor;
-    uint32_t start = atomic_fetch_add_explicit(&bc_steal_cursor, 1, memory_order_relaxed);
-    for (uint32_t r = 0; r < BC_SITES && h == NULL; r++) {
-      size_t row = (start + r) % BC_SITES;
-      if (row != own) h = bc_take(bc_slots[row][cls], cls, slots);
-    }
+  if (h == NULL) {
+    h = bc_steal(own, cls, slots);
     if (h != NULL) hak_atomic_add(st_other_site, 1);
+  }
+#endif
+#ifndef HAK_FAULT_BIGCACHE_EXACT_CLASS /* fault injection: no larger class */
+  for (int c = cls + 1; h == NULL && c < BC_CLASSES && bc_class_size[c] <= 2 * bc_class_size[cls]; c++) {
+    h = bc_take(bc_slots[own][c], c, slots);
+    if (h == NULL) h = bc_steal(own, c, slots);
+    if (h != NULL) hak_atomic_add(st_larger, 1);
   }
 #endif
   if (h == NULL) {
@@ -168,6 +190,7 @@ bool _hak_bigcache_put(hak_huge_t* h) {
     for (int i = 0; i < slots; i++) {
       uintptr_t empty = 0;
       if (atomic_compare_exchange_strong(&row[i], &empty, v)) {
+        atomic_fetch_add_explicit(&bc_count[cls], 1, memory_order_relaxed);
         hak_purge_global_due(); /* expiry runs from the purge tick too */
         return true;
       }
@@ -217,11 +240,13 @@ static uintptr_t check_bases[BC_SITES * BC_CLASSES * BC_SLOTS_MAX]; /* checker s
 size_t _hak_bigcache_check(size_t* cached) {
   size_t bad = 0, n = 0;
   uint64_t bytes = 0;
+  uint32_t per_class[BC_CLASSES] = {0};
   for (int s = 0; s < BC_SITES; s++)
     for (int c = 0; c < BC_CLASSES; c++)
       for (int i = 0; i < BC_SLOTS_MAX; i++) {
         uintptr_t v = atomic_load(&bc_slots[s][c][i]);
         if (v == 0) continue;
+        per_class[c]++;
         hak_huge_t* h = slot_header(v, c);
         if (h->magic != HAK_HUGE_MAGIC || h->cls != c || atomic_load(&h->state) != HAK_HUGE_FREED) {
           bad++;
@@ -241,6 +266,7 @@ size_t _hak_bigcache_check(size_t* cached) {
       }
   for (size_t i = 1; i < n; i++) bad += check_bases[i] == check_bases[i - 1];
   if (bytes != atomic_load(&bc_bytes)) bad++;
+  for (int c = 0; c < BC_CLASSES; c++) bad += per_class[c] != atomic_load(&bc_count[c]);
   *cached = n;
   return bad;
 }
@@ -248,6 +274,7 @@ size_t _hak_bigcache_check(size_t* cached) {
 void _hak_bigcache_stats(hak_stats_t* st) {
   st->bigcache_hits = atomic_load(&st_hits);
   st->bigcache_other_site = atomic_load(&st_other_site);
+  st->bigcache_larger = atomic_load(&st_larger);
   st->bigcache_misses = atomic_load(&st_misses);
   st->bigcache_puts = atomic_load(&st_puts);
   st->bigcache_evictions = atomic_load(&st_evictions);

@@ -46,6 +46,7 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(freed, remote, "frees by a thread other than the owner")               \
   X(bigcache, hits, "huge allocations served from BigCache")              \
   X(bigcache, other_site, "hits served from another site's row (own empty)") \
+  X(bigcache, larger, "hits served by a block of a larger class (up to 2x)") \
   X(bigcache, misses, "cacheable huge allocations BigCache could not serve") \
   X(bigcache, puts, "freed huge blocks offered to BigCache")               \
   X(bigcache, evictions, "blocks sent from BigCache to the batch queue")   \
