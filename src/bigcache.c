@@ -11,10 +11,11 @@
  *   never reads a block another thread may have taken; put and get claim
  *   slots with one compare-and-swap: thread-safe without a lock.
  * - Budget: at most HAKMEM_BIGCACHE_BYTES (64 MiB) cached in all, counting
- *   the chunks each block spans from its mapping's start (bc_weight); a block
- *   that does not fit, the oldest block of a full row, and a block idle for
- *   HAKMEM_BIGCACHE_EXPIRY_MS (2 s) are evicted: to the batch queue, never
- *   straight to munmap.
+ *   the chunks each block spans from its mapping's start (bc_weight); a
+ *   block that does not fit displaces the blocks cached longest ago (up to
+ *   16; else it is evicted itself); those, the oldest block of a full row,
+ *   and a block idle for HAKMEM_BIGCACHE_EXPIRY_MS (2 s) are evicted: to
+ *   the batch queue, never straight to munmap.
  * - Get: the site's own row first; when it is empty, a block of the same
  *   class cached by another site (scanned from a rotating cursor, at most
  *   every row, only while the class holds any), then a block of a larger
@@ -22,7 +23,10 @@
  *   cost its page faults, and a program whose big buffers come from many
  *   sites, in many sizes, would otherwise fault in a new block while the
  *   cache holds one it fits in.  A larger block keeps its class (and its
- *   usable size), and goes back to that class's row when freed.
+ *   usable size), and goes back to that class's row when freed.  When
+ *   nothing cached fits, huge.c grows the largest smaller block
+ *   (_hak_bigcache_get_smaller, then mremap): its resident pages are
+ *   used again, only the rest faults in.
  * - Expiry is checked on puts to the row and by a sweep of 1/16 of the
  *   table on every 16th put; hak_collect() evicts everything.
  *
@@ -110,6 +114,27 @@ static void bc_sweep_some(uint64_t now) {
     for (int c = 0; c < BC_CLASSES; c++) bc_expire_row(bc_slots[s % BC_SITES][c], c, now);
 }
 
+/* Evicts the block cached longest ago (any row); false if none. */
+static bool bc_evict_oldest(uint64_t now) {
+  int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
+  uintptr_t t = now_ms(now), oldest_age = 0;
+  _Atomic(uintptr_t)* oldest = NULL;
+  int oldest_cls = 0;
+  for (int c = 0; c < BC_CLASSES; c++) {
+    if (atomic_load_explicit(&bc_count[c], memory_order_relaxed) == 0) continue;
+    for (int s = 0; s < BC_SITES; s++)
+      for (int i = 0; i < slots; i++) {
+        uintptr_t v = atomic_load_explicit(&bc_slots[s][c][i], memory_order_relaxed);
+        if (v != 0 && (oldest == NULL || ((t - v) & TIME_MASK) > oldest_age))
+          oldest = &bc_slots[s][c][i], oldest_age = (t - v) & TIME_MASK, oldest_cls = c;
+      }
+  }
+  if (oldest == NULL) return false;
+  uintptr_t v = atomic_load_explicit(oldest, memory_order_acquire);
+  if (v != 0 && atomic_compare_exchange_strong(oldest, &v, 0)) bc_evict(v, oldest_cls);
+  return true; /* or another thread took it: either way, look again */
+}
+
 /* Takes a block from one row; NULL if it holds none. */
 static hak_huge_t* bc_take(_Atomic(uintptr_t)* row, int cls, int slots) {
   for (int i = 0; i < slots; i++) {
@@ -128,7 +153,8 @@ static hak_huge_t* bc_take(_Atomic(uintptr_t)* row, int cls, int slots) {
   return NULL;
 }
 
-/* Another site's block of class cls, or NULL. */
+/* Another site's block of class cls (own: a row to skip, BC_SITES for
+ * none), or NULL. */
 static hak_huge_t* bc_steal(size_t own, int cls, int slots) {
   static _Atomic(uint32_t) bc_steal_cursor;
   if (atomic_load_explicit(&bc_count[cls], memory_order_relaxed) == 0) return NULL;
@@ -168,6 +194,20 @@ hak_huge_t* _hak_bigcache_get(const void* site, int cls) {
   return h;
 }
 
+/* For a request of size bytes that no cached block fits: the largest
+ * cached block of a smaller class (any site's), for huge.c to grow; NULL
+ * if none. */
+hak_huge_t* _hak_bigcache_get_smaller(size_t size) {
+  int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
+  if (atomic_load_explicit(&bc_bytes, memory_order_relaxed) == 0) return NULL;
+  for (int c = BC_CLASSES - 1; c >= 0; c--) {
+    if (bc_class_size[c] >= size) continue;
+    hak_huge_t* h = bc_steal(BC_SITES, c, slots);
+    if (h != NULL) return h;
+  }
+  return NULL;
+}
+
 /* Keeps a freed block (state FREED, cls >= 0, site = the row's site);
  * false if it did not fit and must go to the batch queue (counted as an
  * eviction). */
@@ -181,8 +221,16 @@ bool _hak_bigcache_put(hak_huge_t* h) {
   if ((atomic_fetch_add(&bc_put_count, 1) & 15) == 0) bc_sweep_some(now);
   bc_expire_row(row, cls, now);
   uint64_t budget = (uint64_t)hak_option(HAK_OPT_BIGCACHE_BYTES);
-  if (slots == 0 || atomic_fetch_add(&bc_bytes, bc_weight(h)) + bc_weight(h) > budget) {
-    if (slots != 0) atomic_fetch_sub(&bc_bytes, bc_weight(h));
+  uint64_t w = bc_weight(h);
+  /* least recently cached out first: a newer block is likelier to be asked
+   * for again (and a big one saves more faults than the small ones it
+   * displaces) */
+#ifndef HAK_FAULT_BIGCACHE_REJECT_NEW /* fault injection: the newcomer is evicted instead */
+  for (int i = 0; i < 16 && slots != 0 && w <= budget && atomic_load(&bc_bytes) + w > budget; i++)
+    if (!bc_evict_oldest(now)) break;
+#endif
+  if (slots == 0 || atomic_fetch_add(&bc_bytes, w) + w > budget) {
+    if (slots != 0) atomic_fetch_sub(&bc_bytes, w);
     hak_atomic_add(st_evictions, 1);
     return false;
   }
@@ -208,7 +256,7 @@ bool _hak_bigcache_put(hak_huge_t* h) {
       if (o != 0 && atomic_compare_exchange_strong(&row[oldest], &o, 0)) bc_evict(o, cls);
     }
   }
-  atomic_fetch_sub(&bc_bytes, bc_weight(h));
+  atomic_fetch_sub(&bc_bytes, w);
   hak_atomic_add(st_evictions, 1);
   return false;
 }

@@ -30,7 +30,7 @@
 #define RECENT 64
 #define THP_SIZE ((size_t)2 << 20)
 
-static _Atomic(uint64_t) huge_allocs, huge_frees;
+static _Atomic(uint64_t) huge_allocs, huge_frees, huge_grown;
 static _Atomic(uint64_t) huge_live_bytes; /* mapping bytes of live blocks */
 static _Atomic(uintptr_t) recent[RECENT];
 static _Atomic(size_t) recent_next;
@@ -68,6 +68,16 @@ static void huge_guard(uintptr_t at, bool on) {
 #endif
 }
 
+/* A reused mapping's guard page moves from was to at (behind its new
+ * block), emptied first: a guard page is never resident, so the checker's
+ * look at resident pages (mincore) never reads one. */
+static void huge_guard_move(uintptr_t was, uintptr_t at) {
+  if (was == at) return;
+  huge_guard(was, false);
+  _hak_os_advise((void*)at, HAK_GUARD_SIZE, MADV_DONTNEED);
+  huge_guard(at, true);
+}
+
 /* The mapping size for a block of size bytes at offset: the block and the
  * guard page behind it, rounded up to whole chunks. */
 static size_t huge_map_size(size_t offset, size_t size) {
@@ -78,6 +88,97 @@ static size_t huge_map_size(size_t offset, size_t size) {
 size_t _hak_huge_offset(size_t size, size_t align) {
   size_t off = size >= THP_SIZE ? THP_SIZE : HAK_HUGE_HEADER;
   return align > off ? align : off;
+}
+
+/* Writes the header of a new live block at offset in the mapping at base
+ * (the block ends at block_end) and counts it; returns the user pointer. */
+static void* huge_init(uint8_t* base, size_t map_size, size_t offset, size_t block_end, int cls, const void* site) {
+  hak_huge_t* h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER);
+  hak_track_internal(h, HAK_HUGE_HEADER); /* may lie in a reused mapping's old block */
+  h->magic = HAK_HUGE_MAGIC;
+  h->base = (uintptr_t)base;
+  h->map_size = map_size;
+  h->size = block_end - offset; /* what may be touched */
+  h->offset = (uint32_t)offset;
+  h->cls = cls;
+  h->site = (uintptr_t)site;
+  atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
+  h->checksum = huge_checksum(h);
+  /* sanitizer builds: nothing past the block is the program's */
+  hak_track_noaccess((uint8_t*)h + HAK_HUGE_HEADER + h->size, huge_guard_at(0, block_end, map_size) - block_end);
+  hak_atomic_add(huge_allocs, 1);
+  hak_atomic_add(huge_live_bytes, map_size);
+  return base + offset;
+}
+
+/* Moves h's block onto a fresh 4 MiB-aligned range of map_size bytes by
+ * mremap (no copy, no page fault): the pages from its offset to its guard
+ * page, which are one VMA (THP advice splits off only the part in front,
+ * the guard the part behind; what a kernel merged with a neighbour is not
+ * moved whole).  The rest of the old mapping holds nothing but the old
+ * header (the caller writes the new one) and is unmapped.  The map forgets
+ * the old range before it goes back to the kernel (another thread's new
+ * mapping may land there the moment mremap returns).  Returns the new
+ * base, its guard page set behind block_end; NULL: nothing changed.  The
+ * caller owns h. */
+static uint8_t* huge_move(hak_huge_t* h, size_t map_size, size_t block_end) {
+  uintptr_t old_base = h->base;
+  size_t old_map = h->map_size, off = h->offset;
+  uintptr_t from = old_base + off, to = huge_guard_at(old_base, off + h->size, old_map);
+  if ((off & 4095) != 0 || map_size <= old_map || to <= from) return NULL;
+  uint8_t* base = _hak_os_alloc_aligned(map_size, HAK_SEGMENT_SIZE); /* reserved: the pages move onto it */
+  if (base == NULL) return NULL;
+  _hak_segmap_set((uintptr_t)base, map_size, true);
+#if !defined(HAK_FAULT_REMAP_MAP_STALE) && !defined(HAK_FAULT_REMAP_CLEAR_LATE) /* fault injection */
+  _hak_segmap_clear(old_base, old_map);
+#endif
+  if (!_hak_os_remap((void*)from, to - from, base + off, map_size - off)) {
+    _hak_segmap_clear((uintptr_t)base, map_size);
+    _hak_segmap_set(old_base, old_map, true);
+    _hak_os_free(base, map_size);
+    return NULL;
+  }
+  _hak_os_free((void*)old_base, off);
+  _hak_os_free((void*)to, old_base + old_map - to); /* the guard page and what lies behind it */
+#ifdef HAK_FAULT_REMAP_CLEAR_LATE /* fault injection: the old range forgotten after it went back (the first version) */
+  _hak_segmap_clear(old_base, old_map);
+#endif
+  if (_hak_thp_always) _hak_os_advise(base, off & ~(THP_SIZE - 1), MADV_NOHUGEPAGE);
+  huge_guard(huge_guard_at((uintptr_t)base, block_end, map_size), true);
+  return base;
+}
+
+/* A huge request nothing cached fits: the largest smaller cached block
+ * grows into it (huge_move), so the pages it has resident are used again
+ * and only the rest faults in; NULL: none (or it could not move, and went
+ * back). */
+static void* huge_grow_cached(size_t size, int cls, const void* site) {
+#if HAK_TRACKING
+  (void)size, (void)cls, (void)site;
+  return NULL; /* sanitizer builds: the shadow would not follow the pages */
+#else
+  size_t offset = _hak_huge_offset(size, 0);
+  if (offset != THP_SIZE) return NULL;
+  hak_huge_t* h = _hak_bigcache_get_smaller(size);
+  if (h == NULL) return NULL;
+  size_t map_size = huge_map_size(offset, size);
+  uint8_t* base = NULL;
+  if (h->offset == offset && map_size <= h->map_size) {
+    /* a retained mapping reused for a smaller block: room enough already,
+     * the guard page moves behind the new block end */
+    base = (uint8_t*)h->base;
+    map_size = h->map_size;
+    huge_guard_move(huge_guard_at(h->base, offset + h->size, map_size), huge_guard_at(h->base, offset + size, map_size));
+  } else if (h->offset == offset) {
+    base = huge_move(h, map_size, offset + size);
+  }
+  if (base == NULL) {
+    if (!_hak_bigcache_put(h)) _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
+    return NULL;
+  }
+  hak_atomic_add(huge_grown, 1);
+  return huge_init(base, map_size, offset, offset + size, cls, site);
+#endif
 }
 
 void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, bool* fresh) {
@@ -95,6 +196,13 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
       return (uint8_t*)h->base + h->offset;
     }
   }
+  if (align <= HAK_HUGE_HEADER && _hak_secure < 2) {
+    void* p = huge_grow_cached(size, cls, site);
+    if (p != NULL) {
+      *fresh = false;
+      return p;
+    }
+  }
   size_t offset = _hak_huge_offset(size, align);
   if (size > PTRDIFF_MAX - offset - HAK_SEGMENT_SIZE || align > ((size_t)1 << 30)) return NULL;
   size_t map_size = huge_map_size(offset, size);
@@ -107,13 +215,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
     uintptr_t at = huge_guard_at((uintptr_t)base, block_end, map_size);
     /* HAKMEM_SECURE=2: the freed block was made PROT_NONE (huge_free) */
     if (_hak_secure >= 2) _hak_os_protect(base, was - (uintptr_t)base, false);
-    if (was != at) { /* the last block's guard is not where this one needs it */
-      huge_guard(was, false);
-      /* emptied first: a guard page is never resident, so the checker's
-       * look at resident pages (mincore) never reads one */
-      _hak_os_advise((void*)at, HAK_GUARD_SIZE, MADV_DONTNEED);
-      huge_guard(at, true);
-    }
+    huge_guard_move(was, at); /* the last block's guard is not where this one needs it */
   }
   *fresh = base == NULL;
   if (base == NULL) {
@@ -134,22 +236,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
     huge_guard(huge_guard_at((uintptr_t)base, block_end, map_size), true);
     _hak_segmap_set((uintptr_t)base, map_size, true);
   }
-  hak_huge_t* h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER);
-  hak_track_internal(h, HAK_HUGE_HEADER); /* may lie in a reused mapping's old block */
-  h->magic = HAK_HUGE_MAGIC;
-  h->base = (uintptr_t)base;
-  h->map_size = map_size;
-  h->size = block_end - offset; /* what may be touched */
-  h->offset = (uint32_t)offset;
-  h->cls = cls;
-  h->site = (uintptr_t)site;
-  atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
-  h->checksum = huge_checksum(h);
-  /* sanitizer builds: nothing past the block is the program's */
-  hak_track_noaccess((uint8_t*)h + HAK_HUGE_HEADER + h->size, huge_guard_at(0, block_end, map_size) - block_end);
-  hak_atomic_add(huge_allocs, 1);
-  hak_atomic_add(huge_live_bytes, map_size);
-  return base + offset;
+  return huge_init(base, map_size, offset, block_end, cls, site);
 }
 
 /* The header of a live or freed huge block p, or NULL if p is not the user
@@ -284,9 +371,9 @@ void* _hak_huge_realloc(void* p, size_t size) {
    * guard page is lifted first (mremap moves one VMA, and the guard is
    * another) and set again at the new end. */
   uint8_t* base = (uint8_t*)old_base;
-  uintptr_t old_guard = huge_guard_at(old_base, h->offset + h->size, old_map);
-  huge_guard(old_guard, false);
-  if (map_size < old_map) {
+  if (map_size < old_map) { /* in place: the tail goes, the guard moves in front of it */
+    uintptr_t old_guard = huge_guard_at(old_base, h->offset + h->size, old_map);
+    huge_guard(old_guard, false);
     _hak_segmap_clear(old_base + map_size, old_map - map_size); /* the tail's chunks */
     if (!_hak_os_remap((void*)old_base, old_map, base, map_size)) {
       _hak_segmap_clear(old_base, map_size);
@@ -294,28 +381,18 @@ void* _hak_huge_realloc(void* p, size_t size) {
       huge_guard(old_guard, true);
       return NULL;
     }
+    huge_guard((uintptr_t)base + map_size - HAK_GUARD_SIZE, true);
   } else {
-    base = _hak_os_alloc_aligned(map_size, HAK_SEGMENT_SIZE); /* reserved: the pages move onto it */
-    if (base == NULL) {
-      huge_guard(old_guard, true);
-      return NULL;
-    }
-    _hak_segmap_set((uintptr_t)base, map_size, true);
-#if !defined(HAK_FAULT_REMAP_MAP_STALE) && !defined(HAK_FAULT_REMAP_CLEAR_LATE) /* fault injection */
-    _hak_segmap_clear(old_base, old_map);
-#endif
-    if (!_hak_os_remap((void*)old_base, old_map, base, map_size)) {
-      _hak_segmap_clear((uintptr_t)base, map_size);
-      _hak_segmap_set(old_base, old_map, true);
-      _hak_os_free(base, map_size);
-      huge_guard(old_guard, true);
-      return NULL;
-    }
-#ifdef HAK_FAULT_REMAP_CLEAR_LATE /* fault injection: the old range forgotten after it went back (the first version) */
-    _hak_segmap_clear(old_base, old_map);
-#endif
+    uintptr_t site = h->site;
+    base = huge_move(h, map_size, map_size - HAK_GUARD_SIZE);
+    if (base == NULL) return NULL;
+    h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER); /* a fresh page: the header anew */
+    h->magic = HAK_HUGE_MAGIC;
+    h->offset = (uint32_t)offset;
+    h->cls = -1;
+    h->site = site;
+    atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
   }
-  huge_guard((uintptr_t)base + map_size - HAK_GUARD_SIZE, true);
   h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER);
   h->base = (uintptr_t)base;
   h->map_size = map_size;
@@ -340,4 +417,5 @@ uint64_t _hak_huge_live_bytes(void) { return atomic_load_explicit(&huge_live_byt
 void _hak_huge_stats(hak_stats_t* st) {
   st->served_huge = atomic_load(&huge_allocs);
   st->freed_huge = atomic_load(&huge_frees);
+  st->bigcache_grown = atomic_load(&huge_grown);
 }

@@ -72,6 +72,7 @@ typedef struct hak_os_s {
   uint64_t (*now_ns)(void);                  /* monotonic clock             */
   uint64_t (*faults)(void);                  /* this thread's page faults   */
   int (*protect)(void* addr, size_t size, bool none); /* PROT_NONE or rw; 0 or errno */
+  int (*remap)(void* old, size_t old_size, void* dst, size_t new_size); /* mremap; 0 or errno */
 } hak_os_t;
 HAK_INTERNAL extern const hak_os_t _hak_os_default;
 HAK_INTERNAL extern const hak_os_t* _hak_os;   /* tests swap in a fake     */
@@ -333,6 +334,7 @@ HAK_INTERNAL bool _hak_huge_header_valid(const hak_huge_t* h, size_t map_size);
 HAK_INTERNAL int _hak_bigcache_class(size_t size);        /* -1: bypass */
 HAK_INTERNAL size_t _hak_bigcache_class_size(int cls);
 HAK_INTERNAL hak_huge_t* _hak_bigcache_get(const void* site, int cls);
+HAK_INTERNAL hak_huge_t* _hak_bigcache_get_smaller(size_t size); /* to grow */
 HAK_INTERNAL bool _hak_bigcache_put(hak_huge_t* h);
 HAK_INTERNAL void _hak_bigcache_drain(void);
 HAK_INTERNAL size_t _hak_bigcache_check(size_t* cached); /* violations; blocks cached */

@@ -47,7 +47,7 @@ static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
                               "... or this many ranges", false},
     [HAK_OPT_BATCH_DEADLINE_MS] = {"BATCH_DEADLINE_MS", 100, 0, 60000, NULL, false,
                                    "... or when its oldest range has waited this long", false},
-    [HAK_OPT_RETAIN_BYTES] = {"RETAIN_BYTES", 64 * MiB, 0, 64 * 1024 * MiB, NULL, false,
+    [HAK_OPT_RETAIN_BYTES] = {"RETAIN_BYTES", 16 * MiB, 0, 64 * 1024 * MiB, NULL, false,
                               "released mappings kept for reuse; beyond this they are unmapped", false},
     [HAK_OPT_PURGE_DELAY_MS] = {"PURGE_DELAY_MS", 500, 0, 3600000, NULL, false,
                                 "free slices, cached segments and retained mappings idle this long (up to twice) are decommitted; 0: at once", false},
@@ -71,7 +71,7 @@ long _hak_options[HAK_OPT_COUNT] = {
     [HAK_OPT_BATCH_BYTES] = 8 * MiB,
     [HAK_OPT_BATCH_RANGES] = 256,
     [HAK_OPT_BATCH_DEADLINE_MS] = 100,
-    [HAK_OPT_RETAIN_BYTES] = 64 * MiB,
+    [HAK_OPT_RETAIN_BYTES] = 16 * MiB,
     [HAK_OPT_PURGE_DELAY_MS] = 500,
 };
 const char* _hak_stats_file;

@@ -30,6 +30,14 @@ static int os_protect(void* addr, size_t size, bool none) {
   return mprotect(addr, size, none ? PROT_NONE : PROT_READ | PROT_WRITE) == 0 ? 0 : errno;
 }
 
+/* mremap: dst == old resizes in place (no move), else moves onto dst
+ * (MREMAP_FIXED: whatever dst held goes) */
+static int os_remap(void* old, size_t old_size, void* dst, size_t new_size) {
+  void* r = dst == old ? mremap(old, old_size, new_size, 0)
+                       : mremap(old, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+  return r == MAP_FAILED ? errno : 0;
+}
+
 static uint64_t os_now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -95,7 +103,7 @@ HAK_NO_SANITIZE bool _hak_os_peek(const void* addr, void* out, size_t n) {
   return ok;
 }
 
-const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns, os_faults, os_protect};
+const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns, os_faults, os_protect, os_remap};
 const hak_os_t* _hak_os = &_hak_os_default;
 
 static _Atomic(uint64_t) os_munmap_calls, os_madvise_calls, os_guard_pages;
@@ -176,18 +184,11 @@ int _hak_os_advise(void* addr, size_t size, int advice) {
  * changed then.  The caller clears the segment map of what goes back
  * first: the kernel may hand that range to another thread at once. */
 bool _hak_os_remap(void* old, size_t old_size, void* dst, size_t new_size) {
-  void* r;
-  if (dst == old) {
-    KEEP_ERRNO(r = mremap(old, old_size, new_size, 0));
-    if (r == MAP_FAILED) return false;
-    hak_atomic_add(os_munmap_calls, 1);
-    os_account(old_size - new_size, false);
-    return true;
-  }
-  KEEP_ERRNO(r = mremap(old, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED, dst));
-  if (r == MAP_FAILED) return false; /* e.g. the range spans several VMAs (madvised parts) */
-  hak_atomic_add(os_munmap_calls, 1); /* the old range is gone; dst was counted when reserved */
-  os_account(old_size, false);
+  int rc;
+  KEEP_ERRNO(rc = _hak_os->remap(old, old_size, dst, new_size));
+  if (rc != 0) return false; /* e.g. the range spans several VMAs (madvised parts) */
+  hak_atomic_add(os_munmap_calls, 1); /* shrunk, or the old range is gone (dst was counted when reserved) */
+  os_account(dst == old ? old_size - new_size : old_size, false);
   return true;
 }
 

@@ -153,6 +153,58 @@ TEST(a_class_with_no_block_takes_the_smallest_larger_one_up_to_twice_its_size) {
   EXPECT_EQ_U(hak_check_heap(), 0);
 }
 
+/* The pages of [p, p + n) that are resident (mincore). */
+static size_t resident_pages(const void* p, size_t n) {
+  static unsigned char vec[(64 * MiB) / 4096];
+  uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095;
+  size_t pages = ((uintptr_t)p + n - a + 4095) / 4096, r = 0;
+  if (pages > sizeof(vec) || mincore((void*)a, pages * 4096, vec) != 0) return (size_t)-1;
+  for (size_t i = 0; i < pages; i++) r += vec[i] & 1;
+  return r;
+}
+
+TEST(a_request_nothing_cached_fits_grows_the_largest_smaller_block_in_place_of_faults) {
+  setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  char* six = hak_alloc_at(6 * MiB, SITE(20));
+  char* twelve = hak_alloc_at(12 * MiB, SITE(21)); /* class 16 MiB */
+  memset(six, 0x5a, 6 * MiB);
+  memset(twelve, 0x6b, 12 * MiB);
+  hak_free_at(six, SITE(20));
+  hak_free_at(twelve, SITE(21));
+  hak_stats_t a = stats();
+  char* p = hak_alloc_at(24 * MiB, SITE(22)); /* no class: the 16 MiB block grows, not the 6 */
+  hak_stats_t b = stats();
+  ASSERT_NOT_NULL(p);
+  EXPECT_EQ_U(b.bigcache_grown - a.bigcache_grown, 1);
+  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB); /* the 6 MiB block stays */
+  EXPECT_EQ_U(hak_usable_size(p), 24 * MiB);
+  /* moved, not copied: the old block's pages are resident and hold its
+   * bytes, the rest is untouched */
+  EXPECT_EQ_U(resident_pages(p, 12 * MiB), 12 * MiB / 4096);
+  EXPECT_EQ_U(resident_pages(p + 16 * MiB, 8 * MiB), 0);
+  size_t same = 0;
+  for (size_t i = 0; i < 12 * MiB; i += 4096) same += p[i] == 0x6b;
+  EXPECT_EQ_U(same, 12 * MiB / 4096);
+  memset(p, 1, 24 * MiB);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  /* a class request too: the 6 MiB block grows into a 16 MiB-class one */
+  a = stats();
+  char* q = hak_alloc_at(10 * MiB, SITE(23));
+  b = stats();
+  EXPECT_EQ_U(b.bigcache_grown - a.bigcache_grown, 1);
+  EXPECT_EQ_U(b.bigcache_bytes, 0);
+  EXPECT_EQ_U(hak_usable_size(q), 16 * MiB);
+  EXPECT_EQ_U((unsigned char)q[6 * MiB - 1], 0x5a);
+  memset(q, 2, 16 * MiB);
+  hak_free_at(q, SITE(23)); /* back to the 16 MiB class */
+  a = stats();
+  EXPECT_TRUE(hak_alloc_at(16 * MiB, SITE(24)) == q);
+  hak_free_at(q, SITE(24));
+  hak_free_at(p, SITE(22));
+  EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+}
+
 TEST(full_row_evicts_its_oldest_block) {
   setup(2, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
   char* p[3];
@@ -178,11 +230,21 @@ TEST(budget_bounds_cached_bytes) {
   char* p[3];
   for (int i = 0; i < 3; i++) p[i] = hak_alloc_at(2 * MiB, SITE(10 + i));
   hak_stats_t a = stats();
-  for (int i = 0; i < 3; i++) hak_free_at(p[i], SITE(10 + i));
+  for (int i = 0; i < 3; i++) {
+    hak_free_at(p[i], SITE(10 + i));
+    advance_ms(1);
+  }
   hak_stats_t b = stats();
   EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB);
   EXPECT_EQ_U(b.bigcache_evictions - a.bigcache_evictions, 1);
   EXPECT_EQ_U(b.batch_queued - a.batch_queued, 1);
+  /* the block cached longest ago made room: the two newest stay */
+  EXPECT_TRUE(hak_alloc_at(2 * MiB, SITE(11)) == p[1]);
+  EXPECT_TRUE(hak_alloc_at(2 * MiB, SITE(12)) == p[2]);
+  EXPECT_EQ_U(stats().bigcache_hits - b.bigcache_hits, 2);
+  hak_free_at(p[1], SITE(11));
+  hak_free_at(p[2], SITE(12));
+  EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
 }
 
 TEST(idle_blocks_expire_to_the_batch_queue) {
