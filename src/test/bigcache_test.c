@@ -2,6 +2,7 @@
  * memory, recorded madvise/munmap ranges): hit/miss, eviction order,
  * budget, expiry, batch thresholds, deadline, coalescing, deferred munmap,
  * retained reuse, nothing released twice, hak_collect. */
+#include <errno.h>
 #include <sys/mman.h>
 
 #include "src/internal.h"
@@ -201,6 +202,35 @@ TEST(a_request_nothing_cached_fits_grows_the_largest_smaller_block_in_place_of_f
   EXPECT_TRUE(hak_alloc_at(16 * MiB, SITE(24)) == q);
   hak_free_at(q, SITE(24));
   hak_free_at(p, SITE(22));
+  EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+}
+
+static int failing_remap(void* old, size_t old_size, void* dst, size_t new_size) {
+  (void)old, (void)old_size, (void)dst, (void)new_size;
+  return EFAULT; /* e.g. a range the kernel split */
+}
+
+TEST(a_block_that_cannot_grow_goes_back_and_the_request_is_mapped_fresh) {
+  setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  char* six = hak_alloc_at(6 * MiB, SITE(30));
+  memset(six, 0x33, 6 * MiB);
+  hak_free_at(six, SITE(30));
+  fake_os.remap = failing_remap;
+  hak_stats_t a = stats();
+  char* p = hak_alloc_at(24 * MiB, SITE(31));
+  hak_stats_t b = stats();
+  fake_os.remap = _hak_os_default.remap;
+  ASSERT_NOT_NULL(p);
+  EXPECT_EQ_U(b.bigcache_grown, a.bigcache_grown);
+  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB); /* back in the cache, intact */
+  memset(p, 1, 24 * MiB);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  char* again = hak_alloc_at(6 * MiB, SITE(32));
+  EXPECT_TRUE(again == six);
+  EXPECT_EQ_U((unsigned char)again[6 * MiB - 1], 0x33);
+  hak_free_at(again, SITE(32));
+  hak_free_at(p, SITE(31));
   EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
   EXPECT_EQ_U(hak_check_heap(), 0);
 }
