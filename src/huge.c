@@ -121,6 +121,7 @@ static void* huge_init(uint8_t* base, size_t map_size, size_t offset, size_t blo
  * mapping may land there the moment mremap returns).  Returns the new
  * base, its guard page set behind block_end; NULL: nothing changed.  The
  * caller owns h. */
+#if !HAK_TRACKING /* sanitizer builds: the shadow would not follow the pages */
 static uint8_t* huge_move(hak_huge_t* h, size_t map_size, size_t block_end) {
   uintptr_t old_base = h->base;
   size_t old_map = h->map_size, off = h->offset;
@@ -147,6 +148,7 @@ static uint8_t* huge_move(hak_huge_t* h, size_t map_size, size_t block_end) {
   huge_guard(huge_guard_at((uintptr_t)base, block_end, map_size), true);
   return base;
 }
+#endif
 
 /* A huge request nothing cached fits: the largest smaller cached block
  * grows into it (huge_move), so the pages it has resident are used again

@@ -188,6 +188,7 @@ TEST(hak_collect_purges_at_once) {
 TEST(retained_mappings_are_decommitted_after_the_delay) {
   setup();
   keep(100);
+  _hak_options[HAK_OPT_RETAIN_BYTES] = 64 << 20; /* retained when freed */
   char* h = hak_malloc(20 << 20); /* past BigCache: queued when freed */
   ASSERT_NOT_NULL(h);
   memset(h, 1, 20 << 20);

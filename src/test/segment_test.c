@@ -71,6 +71,7 @@ TEST(slice_runs_and_invariants) {
 TEST(segmap_marks_huge_mappings_with_distance) {
   /* 20 MiB bypasses BigCache: offset 2 MiB, mapping 24 MiB = 6 chunks */
   uint64_t maps = atomic_load(&_hak_os_map_count);
+  _hak_options[HAK_OPT_RETAIN_BYTES] = 64 << 20; /* retained when freed */
   uint8_t* p = hak_malloc(20 << 20);
   ASSERT_NOT_NULL(p);
   EXPECT_TRUE(atomic_load(&_hak_os_map_count) > maps); /* a fresh mapping */
