@@ -200,7 +200,7 @@ hak_huge_t* _hak_bigcache_get(const void* site, int cls) {
 hak_huge_t* _hak_bigcache_get_smaller(size_t size) {
   int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
   if (atomic_load_explicit(&bc_bytes, memory_order_relaxed) == 0) return NULL;
-  for (int c = BC_CLASSES - 1; c >= 0; c--) {
+  for (int c = BC_CLASSES - 1; c >= 0 && bc_class_size[c] >= (2u << 20); c--) { /* at 2 MiB, as huge.c grows */
     if (bc_class_size[c] >= size) continue;
     hak_huge_t* h = bc_steal(BC_SITES, c, slots);
     if (h != NULL) return h;

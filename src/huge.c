@@ -31,6 +31,16 @@
 #define THP_SIZE ((size_t)2 << 20)
 
 static _Atomic(uint64_t) huge_allocs, huge_frees, huge_grown;
+/* held while a block is in transit between its old mapping (or BigCache)
+ * and a new one (grow, realloc by mremap): a fork waits, so a child never
+ * finds a registered mapping that is neither live, cached nor queued */
+static pthread_mutex_t huge_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void _hak_huge_lock(bool lock) {
+  if (lock) pthread_mutex_lock(&huge_lock);
+  else pthread_mutex_unlock(&huge_lock);
+}
+void _hak_huge_fork_child(void) { pthread_mutex_unlock(&huge_lock); /* held since prepare */ }
 static _Atomic(uint64_t) huge_live_bytes; /* mapping bytes of live blocks */
 static _Atomic(uintptr_t) recent[RECENT];
 static _Atomic(size_t) recent_next;
@@ -154,15 +164,18 @@ static uint8_t* huge_move(hak_huge_t* h, size_t map_size, size_t block_end) {
  * grows into it (huge_move), so the pages it has resident are used again
  * and only the rest faults in; NULL: none (or it could not move, and went
  * back). */
-static void* huge_grow_cached(size_t size, int cls, const void* site) {
+static void* huge_grow_cached(size_t size, int cls, const void* site, bool thp) {
 #if HAK_TRACKING
-  (void)size, (void)cls, (void)site;
+  (void)size, (void)cls, (void)site, (void)thp;
   return NULL; /* sanitizer builds: the shadow would not follow the pages */
 #else
   size_t offset = _hak_huge_offset(size, 0);
-  if (offset != THP_SIZE) return NULL;
+  if (offset != THP_SIZE || !hak_lock(&huge_lock)) return NULL; /* a fork is pending: a fresh mapping */
   hak_huge_t* h = _hak_bigcache_get_smaller(size);
-  if (h == NULL) return NULL;
+  if (h == NULL) {
+    hak_unlock(&huge_lock);
+    return NULL;
+  }
   size_t map_size = huge_map_size(offset, size);
   uint8_t* base = NULL;
   if (h->offset == offset && map_size <= h->map_size) {
@@ -170,16 +183,30 @@ static void* huge_grow_cached(size_t size, int cls, const void* site) {
      * the guard page moves behind the new block end */
     base = (uint8_t*)h->base;
     map_size = h->map_size;
-    huge_guard_move(huge_guard_at(h->base, offset + h->size, map_size), huge_guard_at(h->base, offset + size, map_size));
+  }
+  /* a block past BigCache's classes gets all of its mapping, as a fresh one */
+  size_t block_end = cls >= 0 ? offset + size : map_size - HAK_GUARD_SIZE;
+  if (base != NULL) {
+    huge_guard_move(huge_guard_at(h->base, offset + h->size, map_size), huge_guard_at(h->base, block_end, map_size));
   } else if (h->offset == offset) {
-    base = huge_move(h, map_size, offset + size);
+    base = huge_move(h, map_size, block_end);
+    /* the pages moved with their advice, and the range grew with it: huge
+     * pages only as a fresh block of this size would get them */
+#ifndef HAK_FAULT_GROW_KEEPS_ADVICE /* fault injection: the first version */
+    if (base != NULL && hak_option(HAK_OPT_THP))
+      _hak_os_advise(base + offset, (map_size - offset) & ~(THP_SIZE - 1),
+                     size <= 2 * THP_SIZE || thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+#endif
   }
   if (base == NULL) {
     if (!_hak_bigcache_put(h)) _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
+    hak_unlock(&huge_lock);
     return NULL;
   }
   hak_atomic_add(huge_grown, 1);
-  return huge_init(base, map_size, offset, offset + size, cls, site);
+  void* p = huge_init(base, map_size, offset, block_end, cls, site);
+  hak_unlock(&huge_lock);
+  return p;
 #endif
 }
 
@@ -199,7 +226,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
     }
   }
   if (align <= HAK_HUGE_HEADER && _hak_secure < 2) {
-    void* p = huge_grow_cached(size, cls, site);
+    void* p = huge_grow_cached(size, cls, site, thp);
     if (p != NULL) {
       *fresh = false;
       return p;
@@ -373,6 +400,7 @@ void* _hak_huge_realloc(void* p, size_t size) {
    * guard page is lifted first (mremap moves one VMA, and the guard is
    * another) and set again at the new end. */
   uint8_t* base = (uint8_t*)old_base;
+  if (!hak_lock(&huge_lock)) return NULL; /* a fork is pending: the copy path */
   if (map_size < old_map) { /* in place: the tail goes, the guard moves in front of it */
     uintptr_t old_guard = huge_guard_at(old_base, h->offset + h->size, old_map);
     huge_guard(old_guard, false);
@@ -381,13 +409,17 @@ void* _hak_huge_realloc(void* p, size_t size) {
       _hak_segmap_clear(old_base, map_size);
       _hak_segmap_set(old_base, old_map, true); /* as it was */
       huge_guard(old_guard, true);
+      hak_unlock(&huge_lock);
       return NULL;
     }
     huge_guard((uintptr_t)base + map_size - HAK_GUARD_SIZE, true);
   } else {
     uintptr_t site = h->site;
     base = huge_move(h, map_size, map_size - HAK_GUARD_SIZE);
-    if (base == NULL) return NULL;
+    if (base == NULL) {
+      hak_unlock(&huge_lock);
+      return NULL;
+    }
     h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER); /* a fresh page: the header anew */
     h->magic = HAK_HUGE_MAGIC;
     h->offset = (uint32_t)offset;
@@ -402,6 +434,7 @@ void* _hak_huge_realloc(void* p, size_t size) {
   h->checksum = huge_checksum(h);
   atomic_fetch_add_explicit(&huge_live_bytes, map_size, memory_order_relaxed);
   atomic_fetch_sub_explicit(&huge_live_bytes, old_map, memory_order_relaxed);
+  hak_unlock(&huge_lock);
   return base + offset;
 #endif
 }

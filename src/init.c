@@ -37,6 +37,7 @@ static void fork_prepare(void) {
     return;
   }
   atomic_store_explicit(&_hak_fork_pending, true, memory_order_seq_cst);
+  _hak_huge_lock(true);
   _hak_heap_lock(true);
   _hak_segment_lock(true);
   _hak_madvq_lock(true);
@@ -53,6 +54,7 @@ static void fork_parent(void) {
   _hak_madvq_lock(false);
   _hak_segment_lock(false);
   _hak_heap_lock(false);
+  _hak_huge_lock(false);
   atomic_store_explicit(&_hak_fork_pending, false, memory_order_release);
 }
 static void fork_child(void) {
@@ -67,6 +69,7 @@ static void fork_child(void) {
   _hak_segment_fork_child();
   _hak_site_fork_child();
   _hak_heap_fork_child();
+  _hak_huge_fork_child();
 }
 
 /* True once the process is initialized; false only for a call that

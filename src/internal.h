@@ -335,6 +335,8 @@ HAK_INTERNAL int _hak_bigcache_class(size_t size);        /* -1: bypass */
 HAK_INTERNAL size_t _hak_bigcache_class_size(int cls);
 HAK_INTERNAL hak_huge_t* _hak_bigcache_get(const void* site, int cls);
 HAK_INTERNAL hak_huge_t* _hak_bigcache_get_smaller(size_t size); /* to grow */
+HAK_INTERNAL void _hak_huge_lock(bool lock); /* fork */
+HAK_INTERNAL void _hak_huge_fork_child(void);
 HAK_INTERNAL bool _hak_bigcache_put(hak_huge_t* h);
 HAK_INTERNAL void _hak_bigcache_drain(void);
 HAK_INTERNAL size_t _hak_bigcache_check(size_t* cached); /* violations; blocks cached */
