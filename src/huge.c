@@ -396,9 +396,10 @@ void* _hak_huge_realloc(void* p, size_t size) {
   size_t old_map = h->map_size;
   /* The map forgets what goes back to the kernel before it goes: another
    * thread's new mapping may land there the moment mremap returns.  Only
-   * this thread may use the block meanwhile (the caller owns it).  The
-   * guard page is lifted first (mremap moves one VMA, and the guard is
-   * another) and set again at the new end. */
+   * this thread may use the block meanwhile (the caller owns it).  A
+   * shrink lifts the guard page first (mremap resizes one VMA, and the
+   * guard is another) and sets it at the new end; a growth moves only the
+   * block's pages (huge_move). */
   uint8_t* base = (uint8_t*)old_base;
   if (!hak_lock(&huge_lock)) return NULL; /* a fork is pending: the copy path */
   if (map_size < old_map) { /* in place: the tail goes, the guard moves in front of it */
