@@ -148,13 +148,18 @@ static size_t check_page(const hak_heap_t* heap, hak_page_t* page, bool full, bo
   return bad;
 }
 
-static size_t check_queue(const hak_heap_t* heap, const hak_page_queue_t* q, bool full, int bin, size_t* pages, bool quiet) {
+static size_t check_queue(const hak_heap_t* heap, const hak_page_queue_t* q, bool full, int bin, size_t* pages,
+                          size_t* kept, bool quiet) {
   size_t bad = 0, n = 0;
   hak_page_t* prev = NULL;
   for (hak_page_t* p = q->first; p != NULL; prev = p, p = p->next) {
     if (++n > WALK_MAX) return bad + violation("page queue does not end", q, n, 0);
     if (p->prev != prev) bad += violation("page queue back link", p, (uintptr_t)p->prev, (uintptr_t)prev);
     if (!full && p->bin != bin) bad += violation("page in another bin's queue", p, p->bin, (uint64_t)bin);
+    /* a kept empty page (page.c) waits on its bin's queue */
+    if (p->kept > HAK_KEPT_AGED || (p->kept != HAK_KEPT_NO && (full || p->kind != HAK_SLICE_SMALL)))
+      bad += violation("kept page on the full list, not small, or a bad mark", p, p->kept, full);
+    if (p->kept != HAK_KEPT_NO) *kept += (size_t)p->slice_count << HAK_SLICE_SHIFT;
     bad += check_page(heap, p, full, quiet);
   }
   if (q->last != prev) bad += violation("page queue last", q, (uintptr_t)q->last, (uintptr_t)prev);
@@ -199,13 +204,16 @@ static size_t check_heap(const hak_heap_t* heap, bool quiet) {
     bad += check_delayed(heap);
     if (bad) return bad; /* the pages' counts would follow a bad list */
   }
+  size_t kept = 0;
   for (int b = 0; b < HAK_BINS; b++) {
-    bad += check_queue(heap, &heap->bins[b], false, b, &queued, quiet);
+    bad += check_queue(heap, &heap->bins[b], false, b, &queued, &kept, quiet);
     hak_page_t* d = heap->direct[b];
     if (d != &_hak_page_empty && (d->heap != heap || d->bin != b || d->kind != HAK_SLICE_SMALL))
       bad += violation("direct page of another bin or heap", d, d->bin, (uint64_t)b);
   }
-  bad += check_queue(heap, &heap->full, true, -1, &queued, quiet);
+  bad += check_queue(heap, &heap->full, true, -1, &queued, &kept, quiet);
+  if (kept != heap->kept_bytes || kept > HAK_KEEP_BYTES)
+    bad += violation("kept pages' bytes disagree with kept_bytes, or past the bound", heap, kept, heap->kept_bytes);
   size_t nseg = 0;
   for (hak_segment_t* s = heap->segments; s != NULL; s = s->next) {
     if (++nseg > WALK_MAX) return bad + violation("segment list does not end", heap, nseg, 0);

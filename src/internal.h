@@ -165,7 +165,7 @@ static inline uint8_t hak_segmap_get(uintptr_t a) {
 
 /* ---- segment.c --------------------------------------------------------- */
 HAK_INTERNAL hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n);
-HAK_INTERNAL void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page);
+HAK_INTERNAL void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle);
 HAK_INTERNAL void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg);
 HAK_INTERNAL void _hak_segment_stats(hak_stats_t* st);
 HAK_INTERNAL void _hak_segment_trim(void);
@@ -217,6 +217,8 @@ HAK_INTERNAL void* _hak_page_alloc_small(hak_heap_t* heap, size_t bin);
 HAK_INTERNAL void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const void* site);
 HAK_INTERNAL void _hak_page_free_slow(hak_heap_t* heap, hak_page_t* page);
 HAK_INTERNAL void _hak_page_collect(hak_page_t* page);
+HAK_INTERNAL bool _hak_page_age_kept(hak_heap_t* heap, bool all); /* purge tick: true if some stay */
+#define HAK_KEEP_BYTES ((size_t)4 << 20) /* empty pages a heap keeps for their bins (page.c) */
 HAK_INTERNAL void _hak_heap_sweep_full(hak_heap_t* heap);
 HAK_INTERNAL void _hak_heap_release_empty(hak_heap_t* heap);
 /* True if a is the start of a carved block of page: one bound test and one

@@ -4,7 +4,8 @@
  * What is purged, with MADV_DONTNEED (resident pages are dropped at once
  * and come back as zero pages when touched again):
  *  - the free slice runs of every heap's segments (retired pages, freed
- *    large blocks), by the heap's owner;
+ *    large blocks), by the heap's owner; empty pages kept for their bin are
+ *    retired first once kept a whole tick (page.c);
  *  - the free slices of cached empty segments (segment.c);
  *  - mappings the batch queue retains: released with MADV_FREE (cheap, but
  *    counted in RSS until the kernel needs the memory), then decommitted
@@ -72,7 +73,7 @@ size_t _hak_purge_segment(hak_segment_t* seg, bool all) {
 }
 
 void _hak_purge_heap(hak_heap_t* heap, uint64_t now, bool all) {
-  bool dirty = false;
+  bool dirty = _hak_page_age_kept(heap, all); /* first: what it retires is purged now */
   for (hak_segment_t* seg = heap->segments; seg != NULL; seg = seg->next) {
     if (seg->dirty_mask == 0) continue;
     _hak_purge_segment(seg, all);

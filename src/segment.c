@@ -141,7 +141,11 @@ hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
    * bit scan), then the first such run in it */
   uint64_t fits = n < HAK_SLICES ? heap->run_mask & (~(uint64_t)0 << n) : 0;
   hak_segment_t* seg = fits ? heap->by_run[__builtin_ctzll(fits)] : NULL;
-  int start = seg != NULL ? mask_find_run(seg->free_mask, n) : -1;
+  int start = -1;
+  if (seg != NULL) { /* a run that is still backed first: no page faults */
+    start = mask_find_run(seg->free_mask & seg->dirty_mask, n);
+    if (start < 0) start = mask_find_run(seg->free_mask, n);
+  }
   if (seg == NULL) {
     seg = segment_alloc(heap);
     if (seg == NULL) return NULL;
@@ -175,13 +179,14 @@ hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
 
 /* Returns a retired page's slices; an empty segment is released unless it
  * is the heap's last one. */
-void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page) {
+void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle) {
   hak_segment_t* seg = hak_segment_of(page);
   size_t start = page->slice_index, n = page->slice_count;
   for (size_t i = 0; i < n; i++) memset(&seg->slices[start + i], 0, sizeof(hak_page_t));
   uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << start;
   seg->free_mask |= bits;
   seg->dirty_mask |= bits; /* purged once idle (purge.c) */
+  if (idle) seg->aged_mask |= bits; /* idle already: purged at this tick */
   seg->used_slices -= (uint32_t)n;
 #ifndef HAK_FAULT_RUN_INDEX_STALE /* fault injection: freed runs are not found again */
   run_reindex(heap, seg);

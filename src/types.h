@@ -92,7 +92,8 @@ typedef enum {
  *   every block of free lies in [start, start + carved) at a multiple of
  *     block_size, and carries the freed tag
  *   capacity <= reserved; blocks past capacity were never handed out
- *   used == 0 && !is the bin's current page  =>  page is retired
+ *   used == 0 && !is the bin's current page  =>  page is retired or kept
+ *   kept  =>  small, on its bin queue, counted in heap->kept_bytes
  *   in_full == 1  <=>  page is on the heap's full list, else on its bin queue
  * thread_free: blocks freed by other threads, pushed with CAS, taken whole by
  * the owner (page_collect), which then subtracts them from used.  Its bit 0
@@ -103,6 +104,10 @@ typedef enum {
  * owner may retire it at once).  So: full flag set => on the full list; on
  * the full list with the flag clear => one of its blocks is on the delayed
  * list. */
+/* An empty small page kept on its bin's queue instead of retired (page.c):
+ * not kept, kept since the last purge tick, kept across a whole tick. */
+enum { HAK_KEPT_NO = 0, HAK_KEPT_YOUNG = 1, HAK_KEPT_AGED = 2 };
+
 typedef struct hak_page_s {
   /* line 0: read-mostly, also read by other threads' frees */
   struct hak_heap_s* heap;      /* owning heap, NULL when not a live page   */
@@ -127,7 +132,7 @@ typedef struct hak_page_s {
   uint8_t corrupt;              /* its list was found corrupt and dropped:
                                    freed blocks leak (tagged, on no list)   */
   uint8_t guarded;              /* a large block with a guard page behind it */
-  uint8_t _pad2[1];
+  uint8_t kept;                 /* HAK_KEPT_*: empty and kept for its bin   */
   uint32_t capacity;            /* blocks carved so far                     */
   uint32_t _pad3;
   struct hak_page_s* next;      /* bin queue or full list                   */
@@ -212,6 +217,7 @@ typedef struct hak_heap_s {
   uint32_t sample_countdown;      /* small refills until the next site sample */
   uint32_t purge_countdown;       /* slow-path calls until the clock is read */
   uint64_t purge_next_ns;         /* next purge tick of its segments, 0: none dirty */
+  size_t kept_bytes;              /* bytes of its pages marked kept (page.c) */
   uint64_t rng;                   /* HAKMEM_SECURE: this heap's random choices */
   /* HAKMEM_SECURE=2: freed blocks of this heap held back from reuse (a ring
    * in which each free takes a random place: secure.c) */

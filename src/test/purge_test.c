@@ -294,4 +294,82 @@ TEST(an_exited_threads_swept_pages_are_purged_after_the_delay) {
   teardown();
 }
 
+/* A page whose last block is freed stays on its bin's queue for the bin's
+ * next allocations (no new page set up); once it has stayed empty a whole
+ * tick (between one and two delays) it is retired and purged at that
+ * tick, and before that nothing of it is advised. */
+TEST(an_emptied_page_is_kept_for_its_bin_then_retired_and_purged) {
+  setup();
+  enum { N = 48 }; /* 4 KiB blocks, 16 a page: three pages */
+  char* blocks[N];
+  keep(100);
+  for (int i = 0; i < N; i++) blocks[i] = hak_malloc(4000);
+  hak_page_t* first = hak_page_of(blocks[0]);
+  hak_page_t* middle = hak_page_of(blocks[16]);
+  for (int i = 0; i < 16; i++) ASSERT_TRUE(hak_page_of(blocks[i]) == first && hak_page_of(blocks[16 + i]) == middle);
+  hak_stats_t st;
+  hak_stats_get(&st);
+  uint64_t retired0 = st.pages_retired, init0 = st.pages_initialized;
+  for (int i = 16; i < 32; i++) hak_free(blocks[i]); /* the middle page empties */
+  hak_stats_get(&st);
+  EXPECT_EQ_U(st.pages_retired, retired0);
+  EXPECT_EQ_U(middle->kept, HAK_KEPT_YOUNG);
+  EXPECT_EQ_U(_hak_heap_tls->kept_bytes, HAK_SLICE_SIZE);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  char* probe = blocks[20];
+  EXPECT_EQ_U(resident(probe), 1);
+  activity(16, DELAY_MS / 20); /* under one delay: kept, resident */
+  hak_stats_get(&st);
+  EXPECT_EQ_U(st.pages_retired, retired0);
+  EXPECT_EQ_U(resident(probe), 1);
+  activity(40, DELAY_MS / 20); /* past two delays: retired and purged */
+  hak_stats_get(&st);
+  EXPECT_EQ_U(st.pages_retired, retired0 + 1);
+  EXPECT_EQ_U(_hak_heap_tls->kept_bytes, 0);
+  EXPECT_EQ_U(resident(probe), 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  /* the first page empties: the bin's next allocations come from it */
+  for (int i = 0; i < 16; i++) hak_free(blocks[i]);
+  EXPECT_EQ_U(first->kept, HAK_KEPT_YOUNG);
+  hak_stats_get(&st);
+  init0 = st.pages_initialized;
+  for (int i = 0; i < 16; i++) {
+    blocks[i] = hak_malloc(4000);
+    EXPECT_TRUE(hak_page_of(blocks[i]) == first);
+  }
+  hak_stats_get(&st);
+  EXPECT_EQ_U(st.pages_initialized, init0);
+  EXPECT_EQ_U(first->kept, HAK_KEPT_NO);
+  EXPECT_EQ_U(_hak_heap_tls->kept_bytes, 0);
+  EXPECT_EQ_U(bad_advice, 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  for (int i = 0; i < 16; i++) hak_free(blocks[i]);
+  for (int i = 32; i < N; i++) hak_free(blocks[i]);
+  teardown();
+}
+
+/* At most HAK_KEEP_BYTES of empty pages per heap: 16 MiB of 1 KiB blocks
+ * freed, the rest of the pages retired at once; hak_collect retires the
+ * kept ones too. */
+TEST(kept_pages_are_bounded_and_collected) {
+  setup();
+  enum { N = 16 * 1024 };
+  static char* blocks[N];
+  keep(100);
+  for (int i = 0; i < N; i++) blocks[i] = hak_malloc(1000);
+  hak_stats_t st;
+  hak_stats_get(&st);
+  uint64_t retired0 = st.pages_retired;
+  for (int i = 0; i < N; i++) hak_free(blocks[i]);
+  hak_stats_get(&st);
+  size_t kept = _hak_heap_tls->kept_bytes;
+  EXPECT_TRUE(kept > 0 && kept <= HAK_KEEP_BYTES);
+  EXPECT_TRUE(st.pages_retired - retired0 >= (uint64_t)(N * 1024 - HAK_KEEP_BYTES) / HAK_SLICE_SIZE - 2);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  hak_collect();
+  EXPECT_EQ_U(_hak_heap_tls->kept_bytes, 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  teardown();
+}
+
 TEST_MAIN()

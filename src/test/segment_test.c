@@ -23,7 +23,7 @@ TEST(slice_runs_and_invariants) {
     if (i == 5) {
       /* free the 16-slice run: a 10-slice request reuses its place */
       uint8_t* hole = runs[2]->start;
-      _hak_segment_free_slices(&heap, runs[2]);
+      _hak_segment_free_slices(&heap, runs[2], false);
       hak_page_t* again = _hak_segment_alloc_slices(&heap, 10);
       ASSERT_NOT_NULL(again);
       EXPECT_TRUE(again->start == hole);
@@ -58,8 +58,8 @@ TEST(slice_runs_and_invariants) {
   hak_stats_t st;
   hak_stats_get(&st);
   uint64_t cached_before = st.segments_cached;
-  for (int i = 0; i < 8; i++) _hak_segment_free_slices(&heap, runs[i]);
-  _hak_segment_free_slices(&heap, big);
+  for (int i = 0; i < 8; i++) _hak_segment_free_slices(&heap, runs[i], false);
+  _hak_segment_free_slices(&heap, big, false);
   /* one empty segment stays with the heap, the other goes to the cache */
   EXPECT_EQ_U(heap.segment_count, 1);
   hak_stats_get(&st);
