@@ -175,6 +175,10 @@ static size_t check_segment(const hak_heap_t* heap, hak_segment_t* seg, size_t* 
   if (seg->free_mask & 1) bad += violation("slice 0 marked free", seg, 0, 0);
   if ((seg->dirty_mask & ~seg->free_mask) || (seg->aged_mask & ~seg->dirty_mask))
     bad += violation("purge masks: a slice in use marked dirty, or aged and not dirty", seg, seg->dirty_mask, seg->aged_mask);
+  uint32_t kept = 0;
+  for (size_t i = 1; i < HAK_SLICES; i++)
+    if (seg->slices[i].kind == HAK_SLICE_SMALL && seg->slices[i].kept != HAK_KEPT_NO) kept += seg->slices[i].slice_count;
+  if (kept != seg->kept_slices) bad += violation("kept_slices disagrees with the segment's kept pages", seg, kept, seg->kept_slices);
   if (seg->used_slices != 63u - (uint32_t)__builtin_popcountll(seg->free_mask))
     bad += violation("used_slices disagrees with free_mask", seg, seg->used_slices, seg->free_mask);
   for (size_t i = 1; i < HAK_SLICES;) {

@@ -58,6 +58,35 @@ static void page_unkeep(hak_heap_t* heap, hak_page_t* page) {
   if (page->kept == HAK_KEPT_NO) return;
   page->kept = HAK_KEPT_NO;
   heap->kept_bytes -= page_bytes(page);
+  hak_segment_of(page)->kept_slices -= page->slice_count;
+}
+
+/* A segment that holds nothing but kept pages would be released if they
+ * were retired: they must not pin it (nor its free slices, which only the
+ * owner's tick purges).  kept_note marks the heap when a keep or a
+ * retirement (of leaving slices) leaves such a segment; kept_unpin, at the
+ * end of the paths that keep or retire pages (never inside a walk of a
+ * queue), retires those kept pages, so the segment goes as before.  The
+ * heap's last segment stays anyway (segment.c). */
+static void kept_note(hak_heap_t* heap, const hak_segment_t* seg, uint32_t leaving) {
+  if (seg->kept_slices != 0 && seg->used_slices - leaving == seg->kept_slices) heap->kept_pinned = true;
+}
+static void page_retire_as(hak_heap_t* heap, hak_page_t* page, bool idle);
+static void kept_unpin(hak_heap_t* heap) {
+  if (!heap->kept_pinned) return;
+  heap->kept_pinned = false;
+#ifdef HAK_FAULT_KEEP_PINS_SEGMENTS /* fault injection: kept pages hold their segments */
+  return;
+#endif
+  for (size_t bin = 0; bin < HAK_BINS && heap->kept_bytes != 0; bin++) {
+    hak_page_t* next;
+    for (hak_page_t* page = heap->bins[bin].first; page != NULL && heap->segment_count > 1; page = next) {
+      next = page->next; /* a live or kept page: its segment stays */
+      hak_segment_t* seg = hak_segment_of(page);
+      if (page->kept != HAK_KEPT_NO && page->used == 0 && seg->used_slices == seg->kept_slices)
+        page_retire_as(heap, page, false);
+    }
+  }
 }
 
 /* After a racing double free was found: the two pushes of one block wrote
@@ -189,11 +218,14 @@ static void page_extend(hak_page_t* page) {
   atomic_store_explicit(&page->carved, (cap + n) * page->block_size, memory_order_release);
 }
 
+enum { KEPT_RELEASE_AGED, KEPT_RELEASE_ALL };
+static bool kept_release(hak_heap_t* heap, int how);
+
 /* n free slices for a page: the kept pages give theirs back before a run
  * that no segment has would map a new segment. */
 static hak_page_t* slices_alloc(hak_heap_t* heap, size_t n) {
   if (heap->kept_bytes != 0 && (n >= HAK_SLICES || (heap->run_mask & (~(uint64_t)0 << n)) == 0))
-    _hak_page_age_kept(heap, true);
+    kept_release(heap, KEPT_RELEASE_ALL);
   return _hak_segment_alloc_slices(heap, n);
 }
 
@@ -261,6 +293,7 @@ static uint8_t* page_run_end(hak_page_t* page) {
  * at the tick that retires it) */
 static void page_retire_as(hak_heap_t* heap, hak_page_t* page, bool idle) {
   page_unkeep(heap, page);
+  kept_note(heap, hak_segment_of(page), page->slice_count);
   if (hak_unlikely(_hak_secure) && page->kind == HAK_SLICE_SMALL) _hak_secure_retire(page);
   queue_remove(page_queue(heap, page), page);
   if (page->kind == HAK_SLICE_LARGE && page->guarded) {
@@ -299,36 +332,49 @@ static void page_emptied(hak_heap_t* heap, hak_page_t* page) {
     return;
   }
 #endif
-  if (page->kept == HAK_KEPT_NO) heap->kept_bytes += page_bytes(page);
+  if (page->kept == HAK_KEPT_NO) {
+    heap->kept_bytes += page_bytes(page);
+    hak_segment_of(page)->kept_slices += page->slice_count;
+  }
   page->kept = HAK_KEPT_YOUNG;
+  kept_note(heap, hak_segment_of(page), 0);
   if (page->in_full) page_unfull(heap, page);
   queue_remove(&heap->bins[page->bin], page);
   queue_push_front(&heap->bins[page->bin], page);
   _hak_purge_dirtied(heap); /* the heap's tick ages it */
 }
 
-/* Retires the kept pages (all: every one; else those kept across a whole
- * tick, and the others age); a kept page that was reused is no longer
- * kept.  True if some stay kept. */
-bool _hak_page_age_kept(hak_heap_t* heap, bool all) {
-  if (heap->kept_bytes == 0) return false;
-  for (size_t bin = 0; bin < HAK_BINS; bin++) {
+/* Retires the kept pages: those kept across a whole tick (and the others
+ * age: KEPT_RELEASE_AGED), or every one (KEPT_RELEASE_ALL: their slices
+ * are marked idle only if they were aged); a kept page that was reused is
+ * no longer kept.  The walk stops once every kept page was seen.  True if
+ * some stay kept. */
+static bool kept_release(hak_heap_t* heap, int how) {
+  size_t total = heap->kept_bytes, seen = 0;
+  for (size_t bin = 0; bin < HAK_BINS && seen < total; bin++) {
     hak_page_t* next;
-    for (hak_page_t* page = heap->bins[bin].first; page != NULL && heap->kept_bytes != 0; page = next) {
+    for (hak_page_t* page = heap->bins[bin].first; page != NULL && seen < total; page = next) {
       next = page->next;
       if (page->kept == HAK_KEPT_NO) continue;
+      seen += page_bytes(page);
       if (page->used != 0 || page_is_current(heap, page)) {
         page_unkeep(heap, page);
 #ifndef HAK_FAULT_KEEP_NEVER_RETIRED /* fault injection: kept pages stay forever */
-      } else if (all || page->kept == HAK_KEPT_AGED) {
-        page_retire_as(heap, page, true);
+      } else if (how == KEPT_RELEASE_ALL || page->kept == HAK_KEPT_AGED) {
+        page_retire_as(heap, page, page->kept == HAK_KEPT_AGED);
 #endif
       } else {
         page->kept = HAK_KEPT_AGED;
       }
     }
   }
+  kept_unpin(heap);
   return heap->kept_bytes != 0;
+}
+
+bool _hak_page_age_kept(hak_heap_t* heap, bool all) {
+  if (heap->kept_bytes == 0) return false;
+  return kept_release(heap, all ? KEPT_RELEASE_ALL : KEPT_RELEASE_AGED);
 }
 
 /* Takes in the blocks other threads freed into full pages (the delayed
@@ -382,6 +428,7 @@ void _hak_heap_sweep_full(hak_heap_t* heap) {
     else if (page->in_full) page_unfull(heap, page);
     b = next;
   }
+  kept_unpin(heap);
 }
 
 /* A large block: one block in a run of slices, kept on the full list so a
@@ -503,11 +550,13 @@ void _hak_page_free_slow(hak_heap_t* heap, hak_page_t* page) {
     hak_count(heap->counters.large_frees, 1);
     _hak_site_free((const void*)page->site);
     page_retire(heap, page);
+    kept_unpin(heap);
     hak_purge_tick(heap);
     return;
   }
   if (page->in_full) page_unfull(heap, page);
   if (page->used == 0 && !page_is_current(heap, page)) page_emptied(heap, page);
+  kept_unpin(heap);
   hak_purge_tick(heap);
 }
 

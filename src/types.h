@@ -165,6 +165,8 @@ typedef struct hak_segment_s {
   uint64_t aged_mask;             /* of those, dirty at the last purge tick */
   uint32_t used_slices;
   uint32_t max_run;               /* longest run of free slices (heap index) */
+  uint32_t kept_slices;           /* slices of its kept pages (page.c)       */
+  uint32_t _kpad;
   struct hak_segment_s* next;     /* heap's segment list / cache list      */
   struct hak_segment_s* prev;
   struct hak_segment_s* run_next; /* heap->by_run[max_run] list             */
@@ -218,6 +220,7 @@ typedef struct hak_heap_s {
   uint32_t purge_countdown;       /* slow-path calls until the clock is read */
   uint64_t purge_next_ns;         /* next purge tick of its segments, 0: none dirty */
   size_t kept_bytes;              /* bytes of its pages marked kept (page.c) */
+  bool kept_pinned;               /* a segment may hold only kept pages */
   uint64_t rng;                   /* HAKMEM_SECURE: this heap's random choices */
   /* HAKMEM_SECURE=2: freed blocks of this heap held back from reuse (a ring
    * in which each free takes a random place: secure.c) */
