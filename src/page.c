@@ -51,9 +51,9 @@ static bool page_is_current(const hak_heap_t* heap, const hak_page_t* page) {
   return _hak_secure && heap->bins[page->bin].first == page && page->next == NULL;
 }
 
-/* A kept page (page_emptied) in use again, or retired. */
 static size_t page_bytes(const hak_page_t* page) { return (size_t)page->slice_count << HAK_SLICE_SHIFT; }
 
+/* A kept page (page_emptied) in use again, or retired. */
 static void page_unkeep(hak_heap_t* heap, hak_page_t* page) {
   if (page->kept == HAK_KEPT_NO) return;
   page->kept = HAK_KEPT_NO;
@@ -338,9 +338,12 @@ static void page_emptied(hak_heap_t* heap, hak_page_t* page) {
   }
   page->kept = HAK_KEPT_YOUNG;
   kept_note(heap, hak_segment_of(page), 0);
-  if (page->in_full) page_unfull(heap, page);
-  queue_remove(&heap->bins[page->bin], page);
-  queue_push_front(&heap->bins[page->bin], page);
+  if (page->in_full) { /* back on its bin's queue, at the front */
+    page_unfull(heap, page);
+  } else {
+    queue_remove(&heap->bins[page->bin], page);
+    queue_push_front(&heap->bins[page->bin], page);
+  }
   _hak_purge_dirtied(heap); /* the heap's tick ages it */
 }
 

@@ -141,11 +141,7 @@ hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
    * bit scan), then the first such run in it */
   uint64_t fits = n < HAK_SLICES ? heap->run_mask & (~(uint64_t)0 << n) : 0;
   hak_segment_t* seg = fits ? heap->by_run[__builtin_ctzll(fits)] : NULL;
-  int start = -1;
-  if (seg != NULL) { /* a run that is still backed first: no page faults */
-    start = mask_find_run(seg->free_mask & seg->dirty_mask, n);
-    if (start < 0) start = mask_find_run(seg->free_mask, n);
-  }
+  int start = seg != NULL ? mask_find_run(seg->free_mask, n) : -1;
   if (seg == NULL) {
     seg = segment_alloc(heap);
     if (seg == NULL) return NULL;
