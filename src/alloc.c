@@ -132,6 +132,22 @@ oom:
 }
 
 void* _hak_alloc_generic(hak_heap_t* heap, size_t size, size_t align, const void* site) {
+  /* HAKMEM_SECURE: every small malloc misses the inline fast path (no
+   * direct page); it pops from the bin's page here, before the tier
+   * machinery (whose purge tick and site sampling run on refills only, as
+   * at level 0) */
+  if (_hak_secure && align == 0 && size <= HAK_SMALL_MAX - HAK_CANARY && heap != &_hak_heap_empty) {
+    size_t need = (size < HAK_ALIGN ? HAK_ALIGN : size) + HAK_CANARY;
+    size_t bin = need <= HAK_SMALL_FAST_MAX ? _hak_bin_lut[(need + HAK_ALIGN - 1) / HAK_ALIGN] : hak_bin_of_mid(need);
+    void* p = _hak_page_alloc_secure(heap, bin);
+    if (hak_likely(p != NULL)) {
+      hak_count(heap->counters.small_allocs, 1);
+#if HAK_TRACKING
+      hak_track_alloc(p, size, _hak_usable_size(p, HAK_FN_MALLOC));
+#endif
+      return p;
+    }
+  }
   return alloc_ex(heap, size, align, site, NULL);
 }
 
@@ -289,16 +305,11 @@ void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
     /* a local free the fast path did not take (not inlined at this call,
      * or a secure segment's) */
     if (_hak_secure) {
-      if (!_hak_secure_check(page, p, fn)) return;
-      _hak_secure_fill(page, p);
+      _hak_secure_free_local(owner, page, b, fn);
+      return;
     }
     hak_track_free(p, page->block_size, HAK_TRACK_HEADER);
     atomic_store_explicit(&b->tag, hak_freed_tag(p), memory_order_relaxed);
-    if (_hak_secure >= 2 && page->kind == HAK_SLICE_SMALL) {
-      hak_count(owner->counters.small_frees, 1);
-      _hak_quarantine_put(owner, b); /* held back; others may leave */
-      return;
-    }
     hak_block_set_next(b, page->free);
     page->free = b;
     hak_count(owner->counters.small_frees, 1);

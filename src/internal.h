@@ -214,6 +214,7 @@ static inline hak_page_t* hak_page_of(const void* p) {
 /* ---- page.c ------------------------------------------------------------ */
 HAK_INTERNAL extern hak_page_t _hak_page_empty;
 HAK_INTERNAL void* _hak_page_alloc_small(hak_heap_t* heap, size_t bin);
+HAK_INTERNAL void* _hak_page_alloc_secure(hak_heap_t* heap, size_t bin); /* or NULL */
 HAK_INTERNAL void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const void* site);
 HAK_INTERNAL void _hak_page_free_slow(hak_heap_t* heap, hak_page_t* page);
 HAK_INTERNAL void _hak_page_collect(hak_page_t* page);
@@ -282,14 +283,16 @@ static inline void hak_block_set_next(hak_block_t* b, const hak_block_t* next) {
 
 /* ---- secure.c: HAKMEM_SECURE levels 1 and 2 -------------------------------
  * Level 1: each small block's last 8 bytes hold a canary (the usable size is
- * 8 bytes less), checked on free and realloc; freed small blocks are zeroed
- * past their link and tag, and checked at reuse; new blocks are carved in a
- * random order, and a pop sometimes carves fresh blocks first.  Level 2
- * also: freed blocks wait in a per-heap quarantine (a random place in a
- * ring) before reuse; large blocks get a guard page behind them; freed huge
- * blocks are made PROT_NONE and skip BigCache.  Every small allocation and
- * free takes the generic paths (the fast paths never see a secure page:
- * heap->direct stays empty and segments are HAK_MAP_SECURE). */
+ * 8 bytes less), checked on free and realloc; freed small blocks have their
+ * first and last 64 bytes zeroed past their link and tag, checked at reuse;
+ * new blocks are carved in a random order, and a pop sometimes carves fresh
+ * blocks first.  Level 2 also: whole blocks zeroed and checked; freed
+ * blocks wait in a per-heap quarantine (a random place in a ring) before
+ * reuse; large blocks get a guard page behind them; freed huge blocks are
+ * made PROT_NONE and skip BigCache.  The inline fast paths never see a
+ * secure page (heap->direct stays empty and segments are HAK_MAP_SECURE):
+ * small allocations pop in _hak_alloc_generic (_hak_page_alloc_secure),
+ * frees go to _hak_free_secure. */
 HAK_INTERNAL extern int _hak_secure; /* the level, fixed at init */
 #define HAK_CANARY 8
 static inline uintptr_t hak_canary(const void* p) { return ((uintptr_t)p ^ _hak_keys.can0) * _hak_keys.can1; }
@@ -301,6 +304,11 @@ HAK_INTERNAL bool _hak_secure_pop(hak_page_t* page, hak_block_t* b);
  * reported as corrupt, the block left alone), then (free) zero-filled */
 HAK_INTERNAL bool _hak_secure_check(const hak_page_t* page, const void* p, hak_fn_t fn);
 HAK_INTERNAL void _hak_secure_fill(const hak_page_t* page, void* p);
+/* free() of a pointer in a secure segment, from the inline fast path */
+HAK_INTERNAL void _hak_free_secure(void* p, const void* site, hak_fn_t fn);
+/* the owner's free of a valid, not freed block of page: canary, fill,
+ * then its page's list (level 2: the quarantine) */
+HAK_INTERNAL void _hak_secure_free_local(hak_heap_t* heap, hak_page_t* page, hak_block_t* b, hak_fn_t fn);
 /* a page about to retire: every block on its list checked as a pop would
  * (a corrupt block is reported even if it was never to be reused) */
 HAK_INTERNAL void _hak_secure_retire(hak_page_t* page);
@@ -592,6 +600,9 @@ __attribute__((always_inline)) static inline void hak_free_fast(void* p, const v
       _hak_free_mt(page, p, fn);
       return;
     }
+  } else if (hak_segmap_get(a) == HAK_MAP_SECURE) { /* HAKMEM_SECURE: no cost above */
+    _hak_free_secure(p, site, fn);
+    return;
   }
   _hak_free_generic(p, site, fn);
 }

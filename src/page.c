@@ -478,25 +478,48 @@ void* _hak_page_alloc_large(hak_heap_t* heap, size_t size, size_t align, const v
   return p;
 }
 
+/* True one time in eight: 3 bits of a pooled random word (a new word every
+ * 21 calls). */
+static inline bool one_in_8(hak_heap_t* heap) {
+  if (heap->rng_pool < 8) heap->rng_pool = _hak_secure_rand(heap) >> 1 | (uint64_t)1 << 63;
+  bool hit = (heap->rng_pool & 7) == 0;
+  heap->rng_pool >>= 3;
+  return hit;
+}
+
+/* HAKMEM_SECURE's pop: one pop in eight takes freshly carved blocks first,
+ * and the block's fill is checked, its canary written. */
+__attribute__((always_inline)) static inline void* page_pop_secure(hak_heap_t* heap, hak_page_t* page) {
+  if (page->capacity < page->reserved && one_in_8(heap)) page_extend(page);
+  hak_block_t* b = hak_page_pop(page);
+  if (b != NULL && !_hak_secure_pop(page, b)) {
+    _hak_page_drop_list(page); /* the list may hold more of the same */
+    b = NULL;
+  }
+  if (hak_unlikely(b == NULL)) return _hak_page_alloc_small(heap, page->bin);
+  return b;
+}
+
 static void* page_pop(hak_heap_t* heap, hak_page_t* page) {
   page_unkeep(heap, page); /* in use again */
-  if (hak_unlikely(_hak_secure)) {
-    /* one pop in eight takes freshly carved blocks first */
-    if (page->capacity < page->reserved && (_hak_secure_rand(heap) & 7) == 0) page_extend(page);
-    hak_block_t* b = hak_page_pop(page);
-    if (b != NULL && !_hak_secure_pop(page, b)) {
-      _hak_page_drop_list(page); /* the list may hold more of the same */
-      b = NULL;
-    }
-    if (hak_unlikely(b == NULL)) return _hak_page_alloc_small(heap, page->bin);
-    return b;
-  }
+  if (hak_unlikely(_hak_secure)) return page_pop_secure(heap, page);
   heap->direct[page->bin] = page;
   hak_block_t* b = hak_page_pop(page);
   /* its list was found corrupt and dropped: look again (each corrupt page
    * is dropped once, so this ends) */
   if (hak_unlikely(b == NULL)) return _hak_page_alloc_small(heap, page->bin);
   return b;
+}
+
+/* HAKMEM_SECURE's small allocations (heap->direct stays empty, so the
+ * inline fast path never pops a secure page): a block of the bin's first
+ * page, which is the page the last refill chose, or NULL when it lists
+ * none (the caller refills through alloc_tier). */
+void* _hak_page_alloc_secure(hak_heap_t* heap, size_t bin) {
+  hak_page_t* page = heap->bins[bin].first;
+  if (page == NULL || page->free == NULL) return NULL;
+  page_unkeep(heap, page);
+  return page_pop_secure(heap, page);
 }
 
 /* The generic small path: a page of this bin with free blocks, found by

@@ -192,6 +192,8 @@ void hak_stats_print(int fd, int json) {
   if (json) {
     _hak_out_str(&o, "{\"pid\":");
     _hak_out_u64(&o, (uint64_t)getpid());
+    _hak_out_str(&o, ",\"secure\":"); /* HAKMEM_SECURE's level */
+    _hak_out_u64(&o, (uint64_t)_hak_secure);
 #define HAK_X(g, n, doc)                                           \
   if (group == NULL || strcmp(group, #g) != 0) {                   \
     if (group != NULL && strcmp(group, "learn") == 0) json_learn_extras(&o); \
@@ -213,6 +215,8 @@ void hak_stats_print(int fd, int json) {
     _hak_out_str(&o, _hak_policy_mode_name());
     _hak_out_str(&o, ", learning ");
     _hak_out_str(&o, _hak_policy_state_name());
+    _hak_out_str(&o, ", secure level ");
+    _hak_out_u64(&o, (uint64_t)_hak_secure);
     _hak_out_str(&o, ")\n");
 #define HAK_X(g, n, doc)                           \
   _hak_out_str(&o, "  " #g "." #n);                \

@@ -222,6 +222,7 @@ typedef struct hak_heap_s {
   size_t kept_bytes;              /* bytes of its pages marked kept (page.c) */
   bool kept_pinned;               /* a segment may hold only kept pages */
   uint64_t rng;                   /* HAKMEM_SECURE: this heap's random choices */
+  uint64_t rng_pool;              /* ... random bits not used yet, above them a 1 */
   /* HAKMEM_SECURE=2: freed blocks of this heap held back from reuse (a ring
    * in which each free takes a random place: secure.c) */
   hak_block_t** quarantine;

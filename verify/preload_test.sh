@@ -119,6 +119,9 @@ import os
 mode = os.environ.get("HAKMEM_MODE", "baseline")
 if any(l["learn"]["mode"] != mode for l in lines):
     sys.exit(f"{name}: hakmem ran in another mode than {mode}")
+secure = int(os.environ.get("HAKMEM_SECURE", "0"))
+if any(l["secure"] != secure for l in lines):
+    sys.exit(f"{name}: hakmem ran at another HAKMEM_SECURE level than {secure}")
 PYEOF
 }
 

@@ -110,10 +110,13 @@ static void poison_to_global(void* arg) {
   drain_for(48, p);
 }
 
-/* use after free: a write to word 0, word 1 or the middle of a freed block */
+/* use after free: a write to a word of a freed 256-byte block (word 0, 1,
+ * 4, 16: its middle) or, for LAST_WORD, to its last usable word */
+#define LAST_WORD 1000
 static void uaf_word(void* arg) {
   size_t word = (size_t)(uintptr_t)arg;
   char* p = hak_malloc(256);
+  if (word == LAST_WORD) word = hak_usable_size(p) / 8 - 1;
   hak_free(p);
   expect_addr(p);
   ((uint64_t*)p)[word] = 0x4141414141414141ull;
@@ -297,7 +300,11 @@ static const case_t cases[] = {
     /* level 2: found when the block leaves the quarantine (in a free) */
     {"use after free, word 0", uaf_word, 0, {ABORTS, ABORTS, ABORTS}, "heap corruption in "},
     {"use after free, word 1", uaf_word, 1, {ABORTS, ABORTS, ABORTS}, "heap corruption in "},
-    {"use after free, middle", uaf_word, 16, {UNDETECTED, ABORTS, ABORTS}, "heap corruption in "},
+    /* level 1 fills and checks a freed block's first and last 64 bytes,
+     * level 2 all of it (up to 4 KiB) */
+    {"use after free, word 4", uaf_word, 4, {UNDETECTED, ABORTS, ABORTS}, "heap corruption in "},
+    {"use after free, last word", uaf_word, LAST_WORD, {UNDETECTED, ABORTS, ABORTS}, "heap corruption in "},
+    {"use after free, middle", uaf_word, 16, {UNDETECTED, UNDETECTED, ABORTS}, "heap corruption in "},
     /* level 0: the block's second pop; levels 1, 2: the second free finds
      * the canary zeroed */
     {"double free after use after free", double_free_after_uaf, 0, {ABORTS, ABORTS, ABORTS}, "heap corruption in "},
