@@ -44,8 +44,7 @@ faults=("$@")
 IFS=, read -r -a order <<<"$checkers"
 
 # everything but the real programs (the preload checker runs those last)
-TESTS=(//src/... //fuzz/... //stress/... //verify/... -//verify:preload_test -//verify:preload_evolving_test
-       -//verify:preload_secure1_test -//verify:preload_secure2_test)
+TESTS=(//src/... //fuzz/... //stress/... //verify/... -//verify:preload_test -//verify:preload_evolving_test)
 TSAN_TESTS=(//stress/... //src:mt_test //src:lifecycle_test //fuzz:api_mt_fuzzer_replay //fuzz:misuse_fuzzer_replay)
 FUZZERS=(api_fuzzer misuse_fuzzer api_mt_fuzzer bigcache_fuzzer batch_fuzzer size_class_fuzzer learn_fuzzer options_fuzzer)
 # executions per target, about 20-30 s each at the exec/s the smoke run
