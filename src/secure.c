@@ -52,7 +52,10 @@
 
 int _hak_secure;
 
-void _hak_secure_init(void) { _hak_secure = (int)hak_option(HAK_OPT_SECURE); }
+/* Under a tool that tracks the heap (ASan, MSan, memcheck: track.h) the
+ * level is 0: the tool checks every access, more than these levels do, and
+ * keeps poisoned the slack where their canaries and fill live. */
+void _hak_secure_init(void) { _hak_secure = HAK_TRACKING ? 0 : (int)hak_option(HAK_OPT_SECURE); }
 
 uint64_t _hak_secure_rand(hak_heap_t* heap) {
   if (heap->rng == 0) heap->rng = (_hak_keys.can0 ^ (uintptr_t)heap) | 1;
@@ -205,7 +208,10 @@ static void quarantine_release(hak_heap_t* heap, hak_block_t* b) {
   heap->q_bytes -= page->block_size;
   if (hak_unlikely(!quarantine_intact(page, b))) {
     _hak_error_what(HAK_ERR_CORRUPT, HAK_FN_FREE, b, "a block in quarantine was written after free");
-    return; /* leaked, never served */
+#ifndef HAK_FAULT_QUARANTINE_LEAK_UNMARKED /* fault injection: the checker is not told */
+    page->corrupt = 1; /* b leaks, never served: still counted used, tagged freed */
+#endif
+    return;
   }
   hak_block_set_next(b, page->free);
   page->free = b;
