@@ -214,7 +214,11 @@ static void page_extend(hak_page_t* page) {
    * the zeroes), and carve in a random order of parts */
   uint16_t order[4096 / 16];
   if (_hak_secure) {
-    if (!page->zero) memset(first, 0, (size_t)n * page->block_size);
+    if (!page->zero) {
+      hak_track_internal(first, (size_t)n * page->block_size); /* the tools' builds: uncarved space */
+      memset(first, 0, (size_t)n * page->block_size);
+      hak_track_noaccess(first, (size_t)n * page->block_size);
+    }
     uint32_t k = n < CARVE_PARTS ? n : CARVE_PARTS, next[CARVE_PARTS], end[CARVE_PARTS];
     for (uint32_t j = 0; j < k; j++) next[j] = j * n / k, end[j] = (j + 1) * n / k;
     for (uint32_t i = 0; i < n; i++) {

@@ -52,10 +52,7 @@
 
 int _hak_secure;
 
-/* Under a tool that tracks the heap (ASan, MSan, memcheck: track.h) the
- * level is 0: the tool checks every access, more than these levels do, and
- * keeps poisoned the slack where their canaries and fill live. */
-void _hak_secure_init(void) { _hak_secure = HAK_TRACKING ? 0 : (int)hak_option(HAK_OPT_SECURE); }
+void _hak_secure_init(void) { _hak_secure = (int)hak_option(HAK_OPT_SECURE); }
 
 uint64_t _hak_secure_rand(hak_heap_t* heap) {
   if (heap->rng == 0) heap->rng = (_hak_keys.can0 ^ (uintptr_t)heap) | 1;
@@ -80,7 +77,7 @@ __attribute__((always_inline)) static inline bool zero_range(const uint8_t* p, s
 /* The block's fill (past words 0 and 1) is intact.  Level 1's edges are
  * constants (they overlap for blocks of 80..128 bytes): a few vector
  * loads. */
-HAK_NO_SANITIZE static inline bool fill_intact(const uint8_t* b, size_t bs) {
+HAK_NO_SANITIZE static inline bool fill_intact_(const uint8_t* b, size_t bs) {
   if (_hak_secure == 1 && bs >= L1_EDGE + 16) { /* the last edge misses the header */
     uint64_t acc = 0, w;
     for (size_t i = 16; i < L1_EDGE; i += 8) memcpy(&w, b + i, 8), acc |= w;
@@ -93,6 +90,15 @@ HAK_NO_SANITIZE static inline bool fill_intact(const uint8_t* b, size_t bs) {
   return zero_range(b + 16, L2_EDGE - 16) && zero_range(b + bs - L2_EDGE, L2_EDGE);
 }
 
+/* The fill lives in memory the tools (track.h) hold as freed or as the
+ * program's slack: hakmem's own reads of it are not the program's. */
+static inline bool fill_intact(const uint8_t* b, size_t bs) {
+  hak_track_quiet(true);
+  bool ok = fill_intact_(b, bs);
+  hak_track_quiet(false);
+  return ok;
+}
+
 HAK_NO_SANITIZE bool _hak_secure_pop(hak_page_t* page, hak_block_t* b) {
   size_t bs = page->block_size;
 #ifndef HAK_FAULT_SECURE_FILL_UNCHECKED /* fault injection: reuse trusts the fill */
@@ -102,14 +108,19 @@ HAK_NO_SANITIZE bool _hak_secure_pop(hak_page_t* page, hak_block_t* b) {
   }
 #endif
   uintptr_t c = hak_canary(b);
+  hak_track_quiet(true);
   memcpy((uint8_t*)b + bs - HAK_CANARY, &c, sizeof(c));
+  hak_track_quiet(false);
   return true;
 }
 
-bool _hak_secure_check(const hak_page_t* page, const void* p, hak_fn_t fn) {
+HAK_NO_SANITIZE bool _hak_secure_check(const hak_page_t* page, const void* p, hak_fn_t fn) {
   if (page->kind != HAK_SLICE_SMALL) return true;
   uintptr_t c;
+  hak_track_quiet(true); /* beyond the block's usable size: the tools' slack */
   memcpy(&c, (const uint8_t*)p + page->block_size - HAK_CANARY, sizeof(c));
+  hak_track_quiet(false);
+  hak_track_defined(&c, sizeof(c));
 #ifndef HAK_FAULT_SECURE_CANARY_UNCHECKED /* fault injection: the canary is not looked at */
   if (hak_unlikely(c != hak_canary(p))) {
     _hak_error_what(HAK_ERR_CORRUPT, fn, p, "the block's canary was overwritten (heap overflow or underflow)");
@@ -123,6 +134,7 @@ __attribute__((always_inline)) static inline void fill(const hak_page_t* page, v
   if (page->kind != HAK_SLICE_SMALL) return;
   uint8_t* b = p;
   size_t bs = page->block_size;
+  hak_track_internal(b, bs); /* the tools' builds: writable (the free poisons it again) */
   if (_hak_secure == 1 && bs >= L1_EDGE + 16) { /* constant sizes: inline stores */
     memset(b + 16, 0, L1_EDGE - 16);
     memset(b + bs - L1_EDGE, 0, L1_EDGE); /* overlaps the first up to 128 B */
