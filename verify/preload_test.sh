@@ -24,6 +24,8 @@ WORK=$(mktemp -d "${TEST_TMPDIR:-/tmp}/preload.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 PY=/usr/bin/python3
 failures=0
+# shellcheck source=verify/programs.sh
+. "$(dirname "$0")/programs.sh"
 
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
@@ -144,18 +146,7 @@ PYEOF
 run python 100000 env PYTHONMALLOC=malloc "$PY" "$WORK/prog.py"
 
 # ---- CPython, allocation-heavy: objects built and dropped in waves --------
-cat >"$WORK/churn.py" <<'PYEOF'
-import random
-r = random.Random(5)
-keep = []
-for wave in range(12):
-    objs = [{"id": i, "name": "n%d" % i, "tags": [str(r.random())] * (i % 5)} for i in range(40000)]
-    text = [repr(o) for o in objs[::3]]
-    keep.append(sum(len(t) for t in text))
-    keep.append(len({o["name"]: o for o in objs if o["id"] % 7}))
-    del objs, text
-print(sum(keep))
-PYEOF
+write_churn_py "$WORK/churn.py"
 run python_churn 100000 env PYTHONMALLOC=malloc "$PY" "$WORK/churn.py"
 
 # ---- git on a scratch repository -----------------------------------------
@@ -189,48 +180,18 @@ run sort 10 sh -c 'sort --parallel=2 -S 64M big.txt | md5sum; sort -n -k1,1 -t" 
 
 # ---- a C compile with gcc ------------------------------------------------
 rm -rf "$WORK/input" && mkdir -p "$WORK/input"
-"$PY" -c "
-with open('$WORK/input/gen.c', 'w') as f:
-    f.write('#include <stdio.h>\n')
-    for i in range(400):
-        f.write('static int f%d(int x) { int s = 0; for (int k = 0; k < x; k++) s += (k * %d) ^ (s >> 3); return s; }\n' % (i, i + 1))
-    f.write('int main(void) { long t = 0;\n')
-    for i in range(400):
-        f.write('  t += f%d(%d);\n' % (i, i % 50))
-    f.write('  printf(\"%ld\\\\n\", t); return 0; }\n')
-"
+write_gen_c "$WORK/input/gen.c"
 run gcc 10000 sh -c 'gcc -O2 -c gen.c -o gen.o && gcc gen.o -o gen && ./gen && rm gen'
 
 # ---- a C++ compile with clang++, and the C++ program it built ----------------
 # (operator new and delete are hakmem's own: src/cxx.c)
 rm -rf "$WORK/input" && mkdir -p "$WORK/input"
-cat >"$WORK/input/words.cc" <<'CCEOF'
-#include <iostream>
-#include <map>
-#include <memory>
-#include <string>
-#include <vector>
-int main() {
-  std::map<std::string, std::vector<std::unique_ptr<long>>> m;
-  for (long i = 0; i < 200000; i++) m[std::to_string(i % 7919)].push_back(std::make_unique<long>(i));
-  long sum = 0;
-  for (auto& [k, v] : m) sum += static_cast<long>(k.size() * v.size()) + *v.back();
-  std::cout << m.size() << " " << sum << std::endl;
-}
-CCEOF
+write_words_cc "$WORK/input/words.cc"
 run cxx 100000 sh -c 'clang++ -std=c++17 -O1 words.cc -o words && ./words && rm words'
 
 # ---- sqlite3 ----------------------------------------------------------------
 rm -rf "$WORK/input"
-run sqlite 10000 sqlite3 db.sqlite "
-CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, v REAL);
-WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 60000)
-INSERT INTO t SELECT x, printf('key%06d', (x * 7919) % 60000), x * 0.5 FROM c;
-CREATE INDEX tk ON t(k);
-SELECT count(*), sum(v), min(k), max(k) FROM t;
-SELECT k, v FROM t ORDER BY k DESC LIMIT 3;
-SELECT substr(k, 1, 5) AS p, count(*) FROM t GROUP BY p ORDER BY p LIMIT 5;
-"
+run sqlite 10000 sqlite3 db.sqlite "$SQLITE_SQL"
 
 # ---- multithreaded compressor ---------------------------------------------
 mkdir -p "$WORK/input"

@@ -6,8 +6,8 @@
 #   scenarios small / mid / mt     ns per iteration, peak RSS
 #   real programs, wall time in ms: CPython building and dropping objects
 #   (PYTHONMALLOC=malloc), a C++ program of maps, strings and unique_ptrs
-#   (operator new is hakmem's), sqlite3 inserting and indexing 60,000
-#   rows, gcc -O2 on a generated 800-line file
+#   (operator new is hakmem's), sqlite3 inserting, indexing and querying
+#   60,000 rows, gcc -O2 on a generated 800-line file (verify/programs.sh)
 # Prints a markdown table: median (min-max) and the ratio to level 0.
 set -euo pipefail
 runfiles=$(realpath "${RUNFILES_DIR:-$0.runfiles}/hakmem")
@@ -19,50 +19,14 @@ PY=/usr/bin/python3
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-# The programs' inputs, built once without hakmem.
-cat >"$WORK/churn.py" <<'EOF'
-import random
-r = random.Random(5)
-keep = []
-for wave in range(12):
-    objs = [{"id": i, "name": "n%d" % i, "tags": [str(r.random())] * (i % 5)} for i in range(40000)]
-    text = [repr(o) for o in objs[::3]]
-    keep.append(sum(len(t) for t in text))
-    keep.append(len({o["name"]: o for o in objs if o["id"] % 7}))
-    del objs, text
-print(sum(keep))
-EOF
-cat >"$WORK/words.cc" <<'EOF'
-#include <iostream>
-#include <map>
-#include <memory>
-#include <string>
-#include <vector>
-int main() {
-  std::map<std::string, std::vector<std::unique_ptr<long>>> m;
-  for (long i = 0; i < 400000; i++) m[std::to_string(i % 7919)].push_back(std::make_unique<long>(i));
-  long sum = 0;
-  for (auto& [k, v] : m) sum += static_cast<long>(k.size() * v.size()) + *v.back();
-  std::cout << m.size() << " " << sum << std::endl;
-}
-EOF
+# The programs' inputs (verify/programs.sh, the preload test's), built
+# once without hakmem.
+# shellcheck source=verify/programs.sh
+. "$runfiles/verify/programs.sh"
+write_churn_py "$WORK/churn.py"
+write_words_cc "$WORK/words.cc"
 c++ -std=c++17 -O2 "$WORK/words.cc" -o "$WORK/words"
-"$PY" - "$WORK/gen.c" <<'EOF'
-import sys
-with open(sys.argv[1], "w") as f:
-    f.write("#include <stdio.h>\n")
-    for i in range(400):
-        f.write("static int f%d(int x) { int s = 0; for (int k = 0; k < x; k++) s += (k * %d) ^ (s >> 3); return s; }\n" % (i, i + 1))
-    f.write("int main(void) { long t = 0;\n")
-    for i in range(400):
-        f.write("  t += f%d(%d);\n" % (i, i % 50))
-    f.write('  printf("%ld\\n", t); return 0; }\n')
-EOF
-SQL="CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, v REAL);
-WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 60000)
-INSERT INTO t SELECT x, printf('key%06d', (x * 7919) % 60000), x * 0.5 FROM c;
-CREATE INDEX tk ON t(k);
-SELECT count(*), sum(v), min(k), max(k) FROM t;"
+write_gen_c "$WORK/gen.c"
 
 # wall NAME LEVEL CMD...: one timed run, appended to the samples
 wall() {
@@ -90,7 +54,7 @@ for round in $(seq 1 "$RUNS"); do
     done
     wall python_churn "$level" env PYTHONMALLOC=malloc "$PY" churn.py
     wall cxx_words "$level" ./words
-    wall sqlite "$level" sqlite3 db.sqlite "$SQL"
+    wall sqlite "$level" sqlite3 db.sqlite "$SQLITE_SQL"
     wall gcc "$level" gcc -O2 -c gen.c -o gen.o
   done
 done
