@@ -68,7 +68,11 @@ static bool corrupt_freed(char* d, uint8_t arg) {
   if (!hak_map_is_segment(hak_segmap_get((uintptr_t)d))) return false;
   hak_page_t* page = hak_page_of(d);
   hak_heap_t* heap = _hak_heap_tls;
-  if (page->kind != HAK_SLICE_SMALL || page->heap != heap || _hak_secure >= 2 || !on_local_list(page, d)) return false;
+  /* (a kept page is empty and waits for its bin: taking from it here would
+   * bypass its bookkeeping) */
+  if (page->kind != HAK_SLICE_SMALL || page->heap != heap || _hak_secure >= 2 || page->kept != HAK_KEPT_NO ||
+      !on_local_list(page, d))
+    return false;
   /* level 1: a word counted from the block's start or (arg's top bit) its end */
   size_t bs = page->block_size, words = bs / 8;
   size_t w = !_hak_secure ? arg & 1u : arg & 128u ? words - 1 - (arg & 127u) % words : (arg & 127u) % words;
@@ -76,20 +80,37 @@ static bool corrupt_freed(char* d, uint8_t arg) {
   hak_stats_t s0, s1;
   hak_stats_get(&s0);
   write_after_free((uint64_t*)d + w, 0x5a5a5a5a5a5a5a5aull + ((uint64_t)arg << 4));
-  /* allocate from that page until its list is used up: level 0 from the
-   * page itself; level 1 from the bin's pages in turn (the page's own
-   * blocks come after those listed before it) */
-  if (!_hak_secure) heap->direct[page->bin] = page;
+  /* take blocks from that page until d's turn comes: level 0 by
+   * allocating with the page as the bin's direct page; level 1 by popping
+   * its list as the secure allocation does (which may pass over a page
+   * with few free blocks for a new one, and d's turn would never come) */
   static char* got[16384];
-  uint32_t n = 0, limit = _hak_secure ? 16384 : page->capacity + 1;
+  uint32_t n = 0;
   bool served = false;
-  while (n < limit && n < 16384) {
-    got[n] = hak_malloc(bs - (_hak_secure ? HAK_CANARY : 0));
-    if (got[n] == NULL) abort();
-    served = got[n++] == d;
-    if (served && caught) abort(); /* the corrupt block was served */
-    hak_stats_get(&s1);
-    if (s1.errors_corrupt != s0.errors_corrupt || served) break;
+  if (!_hak_secure) {
+    heap->direct[page->bin] = page;
+    while (n < page->capacity + 1 && n < 16384) {
+      got[n] = hak_malloc(bs);
+      if (got[n] == NULL) abort();
+      if (got[n++] == d) abort(); /* the corrupt block was served */
+      hak_stats_get(&s1);
+      if (s1.errors_corrupt != s0.errors_corrupt) break;
+    }
+  } else {
+    while (n < 16384) {
+      hak_block_t* b = hak_page_pop(page); /* NULL: the list is used up, or was found corrupt */
+      if (b != NULL && !_hak_secure_pop(page, b)) {
+        _hak_page_drop_list(page);
+        b = NULL;
+      }
+      if (b == NULL) break;
+      hak_count(heap->counters.small_allocs, 1);
+      hak_track_alloc(b, bs - HAK_CANARY, bs - HAK_CANARY);
+      got[n++] = (char*)b;
+      served = (char*)b == d;
+      if (served && caught) abort(); /* the corrupt block was served */
+      if (served) break;
+    }
   }
   while (n-- > 0) hak_free(got[n]);
   hak_stats_get(&s1);

@@ -96,6 +96,7 @@ static inline bool fill_intact(const uint8_t* b, size_t bs) {
   hak_track_quiet(true);
   bool ok = fill_intact_(b, bs);
   hak_track_quiet(false);
+  hak_track_defined(&ok, sizeof(ok)); /* memcheck: bytes it holds no-access read as undefined */
   return ok;
 }
 
@@ -134,7 +135,7 @@ __attribute__((always_inline)) static inline void fill(const hak_page_t* page, v
   if (page->kind != HAK_SLICE_SMALL) return;
   uint8_t* b = p;
   size_t bs = page->block_size;
-  hak_track_internal(b, bs); /* the tools' builds: writable (the free poisons it again) */
+  hak_track_internal(b, bs); /* the tools' builds: writable until the end */
   if (_hak_secure == 1 && bs >= L1_EDGE + 16) { /* constant sizes: inline stores */
     memset(b + 16, 0, L1_EDGE - 16);
     memset(b + bs - L1_EDGE, 0, L1_EDGE); /* overlaps the first up to 128 B */
@@ -144,6 +145,7 @@ __attribute__((always_inline)) static inline void fill(const hak_page_t* page, v
     memset(b + 16, 0, L2_EDGE - 16);
     memset(b + bs - L2_EDGE, 0, L2_EDGE);
   }
+  hak_track_noaccess(b + HAK_TRACK_HEADER, bs - HAK_TRACK_HEADER); /* freed: all but the header */
 }
 
 void _hak_secure_fill(const hak_page_t* page, void* p) { fill(page, p); }

@@ -395,7 +395,8 @@ TEST(a_reported_corruption_leaves_a_consistent_heap) {
     if (c->at[level] != ABORTS || c->fn == corrupt_huge_header) continue;
     char out[4096];
     int st = hak_run_child(in_report_mode, (void*)c, out, sizeof(out));
-    bool reported = strstr(out, "hakmem: error: ") != NULL;
+    const char* line = strstr(out, "hakmem: error: ");
+    bool reported = line != NULL && strstr(line, c->want) == line + 15;
     printf("%-42s level %d, report mode: %s\n", c->name, level,
            WIFEXITED(st) && WEXITSTATUS(st) == 0 ? (reported ? "reported, consistent" : "not reported") : "FAILED");
     if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0 && reported))

@@ -44,6 +44,16 @@ __attribute__((noinline)) static void child_use_after_free(void* arg) {
   _exit(0);
 }
 
+/* A write after free just past the requested size (the block's slack,
+ * where HAKMEM_SECURE keeps its canary and fill). */
+__attribute__((noinline)) static void child_write_slack_after_free(void* arg) {
+  size_t n = *(size_t*)arg;
+  char* p = hak_malloc(n);
+  hak_free(p);
+  ((volatile char*)p)[edge(p, n)] = 1;
+  _exit(0);
+}
+
 __attribute__((noinline)) static void child_uninitialized(void* arg) {
   size_t n = *(size_t*)arg;
   char* p = hak_malloc(n);
@@ -109,6 +119,18 @@ TEST(use_after_free_is_reported) {
   return;
 #endif
   for (size_t i = 0; i < NSIZES; i++) expect_report(child_use_after_free, sizes[i], "use after free", want);
+}
+
+TEST(write_after_free_past_the_size_is_reported) {
+#if defined(HAK_TRACK_ASAN)
+  static const char* const want[] = {"AddressSanitizer: use-after-poison", "child_write_slack_after_free", NULL};
+#elif defined(HAK_TRACK_VALGRIND)
+  static const char* const want[] = {"Invalid write of size 1", "child_write_slack_after_free", NULL};
+#else
+  static const char* const want[] = {NULL};
+  return;
+#endif
+  for (size_t i = 0; i < NSIZES; i++) expect_report(child_write_slack_after_free, sizes[i], "write after free past the size", want);
 }
 
 TEST(uninitialized_read_is_reported) {
