@@ -33,7 +33,8 @@
  * - Large blocks get a guard page after them (page.c), freed huge blocks
  *   are made PROT_NONE until reused and skip BigCache (huge.c).
  * Not detected: an overflow that stays within a block's slack before the
- * canary, a read after free, corruption of a live block's contents, an
+ * canary, a read after free, corruption of a live block's contents, a write
+ * after free beyond a block's first and last 64 bytes at level 1, an
  * overflow out of a large block at level 1 or of a huge block into its own
  * slack; the keys are not a cryptographic MAC (harden.c). */
 #include <string.h>
