@@ -13,9 +13,10 @@
  *   the default level checks), and a pop checks the zeroes, so a write
  *   after free there is reported when the block is reused.  These are the
  *   cache lines a free and a pop touch anyway (the header's, the
- *   canary's): zeroing and checking whole blocks cost 5-7x on small-block
- *   churn, where this costs (README "Hardening").  New blocks are zeroed
- *   when carved from slices that may hold old data.
+ *   canary's): zeroing and checking whole blocks made level 1 cost 5-8x
+ *   level 0 on small-block churn (README "Hardening" has what it costs
+ *   now).  New blocks are zeroed when carved from slices that may hold
+ *   old data.
  * - Random carving: the blocks a page carves go on its list in a random
  *   order, and one pop in eight carves fresh blocks first when the page
  *   has room: where the next block comes from is not predictable.
