@@ -167,6 +167,16 @@ static size_t check_queue(const hak_heap_t* heap, const hak_page_queue_t* q, boo
   return bad;
 }
 
+/* A free slice's descriptor is all zero, an interior's all but its kind
+ * and slice_back (back): segment_init and a page's free rely on it, and a
+ * stale heap or start would let a free into the slice pass the fast path. */
+static bool slice_clear(const hak_page_t* s, unsigned back) {
+  hak_page_t z;
+  memset(&z, 0, sizeof(z));
+  if (back != 0) z.kind = HAK_SLICE_INTERIOR, z.slice_back = (uint8_t)back;
+  return memcmp(&z, s, sizeof(z)) == 0;
+}
+
 static size_t check_segment(const hak_heap_t* heap, hak_segment_t* seg, size_t* pages) {
   size_t bad = 0;
   if (seg->magic != HAK_SEGMENT_MAGIC) return violation("segment magic", seg, seg->magic, 0);
@@ -192,11 +202,13 @@ static size_t check_segment(const hak_heap_t* heap, hak_segment_t* seg, size_t* 
       for (size_t k = 1; k < s->slice_count && i + k < HAK_SLICES; k++) {
         hak_page_t* in = &seg->slices[i + k];
         if (in->kind != HAK_SLICE_INTERIOR || in->slice_back != k) bad += violation("interior slice", in, in->kind, in->slice_back);
+        else if (!slice_clear(in, k)) bad += violation("interior slice's descriptor not zero past its kind", in, i + k, 0);
       }
       i += s->slice_count ? s->slice_count : 1;
       continue;
     }
     if (s->kind == HAK_SLICE_INTERIOR) bad += violation("interior slice without a head", s, i, 0);
+    else if (!slice_clear(s, 0)) bad += violation("free slice's descriptor not zero", s, i, s->kind);
     i++;
   }
   return bad;

@@ -5,8 +5,8 @@
  * large blocks.
  *
  * A heap keeps one empty segment of its own; further empty segments go to a
- * process-wide cache (HAKMEM_SEGMENT_CACHE of them) and beyond it back to
- * the OS.  Only the owner thread touches a segment's slices and mask. */
+ * process-wide cache (cache_limit: HAKMEM_SEGMENT_CACHE of them, or an
+ * eighth of the segments in use) and beyond it back to the OS.  Only the owner thread touches a segment's slices and mask. */
 #include <string.h>
 
 #include "internal.h"
@@ -16,8 +16,11 @@ static hak_segment_t* seg_cache;      /* empty segments, linked by next */
 static _Atomic(size_t) seg_cache_count; /* written under seg_lock */
 static _Atomic(uint64_t) seg_current;  /* owned by heaps */
 
+/* The header only: the slice descriptors of an empty segment are zero
+ * already (fresh from the OS, or every page's freed: _hak_segment_free_slices),
+ * and writing 16 KiB of them would fault in 4 pages of a fresh segment. */
 static void segment_init(hak_segment_t* seg, hak_heap_t* heap) {
-  memset(seg, 0, sizeof(*seg));
+  memset(seg, 0, offsetof(hak_segment_t, slices));
   seg->magic = HAK_SEGMENT_MAGIC;
   seg->heap = heap;
   seg->free_mask = ~(uint64_t)1; /* slice 0 is the header */
@@ -26,10 +29,16 @@ static void segment_init(hak_segment_t* seg, hak_heap_t* heap) {
 }
 
 /* ---- the heap's index of segments by longest free run ------------------ */
-static unsigned longest_run(uint64_t m) { /* one step per slice of the run */
-  unsigned n = 0;
-  for (; m != 0; n++) m &= m << 1;
-  return n;
+static unsigned longest_run(uint64_t m) { /* one step per run of free slices */
+  unsigned best = 0;
+  while (m != 0) {
+    m >>= __builtin_ctzll(m); /* a run starts at bit 0 */
+    if (~m == 0) return 64; /* every bit: a whole free mask */
+    unsigned n = (unsigned)__builtin_ctzll(~m);
+    if (n > best) best = n;
+    m >>= n;
+  }
+  return best;
 }
 
 static void run_unlink(hak_heap_t* heap, hak_segment_t* seg) {
@@ -90,6 +99,31 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
   return seg;
 }
 
+/* Empty segments the cache keeps: HAKMEM_SEGMENT_CACHE, or an eighth of
+ * the segments in use when that is more (up to CACHE_MAX); 0: none.  A
+ * heap of hundreds of segments whose blocks come and go empties some now
+ * and then, and unmapping them costs the next segment its faults, page
+ * tables and guard page: on //verify:bench large (530 segments) keeping 4
+ * cost 1.1x mimalloc's time, keeping 64 matched it.  What a cached segment
+ * holds is purged after the purge delay like any free slice (purge.c), so
+ * what the cache keeps is address space. */
+#define CACHE_MAX 256
+static size_t cache_limit(void) {
+  size_t min = (size_t)hak_option(HAK_OPT_SEGMENT_CACHE);
+  size_t share = atomic_load_explicit(&seg_current, memory_order_relaxed) / 8;
+  if (min == 0) return 0;
+  if (share > CACHE_MAX) share = CACHE_MAX;
+  return share > min ? share : min;
+}
+
+static void segment_unmap(hak_segment_t* seg) {
+  seg->magic = 0;
+#ifndef HAK_FAULT_SEGMAP_NOT_CLEARED /* fault injection: the map still names an unmapped segment */
+  _hak_segmap_clear((uintptr_t)hak_segment_base(seg), HAK_SEGMENT_SIZE);
+#endif
+  _hak_os_free(hak_segment_base(seg), HAK_SEGMENT_SIZE);
+}
+
 /* Gives an empty segment back: to the cache, or to the OS. */
 void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   run_unlink(heap, seg);
@@ -101,23 +135,18 @@ void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   seg->heap = NULL;
   seg->prev = NULL;
   if (hak_lock(&seg_lock)) { /* else a fork is pending: straight to the OS */
-    if (seg_cache_count < (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) {
+    if (seg_cache_count < cache_limit()) {
       seg->next = seg_cache;
       seg_cache = seg;
       seg_cache_count++;
       seg->aged_mask = 0; /* its idle time in the cache starts now */
-      if (seg->dirty_mask) hak_purge_global_due();
+      seg->cached_ticks = 0;
+      if (seg->dirty_mask || seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) hak_purge_global_due();
       seg = NULL;
     }
     hak_unlock(&seg_lock);
   }
-  if (seg != NULL) {
-    seg->magic = 0;
-#ifndef HAK_FAULT_SEGMAP_NOT_CLEARED /* fault injection: the map still names an unmapped segment */
-    _hak_segmap_clear((uintptr_t)hak_segment_base(seg), HAK_SEGMENT_SIZE);
-#endif
-    _hak_os_free(hak_segment_base(seg), HAK_SEGMENT_SIZE);
-  }
+  if (seg != NULL) segment_unmap(seg);
 }
 
 /* First run of n set bits in mask, or -1: after the steps, bit i of m is
@@ -178,7 +207,17 @@ hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
 void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle) {
   hak_segment_t* seg = hak_segment_of(page);
   size_t start = page->slice_index, n = page->slice_count;
-  for (size_t i = 0; i < n; i++) memset(&seg->slices[start + i], 0, sizeof(hak_page_t));
+  /* the head's descriptor whole; an interior's holds only its kind and
+   * slice_back (the rest stayed zero since its last time as a head): one
+   * line each, not four (a 1 MiB block has 16 interiors) */
+  memset(page, 0, sizeof(hak_page_t));
+  for (size_t i = 1; i < n; i++) {
+    hak_page_t* s = &seg->slices[start + i];
+#ifndef HAK_FAULT_INTERIOR_NOT_RESET /* fault injection: freed slices stay interiors */
+    s->kind = HAK_SLICE_FREE;
+#endif
+    s->slice_back = 0;
+  }
   uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << start;
   seg->free_mask |= bits;
   seg->dirty_mask |= bits; /* purged once idle (purge.c) */
@@ -192,18 +231,44 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle) {
     _hak_segment_release(heap, seg);
 }
 
-/* Purges the cached segments' free slices idle since the last tick (all:
- * every dirty one).  The madvise calls run under seg_lock: the cache holds
- * HAKMEM_SEGMENT_CACHE segments at most. */
+/* The caches' purge tick (purge.c): purges the cached segments' free
+ * slices idle since the last tick (all: every dirty one), and unmaps the
+ * cached segments beyond cache_limit() that have been clean for a whole
+ * tick, after their purge (the cache grew with a heap that has shrunk
+ * since): idle two to three delays.  The
+ * madvise calls run under seg_lock (CACHE_MAX segments at most); true
+ * while a later tick has work. */
 bool _hak_segment_purge_cached(bool all) {
   bool more = false;
+  hak_segment_t* surplus = NULL;
   if (!hak_lock(&seg_lock)) return true; /* a fork is pending: later */
-  for (hak_segment_t* seg = seg_cache; seg != NULL; seg = seg->next) {
-    if (seg->dirty_mask == 0) continue;
-    _hak_purge_segment(seg, all);
+  size_t keep = cache_limit();
+  for (hak_segment_t** link = &seg_cache; *link != NULL;) {
+    hak_segment_t* seg = *link;
+    if (seg->dirty_mask != 0) _hak_purge_segment(seg, all);
     more |= seg->dirty_mask != 0;
+    if (seg->dirty_mask == 0 && seg->cached_ticks < 1) {
+      seg->cached_ticks++;
+#ifndef HAK_FAULT_SEGMENT_CACHE_KEPT /* fault injection: the cache never shrinks back */
+    } else if (seg->dirty_mask == 0 && seg_cache_count > keep) {
+#else
+    } else if (false) {
+#endif
+      *link = seg->next;
+      seg_cache_count--;
+      seg->next = surplus;
+      surplus = seg;
+      continue;
+    }
+    link = &seg->next;
   }
+  more |= seg_cache_count > keep; /* surplus not idle long enough yet */
   hak_unlock(&seg_lock);
+  while (surplus != NULL) {
+    hak_segment_t* next = surplus->next;
+    segment_unmap(surplus);
+    surplus = next;
+  }
   return more;
 }
 
@@ -216,9 +281,7 @@ void _hak_segment_trim(void) {
   hak_unlock(&seg_lock);
   while (list != NULL) {
     hak_segment_t* next = list->next;
-    list->magic = 0;
-    _hak_segmap_clear((uintptr_t)hak_segment_base(list), HAK_SEGMENT_SIZE);
-    _hak_os_free(hak_segment_base(list), HAK_SEGMENT_SIZE);
+    segment_unmap(list);
     list = next;
   }
 }

@@ -249,6 +249,49 @@ TEST(cached_segments_are_decommitted) {
   teardown();
 }
 
+/* 600 blocks of 1 MiB (3 per segment, 200 segments; one page each
+ * touched) freed: the cache keeps more than HAKMEM_SEGMENT_CACHE empty
+ * segments while the heap is large (an eighth of the segments in use at
+ * each release), so the same blocks again map fewer segments; once the heap
+ * stays small, the surplus is unmapped after it has been idle and purged,
+ * back to the option's count. */
+TEST(the_segment_cache_follows_the_heap_and_shrinks_back_when_idle) {
+  setup();
+  enum { N = 600, SZ = 1 << 20 };
+  static char* blocks[N];
+  keep(100);
+  uint64_t mmaps[2], cached[2];
+  for (int round = 0; round < 2; round++) {
+    hak_stats_t st;
+    hak_stats_get(&st);
+    uint64_t mmaps0 = st.os_mmap_calls;
+    for (int i = 0; i < N; i++) {
+      blocks[i] = hak_malloc(SZ);
+      if (blocks[i] == NULL) abort();
+      blocks[i][0] = 1;
+    }
+    hak_stats_get(&st);
+    mmaps[round] = st.os_mmap_calls - mmaps0;
+    for (int i = 0; i < N; i++) hak_free(blocks[i]);
+    hak_stats_get(&st);
+    cached[round] = st.segments_cached;
+  }
+  EXPECT_TRUE(cached[0] >= 16 && cached[0] <= N / 3 / 8);
+  EXPECT_EQ_U(cached[1], cached[0]);
+  EXPECT_TRUE(mmaps[1] + cached[0] / 2 <= mmaps[0]); /* the cached ones were reused */
+  activity(20, DELAY_MS / 20); /* one delay: nothing unmapped yet */
+  hak_stats_t st;
+  hak_stats_get(&st);
+  EXPECT_EQ_U(st.segments_cached, cached[1]);
+  activity(100, DELAY_MS / 20); /* five more */
+  hak_stats_get(&st);
+  EXPECT_EQ_U(st.segments_cached, (uint64_t)hak_option(HAK_OPT_SEGMENT_CACHE));
+  EXPECT_EQ_U(bad_advice, 0);
+  EXPECT_TRUE(intact());
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  teardown();
+}
+
 /* A thread's blocks freed by another thread while it lives, then the
  * thread exits: its exit sweep takes the remote frees in and retires the
  * pages, and their slices are purged after the delay like any others (the
