@@ -90,7 +90,7 @@ static void purge_global(uint64_t now, bool all) {
   atomic_store_explicit(&_hak_purge_global, false, memory_order_relaxed);
   _hak_madvq_tick();
   bool more = _hak_bigcache_expire(now);
-  more |= _hak_segment_purge_cached(all);
+  more |= _hak_segment_purge_cached(now, all);
   more |= _hak_madvq_purge(now, all);
   more |= _hak_heaps_purge_abandoned(now, all);
   if (more) atomic_store_explicit(&_hak_purge_global, true, memory_order_relaxed);

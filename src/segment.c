@@ -135,15 +135,22 @@ void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   seg->heap = NULL;
   seg->prev = NULL;
   if (hak_lock(&seg_lock)) { /* else a fork is pending: straight to the OS */
-    if (seg_cache_count < cache_limit()) {
+    bool cached = seg_cache_count < cache_limit();
+    if (cached) {
       seg->next = seg_cache;
       seg_cache = seg;
       seg_cache_count++;
       seg->aged_mask = 0; /* its idle time in the cache starts now */
-      seg->cached_ticks = 0;
-      if (seg->dirty_mask || seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) hak_purge_global_due();
-      seg = NULL;
+      seg->cached_ms = (uint32_t)(_hak_os->now_ns() / 1000000u);
     }
+    /* the caches' tick purges it, and unmaps a surplus: the heap shrinking
+     * (this release) can make the cache one, though this one went to the OS */
+#ifndef HAK_FAULT_SEGMENT_SURPLUS_UNNOTICED /* fault injection: only a dirty segment cached starts the tick */
+    if ((cached && seg->dirty_mask) || seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) hak_purge_global_due();
+#else
+    if (cached && (seg->dirty_mask || seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE))) hak_purge_global_due();
+#endif
+    if (cached) seg = NULL;
     hak_unlock(&seg_lock);
   }
   if (seg != NULL) segment_unmap(seg);
@@ -231,28 +238,26 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle) {
     _hak_segment_release(heap, seg);
 }
 
-/* The caches' purge tick (purge.c): purges the cached segments' free
- * slices idle since the last tick (all: every dirty one), and unmaps the
- * cached segments beyond cache_limit() that have been clean for a whole
- * tick, after their purge (the cache grew with a heap that has shrunk
- * since): idle two to three delays.  The
- * madvise calls run under seg_lock (CACHE_MAX segments at most); true
- * while a later tick has work. */
-bool _hak_segment_purge_cached(bool all) {
+/* The caches' purge tick (purge.c, at now_ns): purges the cached
+ * segments' free slices idle since the last tick (all: every dirty one),
+ * and unmaps the cached segments beyond cache_limit() that are clean and
+ * have been cached two purge delays (the cache grew with a heap that has
+ * shrunk since).  The madvise calls run under seg_lock (CACHE_MAX segments
+ * at most); true while a later tick has work. */
+bool _hak_segment_purge_cached(uint64_t now_ns, bool all) {
   bool more = false;
   hak_segment_t* surplus = NULL;
   if (!hak_lock(&seg_lock)) return true; /* a fork is pending: later */
   size_t keep = cache_limit();
+  uint32_t now_ms = (uint32_t)(now_ns / 1000000u), idle_ms = 2 * (uint32_t)hak_option(HAK_OPT_PURGE_DELAY_MS);
   for (hak_segment_t** link = &seg_cache; *link != NULL;) {
     hak_segment_t* seg = *link;
     if (seg->dirty_mask != 0) _hak_purge_segment(seg, all);
     more |= seg->dirty_mask != 0;
-    if (seg->dirty_mask == 0 && seg->cached_ticks < 1) {
-      seg->cached_ticks++;
 #ifndef HAK_FAULT_SEGMENT_CACHE_KEPT /* fault injection: the cache never shrinks back */
-    } else if (seg->dirty_mask == 0 && seg_cache_count > keep) {
+    if (seg->dirty_mask == 0 && seg_cache_count > keep && (uint32_t)(now_ms - seg->cached_ms) >= idle_ms) {
 #else
-    } else if (false) {
+    if (false) {
 #endif
       *link = seg->next;
       seg_cache_count--;

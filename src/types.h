@@ -166,7 +166,7 @@ typedef struct hak_segment_s {
   uint32_t used_slices;
   uint32_t max_run;               /* longest run of free slices (heap index) */
   uint32_t kept_slices;           /* slices of its kept pages (page.c)       */
-  uint32_t cached_ticks;          /* purge ticks clean in the cache (segment.c) */
+  uint32_t cached_ms;             /* when it entered the cache, ms (segment.c) */
   struct hak_segment_s* next;     /* heap's segment list / cache list      */
   struct hak_segment_s* prev;
   struct hak_segment_s* run_next; /* heap->by_run[max_run] list             */
