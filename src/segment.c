@@ -6,7 +6,8 @@
  *
  * A heap keeps one empty segment of its own; further empty segments go to a
  * process-wide cache (cache_limit: HAKMEM_SEGMENT_CACHE of them, or an
- * eighth of the segments in use) and beyond it back to the OS.  Only the owner thread touches a segment's slices and mask. */
+ * eighth of the segments in use) and beyond it back to the OS.  Only the
+ * owner thread touches a segment's slices and mask. */
 #include <string.h>
 
 #include "internal.h"
