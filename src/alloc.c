@@ -278,7 +278,7 @@ void _hak_free_mt(hak_page_t* page, void* p, hak_fn_t fn) {
   free_remote(page, p, fn);
 }
 
-void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
+void _hak_free_generic(void* p, hak_fn_t fn) {
   if (p == NULL) return;
   uintptr_t a = (uintptr_t)p;
   uint8_t m = hak_segmap_get(a);
@@ -318,7 +318,7 @@ void _hak_free_generic(void* p, const void* site, hak_fn_t fn) {
   }
   if (m >= HAK_MAP_HUGE) {
     uint64_t t0 = _hak_policy_free_begin(); /* ~25 ns, on a path of microseconds */
-    size_t size = _hak_huge_free(p, fn, site);
+    size_t size = _hak_huge_free(p, fn);
     if (t0 != 0 && size != 0) _hak_policy_freed(size, t0);
     _hak_purge_tick_any(); /* every tier's: not this block's cost */
     return;
@@ -367,7 +367,7 @@ void* _hak_realloc(void* p, size_t size, const void* site) {
     return NULL;
   }
   if (size == 0) { /* as glibc: free and return NULL */
-    hak_free_fast(p, site, HAK_FN_REALLOC);
+    hak_free_fast(p, HAK_FN_REALLOC);
     return NULL;
   }
   if (size > PTRDIFF_MAX) {
@@ -391,7 +391,7 @@ void* _hak_realloc(void* p, size_t size, const void* site) {
   copy -= copy > 0;
 #endif
   memcpy(q, p, copy);
-  hak_free_fast(p, site, HAK_FN_REALLOC);
+  hak_free_fast(p, HAK_FN_REALLOC);
   return q;
 }
 
@@ -446,10 +446,13 @@ void* _hak_aligned(size_t align, size_t size, const void* site) {
 #define CALLER __builtin_return_address(0)
 
 void* hak_malloc(size_t size) { return hak_alloc_fast(size, CALLER); }
-void hak_free(void* p) { hak_free_fast(p, CALLER, HAK_FN_FREE); }
+void hak_free(void* p) { hak_free_fast(p, HAK_FN_FREE); }
 void* hak_calloc(size_t n, size_t size) { return _hak_calloc(n, size, CALLER); }
 void* hak_realloc(void* p, size_t size) { return _hak_realloc(p, size, CALLER); }
 void* hak_aligned_alloc(size_t align, size_t size) { return _hak_aligned(align, size, CALLER); }
 size_t hak_usable_size(const void* p) { return _hak_usable_size(p, HAK_FN_USABLE_SIZE); }
 void* hak_alloc_at(size_t size, const void* site) { return hak_alloc_fast(size, site); }
-void hak_free_at(void* p, const void* site) { hak_free_fast(p, site, HAK_FN_FREE); }
+void hak_free_at(void* p, const void* site) {
+  (void)site; /* a free's statistics are its block's site's, kept with the block */
+  hak_free_fast(p, HAK_FN_FREE);
+}

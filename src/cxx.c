@@ -158,7 +158,7 @@ static void program_delete(void* p, size_t align) {
   del_fn f = (del_fn)dlsym(RTLD_DEFAULT, form_names[align > HAK_ALIGN ? F_DEL_AL : F_DEL]);
   if (f != NULL && align <= HAK_ALIGN) f(p);
   else if (f != NULL) ((del_2_fn)f)(p, align);
-  else hak_free_fast(p, NULL, HAK_FN_DELETE);
+  else hak_free_fast(p, HAK_FN_DELETE);
 }
 
 /* ---- the forms --------------------------------------------------------- */
@@ -247,7 +247,7 @@ NEW_ALIGNED_NOTHROW(_ZnamSt11align_val_tRKSt9nothrow_t, F_NEW_A_AL_NT)
       else program_delete(p, al);                                          \
       return;                                                              \
     }                                                                      \
-    hak_free_fast(p, CALLER, HAK_FN_DELETE);                               \
+    hak_free_fast(p, HAK_FN_DELETE);                                       \
   }
 DELETE(_ZdlPv, F_DEL, del_fn, (p), 0)
 DELETE(_ZdaPv, F_DEL_A, del_fn, (p), 0)

@@ -335,7 +335,7 @@ hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn) {
   return h;
 }
 
-size_t _hak_huge_free(void* p, hak_fn_t fn, const void* site) {
+size_t _hak_huge_free(void* p, hak_fn_t fn) {
   hak_error_t err;
   hak_huge_t* h = huge_lookup(p, &err);
   if (h == NULL) {

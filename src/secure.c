@@ -178,7 +178,7 @@ void _hak_secure_free_local(hak_heap_t* heap, hak_page_t* page, hak_block_t* b, 
 /* free() of a pointer in a secure segment (the inline fast path sends
  * HAK_MAP_SECURE here): the owner's free of a valid block is done here,
  * anything else (another thread's block, misuse) by _hak_free_generic. */
-void _hak_free_secure(void* p, const void* site, hak_fn_t fn) {
+void _hak_free_secure(void* p, hak_fn_t fn) {
   hak_page_t* page = hak_page_of(p);
   hak_heap_t* heap = _hak_heap_tls;
   hak_block_t* b = p;
@@ -189,7 +189,7 @@ void _hak_free_secure(void* p, const void* site, hak_fn_t fn) {
     free_local(heap, page, b, tag, fn);
     return;
   }
-  _hak_free_generic(p, site, fn);
+  _hak_free_generic(p, fn);
 }
 
 void _hak_secure_retire(hak_page_t* page) {

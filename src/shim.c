@@ -27,7 +27,7 @@ HAK_SHIM_API void* malloc(size_t size) {
 HAK_SHIM_API void* malloc(size_t size) { return hak_alloc_fast(size, CALLER); }
 #endif
 
-HAK_SHIM_API void free(void* p) { hak_free_fast(p, CALLER, HAK_FN_FREE); }
+HAK_SHIM_API void free(void* p) { hak_free_fast(p, HAK_FN_FREE); }
 
 HAK_SHIM_API void* calloc(size_t n, size_t size) { return _hak_calloc(n, size, CALLER); }
 
@@ -138,7 +138,7 @@ void* __libc_memalign(size_t align, size_t size);
 void* __libc_valloc(size_t size);
 void* __libc_pvalloc(size_t size);
 HAK_SHIM_API void* __libc_malloc(size_t size) { return hak_alloc_fast(size, CALLER); }
-HAK_SHIM_API void __libc_free(void* p) { hak_free_fast(p, CALLER, HAK_FN_FREE); }
+HAK_SHIM_API void __libc_free(void* p) { hak_free_fast(p, HAK_FN_FREE); }
 HAK_SHIM_API void* __libc_calloc(size_t n, size_t size) { return _hak_calloc(n, size, CALLER); }
 HAK_SHIM_API void* __libc_realloc(void* p, size_t size) { return _hak_realloc(p, size, CALLER); }
 HAK_SHIM_API void* __libc_memalign(size_t align, size_t size) { return memalign(align, size); }
