@@ -42,7 +42,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
     p = _hak_page_alloc_small(heap, bin);
     if (p == NULL) return NULL;
     hak_count(heap->counters.small_allocs, 1);
-    if (!_hak_secure) hak_count(heap->counters.refills, 1); /* secure: every allocation comes here */
+    hak_count(heap->counters.refills, 1); /* secure levels too: their pops are _hak_alloc_generic's */
 #ifdef HAK_VERIFY
     if ((atomic_load_explicit(&heap->counters.refills, memory_order_relaxed) & 1023) == 0) HAK_VERIFY_POINT();
 #endif

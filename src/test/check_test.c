@@ -50,7 +50,7 @@ TEST(healthy_heap_has_no_violation) {
 /* A live small block's page with free blocks. */
 static hak_page_t* some_page(char** out) {
   for (int i = 0; i < 4096; i++)
-    if (blocks[i] != NULL && hak_segmap_get((uintptr_t)blocks[i]) == HAK_MAP_SEGMENT) {
+    if (blocks[i] != NULL && hak_map_is_segment(hak_segmap_get((uintptr_t)blocks[i]))) { /* SECURE: HAK_MAP_SECURE */
       hak_page_t* p = hak_page_of(blocks[i]);
       if (p->kind == HAK_SLICE_SMALL && p->free != NULL && hak_block_next(p->free) != NULL) {
         *out = blocks[i];
