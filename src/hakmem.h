@@ -83,7 +83,7 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(segments, cached, "empty segments kept for reuse")                     \
   X(pages, initialized, "size-class pages set up")                         \
   X(pages, retired, "pages given back to their segment")                   \
-  X(pages, refills, "small allocations that took the generic path")        \
+  X(pages, refills, "small allocations that found their page empty (a page search)") \
   X(heaps, created, "thread heaps created")                                \
   X(heaps, reused, "thread heaps taken over from exited threads")          \
   X(heaps, abandoned, "heaps of exited threads waiting for a thread")      \
