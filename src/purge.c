@@ -73,12 +73,23 @@ size_t _hak_purge_segment(hak_segment_t* seg, bool all) {
 }
 
 void _hak_purge_heap(hak_heap_t* heap, uint64_t now, bool all) {
+  /* HAKMEM_SECURE=2: a quarantine that took no block since the last tick
+   * gives its blocks back (their pages may then empty and be purged); a
+   * busy one keeps delaying reuse */
+#ifndef HAK_FAULT_QUARANTINE_HELD_IDLE /* fault injection: an idle thread's quarantine pins its pages */
+  if (heap->q_len != 0 && (all || heap->q_puts == heap->q_puts_tick)) {
+    heap->purge_next_ns = 0; /* the pages it empties tick no nested purge (set again below) */
+    _hak_quarantine_flush(heap);
+  }
+#endif
+  heap->q_puts_tick = heap->q_puts;
   bool dirty = _hak_page_age_kept(heap, all); /* first: what it retires is purged now */
   for (hak_segment_t* seg = heap->segments; seg != NULL; seg = seg->next) {
     if (seg->dirty_mask == 0) continue;
     _hak_purge_segment(seg, all);
     dirty |= seg->dirty_mask != 0;
   }
+  dirty |= heap->q_len != 0; /* ticks go on while it holds blocks */
   heap->purge_next_ns = dirty ? now + delay_ns() : 0;
 }
 

@@ -30,7 +30,9 @@
  *   freed for real), so reuse is delayed by up to ~QUARANTINE frees and its
  *   order is random; a block
  *   leaving it is checked (tag, zero link, zero fill) before it goes on its
- *   page's list.  Thread exit and hak_collect empty the ring.
+ *   page's list.  Thread exit and hak_collect empty the ring, and so does
+ *   the heap's purge tick when no block went in since the tick before (an
+ *   idle thread's ring would otherwise keep its pages from emptying).
  * - Large blocks get a guard page after them (page.c), freed huge blocks
  *   are made PROT_NONE until reused and skip BigCache (huge.c).
  * Not detected: an overflow that stays within a block's slack before the
@@ -235,6 +237,8 @@ static void quarantine_release(hak_heap_t* heap, hak_block_t* b) {
 }
 
 void _hak_quarantine_put(hak_heap_t* heap, hak_block_t* b) {
+  heap->q_puts++;
+  _hak_purge_dirtied(heap); /* an idle ring is flushed at the purge tick (purge.c) */
   if (heap->quarantine == NULL) {
     heap->quarantine = _hak_meta_alloc(QUARANTINE * sizeof(hak_block_t*));
     if (heap->quarantine == NULL) { /* no room to hold it: freed now */

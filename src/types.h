@@ -227,6 +227,7 @@ typedef struct hak_heap_s {
    * in which each free takes a random place: secure.c) */
   hak_block_t** quarantine;
   uint32_t q_len;
+  uint32_t q_puts, q_puts_tick;   /* blocks put in, and as of the last purge tick */
   size_t q_bytes;                 /* block bytes held                       */
   hak_heap_counters_t counters;
   struct hak_heap_s* next_all;    /* registry of every heap ever made      */

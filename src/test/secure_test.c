@@ -65,4 +65,35 @@ TEST(the_canary_takes_8_bytes_of_the_block_above_level_0) {
   }
 }
 
+/* A heap whose quarantine (level 2) has taken no block for a purge tick
+ * gives the blocks back to their pages, so an idle thread's pages can
+ * empty and be purged like any others; below level 2 nothing is held.
+ * On a fake clock, ordinary activity (large blocks, never quarantined)
+ * running the ticks. */
+static uint64_t fake_ns;
+static uint64_t fake_now(void) { return fake_ns; }
+
+TEST(an_idle_quarantine_goes_back_to_its_pages) {
+  static hak_os_t os;
+  fake_ns = _hak_os_default.now_ns(); /* the deadlines set so far are on the real clock */
+  os = _hak_os_default;
+  os.now_ns = fake_now;
+  _hak_os = &os;
+  _hak_options[HAK_OPT_PURGE_DELAY_MS] = 100;
+  void* b[N];
+  for (int i = 0; i < N; i++) b[i] = hak_malloc(64);
+  for (int i = 0; i < N; i++) hak_free(b[i]);
+  hak_heap_t* heap = _hak_heap_tls;
+  EXPECT_TRUE(_hak_secure >= 2 ? heap->q_len >= N : heap->q_len == 0);
+  for (int i = 0; i < 200; i++) { /* 1 s: ten delays */
+    fake_ns += 5000000ull;
+    char* volatile p = hak_malloc(1 << 20);
+    p[0] = 1;
+    hak_free(p);
+  }
+  EXPECT_EQ_U(heap->q_len, 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  _hak_os = &_hak_os_default;
+}
+
 TEST_MAIN()
