@@ -36,6 +36,12 @@ static _Atomic(uint64_t) st_runs, st_bytes;
 
 #define TICK_EVERY 8 /* slow-path calls per clock read while something is dirty */
 
+/* This thread is flushing its quarantine inside a purge: the pages that
+ * empties reach the slow paths' tick, which must not purge again (at
+ * delay 0 a nested purge would flush the block a free is putting in; a
+ * nested caches' tick could take heap_lock under itself). */
+static __thread bool purging __attribute__((tls_model("initial-exec")));
+
 static uint64_t delay_ns(void) { return (uint64_t)hak_option(HAK_OPT_PURGE_DELAY_MS) * 1000000u; }
 
 void _hak_purge_count(size_t bytes) {
@@ -75,11 +81,15 @@ size_t _hak_purge_segment(hak_segment_t* seg, bool all) {
 void _hak_purge_heap(hak_heap_t* heap, uint64_t now, bool all) {
   /* HAKMEM_SECURE=2: a quarantine that took no block since the last tick
    * gives its blocks back (their pages may then empty and be purged); a
-   * busy one keeps delaying reuse */
+   * busy one keeps delaying reuse.  The owner's only: an abandoned heap's
+   * ring was emptied at its abandonment, but a fork child's heaps of
+   * vanished threads keep theirs (their puts may have been cut short) */
 #ifndef HAK_FAULT_QUARANTINE_HELD_IDLE /* fault injection: an idle thread's quarantine pins its pages */
-  if (heap->q_len != 0 && (all || heap->q_puts == heap->q_puts_tick)) {
-    heap->purge_next_ns = 0; /* the pages it empties tick no nested purge (set again below) */
+  if (heap->q_len != 0 && heap == _hak_heap_tls && (all || heap->q_puts == heap->q_puts_tick)) {
+    bool was = purging;
+    purging = true; /* the pages it empties tick no nested purge */
     _hak_quarantine_flush(heap);
+    purging = was;
   }
 #endif
   heap->q_puts_tick = heap->q_puts;
@@ -119,6 +129,7 @@ static void purge_tick_global(uint64_t now) {
 
 void _hak_purge_tick_slow(hak_heap_t* heap) {
   heap->purge_countdown = TICK_EVERY - 1;
+  if (purging) return;
   uint64_t now = _hak_os->now_ns();
   if (heap->purge_next_ns != 0 && now >= heap->purge_next_ns) _hak_purge_heap(heap, now, false);
   if (atomic_load_explicit(&_hak_purge_global, memory_order_relaxed)) purge_tick_global(now);
@@ -127,6 +138,7 @@ void _hak_purge_tick_slow(hak_heap_t* heap) {
 /* The huge free path, whose thread may have no heap: the caches' tick only
  * (huge calls cost microseconds; the clock is read at each). */
 void _hak_purge_tick_any(void) {
+  if (purging) return;
   hak_heap_t* heap = _hak_heap_tls;
   if (heap != &_hak_heap_empty) {
     hak_purge_tick(heap);
