@@ -86,10 +86,9 @@ void _hak_purge_heap(hak_heap_t* heap, uint64_t now, bool all) {
    * vanished threads keep theirs (their puts may have been cut short) */
 #ifndef HAK_FAULT_QUARANTINE_HELD_IDLE /* fault injection: an idle thread's quarantine pins its pages */
   if (heap->q_len != 0 && heap == _hak_heap_tls && (all || heap->q_puts == heap->q_puts_tick)) {
-    bool was = purging;
-    purging = true; /* the pages it empties tick no nested purge */
+    purging = true; /* the pages it empties tick no nested purge (which returns at once: no nesting here) */
     _hak_quarantine_flush(heap);
-    purging = was;
+    purging = false;
   }
 #endif
   heap->q_puts_tick = heap->q_puts;

@@ -238,7 +238,7 @@ static void quarantine_release(hak_heap_t* heap, hak_block_t* b) {
 
 void _hak_quarantine_put(hak_heap_t* heap, hak_block_t* b) {
   heap->q_puts++;
-  _hak_purge_dirtied(heap); /* an idle ring is flushed at the purge tick (purge.c) */
+  if (heap->purge_next_ns == 0) _hak_purge_dirtied(heap); /* an idle ring is flushed at the purge tick (purge.c) */
   if (heap->quarantine == NULL) {
     heap->quarantine = _hak_meta_alloc(QUARANTINE * sizeof(hak_block_t*));
     if (heap->quarantine == NULL) { /* no room to hold it: freed now */
