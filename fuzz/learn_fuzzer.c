@@ -121,7 +121,17 @@ static void run(const uint8_t* data, size_t size, state_t* st) {
         _hak_ucb_update(&st->ucb, op & 0x40 ? arm : (int)(op % 9) - 1, x);
         break;
       }
-      case 1: _hak_ucb_evaluate(&st->ucb, now, op & 0x20 ? 0 : HAK_UCB_COOLDOWN_NS); break;
+      case 1:
+        if (op & 0x10) {
+          /* a dear site's direct adoption: any arm, in range or not */
+          int arm = (int)(op >> 5) - 1, before = st->ucb.current;
+          bool adopted = _hak_ucb_adopt(&st->ucb, arm, now, op & 0x80 ? 0 : HAK_UCB_COOLDOWN_NS);
+          if (adopted != (st->ucb.current != before) || (adopted && (st->ucb.current != arm || st->ucb.streak != 0)))
+            abort();
+        } else {
+          _hak_ucb_evaluate(&st->ucb, now, op & 0x20 ? 0 : HAK_UCB_COOLDOWN_NS);
+        }
+        break;
       case 2: {
         int c = _hak_elo_select(&st->elo);
         if (c < 0 || c >= HAK_ELO_CANDIDATES || !st->elo.c[c].active) abort();

@@ -176,8 +176,13 @@ bool _hak_ucb_evaluate(hak_ucb_t* u, uint64_t now_ns, uint64_t cooldown_ns) {
     u->streak = 1;
   }
   if (u->streak < HAK_UCB_STREAK) return false;
+  return _hak_ucb_adopt(u, best, now_ns, cooldown_ns);
+}
+
+bool _hak_ucb_adopt(hak_ucb_t* u, int arm, uint64_t now_ns, uint64_t cooldown_ns) {
+  if (arm < 0 || arm >= HAK_UCB_ARMS || arm == u->current) return false;
   if (u->adoptions > 0 && (now_ns < u->last_adopt_ns || now_ns - u->last_adopt_ns < cooldown_ns)) return false;
-  u->current = best;
+  u->current = arm;
   u->challenger = -1;
   u->streak = 0;
   u->last_adopt_ns = now_ns;

@@ -61,6 +61,9 @@ HAK_LEARN_API int _hak_ucb_select(const hak_ucb_t* u);
 HAK_LEARN_API void _hak_ucb_update(hak_ucb_t* u, int arm, double reward);
 /* One evaluation (see learn.c); true when it adopted a new arm. */
 HAK_LEARN_API bool _hak_ucb_evaluate(hak_ucb_t* u, uint64_t now_ns, uint64_t cooldown_ns);
+/* Adopts arm now (the caller has decisive evidence of another kind), under
+ * the same cooldown as evaluate; true when it did. */
+HAK_LEARN_API bool _hak_ucb_adopt(hak_ucb_t* u, int arm, uint64_t now_ns, uint64_t cooldown_ns);
 HAK_LEARN_API double _hak_ucb_mean(const hak_ucb_t* u, int arm); /* 0 if unplayed */
 HAK_LEARN_API size_t _hak_ucb_threshold(const hak_ucb_t* u);
 

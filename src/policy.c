@@ -18,10 +18,11 @@
  *    the allocator, the page faults the program takes touching the blocks,
  *    and the frees.  An epoch routed by the policy in force (control)
  *    measures what the site costs; the site earns its exploration budget
- *    from that cost (HAK_EXPLORE_PERMILLE, 2 %, of it: learn.h);
+ *    from that cost (HAK_EXPLORE_PERMILLE, 2 %, of it: learn.h).  A new
+ *    site, and a dear one (DENSE_NS per request), measures back to back;
  *  - exploration: an epoch routed otherwise (a UCB1 arm below 2 MiB; an
  *    epsilon-greedy ELO candidate from 2 MiB) runs only when the site has
- *    had EXPLORE_MIN_REQUESTS large requests, is not settled, and its budget
+ *    had EXPLORE_MIN_REQUESTS large requests or is dear, is not settled, and its budget
  *    admits a reservation: the estimated excess cost of the epoch; never
  *    toward mapping what a site keeps live past an epoch's window
  *    (EXPLORE_MAP_MAX_LIVE), whose cost the window cannot see.  The
@@ -38,7 +39,8 @@
  *    SETTLE_PCT: all arms cost the same within noise, or the one in force is
  *    best.  A new size bucket or a drift of the control cost unsettles it;
  *  - every 4 closed UCB epochs a site's UCB1 evaluates (adopt after 3 wins of
- *    8 %, at most once per 180 s) and the adopted arm becomes the site's
+ *    8 %, at most once per 180 s; a dear site adopts at once an arm its
+ *    cells show at most half as costly) and the adopted arm becomes the site's
  *    snapshot; a window of 10,000 large requests or 2 s closes with the p99
  *    of the timed requests and the size mix into the lifecycle (LEARN ->
  *    FROZEN -> LEARN / CANARY) and plays ELO's pending matches.
@@ -61,16 +63,29 @@
 /* LEARN may not end before this many epochs were measured since it began:
  * a flat p99 alone (the estimator's buckets are coarse) is no convergence. */
 #define FREEZE_MIN_EPOCHS 400
-#define EXPLORE_MIN_REQUESTS 256 /* a site's large requests before it explores */
-/* A site with more blocks live than this (its requests minus its frees)
- * keeps them beyond an epoch's window, which ends one request after the
- * epoch: what a mapped block costs after that (its munmap, a mapping per
- * block living on in the page tables and the address space, the faults
- * that get dearer for it) is charged to nobody.  Measured on `large`
- * (4,000 live): explorations charged 44 ms and cost the run ~310 ms.  Such
- * a site explores no arm that maps what the policy in force does not; the
- * segments serve long-lived blocks, which is what the fixed policy does. */
-#define EXPLORE_MAP_MAX_LIVE 64
+#define EXPLORE_MIN_REQUESTS 256 /* a site's large requests before it explores ... */
+/* ... unless they are dear: a site whose requests cost this much each
+ * (faulting in hundreds of pages) matters from its first few.  It measures
+ * its epochs back to back (timing a request costs ~0.1 us, a 0.2 % of
+ * these), explores from its second measured epoch, and adopts an arm whose
+ * cells, measured over FAST_MIN epochs, cost at most FAST_RATIO of the
+ * policy in force, without waiting for UCB1's 30 pulls and 3 wins: a
+ * program's phase that makes one tier dear may last a few dozen requests. */
+#define DENSE_NS 50000.0
+#define FAST_MIN 2
+#define FAST_RATIO 0.5
+/* A site with more blocks live than this (its requests minus its frees:
+ * in a steady state, its blocks' mean lifetime in its own requests) keeps
+ * them beyond an epoch's window, which ends one request after the epoch:
+ * what a mapped block costs after that (its munmap, a mapping per block
+ * living on in the page tables and the address space, the faults that get
+ * dearer for it) is charged to nobody.  Measured on `large` (4,000 live):
+ * explorations charged 44 ms and cost the run ~310 ms; on `sites`, a site
+ * filling a set of 256 adopted mapping while the set was young.  Such a
+ * site neither explores nor adopts an arm that maps what the policy in
+ * force does not; the segments serve long-lived blocks, which is what the
+ * fixed policy does. */
+#define EXPLORE_MAP_MAX_LIVE (2 * HAK_POLICY_EPOCH)
 #define SETTLE_PCT 0.05          /* cheaper by less than this: the same  */
 #define SETTLE_MIN 4             /* epochs' worth of requests in a cell before it counts */
 #define SETTLE_DRIFT 0.25        /* control cost moved this much: unsettle */
@@ -230,8 +245,8 @@ static double cell_est(const hak_site_t* s, int b, int huge) {
   return other + (huge ? PRIOR_MAP_NS : 0) + pages_of(b) * PRIOR_PAGE_NS;
 }
 
-static bool cell_known(const hak_site_t* s, int b, int huge) {
-  return s->cell_n[b][huge] >= SETTLE_MIN * HAK_POLICY_EPOCH;
+static bool cell_known(const hak_site_t* s, int b, int huge, uint32_t epochs) {
+  return s->cell_n[b][huge] >= epochs * HAK_POLICY_EPOCH;
 }
 
 static void cell_add(hak_site_t* s, int b, int huge, double ns) {
@@ -279,18 +294,46 @@ static bool keeps_blocks(const hak_site_t* s) {
 }
 
 /* Estimated excess cost per request of arm a over arm c on the site's mix;
- * *known: every cell a needs is measured. */
-static double arm_excess(const hak_site_t* s, int a, int c, bool* known) {
+ * *known: every cell a needs is measured over `epochs` epochs' worth of
+ * requests. */
+static double arm_excess_over(const hak_site_t* s, int a, int c, uint32_t epochs, bool* known) {
   double total = 0, excess = 0;
   *known = true;
   for (int b = 0; b < UCB_BUCKETS; b++) {
     if (s->mix[b] == 0) continue;
     total += s->mix[b];
     if (arm_huge(a, b) == arm_huge(c, b)) continue;
-    *known &= cell_known(s, b, arm_huge(a, b));
+    *known &= cell_known(s, b, arm_huge(a, b), epochs);
     excess += s->mix[b] * (cell_est(s, b, arm_huge(a, b)) - cell_est(s, b, arm_huge(c, b)));
   }
   return total > 0 ? excess / total : 0;
+}
+
+static double arm_excess(const hak_site_t* s, int a, int c, bool* known) {
+  return arm_excess_over(s, a, c, SETTLE_MIN, known);
+}
+
+/* A dear site's decisive arm: among those whose cells are measured over
+ * FAST_MIN epochs and cost at most FAST_RATIO of the policy in force, the
+ * cheapest, the nearest to the arm in force on a tie (the least change);
+ * -1: none. */
+static int fast_arm(const hak_site_t* s) {
+  uint32_t m = ucb_mix(s);
+  int c = arm_in_force(s), best = -1;
+  double best_x = 0;
+#ifdef HAK_FAULT_FAST_ADOPT_OFF /* fault injection: UCB1's evaluation only */
+  m = 0;
+#endif
+  if (m == 0 || s->ctl_ns < DENSE_NS) return -1;
+  bool keeps = keeps_blocks(s);
+  for (int a = 0; a < HAK_UCB_ARMS; a++) {
+    if (arms_same(a, c, m) || (keeps && arm_maps_more(a, c, m))) continue;
+    bool known;
+    double x = arm_excess_over(s, a, c, FAST_MIN, &known);
+    bool nearer = best >= 0 && x == best_x && (a > c ? a - c : c - a) < (best > c ? best - c : c - best);
+    if (known && x <= -(1 - FAST_RATIO) * s->ctl_ns && (best < 0 || x < best_x || nearer)) best = a, best_x = x;
+  }
+  return best;
 }
 
 /* Settled: every arm that routes the site's mix otherwise than the one in
@@ -364,7 +407,7 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
   /* ... and one whose window held more than a period of the site's
    * requests: closes and opens failed their try-locks meanwhile (a thread
    * preempted holding the lock), and the window is not the epoch's */
-  if (s->epoch_n == 0 || now < s->epoch_t0 || s->epoch_count0 < HAK_POLICY_PERIOD || span > HAK_POLICY_PERIOD) {
+  if (s->epoch_n == 0 || now < s->epoch_t0 || s->epoch_count0 < HAK_POLICY_EPOCH || span > HAK_POLICY_PERIOD) {
     budget_settle(s, s->budget.reserved_ns); /* unmeasured: charged its reservation */
     return;
   }
@@ -404,6 +447,11 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
      * its own size: a stall must not buy exploration */
     double c = s->ctl_ns > 0 && cost > 4 * s->ctl_ns ? 4 * s->ctl_ns : cost;
     s->ctl_ns = s->ctl_ns > 0 ? s->ctl_ns + (c - s->ctl_ns) / 4 : c;
+#ifndef HAK_FAULT_DENSE_OFF /* fault injection: one epoch per 64 requests, always */
+    atomic_store_explicit(&s->sparse, s->ctl_ns < DENSE_NS, memory_order_relaxed);
+#else
+    atomic_store_explicit(&s->sparse, 1, memory_order_relaxed);
+#endif
   }
   if (s->ctl_ns > 0) _hak_budget_earn(&s->budget, (uint64_t)(s->ctl_ns * (double)(uint32_t)(count - s->earned_count)));
   s->earned_count = count;
@@ -416,7 +464,8 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
     for (int a = 0; a < HAK_UCB_ARMS; a++)
       if (arms_same(a, s->epoch_arm, m)) _hak_ucb_update(&s->ucb, a, reward);
     int prev = s->ucb.current;
-    if (++s->epochs % HAK_POLICY_EVAL == 0 && _hak_ucb_evaluate(&s->ucb, now, HAK_UCB_COOLDOWN_NS)) {
+    bool adopted = _hak_ucb_adopt(&s->ucb, fast_arm(s), now, HAK_UCB_COOLDOWN_NS);
+    if (adopted || (++s->epochs % HAK_POLICY_EVAL == 0 && _hak_ucb_evaluate(&s->ucb, now, HAK_UCB_COOLDOWN_NS))) {
       atomic_store_explicit(&s->threshold, (uint32_t)_hak_ucb_threshold(&s->ucb), memory_order_relaxed);
       bool known;
       s->ctl_ns += arm_excess(s, s->ucb.current, prev, &known); /* the new arm's estimate */
@@ -448,7 +497,7 @@ static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, 
   uint64_t zero = 0; /* learning begins: the process-wide budget's clock */
   if (atomic_load_explicit(&g_t0, memory_order_relaxed) == 0) atomic_compare_exchange_strong(&g_t0, &zero, now);
   if (b < UCB_BUCKETS && s->mix[b] == 0) s->mix[b] = 1; /* seen: the mix decides what exploring means */
-  bool may = state != HAK_FROZEN && count >= EXPLORE_MIN_REQUESTS && s->ctl_ns > 0 && !settled(s);
+  bool may = state != HAK_FROZEN && (count >= EXPLORE_MIN_REQUESTS || s->ctl_ns >= DENSE_NS) && s->ctl_ns > 0 && !settled(s);
   s->epoch_explore = false;
   if (size < UCB_SPLIT) {
     s->epoch_kind = HAK_DECIDE_UCB;
@@ -514,9 +563,13 @@ size_t _hak_policy_decide(hak_site_t* s, size_t size, hak_decision_t* d) {
   size_t thr = t ? t : def;
   if (s == NULL) return thr;
   /* a site's requests cycle through 64 positions: 0..7 an epoch, 8 closes
-   * it, 9..63 use the snapshot; one request in 8 is timed for the window */
+   * it, 9..63 use the snapshot; one request in 8 is timed for the window.
+   * A dear site's (and a new one's) cycle is the epoch: back to back, each
+   * closing at the next one's first request (8 divides 64: switching keeps
+   * an epoch's positions) */
   uint32_t n = atomic_fetch_add_explicit(&s->large_count, 1, memory_order_relaxed);
-  uint32_t pos = n % HAK_POLICY_PERIOD;
+  bool sparse = atomic_load_explicit(&s->sparse, memory_order_relaxed);
+  uint32_t pos = n % (sparse ? HAK_POLICY_PERIOD : HAK_POLICY_EPOCH);
   bool timed = n % HAK_POLICY_TIMED == 0;
   if (pos > HAK_POLICY_EPOCH && !timed) return thr;
   if (!_hak_site_trylock(s)) return thr;

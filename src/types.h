@@ -276,6 +276,7 @@ typedef struct hak_site_s {
   _Atomic(uint64_t) hist[HAK_SITE_HIST];
   _Atomic(uint32_t) threshold;
   _Atomic(uint32_t) large_count; /* large/huge allocations: sampling     */
+  _Atomic(uint32_t) sparse;      /* 1: one epoch per 64 requests, 0: back to back */
   _Atomic(int) lock;
   /* evolving (policy.c), under lock: the epoch being measured ... */
   int epoch_kind;                /* 0 none, else HAK_DECIDE_UCB / _ELO     */

@@ -164,9 +164,50 @@ static void kept_blocks_are_not_mapped(void) {
   CHILD_CHECK(mapped == 0 && s.explored == 0 && s.threshold == 0); /* ... and mapped nothing it keeps */
 }
 
+/* A site whose requests are dear (5 ms each: a program faulting in every
+ * page of 1 MiB blocks it frees at once) and a tier 5x cheaper: it measures
+ * back to back and adopts the cheaper tier within a few dozen requests,
+ * not after hundreds (the first version waited 256 requests before
+ * exploring, measured one epoch in 64 and adopted after 30 epochs per arm:
+ * on `sites` a churn site learned after the phase that made mapping pay).
+ * Its exploration still stays within the budget. */
+static void dear_site_learns_fast(void) {
+  use_fake_clock();
+  static int site;
+  played_t pl = {0};
+  int n = 0;
+  while (n < 2000 && info_of(&site).threshold == 0) {
+    play(&site, 8, 5000 * US, 1000 * US, &pl);
+    n += 8;
+  }
+  print_site("dear site, mapping 5x cheaper", &site, &pl);
+  hak_site_info_t s = info_of(&site);
+  CHILD_CHECK(s.threshold != 0 && s.threshold <= 1 * MiB);
+  CHILD_CHECK(n <= 96);
+  CHILD_CHECK(s.explore_ns <= s.cost_ns / 1000 * HAK_EXPLORE_PERMILLE + s.overrun_ns + 1);
+  uint64_t mapped = pl.mapped;
+  play(&site, 200, 5000 * US, 1000 * US, &pl);
+  CHILD_CHECK(pl.mapped - mapped >= 190); /* the adopted threshold routes it now */
+}
+
+/* ... and when the other tier is 5x dearer, a dear site does not adopt it,
+ * and its exploration stays within 2 % of the program's time plus overrun. */
+static void dear_site_keeps_the_better_tier(void) {
+  use_fake_clock();
+  static int site;
+  played_t pl = {0};
+  play(&site, 4000, 1000 * US, 5000 * US, &pl);
+  print_site("dear site, mapping 5x dearer", &site, &pl);
+  hak_site_info_t s = info_of(&site);
+  CHILD_CHECK(s.threshold == 0);
+  CHILD_CHECK(pl.extra_ns <= (pl.program_ns - pl.extra_ns) / 1000 * HAK_EXPLORE_PERMILLE + s.overrun_ns + 1);
+}
+
 TEST(exploring_a_worse_tier_stays_within_the_budget) { EXPECT_CHILD_OK(worse_tier_within_budget, 120); }
 TEST(a_better_tier_is_adopted) { EXPECT_CHILD_OK(better_tier_adopted, 120); }
 TEST(a_site_whose_tiers_cost_the_same_settles) { EXPECT_CHILD_OK(equal_tiers_settle, 120); }
+TEST(a_dear_site_adopts_a_cheaper_tier_within_a_hundred_requests) { EXPECT_CHILD_OK(dear_site_learns_fast, 120); }
+TEST(a_dear_site_keeps_the_better_tier) { EXPECT_CHILD_OK(dear_site_keeps_the_better_tier, 120); }
 TEST(a_site_that_keeps_its_blocks_does_not_map_them) { EXPECT_CHILD_OK(kept_blocks_are_not_mapped, 120); }
 
 /* Aligned requests the size classes serve (up to 128 KiB) never reach the

@@ -194,6 +194,36 @@ TEST(ucb_cooldown_blocks_a_second_adoption) {
   EXPECT_EQ_U(_hak_ucb_threshold(&u), 1 << 20);
 }
 
+/* Adopting on other evidence (a dear site's cells): at once, under the
+ * same cooldown, clearing a pending streak; nothing for the current arm or
+ * an arm out of range. */
+TEST(ucb_adopt_is_immediate_and_keeps_the_cooldown) {
+  const uint64_t cooldown = HAK_UCB_COOLDOWN_NS, t0 = 5000000000ull;
+  hak_ucb_t u;
+  _hak_ucb_init(&u, 5);
+  EXPECT_TRUE(!_hak_ucb_adopt(&u, 5, t0, cooldown)); /* already in force */
+  EXPECT_TRUE(!_hak_ucb_adopt(&u, -1, t0, cooldown));
+  EXPECT_TRUE(!_hak_ucb_adopt(&u, HAK_UCB_ARMS, t0, cooldown));
+  EXPECT_EQ_U(u.adoptions, 0);
+  feed(&u, 0, 30, 0.5);
+  feed(&u, 1, 30, 0.9);
+  EXPECT_TRUE(!_hak_ucb_evaluate(&u, t0, cooldown)); /* a streak begins: arm 1 */
+  EXPECT_EQ_U(u.streak, 1);
+  EXPECT_TRUE(_hak_ucb_adopt(&u, 4, t0, cooldown)); /* no pulls needed, no cooldown for the first */
+  EXPECT_EQ_U(u.current, 4);
+  EXPECT_EQ_U(u.challenger, -1);
+  EXPECT_EQ_U(u.streak, 0);
+  ucb_check_invariants(&u);
+  EXPECT_TRUE(!_hak_ucb_adopt(&u, 3, t0 + cooldown - 1, cooldown));
+  EXPECT_TRUE(!_hak_ucb_adopt(&u, 3, t0 - 1, cooldown)); /* clock going back */
+  EXPECT_EQ_U(u.current, 4);
+  EXPECT_TRUE(_hak_ucb_adopt(&u, 3, t0 + cooldown, cooldown));
+  EXPECT_EQ_U(u.current, 3);
+  EXPECT_EQ_U(u.adoptions, 2);
+  EXPECT_EQ_U(u.last_adopt_ns, t0 + cooldown);
+  ucb_check_invariants(&u);
+}
+
 TEST(ucb_five_percent_better_is_never_adopted) {
   hak_ucb_t u;
   _hak_ucb_init(&u, 0);
