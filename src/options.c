@@ -51,7 +51,7 @@ static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
                               "released mappings kept for reuse; beyond this they are unmapped", false},
     [HAK_OPT_PURGE_DELAY_MS] = {"PURGE_DELAY_MS", 500, 0, 3600000, NULL, false,
                                 "free slices, cached segments and retained mappings idle this long (up to twice) are decommitted; 0: at once", false},
-    [HAK_OPT_MODE] = {"MODE", 0, 0, 1, mode_words, false,
+    [HAK_OPT_MODE] = {"MODE", 1, 0, 1, mode_words, false,
                       "baseline: fixed HUGE_THRESHOLD; evolving: per-site thresholds learned (UCB1, ELO)", false},
     [HAK_OPT_SEED] = {"SEED", 0, 0, __LONG_MAX__, NULL, false,
                       "seed of the learners' random choices; 0: a random seed", false},

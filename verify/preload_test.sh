@@ -118,7 +118,7 @@ if small < min_small:
 if errs:
     sys.exit(f"{name}: {errs} errors reported")
 import os
-mode = os.environ.get("HAKMEM_MODE", "baseline")
+mode = os.environ.get("HAKMEM_MODE", "evolving")  # the default
 if any(l["learn"]["mode"] != mode for l in lines):
     sys.exit(f"{name}: hakmem ran in another mode than {mode}")
 secure = int(os.environ.get("HAKMEM_SECURE", "0"))
