@@ -84,6 +84,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
       uint64_t maps = atomic_load_explicit(&_hak_os_map_count, memory_order_relaxed);
       p = _hak_page_alloc_large(heap, size, align < HAK_ALIGN ? HAK_ALIGN : align, site);
       if (p != NULL) {
+        _hak_site_served(s);
         if (zeroed) *zeroed = hak_page_of(p)->zero; /* calloc: no memset of zero pages */
         fresh = atomic_load_explicit(&_hak_os_map_count, memory_order_relaxed) != maps;
         _hak_policy_record(&d, false, fresh, hak_page_of(p)->block_size);
@@ -93,6 +94,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
   }
   p = _hak_huge_alloc(size, align, site, _hak_site_repeats(s, size), &fresh);
   if (p == NULL) return NULL;
+  _hak_site_served(s);
   _hak_policy_record(&d, true, fresh, _hak_huge_usable(p));
   if (zeroed) *zeroed = fresh;
   return p;

@@ -61,7 +61,7 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(batch, reused, "huge allocations served by a retained mapping")        \
   X(batch, taken_back, "huge allocations served by a still-queued mapping") \
   X(batch, retained_bytes, "released mappings kept for reuse now")         \
-  X(learn, decisions, "large requests routed by the policy (evolving)")    \
+  X(learn, decisions, "large requests routed by the policy (evolving; each thread's counted 32 at a time)")    \
   X(learn, samples, "sampled (timed) large requests")                      \
   X(learn, explored, "epochs routed otherwise than the policy in force")   \
   X(learn, adoptions, "UCB1 arms adopted by sites")                        \

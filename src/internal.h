@@ -376,6 +376,10 @@ HAK_INTERNAL bool _hak_site_repeats(const hak_site_t* s, size_t size);
 HAK_INTERNAL bool _hak_site_trylock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_unlock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_free(const void* site);
+/* the large or huge tier served the site a block (counted like its frees) */
+static inline void _hak_site_served(hak_site_t* s) {
+  if (s != NULL) atomic_fetch_add_explicit(&s->big_allocs, 1, memory_order_relaxed);
+}
 HAK_INTERNAL void _hak_site_stats(hak_stats_t* st);
 HAK_INTERNAL size_t _hak_site_check(void);
 HAK_INTERNAL void _hak_site_fork_child(void);

@@ -55,7 +55,7 @@
 #define HAK_POLICY_GAP 56 /* unmeasured requests between two epochs */
 #define HAK_POLICY_PERIOD (HAK_POLICY_EPOCH + HAK_POLICY_GAP)
 #define HAK_POLICY_EVAL 4
-#define HAK_POLICY_TIMED 8
+#define HAK_POLICY_TIMED 32
 #define WINDOW_OPS 10000
 #define WINDOW_NS (2ull * 1000000000ull)
 #define UCB_SPLIT (2u << 20)
@@ -69,11 +69,21 @@
  * its epochs back to back (timing a request costs ~0.1 us, a 0.2 % of
  * these), explores from its second measured epoch, and adopts an arm whose
  * cells, measured over FAST_MIN epochs, cost at most FAST_RATIO of the
- * policy in force, without waiting for UCB1's 30 pulls and 3 wins: a
- * program's phase that makes one tier dear may last a few dozen requests. */
+ * policy in force -- by their means and by their cheapest requests, which
+ * a stall cannot raise -- without waiting for UCB1's 30 pulls and 3 wins:
+ * a program's phase that makes one tier dear may last a few dozen
+ * requests.  A site's own cost is its windows' cost times its share of the
+ * large requests in them: a window also holds the other sites' requests
+ * (200 sites taking turns: each window holds 1,600 requests, 8 the site's).
+ * A cheap site measures less often: an epoch costs ~1 us of clock reads and
+ * locks, so below CHEAP_NS a request, one epoch per 512 requests. */
 #define DENSE_NS 50000.0
+#define CHEAP_NS 4000.0
 #define FAST_MIN 2
 #define FAST_RATIO 0.5
+#define PERIOD_LOG_DENSE 3  /* 8: back to back */
+#define PERIOD_LOG_SPARSE 6 /* 64 */
+#define PERIOD_LOG_CHEAP 9  /* 512 */
 /* A site with more blocks live than this (its requests minus its frees:
  * in a steady state, its blocks' mean lifetime in its own requests) keeps
  * them beyond an epoch's window, which ends one request after the epoch:
@@ -126,14 +136,29 @@ static struct {
   hak_p99_t p99;
   uint64_t mix[HAK_MIX_BUCKETS];
   uint64_t window_start;
+  uint64_t window_dec0; /* st_decisions when the window opened */
   uint64_t learn_mark; /* st_epochs when LEARN was last entered */
   hak_rng_t rng;
 } pol;
 static _Atomic(uint32_t) elo_threshold; /* champion, once a match is played */
 static _Atomic(int) lc_state;
-static _Atomic(uint64_t) window_ops;
 static _Atomic(uint64_t) st_decisions, st_samples, st_explored, st_adoptions, st_matches, st_windows, st_routed_huge,
     st_explore_ns, st_denied, st_settled, st_epochs;
+
+/* Every site's large requests: each thread adds its own 32 at a time (a
+ * shared counter per request cost ~10 ns, more across threads); the
+ * thread's pending part counts in what it reads. */
+#define DECISIONS_BATCH 32
+static __thread uint32_t tls_decisions;
+
+static void count_decision(void) {
+  if (hak_unlikely(++tls_decisions == DECISIONS_BATCH)) {
+    hak_atomic_add(st_decisions, DECISIONS_BATCH);
+    tls_decisions = 0;
+  }
+}
+
+static uint64_t decisions_now(void) { return atomic_load_explicit(&st_decisions, memory_order_relaxed) + tls_decisions; }
 
 static uint64_t policy_seed(void) {
   long s = hak_option(HAK_OPT_SEED);
@@ -249,11 +274,16 @@ static bool cell_known(const hak_site_t* s, int b, int huge, uint32_t epochs) {
   return s->cell_n[b][huge] >= epochs * HAK_POLICY_EPOCH;
 }
 
-static void cell_add(hak_site_t* s, int b, int huge, double ns) {
+/* cap: 8x the cell's mean before the epoch (0: none).  Only that: a tier's
+ * cost comes in rare slow windows too (a purge refaulting what the program
+ * touches), and clipping them hides it, but one stall (a preempted thread:
+ * 20 ms over 8 requests of 60 us) would hold the cell at 20x for a hundred
+ * samples. */
+static void cell_add(hak_site_t* s, int b, int huge, double ns, double cap) {
   uint32_t n = s->cell_n[b][huge];
-  /* no clipping: a tier's cost comes in rare slow windows too (a purge
-   * refaulting what the program touches), and clipping them hides it */
+  if (cap > 0 && ns > cap) ns = cap;
   if (n < UINT32_MAX) s->cell_n[b][huge] = ++n;
+  if (n == 1 || ns < s->cell_min[b][huge]) s->cell_min[b][huge] = (float)ns;
   /* a mean over the first 16, then a moving average: tiers' costs drift */
   s->cell_ns[b][huge] += (float)((ns - s->cell_ns[b][huge]) / (n < 16 ? n : 16));
 }
@@ -281,9 +311,9 @@ static bool arm_maps_more(int a, int c, uint32_t m) {
 
 /* The site's blocks live past an epoch's window (EXPLORE_MAP_MAX_LIVE). */
 static bool keeps_blocks(const hak_site_t* s) {
-  /* both count the site's large and huge blocks (frees: page.c, huge.c);
-   * 32-bit, as large_count wraps */
-  uint32_t allocs = atomic_load_explicit(&s->large_count, memory_order_relaxed);
+  /* both count the site's large and huge blocks, where they were served
+   * and where they were freed (page.c, huge.c); 32-bit, wrapping alike */
+  uint32_t allocs = atomic_load_explicit(&s->big_allocs, memory_order_relaxed);
   uint32_t frees = (uint32_t)atomic_load_explicit(&s->frees, memory_order_relaxed);
 #ifdef HAK_FAULT_EXPLORE_KEPT /* fault injection: lifetimes are ignored */
   (void)allocs, (void)frees;
@@ -292,6 +322,16 @@ static bool keeps_blocks(const hak_site_t* s) {
   return (int32_t)(allocs - frees) > EXPLORE_MAP_MAX_LIVE;
 #endif
 }
+
+/* The site's own cost per request: its windows' cost times its share of
+ * the large requests in them. */
+static double own_ns(const hak_site_t* s) {
+#ifdef HAK_FAULT_SHARE_IGNORED /* fault injection: the window's whole cost is the site's */
+  return s->ctl_ns;
+#endif
+  return s->ctl_ns * (s->share > 0 ? s->share : 1);
+}
+static bool dear(const hak_site_t* s) { return own_ns(s) >= DENSE_NS; }
 
 /* Estimated excess cost per request of arm a over arm c on the site's mix;
  * *known: every cell a needs is measured over `epochs` epochs' worth of
@@ -313,25 +353,46 @@ static double arm_excess(const hak_site_t* s, int a, int c, bool* known) {
   return arm_excess_over(s, a, c, SETTLE_MIN, known);
 }
 
+/* The site's cost per request under arm a, from its cells: their means,
+ * or (least) their cheapest requests; *known: every cell is measured over
+ * `epochs` epochs' worth of requests. */
+static double arm_cost(const hak_site_t* s, int a, bool least, uint32_t epochs, bool* known) {
+  double total = 0, cost = 0;
+  *known = true;
+  for (int b = 0; b < UCB_BUCKETS; b++) {
+    if (s->mix[b] == 0) continue;
+    int h = arm_huge(a, b);
+    total += s->mix[b];
+    *known &= cell_known(s, b, h, epochs);
+    cost += s->mix[b] * (least && s->cell_n[b][h] > 0 ? s->cell_min[b][h] : cell_est(s, b, h));
+  }
+  return total > 0 ? cost / total : 0;
+}
+
 /* A dear site's decisive arm: among those whose cells are measured over
- * FAST_MIN epochs and cost at most FAST_RATIO of the policy in force, the
- * cheapest, the nearest to the arm in force on a tie (the least change);
- * -1: none. */
+ * FAST_MIN epochs and cost at most FAST_RATIO of the policy in force's, by
+ * their means and by their cheapest requests, the cheapest, the nearest to
+ * the arm in force on a tie (the least change); -1: none. */
 static int fast_arm(const hak_site_t* s) {
   uint32_t m = ucb_mix(s);
   int c = arm_in_force(s), best = -1;
-  double best_x = 0;
+  double best_cost = 0;
 #ifdef HAK_FAULT_FAST_ADOPT_OFF /* fault injection: UCB1's evaluation only */
   m = 0;
 #endif
-  if (m == 0 || s->ctl_ns < DENSE_NS) return -1;
-  bool keeps = keeps_blocks(s);
+  if (m == 0 || !dear(s)) return -1;
+  bool keeps = keeps_blocks(s), known, known_least;
+  double cur = arm_cost(s, c, false, FAST_MIN, &known), cur_least = arm_cost(s, c, true, FAST_MIN, &known_least);
+  if (!known) return -1;
   for (int a = 0; a < HAK_UCB_ARMS; a++) {
     if (arms_same(a, c, m) || (keeps && arm_maps_more(a, c, m))) continue;
-    bool known;
-    double x = arm_excess_over(s, a, c, FAST_MIN, &known);
-    bool nearer = best >= 0 && x == best_x && (a > c ? a - c : c - a) < (best > c ? best - c : c - best);
-    if (known && x <= -(1 - FAST_RATIO) * s->ctl_ns && (best < 0 || x < best_x || nearer)) best = a, best_x = x;
+    double x = arm_cost(s, a, false, FAST_MIN, &known), least = arm_cost(s, a, true, FAST_MIN, &known_least);
+#ifdef HAK_FAULT_FAST_ADOPT_ON_MEANS /* fault injection: a stall's mean decides */
+    least = cur_least = 0;
+#endif
+    if (!known || x > FAST_RATIO * cur || least > FAST_RATIO * cur_least) continue;
+    bool nearer = best >= 0 && x == best_cost && (a > c ? a - c : c - a) < (best > c ? best - c : c - best);
+    if (best < 0 || x < best_cost || nearer) best = a, best_cost = x;
   }
   return best;
 }
@@ -413,6 +474,11 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
   }
   double n = (double)(span > s->epoch_n ? span : s->epoch_n);
   double window = (double)(now - s->epoch_t0);
+  /* the site's share of the window's large requests (its span and the
+   * closing one, of everyone's) */
+  uint64_t d = decisions_now(), all = d > s->epoch_dec0 ? d - s->epoch_dec0 : 0; /* another thread's pending part */
+  double share = all > span ? (double)(span + 1) / (double)all : 1;
+  s->share = s->share > 0 ? s->share + (share - s->share) / 4 : share;
   /* the frees of mapped blocks in the window are their tiers' cost, not
    * this epoch's; its own mapped requests are charged their free instead
    * (known only for the thread that opened it) */
@@ -423,23 +489,37 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
   }
   if (window > COST_MAX_NS * n) window = COST_MAX_NS * n;
   /* cells: the window split over the requests by size, plus the free of
-   * each mapped one */
+   * each mapped one; the recorded requests (k) stand for all the window's
+   * (n): an epoch cut short or closed late records fewer */
   uint32_t m = 0;
   double kib = 0, freed = 0;
   uint32_t k = s->epoch_n < HAK_POLICY_EPOCH ? s->epoch_n : HAK_POLICY_EPOCH;
+  float before[HAK_LEARN_BUCKETS][2];
+  memcpy(before, s->cell_ns, sizeof(before));
   for (uint32_t i = 0; i < k; i++) kib += s->epoch_kib[i] ? s->epoch_kib[i] : 1;
   for (uint32_t i = 0; i < k; i++) {
     int b = s->epoch_cell[i] >> 1, huge = s->epoch_cell[i] & 1;
     double f = own && huge ? (double)atomic_load_explicit(&free_cost[b], memory_order_relaxed) : 0;
     freed += f;
-    cell_add(s, b, huge, window * (s->epoch_kib[i] ? s->epoch_kib[i] : 1) / kib + f);
+    double cap = s->cell_n[b][huge] >= 16 ? 8 * (double)before[b][huge] : 0;
+#ifndef HAK_FAULT_CELLS_UNSCALED /* fault injection: the recorded requests take the whole window */
+    cell_add(s, b, huge, window * (s->epoch_kib[i] ? s->epoch_kib[i] : 1) / kib * k / n + f, cap);
+#else
+    cell_add(s, b, huge, window * (s->epoch_kib[i] ? s->epoch_kib[i] : 1) / kib + f, cap);
+#endif
     if (b < UCB_BUCKETS) m |= 1u << b;
   }
   double cost = (window + freed) / n;
   /* the budget: the site earns what its requests since the last close cost
    * under the policy in force; an exploration is charged its excess */
   if (s->epoch_explore) {
-    double excess = s->ctl_ns > 0 ? (cost - s->ctl_ns) * n : window;
+    /* against what the policy in force costs: its control cost, or its
+     * cells' cheapest requests when lower (a stall raised the control
+     * cost, and exploring would look free) */
+    bool known;
+    double ref = arm_cost(s, arm_in_force(s), true, FAST_MIN, &known);
+    if (!known || !(ref < s->ctl_ns) || kind != HAK_DECIDE_UCB) ref = s->ctl_ns;
+    double excess = s->ctl_ns > 0 ? (cost - ref) * n : window;
     uint64_t x = excess > 0 ? (uint64_t)excess : 0;
     budget_settle(s, x);
   } else {
@@ -447,12 +527,13 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
      * its own size: a stall must not buy exploration */
     double c = s->ctl_ns > 0 && cost > 4 * s->ctl_ns ? 4 * s->ctl_ns : cost;
     s->ctl_ns = s->ctl_ns > 0 ? s->ctl_ns + (c - s->ctl_ns) / 4 : c;
-#ifndef HAK_FAULT_DENSE_OFF /* fault injection: one epoch per 64 requests, always */
-    atomic_store_explicit(&s->sparse, s->ctl_ns < DENSE_NS, memory_order_relaxed);
-#else
-    atomic_store_explicit(&s->sparse, 1, memory_order_relaxed);
-#endif
   }
+  /* the measuring period the site's own cost asks for (applied by decide,
+   * on the period's boundaries) */
+  s->period_want = dear(s) ? PERIOD_LOG_DENSE : own_ns(s) >= CHEAP_NS ? PERIOD_LOG_SPARSE : PERIOD_LOG_CHEAP;
+#ifdef HAK_FAULT_DENSE_OFF /* fault injection: one epoch per 64 requests, always */
+  s->period_want = PERIOD_LOG_SPARSE;
+#endif
   if (s->ctl_ns > 0) _hak_budget_earn(&s->budget, (uint64_t)(s->ctl_ns * (double)(uint32_t)(count - s->earned_count)));
   s->earned_count = count;
   s->epochs_all++;
@@ -464,8 +545,9 @@ static void epoch_close(hak_site_t* s, uint64_t now) {
     for (int a = 0; a < HAK_UCB_ARMS; a++)
       if (arms_same(a, s->epoch_arm, m)) _hak_ucb_update(&s->ucb, a, reward);
     int prev = s->ucb.current;
-    bool adopted = _hak_ucb_adopt(&s->ucb, fast_arm(s), now, HAK_UCB_COOLDOWN_NS);
-    if (adopted || (++s->epochs % HAK_POLICY_EVAL == 0 && _hak_ucb_evaluate(&s->ucb, now, HAK_UCB_COOLDOWN_NS))) {
+    bool evaluate = ++s->epochs % HAK_POLICY_EVAL == 0;
+    if (_hak_ucb_adopt(&s->ucb, fast_arm(s), now, HAK_UCB_COOLDOWN_NS) ||
+        (evaluate && _hak_ucb_evaluate(&s->ucb, now, HAK_UCB_COOLDOWN_NS))) {
       atomic_store_explicit(&s->threshold, (uint32_t)_hak_ucb_threshold(&s->ucb), memory_order_relaxed);
       bool known;
       s->ctl_ns += arm_excess(s, s->ucb.current, prev, &known); /* the new arm's estimate */
@@ -497,7 +579,7 @@ static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, 
   uint64_t zero = 0; /* learning begins: the process-wide budget's clock */
   if (atomic_load_explicit(&g_t0, memory_order_relaxed) == 0) atomic_compare_exchange_strong(&g_t0, &zero, now);
   if (b < UCB_BUCKETS && s->mix[b] == 0) s->mix[b] = 1; /* seen: the mix decides what exploring means */
-  bool may = state != HAK_FROZEN && (count >= EXPLORE_MIN_REQUESTS || s->ctl_ns >= DENSE_NS) && s->ctl_ns > 0 && !settled(s);
+  bool may = state != HAK_FROZEN && (count >= EXPLORE_MIN_REQUESTS || dear(s)) && s->ctl_ns > 0 && !settled(s);
   s->epoch_explore = false;
   if (size < UCB_SPLIT) {
     s->epoch_kind = HAK_DECIDE_UCB;
@@ -542,6 +624,7 @@ static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, 
   s->epoch_faults0 = _hak_os->faults();
   s->epoch_thread = thread_token();
   s->epoch_free0 = tls_free_ns;
+  s->epoch_dec0 = decisions_now();
   s->epoch_t0 = now;
   s->epoch_count0 = count;
   if (s->epoch_explore) {
@@ -550,26 +633,35 @@ static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, 
   }
 }
 
+/* Applies the measuring period the site's cost asks for (site lock held,
+ * at a close: no epoch open); returns the period in force. */
+static uint32_t period_switch(hak_site_t* s, uint32_t lg) {
+  uint32_t want = s->period_want;
+  if (want == 0 || want == lg) return lg;
+  atomic_store_explicit(&s->period_log, want, memory_order_relaxed);
+  return want;
+}
+
 size_t _hak_policy_decide(hak_site_t* s, size_t size, hak_decision_t* d) {
   d->kind = HAK_DECIDE_NONE;
   size_t def = (size_t)hak_option(HAK_OPT_HUGE_THRESHOLD);
   /* what the size classes serve never reaches the learner, aligned or not */
   if (!evolving() || size <= HAK_SMALL_MAX) return def;
-  hak_atomic_add(st_decisions, 1);
-  hak_atomic_add(window_ops, 1);
+  count_decision();
   /* the policy in force: the site's arm below 2 MiB, ELO's champion above */
   uint32_t t = size < UCB_SPLIT && s ? atomic_load_explicit(&s->threshold, memory_order_relaxed)
                                      : atomic_load_explicit(&elo_threshold, memory_order_relaxed);
   size_t thr = t ? t : def;
   if (s == NULL) return thr;
-  /* a site's requests cycle through 64 positions: 0..7 an epoch, 8 closes
-   * it, 9..63 use the snapshot; one request in 8 is timed for the window.
-   * A dear site's (and a new one's) cycle is the epoch: back to back, each
-   * closing at the next one's first request (8 divides 64: switching keeps
-   * an epoch's positions) */
+  /* a site's requests cycle through a period of 64 positions (512 for a
+   * cheap site): 0..7 an epoch, 8 closes it, the rest use the snapshot; a
+   * dear site's (and a new one's) period is the epoch: back to back, each
+   * closing at the next one's first request.  One request in 32 is timed
+   * for the window. */
   uint32_t n = atomic_fetch_add_explicit(&s->large_count, 1, memory_order_relaxed);
-  bool sparse = atomic_load_explicit(&s->sparse, memory_order_relaxed);
-  uint32_t pos = n % (sparse ? HAK_POLICY_PERIOD : HAK_POLICY_EPOCH);
+  uint32_t lg = atomic_load_explicit(&s->period_log, memory_order_relaxed);
+  if (lg == 0) lg = PERIOD_LOG_DENSE;
+  uint32_t pos = n & ((1u << lg) - 1);
   bool timed = n % HAK_POLICY_TIMED == 0;
   if (pos > HAK_POLICY_EPOCH && !timed) return thr;
   if (!_hak_site_trylock(s)) return thr;
@@ -578,10 +670,12 @@ size_t _hak_policy_decide(hak_site_t* s, size_t size, hak_decision_t* d) {
   bool epoch = false;
   if (pos == HAK_POLICY_EPOCH) {
     epoch_close(s, now); /* its cost includes touching its blocks */
+    period_switch(s, lg);
   } else if (pos < HAK_POLICY_EPOCH) {
     if (pos == 0) {
       epoch_close(s, now); /* one left open by a busy lock */
-      epoch_start(s, size, thr, n, now);
+      /* a longer period starts at its own boundary: no epoch until then */
+      if (period_switch(s, lg) <= lg || (n & ((1u << s->period_want) - 1)) == 0) epoch_start(s, size, thr, n, now);
     }
     epoch = s->epoch_kind != 0 && s->epoch_left > 0;
   }
@@ -619,7 +713,7 @@ static int mix_bucket(size_t size) {
 
 /* Closes the window if it is due (pol_lock held). */
 static void window_maybe_close(uint64_t now) {
-  uint64_t ops = atomic_load_explicit(&window_ops, memory_order_relaxed);
+  uint64_t d = decisions_now(), ops = d > pol.window_dec0 ? d - pol.window_dec0 : 0;
   if (ops < WINDOW_OPS && (now <= pol.window_start || now - pol.window_start < WINDOW_NS)) return;
   uint64_t explored = atomic_load_explicit(&st_epochs, memory_order_relaxed);
   bool learning_young = pol.lc.state == HAK_LEARN && explored - pol.learn_mark < FREEZE_MIN_EPOCHS;
@@ -638,7 +732,7 @@ static void window_maybe_close(uint64_t now) {
   _hak_p99_reset(&pol.p99);
   memset(pol.mix, 0, sizeof(pol.mix));
   pol.window_start = now;
-  atomic_store_explicit(&window_ops, 0, memory_order_relaxed);
+  pol.window_dec0 = decisions_now();
 }
 
 void _hak_policy_record(hak_decision_t* d, bool huge, bool fresh, size_t reserved) {
@@ -668,7 +762,7 @@ void _hak_policy_record(hak_decision_t* d, bool huge, bool fresh, size_t reserve
 }
 
 void _hak_policy_stats(hak_stats_t* st) {
-  st->learn_decisions = atomic_load(&st_decisions);
+  st->learn_decisions = decisions_now(); /* other threads' last < 32 each are not in it */
   st->learn_samples = atomic_load(&st_samples);
   st->learn_explored = atomic_load(&st_explored);
   st->learn_adoptions = atomic_load(&st_adoptions);

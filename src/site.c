@@ -38,7 +38,8 @@ static bool site_reset(hak_site_t* s) {
   for (int i = 0; i < HAK_SITE_HIST; i++) atomic_store_explicit(&s->hist[i], 0, memory_order_relaxed);
   atomic_store_explicit(&s->threshold, 0, memory_order_relaxed);
   atomic_store_explicit(&s->large_count, 0, memory_order_relaxed);
-  atomic_store_explicit(&s->sparse, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->period_log, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->big_allocs, 0, memory_order_relaxed);
   /* the learner's state, under the lock: everything after it */
   _hak_policy_drop_epoch(s);
   memset(&s->epoch_kind, 0, sizeof(*s) - offsetof(hak_site_t, epoch_kind));

@@ -276,7 +276,8 @@ typedef struct hak_site_s {
   _Atomic(uint64_t) hist[HAK_SITE_HIST];
   _Atomic(uint32_t) threshold;
   _Atomic(uint32_t) large_count; /* large/huge allocations: sampling     */
-  _Atomic(uint32_t) sparse;      /* 1: one epoch per 64 requests, 0: back to back */
+  _Atomic(uint32_t) period_log;  /* log2 of the measuring period (policy.c); 0: 8, new */
+  _Atomic(uint32_t) big_allocs;  /* blocks the large and huge tiers served (frees: theirs) */
   _Atomic(int) lock;
   /* evolving (policy.c), under lock: the epoch being measured ... */
   int epoch_kind;                /* 0 none, else HAK_DECIDE_UCB / _ELO     */
@@ -290,18 +291,22 @@ typedef struct hak_site_s {
   uint32_t epoch_count0;         /* large_count when it opened            */
   uint64_t epoch_t0, epoch_faults0, epoch_waste;
   uint64_t epoch_free0;           /* the opener's time freeing mapped blocks, then */
+  uint64_t epoch_dec0;            /* every site's large requests, then */
+  uint32_t period_want;           /* log2 of the period the site's cost asks for */
   uint8_t epoch_cell[HAK_POLICY_EPOCH]; /* each request's bucket * 2 + huge */
   uint32_t epoch_kib[HAK_POLICY_EPOCH];
   /* ... and what the site has learned: cost per request (ns, window wall
    * time) of each (size bucket, tier) cell, the requests sampled per
    * bucket, the cost of the policy in force, the exploration budget */
   float cell_ns[HAK_LEARN_BUCKETS][2];
+  float cell_min[HAK_LEARN_BUCKETS][2]; /* the cheapest request seen: stalls only add */
   uint32_t cell_n[HAK_LEARN_BUCKETS][2];
   uint32_t mix[HAK_LEARN_BUCKETS];
   uint32_t earned_count;         /* large_count when the budget last earned */
   uint32_t settled_mix;          /* buckets seen when exploration stopped, 0: not settled */
   uint64_t epochs_all, epochs_explored;
   double ctl_ns;                 /* per request, policy in force; 0: unknown */
+  double share;                  /* the site's part of its windows' large requests; 0: unknown */
   double settle_ctl_ns;          /* ctl_ns when it settled */
   hak_budget_t budget;
   hak_ucb_t ucb;
