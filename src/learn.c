@@ -10,7 +10,9 @@
  *   in force (`current`) changes only in _hak_ucb_evaluate, when the best
  *   arm by mean (>= 30 pulls) beats current's mean by >= 8 % on 3
  *   consecutive evaluations, and at most once per cooldown (the original
- *   used 180 s), so policy does not flap on noise.
+ *   used 180 s), so policy does not flap on noise -- or in _hak_ucb_adopt,
+ *   when the caller has decisive evidence of another kind (a dear site's
+ *   measured cells: policy.c), under the same cooldown.
  * - ELO ranks 12 global threshold strategies (512 KiB .. 32 MiB,
  *   geometric).  Epsilon-greedy (10 %) selection gathers cost samples;
  *   candidates with >= 50 samples since their last match play each other

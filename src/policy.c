@@ -12,14 +12,17 @@
  *    UCB1 bandit adopted (64 KiB .. 2 MiB; the default until one is); from
  *    2 MiB the ELO champion among 12 global candidates (512 KiB .. 32 MiB)
  *    once ELO has played, else the default;
- *  - measurement: a site's requests cycle through 64 positions; 0..7 are an
+ *  - measurement: a site's requests cycle through 64 positions (512 for a
+ *    cheap site, CHEAP_NS; 8, back to back, for a new or a dear one); 0..7 are an
  *    epoch, routed by one choice, whose cost is the wall time from its first
  *    request to the request after it (position 8), per request: it counts
  *    the allocator, the page faults the program takes touching the blocks,
  *    and the frees.  An epoch routed by the policy in force (control)
  *    measures what the site costs; the site earns its exploration budget
  *    from that cost (HAK_EXPLORE_PERMILLE, 2 %, of it: learn.h).  A new
- *    site, and a dear one (DENSE_NS per request), measures back to back;
+ *    site, and a dear one (DENSE_NS per request of its own: its windows'
+ *    cost times its share of the large requests in them), measures back to
+ *    back;
  *  - exploration: an epoch routed otherwise (a UCB1 arm below 2 MiB; an
  *    epsilon-greedy ELO candidate from 2 MiB) runs only when the site has
  *    had EXPLORE_MIN_REQUESTS large requests or is dear, is not settled, and its budget
