@@ -337,23 +337,18 @@ static double own_ns(const hak_site_t* s) {
 static bool dear(const hak_site_t* s) { return own_ns(s) >= DENSE_NS; }
 
 /* Estimated excess cost per request of arm a over arm c on the site's mix;
- * *known: every cell a needs is measured over `epochs` epochs' worth of
- * requests. */
-static double arm_excess_over(const hak_site_t* s, int a, int c, uint32_t epochs, bool* known) {
+ * *known: every cell a needs is measured (SETTLE_MIN epochs' worth). */
+static double arm_excess(const hak_site_t* s, int a, int c, bool* known) {
   double total = 0, excess = 0;
   *known = true;
   for (int b = 0; b < UCB_BUCKETS; b++) {
     if (s->mix[b] == 0) continue;
     total += s->mix[b];
     if (arm_huge(a, b) == arm_huge(c, b)) continue;
-    *known &= cell_known(s, b, arm_huge(a, b), epochs);
+    *known &= cell_known(s, b, arm_huge(a, b), SETTLE_MIN);
     excess += s->mix[b] * (cell_est(s, b, arm_huge(a, b)) - cell_est(s, b, arm_huge(c, b)));
   }
   return total > 0 ? excess / total : 0;
-}
-
-static double arm_excess(const hak_site_t* s, int a, int c, bool* known) {
-  return arm_excess_over(s, a, c, SETTLE_MIN, known);
 }
 
 /* The site's cost per request under arm a, from its cells: their means,
@@ -624,7 +619,9 @@ static void epoch_start(hak_site_t* s, size_t size, size_t thr, uint32_t count, 
   s->epoch_seq++;
   s->epoch_n = 0;
   s->epoch_waste = 0;
-  s->epoch_faults0 = _hak_os->faults();
+  /* the page-fault count only ELO uses: a getrusage call, not paid by
+   * UCB1's epochs (back to back on a dear site) */
+  s->epoch_faults0 = s->epoch_kind == HAK_DECIDE_ELO ? _hak_os->faults() : 0;
   s->epoch_thread = thread_token();
   s->epoch_free0 = tls_free_ns;
   s->epoch_dec0 = decisions_now();

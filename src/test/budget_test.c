@@ -103,6 +103,17 @@ static void worse_tier_within_budget(void) {
   CHILD_CHECK(pl.mapped - mapped <= 4000 / 50);
 }
 
+/* The site adopted a threshold that maps 1 MiB, and it routes the site's
+ * next n requests: at least min_mapped mapped (the rest: explorations). */
+static void check_adopted_mapping(const void* site, played_t* pl, int n, uint64_t min_mapped, uint64_t large_ns,
+                                  uint64_t huge_ns) {
+  hak_site_info_t s = info_of(site);
+  CHILD_CHECK(s.threshold != 0 && s.threshold <= 1 * MiB);
+  uint64_t mapped = pl->mapped;
+  play(site, n, large_ns, huge_ns, pl);
+  CHILD_CHECK(pl->mapped - mapped >= min_mapped);
+}
+
 /* Mapping costs a fifth: the site adopts a threshold that maps 1 MiB. */
 static void better_tier_adopted(void) {
   use_fake_clock();
@@ -110,11 +121,7 @@ static void better_tier_adopted(void) {
   played_t pl = {0};
   for (int round = 0; round < 20 && info_of(&site).threshold == 0; round++) play(&site, 1000, 100 * US, 20 * US, &pl);
   print_site("mapping 5x better", &site, &pl);
-  hak_site_info_t s = info_of(&site);
-  CHILD_CHECK(s.threshold != 0 && s.threshold <= 1 * MiB);
-  uint64_t mapped = pl.mapped;
-  play(&site, 1000, 100 * US, 20 * US, &pl);
-  CHILD_CHECK(pl.mapped - mapped >= 900); /* the adopted threshold routes it now */
+  check_adopted_mapping(&site, &pl, 1000, 900, 100 * US, 20 * US);
 }
 
 /* Both tiers cost the same: the site settles and explores no more. */
@@ -186,12 +193,9 @@ static void dear_site_learns_fast(void) {
   }
   print_site("dear site, mapping 5x cheaper", &site, &pl);
   hak_site_info_t s = info_of(&site);
-  CHILD_CHECK(s.threshold != 0 && s.threshold <= 1 * MiB);
   CHILD_CHECK(n <= 96);
   CHILD_CHECK(s.explore_ns <= s.cost_ns / 1000 * HAK_EXPLORE_PERMILLE + s.overrun_ns + 1);
-  uint64_t mapped = pl.mapped;
-  play(&site, 200, 5000 * US, 1000 * US, &pl);
-  CHILD_CHECK(pl.mapped - mapped >= 190); /* the adopted threshold routes it now */
+  check_adopted_mapping(&site, &pl, 200, 190, 5000 * US, 1000 * US);
 }
 
 /* ... and when the other tier is 5x dearer, a dear site does not adopt it,
