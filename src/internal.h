@@ -99,6 +99,8 @@ HAK_INTERNAL bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns); /* true: t
 HAK_INTERNAL int _hak_os_resident(const void* page);
 /* the checker: copies n bytes at addr; false if they cannot be read */
 HAK_INTERNAL bool _hak_os_peek(const void* addr, void* out, size_t n);
+/* the loader: .eh_frame_hdr of the object containing pc, or NULL */
+HAK_INTERNAL const uint8_t* _hak_os_eh_frame_hdr(uintptr_t pc);
 
 /* ---- options.c --------------------------------------------------------- */
 HAK_INTERNAL extern long _hak_options[HAK_OPT_COUNT];
@@ -383,6 +385,34 @@ static inline void _hak_site_served(hak_site_t* s) {
 HAK_INTERNAL void _hak_site_stats(hak_stats_t* st);
 HAK_INTERNAL size_t _hak_site_check(void);
 HAK_INTERNAL void _hak_site_fork_child(void);
+
+/* ---- cfi.c, wrapper.c: the call site seen through allocation wrappers -- */
+#if defined(__x86_64__) && defined(__linux__)
+#define HAK_CFI_SUPPORTED 1
+#else
+#define HAK_CFI_SUPPORTED 0
+#endif
+#if defined(__clang__)
+#define HAK_NO_SANITIZE_STACK __attribute__((no_sanitize("address", "memory")))
+#else
+#define HAK_NO_SANITIZE_STACK __attribute__((no_sanitize_address))
+#endif
+/* The CFA rule of a function at an address: CFA = reg (6 rbp, 7 rsp) + off;
+ * the return address at CFA - 8; the caller's rbp unchanged, saved at
+ * CFA + rbp_off, or unknown. */
+enum { HAK_CFA_RBP_SAME, HAK_CFA_RBP_SAVED, HAK_CFA_RBP_UNKNOWN };
+typedef struct hak_cfa_rule_s {
+  uint8_t reg;
+  int8_t rbp;
+  int32_t off;
+  int32_t rbp_off;
+} hak_cfa_rule_t;
+HAK_INTERNAL bool _hak_cfa_rule(uintptr_t pc, hak_cfa_rule_t* out); /* false: none understood */
+/* The site a request is attributed to: the caller of the wrapper whose
+ * call of malloc site is (nested up to 3), else site itself.  Called from
+ * the allocation paths only (it finds site's slot from its own frame). */
+HAK_INTERNAL const void* _hak_site_see_through(const void* site);
+HAK_INTERNAL void _hak_wrapper_stats(hak_stats_t* st);
 
 /* ---- policy.c: which tier serves a large request (learned per site) ---- */
 typedef enum { HAK_DECIDE_NONE, HAK_DECIDE_TIMED, HAK_DECIDE_UCB, HAK_DECIDE_ELO } hak_decide_kind_t;

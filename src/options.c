@@ -57,6 +57,8 @@ static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
                       "seed of the learners' random choices; 0: a random seed", false},
     [HAK_OPT_SECURE] = {"SECURE", 0, 0, 2, NULL, false,
                         "hardening beyond the default: 1 canaries, zero-on-free checked at reuse, random carving; 2 also a quarantine of freed blocks, guard pages after large blocks, freed huge blocks kept PROT_NONE (README: Hardening)", false},
+    [HAK_OPT_WRAPPERS] = {"WRAPPERS", 1, 0, 1, NULL, false,
+                          "1: a call site whose function allocates for 4 or more callers (xmalloc-style) counts as its caller's, up to 4 callers up (x86-64); 0: the immediate caller", false},
 };
 
 long _hak_options[HAK_OPT_COUNT] = {

@@ -2,6 +2,7 @@
  * clock.  Everything goes through the _hak_os table so tests and fuzzers can
  * substitute a fake OS and a fake clock. */
 #define _GNU_SOURCE /* RUSAGE_THREAD */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/auxv.h>
@@ -258,6 +259,24 @@ bool _hak_os_thread_alive(int tid) {
   errno = saved;
   return alive;
 }
+
+/* The loader's unwind-table index (.eh_frame_hdr) of the object holding
+ * pc: _dl_find_object (glibc 2.35), which allocates nothing, takes no lock
+ * and makes no system call; referenced weakly (older glibc: none). */
+#ifdef DLFO_EH_SEGMENT_TYPE
+extern __typeof(_dl_find_object) _dl_find_object __attribute__((weak));
+const uint8_t* _hak_os_eh_frame_hdr(uintptr_t pc) {
+  struct dl_find_object o;
+  memset(&o, 0, sizeof(o)); /* MSan: the loader is not instrumented */
+  if (_dl_find_object == NULL || _dl_find_object((void*)pc, &o) != 0) return NULL;
+  return (const uint8_t*)o.dlfo_eh_frame;
+}
+#else
+const uint8_t* _hak_os_eh_frame_hdr(uintptr_t pc) {
+  (void)pc;
+  return NULL;
+}
+#endif
 
 /* The kernel marked the process secure (set-uid, set-gid, capabilities). */
 bool _hak_os_secure(void) { return getauxval(AT_SECURE) != 0; }

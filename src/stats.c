@@ -17,6 +17,7 @@ void hak_stats_get(hak_stats_t* st) {
   _hak_segment_stats(st);
   _hak_purge_stats(st);
   _hak_site_stats(st);
+  _hak_wrapper_stats(st);
   _hak_error_stats(st);
   _hak_policy_stats(st);
   _hak_remote_heapless_stats(st);

@@ -339,6 +339,7 @@ typedef enum {
   HAK_OPT_MODE,            /* 0 baseline, 1 evolving                        */
   HAK_OPT_SEED,            /* learners' random seed (0: from the OS)        */
   HAK_OPT_SECURE,          /* hardening level 0, 1, 2 (secure.c)            */
+  HAK_OPT_WRAPPERS,        /* see through allocation wrappers (wrapper.c)   */
   HAK_OPT_COUNT
 } hak_option_t;
 

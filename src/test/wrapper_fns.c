@@ -1,0 +1,32 @@
+/* Allocation wrappers for wrapper_test, compiled as programs compile theirs:
+ * -O2 without a frame pointer (the CFA is rsp plus the frame's size), and
+ * one with a frame pointer and a variable-length array (the CFA is rbp
+ * based: the frame's size is not known until run time).  Each checks its
+ * result after the call, so the call of the allocator is not a tail call. */
+#include <stdlib.h>
+
+#include "src/hakmem.h"
+#include "src/test/wrapper_fns.h"
+
+_Thread_local const void* volatile wt_last_site;
+_Thread_local const void* volatile wt_last_ra;
+
+/* the test's malloc: a shim as libhakmem's, the caller's return address */
+__attribute__((noinline)) void* wt_malloc(size_t n) {
+  wt_last_site = __builtin_return_address(0);
+  return hak_alloc_at(n, __builtin_return_address(0));
+}
+
+#define WRAPPER(name)                                \
+  __attribute__((noinline)) void* name(size_t n) {  \
+    wt_last_ra = __builtin_return_address(0);       \
+    void* p = wt_malloc(n);                         \
+    if (p == NULL) abort();                         \
+    return p;                                       \
+  }
+WRAPPER(wt_xmalloc)
+WRAPPER(wt_xmalloc_chained)
+WRAPPER(wt_helper_of_two)
+WRAPPER(wt_helper_of_one)
+WRAPPER(wt_xmalloc_threads)
+WRAPPER(wt_xmalloc_off)

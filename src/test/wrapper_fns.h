@@ -1,0 +1,18 @@
+/* wrapper_test's wrappers (wrapper_fns.c, wrapper_fns_fp.c) */
+#ifndef HAK_WRAPPER_FNS_H
+#define HAK_WRAPPER_FNS_H
+#include <stddef.h>
+/* the return addresses of the last calls: wt_malloc's (a wrapper's call
+ * site), a wrapper's (its caller's), wt_outer_fp's */
+extern _Thread_local const void* volatile wt_last_site;
+extern _Thread_local const void* volatile wt_last_ra;
+extern _Thread_local const void* volatile wt_last_outer_ra;
+void* wt_malloc(size_t n);
+void* wt_xmalloc(size_t n);
+void* wt_xmalloc_chained(size_t n);
+void* wt_helper_of_two(size_t n);
+void* wt_helper_of_one(size_t n);
+void* wt_xmalloc_threads(size_t n);
+void* wt_xmalloc_off(size_t n);
+void* wt_outer_fp(size_t n, size_t scratch);
+#endif
