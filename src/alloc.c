@@ -135,6 +135,7 @@ oom:
 }
 
 void* _hak_alloc_generic(hak_heap_t* heap, size_t size, size_t align, const void* site) {
+  HAK_NOTE_SITE_SLOT(site);
   /* HAKMEM_SECURE: every small malloc misses the inline fast path (no
    * direct page); it pops from the bin's page here, before the tier
    * machinery (whose purge tick and site sampling run on refills only, as
@@ -405,6 +406,7 @@ void* _hak_calloc(size_t n, size_t size, const void* site) {
     return NULL;
   }
   bool zeroed = false;
+  HAK_NOTE_SITE_SLOT(site);
   void* p = total <= HAK_SMALL_FAST_MAX ? hak_alloc_fast(total, site)
                                         : alloc_ex(_hak_heap_tls, total, 0, site, &zeroed);
 #ifdef HAK_FAULT_CALLOC_NOZERO /* fault injection: small reused blocks keep their bytes */
@@ -439,6 +441,7 @@ void* _hak_aligned(size_t align, size_t size, const void* site) {
       if (p != NULL) return p;
     }
   }
+  HAK_NOTE_SITE_SLOT(site);
 #ifdef HAK_FAULT_ALIGNED_GENERIC_UNALIGNED /* fault injection: the slow path forgets the alignment */
   return alloc_ex(_hak_heap_tls, size, 0, site, NULL);
 #endif

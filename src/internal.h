@@ -412,6 +412,15 @@ HAK_INTERNAL bool _hak_cfa_rule(uintptr_t pc, hak_cfa_rule_t* out); /* false: no
  * call of malloc site is (nested up to 3), else site itself.  Called from
  * the allocation paths only (it finds site's slot from its own frame). */
 HAK_INTERNAL const void* _hak_site_see_through(const void* site);
+/* Where the slow entry points (_hak_alloc_generic, _hak_calloc,
+ * _hak_aligned) found site on the stack: their own return-address slot,
+ * when the shim tail-called them (their return address is the site); NULL
+ * otherwise (then _hak_site_see_through steps up to it).  Two instructions
+ * per slow call, ~150 fewer per resolved request. */
+HAK_INTERNAL extern __thread uintptr_t* _hak_site_slot __attribute__((tls_model("initial-exec")));
+#define HAK_NOTE_SITE_SLOT(site)                                                                      \
+  (_hak_site_slot = __builtin_return_address(0) == (const void*)(site) ? (uintptr_t*)__builtin_frame_address(0) + 1 \
+                                                                       : NULL)
 HAK_INTERNAL void _hak_wrapper_stats(hak_stats_t* st);
 
 /* ---- policy.c: which tier serves a large request (learned per site) ---- */

@@ -43,7 +43,10 @@
 #define WR_CLIMB 8     /* hakmem's own frames stepped to reach the site */
 #define WR_FRAME_MAX (16 * 1024)
 
-enum { WR_FILLING, WR_NORULE, WR_LEARNING, WR_PLAIN, WR_CHAIN, WR_WRAPPER };
+/* A return address's state: its rule is being looked up, it has none, its
+ * callers are being recorded, it has two or three (plain), one (chain),
+ * one and no wrapper above (own), four or more (wrapper). */
+enum { WR_FILLING, WR_NORULE, WR_LEARNING, WR_PLAIN, WR_CHAIN, WR_OWN, WR_WRAPPER };
 
 typedef struct {
   _Atomic(uintptr_t) ra;
@@ -54,6 +57,7 @@ typedef struct {
 } wr_entry_t;
 
 static wr_entry_t wr_table[WR_SLOTS];
+__thread uintptr_t* _hak_site_slot;
 static _Atomic(uint64_t) st_wrappers, st_seen_through;
 
 /* The entry of return address ra, its rule looked up on first sight; NULL:
@@ -139,34 +143,61 @@ static uint32_t wr_learn(wr_entry_t* e, uintptr_t caller, int* distinct) {
 HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void* site) {
 #if HAK_CFI_SUPPORTED
   if (!hak_option(HAK_OPT_WRAPPERS) || site == NULL) return site;
-  /* from this function's frame (it has a frame pointer: rbp is its own) */
-  uintptr_t* fp = (uintptr_t*)__builtin_frame_address(0);
-  wr_frame_t f = {fp + 1, fp[0]};
-  for (int i = 0; *f.at != (uintptr_t)site; i++) { /* hakmem's frames up to the site */
-    wr_entry_t* e = i < WR_CLIMB ? wr_get(*f.at) : NULL;
-    if (e == NULL || atomic_load_explicit(&e->state, memory_order_acquire) == WR_NORULE || !wr_step(e, &f))
-      return site; /* not called through the shim (hak_alloc_at) */
+  /* the site's slot as the entry point saw it (its frame's saved rbp is
+   * the caller's), else from this function's frame (it has a frame
+   * pointer: rbp is its own) through hakmem's frames up to the site */
+  uintptr_t* slot = _hak_site_slot;
+  _hak_site_slot = NULL;
+  wr_frame_t f;
+  if (slot != NULL && *slot == (uintptr_t)site) {
+    f = (wr_frame_t){slot, slot[-1]};
+  } else {
+    uintptr_t* fp = (uintptr_t*)__builtin_frame_address(0);
+    f = (wr_frame_t){fp + 1, fp[0]};
+    for (int i = 0; *f.at != (uintptr_t)site; i++) {
+      wr_entry_t* e = i < WR_CLIMB ? wr_get(*f.at) : NULL;
+      if (e == NULL || atomic_load_explicit(&e->state, memory_order_acquire) == WR_NORULE || !wr_step(e, &f))
+        return site; /* not called through the shim (hak_alloc_at) */
+    }
   }
   /* up the callers: through wrappers and the functions only one caller
-   * calls (they are that caller's), to the caller of the topmost wrapper */
+   * calls (they are that caller's), to the caller of the topmost wrapper.
+   * A decided walk that found no wrapper above an entry marks it WR_OWN:
+   * the next walk stops there (~100 instructions a request, not ~450). */
   uintptr_t s = (uintptr_t)site, result = s;
+  wr_entry_t* tail = NULL; /* the first entry above the last wrapper */
+  bool decided = true;     /* every entry from tail on is decided */
   for (int depth = 0; depth < WR_DEPTH; depth++) {
     wr_entry_t* e = wr_get(s);
-    if (e == NULL) break;
+    if (e == NULL) {
+      decided = false;
+      break;
+    }
     uint32_t state = atomic_load_explicit(&e->state, memory_order_acquire);
-    if (state != WR_LEARNING && state != WR_CHAIN && state != WR_WRAPPER) break;
+    if (tail == NULL && state != WR_WRAPPER) tail = e;
+    if (state != WR_LEARNING && state != WR_CHAIN && state != WR_WRAPPER) break; /* plain, own, no rule */
     if (!wr_step(e, &f)) break;
     uintptr_t caller = *f.at;
     if (caller < 4096) break;
     if (state == WR_LEARNING) {
       int distinct;
       state = wr_learn(e, caller, &distinct);
-      if (state == WR_LEARNING && distinct == 1) state = WR_CHAIN; /* so far */
-      if (state == WR_PLAIN || state == WR_LEARNING) break;
+      if (state == WR_PLAIN) break;
+      if (state == WR_LEARNING) { /* one caller so far: a chain so far */
+        decided = false;
+        if (distinct != 1) break;
+        state = WR_CHAIN;
+      }
     }
-    if (state == WR_WRAPPER) result = caller;
+    if (state == WR_WRAPPER) {
+      result = caller;
+      tail = NULL;
+      decided = true;
+    }
     s = caller;
   }
+  uint32_t chain = WR_CHAIN;
+  if (tail != NULL && decided) atomic_compare_exchange_strong(&tail->state, &chain, WR_OWN);
   if (result != (uintptr_t)site) hak_atomic_add(st_seen_through, 1);
   return (const void*)result;
 #else
