@@ -58,7 +58,8 @@ typedef struct {
 
 static wr_entry_t wr_table[WR_SLOTS];
 __thread uintptr_t* _hak_site_slot;
-static _Atomic(uint64_t) st_wrappers, st_seen_through;
+__thread const void* _hak_site_own[HAK_SITE_OWN_CACHE];
+static _Atomic(uint64_t) st_wrappers; /* seen_through: per heap */
 
 /* The entry of return address ra, its rule looked up on first sight; NULL:
  * the table is full around it, or another thread is filling it. */
@@ -146,8 +147,7 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
   /* the site's slot as the entry point saw it (its frame's saved rbp is
    * the caller's), else from this function's frame (it has a frame
    * pointer: rbp is its own) through hakmem's frames up to the site */
-  uintptr_t* slot = _hak_site_slot;
-  _hak_site_slot = NULL;
+  uintptr_t* slot = _hak_site_slot; /* set by this request's entry point */
   wr_frame_t f;
   if (slot != NULL && *slot == (uintptr_t)site) {
     f = (wr_frame_t){slot, slot[-1]};
@@ -175,7 +175,10 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     }
     uint32_t state = atomic_load_explicit(&e->state, memory_order_acquire);
     if (tail == NULL && state != WR_WRAPPER) tail = e;
-    if (state != WR_LEARNING && state != WR_CHAIN && state != WR_WRAPPER) break; /* plain, own, no rule */
+    if (state != WR_LEARNING && state != WR_CHAIN && state != WR_WRAPPER) { /* plain, own, no rule */
+      if (depth == 0) _hak_site_own[hak_site_own_slot(site)] = site; /* final: never walked again */
+      break;
+    }
     if (!wr_step(e, &f)) break;
     uintptr_t caller = *f.at;
     if (caller < 4096) break;
@@ -197,8 +200,10 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     s = caller;
   }
   uint32_t chain = WR_CHAIN;
-  if (tail != NULL && decided) atomic_compare_exchange_strong(&tail->state, &chain, WR_OWN);
-  if (result != (uintptr_t)site) hak_atomic_add(st_seen_through, 1);
+  if (tail != NULL && decided && atomic_load_explicit(&tail->state, memory_order_relaxed) == WR_CHAIN)
+    atomic_compare_exchange_strong(&tail->state, &chain, WR_OWN);
+  hak_heap_t* heap = _hak_heap_tls;
+  if (result != (uintptr_t)site && heap != &_hak_heap_empty) hak_count(heap->counters.seen_through, 1);
   return (const void*)result;
 #else
   return site;
@@ -207,5 +212,4 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
 
 void _hak_wrapper_stats(hak_stats_t* st) {
   st->sites_wrappers = atomic_load(&st_wrappers);
-  st->sites_seen_through = atomic_load(&st_seen_through);
 }
