@@ -245,7 +245,7 @@ static bool run(interp_t* in, cur_t c, uintptr_t* loc, uintptr_t pc) {
   return true;
 }
 
-bool _hak_cfa_rule(uintptr_t pc, hak_cfa_rule_t* out) {
+bool _hak_cfa_rule(uintptr_t pc, hak_cfa_rule_t* out, uintptr_t* func) {
   const uint8_t* hdr = _hak_os_eh_frame_hdr(pc);
   if (hdr == NULL) return false;
   const uint8_t* fde = find_fde(hdr, pc);
@@ -315,12 +315,13 @@ bool _hak_cfa_rule(uintptr_t pc, hak_cfa_rule_t* out) {
   if (!run(&in, f, &loc, pc)) return false;
   if ((in.row.reg != REG_RSP && in.row.reg != REG_RBP) || in.row.off < 8 || in.row.off % 8 != 0) return false;
   *out = in.row;
+  *func = begin;
   return true;
 }
 
 #else
-bool _hak_cfa_rule(uintptr_t pc, hak_cfa_rule_t* out) {
-  (void)pc, (void)out;
+bool _hak_cfa_rule(uintptr_t pc, hak_cfa_rule_t* out, uintptr_t* func) {
+  (void)pc, (void)out, (void)func;
   return false;
 }
 #endif

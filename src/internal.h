@@ -407,7 +407,8 @@ typedef struct hak_cfa_rule_s {
   int32_t off;
   int32_t rbp_off;
 } hak_cfa_rule_t;
-HAK_INTERNAL bool _hak_cfa_rule(uintptr_t pc, hak_cfa_rule_t* out); /* false: none understood */
+/* the rule at pc and the start of its function; false: none understood */
+HAK_INTERNAL bool _hak_cfa_rule(uintptr_t pc, hak_cfa_rule_t* out, uintptr_t* func);
 /* The site a request is attributed to: the caller of the wrapper whose
  * call of malloc site is (nested up to 3), else site itself.  Called from
  * the allocation paths only (it finds site's slot from its own frame). */

@@ -53,7 +53,8 @@ typedef struct {
   _Atomic(uint32_t) state;
   _Atomic(uint32_t) seen;
   hak_cfa_rule_t rule; /* written before state leaves WR_FILLING */
-  _Atomic(uintptr_t) callers[WR_CALLERS];
+  uintptr_t func;      /* the start of its function (0: no rule) */
+  _Atomic(uintptr_t) callers[WR_CALLERS]; /* the functions that called it */
 } wr_entry_t;
 
 static wr_entry_t wr_table[WR_SLOTS];
@@ -72,7 +73,7 @@ static wr_entry_t* wr_get(uintptr_t ra) {
       if (!atomic_compare_exchange_strong_explicit(&e->ra, &k, ra, memory_order_acq_rel, memory_order_acquire)) {
         if (k != ra) continue;
       } else {
-        bool ok = _hak_cfa_rule(ra - 1, &e->rule); /* the call instruction's rule */
+        bool ok = _hak_cfa_rule(ra - 1, &e->rule, &e->func); /* the call instruction's rule */
         atomic_store_explicit(&e->state, ok ? WR_LEARNING : WR_NORULE, memory_order_release);
         return e;
       }
@@ -112,8 +113,9 @@ HAK_NO_SANITIZE_STACK static bool wr_step(const wr_entry_t* e, wr_frame_t* f) {
   return true;
 }
 
-/* A site still learning records the caller its request came from;
- * returns its state after this request. */
+/* A site still learning records the function its request came from (the
+ * calls of one function count once: a loop the compiler unrolled calls
+ * from several places); returns its state after this request. */
 static uint32_t wr_learn(wr_entry_t* e, uintptr_t caller, int* distinct) {
   int n = 0;
   for (int i = 0; i < WR_CALLERS; i++) {
@@ -164,11 +166,11 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
    * calls (they are that caller's), to the caller of the topmost wrapper.
    * A decided walk that found no wrapper above an entry marks it WR_OWN:
    * the next walk stops there (~100 instructions a request, not ~450). */
-  uintptr_t s = (uintptr_t)site, result = s;
+  uintptr_t result = (uintptr_t)site;
   wr_entry_t* tail = NULL; /* the first entry above the last wrapper */
   bool decided = true;     /* every entry from tail on is decided */
+  wr_entry_t* e = wr_get((uintptr_t)site);
   for (int depth = 0; depth < WR_DEPTH; depth++) {
-    wr_entry_t* e = wr_get(s);
     if (e == NULL) {
       decided = false;
       break;
@@ -182,9 +184,18 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     if (!wr_step(e, &f)) break;
     uintptr_t caller = *f.at;
     if (caller < 4096) break;
+    wr_entry_t* ce = wr_get(caller);
     if (state == WR_LEARNING) {
+      if (ce == NULL) {
+        decided = false;
+        break;
+      }
       int distinct;
+#ifdef HAK_FAULT_WRAPPER_BY_ADDRESS /* fault injection: every call instruction is a caller of its own */
       state = wr_learn(e, caller, &distinct);
+#else
+      state = wr_learn(e, ce->func != 0 ? ce->func : caller, &distinct);
+#endif
       if (state == WR_PLAIN) break;
       if (state == WR_LEARNING) { /* one caller so far: a chain so far */
         decided = false;
@@ -197,7 +208,7 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
       tail = NULL;
       decided = true;
     }
-    s = caller;
+    e = ce;
   }
   uint32_t chain = WR_CHAIN;
   if (tail != NULL && decided && atomic_load_explicit(&tail->state, memory_order_relaxed) == WR_CHAIN)

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-SCENARIOS = ["json", "mir", "vm", "mixed", "small", "mid", "large", "mt", "prodcons", "cold", "purge", "sites"]
+SCENARIOS = ["json", "mir", "vm", "mixed", "small", "mid", "large", "mt", "prodcons", "cold", "purge", "sites", "wrapped"]
 ALLOCATORS = ["system", "mimalloc", "jemalloc", "tcmalloc", "hakmem-baseline", "hakmem-evolving"]
 PEER_LIBS = {
     "mimalloc": "libmimalloc.so.2",

@@ -48,6 +48,9 @@
  *           threshold is wrong for one of them (2 MiB: the churn site;
  *           1 MiB: the keep site), a per-site one for neither -- if it is
  *           learned within the first iterations
+ *   wrapped the same, but both sites allocate through the program's
+ *           xmalloc, which three setup functions called first as well: a
+ *           per-site policy needs the wrapper seen through (HAKMEM_WRAPPERS)
  * An iteration is the unit of "ns_per_iter"; "ops" counts mallocs + frees. */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -221,8 +224,20 @@ static double sites_churn_ns = -1; /* the churn site's share of an iteration */
 static __attribute__((noinline)) void* churn_site(size_t n) { void* p = malloc(n); sink = p; return p; }
 static __attribute__((noinline)) void* keep_site(size_t n) { void* p = malloc(n); sink = p; return p; }
 
+/* the wrapped scenario: a program's xmalloc, its setup, its two sites */
+static __attribute__((noinline)) void* xmalloc_(size_t n) {
+  void* p = malloc(n);
+  if (p == NULL) abort();
+  return p;
+}
+static __attribute__((noinline)) void* wrapped_churn(size_t n) { void* p = xmalloc_(n); sink = p; return p; }
+static __attribute__((noinline)) void* wrapped_keep(size_t n) { void* p = xmalloc_(n); sink = p; return p; }
+static __attribute__((noinline)) void setup_a(void) { char* p = xmalloc_(256 * KiB); p[0] = 1; free(p); }
+static __attribute__((noinline)) void setup_b(void) { char* p = xmalloc_(512 * KiB); p[0] = 1; free(p); }
+static __attribute__((noinline)) void setup_c(void) { char* p = xmalloc_(200 * KiB); p[0] = 1; free(p); }
+
 #define SITES_KEEP 256
-static void sites(void) {
+static void sites(void* (*churn_at)(size_t), void* (*keep_at)(size_t)) {
   const size_t n = 3 * MiB / 2;
   static char* keep[SITES_KEEP];
   iters = 3000;
@@ -230,13 +245,13 @@ static void sites(void) {
   for (long i = 0; i < iters; i++) {
     char* c[4];
     t = now();
-    for (int j = 0; j < 4; j++) touch(c[j] = churn_site(n), n);
+    for (int j = 0; j < 4; j++) touch(c[j] = churn_at(n), n);
     for (int j = 3; j >= 0; j--) free(c[j]);
     churn += now() - t;
     for (int j = 0; j < 8; j++) {
       char** k = &keep[(i * 8 + j) % SITES_KEEP];
       free(*k);
-      *k = keep_site(n);
+      *k = keep_at(n);
       touch(*k, 8 * KiB);
     }
     ops += 4 * 2 + 8 * 2;
@@ -297,7 +312,7 @@ static void purge(void) {
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    fprintf(stderr, "usage: %s json|mir|vm|mixed|small|mid|large|mt|cold|prodcons|purge|sites\n", argv[0]);
+    fprintf(stderr, "usage: %s json|mir|vm|mixed|small|mid|large|mt|cold|prodcons|purge|sites|wrapped\n", argv[0]);
     return 2;
   }
   const char* sc = argv[1];
@@ -315,7 +330,11 @@ int main(int argc, char** argv) {
   else if (strcmp(sc, "cold") == 0) cold();
   else if (strcmp(sc, "purge") == 0) purge();
   else if (strcmp(sc, "prodcons") == 0) prodcons();
-  else if (strcmp(sc, "sites") == 0) sites();
+  else if (strcmp(sc, "sites") == 0) sites(churn_site, keep_site);
+  else if (strcmp(sc, "wrapped") == 0) {
+    setup_a(), setup_b(), setup_c();
+    sites(wrapped_churn, wrapped_keep);
+  }
   else {
     fprintf(stderr, "unknown scenario %s\n", sc);
     return 2;

@@ -14,5 +14,6 @@ void* wt_helper_of_two(size_t n);
 void* wt_helper_of_one(size_t n);
 void* wt_xmalloc_threads(size_t n);
 void* wt_xmalloc_off(size_t n);
+void* wt_helper_of_one_function(size_t n);
 void* wt_outer_fp(size_t n, size_t scratch);
 #endif

@@ -97,6 +97,20 @@ TEST(helpers_of_one_or_two_callers_keep_their_sites) {
   EXPECT_EQ_U(allocs_of(one_a_site), 0);
 }
 
+/* Four calls in one function (a loop the compiler unrolled, say): one
+ * caller, not a wrapper's four. */
+__attribute__((noinline)) static void four_calls(void) {
+  hak_free_at(wt_helper_of_one_function(BIG), NULL);
+  hak_free_at(wt_helper_of_one_function(BIG + 1), NULL);
+  hak_free_at(wt_helper_of_one_function(BIG + 2), NULL);
+  hak_free_at(wt_helper_of_one_function(BIG + 3), NULL);
+}
+
+TEST(calls_from_one_function_count_once) {
+  for (int r = 0; r < ROUNDS; r++) four_calls();
+  EXPECT_EQ_U(allocs_of(wt_last_site), 4 * ROUNDS);
+}
+
 /* hak_alloc_at with a site of the program's choosing: that site. */
 TEST(explicit_sites_are_kept) {
   static const char label[4][8];
