@@ -20,6 +20,7 @@
 
 #define REG_RBP 6
 #define REG_RSP 7
+#define REG_RA 16 /* the return address column */
 #define STATE_DEPTH 4 /* DW_CFA_remember_state nesting */
 
 typedef struct {
@@ -133,10 +134,21 @@ typedef struct {
   uint8_t fde_enc;
 } interp_t;
 
-static void rbp_rule(interp_t* in, uint64_t reg, int kind, int64_t off) {
-  if (reg != REG_RBP) return;
-  in->row.rbp = (int8_t)kind;
-  in->row.rbp_off = (int32_t)off;
+/* A register's rule changed: rbp's is kept; the return address must stay
+ * at CFA - 8 (anything else -- DW_CFA_undefined in a thread's or the
+ * program's first frame: no caller -- gives no rule). */
+static void reg_rule(interp_t* in, uint64_t reg, int kind, int64_t off) {
+  if (reg == REG_RA) {
+    in->row.ra_lost = !(kind == HAK_CFA_RBP_SAVED && off == -8);
+  } else if (reg == REG_RBP) {
+    in->row.rbp = (int8_t)kind;
+    in->row.rbp_off = (int32_t)off;
+  }
+}
+
+static void restore(interp_t* in, uint64_t reg) {
+  if (reg == REG_RBP) in->row.rbp = in->initial.rbp, in->row.rbp_off = in->initial.rbp_off;
+  if (reg == REG_RA) in->row.ra_lost = in->initial.ra_lost;
 }
 
 /* Runs instructions until the location passes pc (*loc: the row's start;
@@ -153,10 +165,10 @@ static bool run(interp_t* in, cur_t c, uintptr_t* loc, uintptr_t pc) {
       case 0x40: next += (uintptr_t)(op & 0x3f) * in->code_align; goto advance;
       case 0x80:
         if (!uleb(&c, &b)) return false;
-        rbp_rule(in, op & 0x3f, HAK_CFA_RBP_SAVED, (int64_t)b * in->data_align);
+        reg_rule(in, op & 0x3f, HAK_CFA_RBP_SAVED, (int64_t)b * in->data_align);
         continue;
       case 0xc0:
-        if ((op & 0x3f) == REG_RBP) in->row.rbp = in->initial.rbp, in->row.rbp_off = in->initial.rbp_off;
+        restore(in, op & 0x3f);
         continue;
     }
     switch (op) {
@@ -167,20 +179,20 @@ static bool run(interp_t* in, cur_t c, uintptr_t* loc, uintptr_t pc) {
       case 0x04: { uint32_t d; if (!fixed(&c, &d, 4)) return false; next += d * in->code_align; goto advance; }
       case 0x05: /* offset_extended */
         if (!uleb(&c, &a) || !uleb(&c, &b)) return false;
-        rbp_rule(in, a, HAK_CFA_RBP_SAVED, (int64_t)b * in->data_align);
+        reg_rule(in, a, HAK_CFA_RBP_SAVED, (int64_t)b * in->data_align);
         continue;
       case 0x06: /* restore_extended */
         if (!uleb(&c, &a)) return false;
-        if (a == REG_RBP) in->row.rbp = in->initial.rbp, in->row.rbp_off = in->initial.rbp_off;
+        restore(in, a);
         continue;
       case 0x07: /* undefined */
       case 0x08: /* same_value */
         if (!uleb(&c, &a)) return false;
-        rbp_rule(in, a, op == 0x08 ? HAK_CFA_RBP_SAME : HAK_CFA_RBP_UNKNOWN, 0);
+        reg_rule(in, a, op == 0x08 ? HAK_CFA_RBP_SAME : HAK_CFA_RBP_UNKNOWN, 0);
         continue;
       case 0x09: /* register */
         if (!uleb(&c, &a) || !uleb(&c, &b)) return false;
-        rbp_rule(in, a, HAK_CFA_RBP_UNKNOWN, 0);
+        reg_rule(in, a, HAK_CFA_RBP_UNKNOWN, 0);
         continue;
       case 0x0a: /* remember_state */
         if (in->depth == STATE_DEPTH) return false;
@@ -206,11 +218,11 @@ static bool run(interp_t* in, cur_t c, uintptr_t* loc, uintptr_t pc) {
       case 0x16: /* val_expression */
         if (!uleb(&c, &a) || !uleb(&c, &b) || b > (uint64_t)(c.end - c.p)) return false;
         c.p += b;
-        rbp_rule(in, a, HAK_CFA_RBP_UNKNOWN, 0);
+        reg_rule(in, a, HAK_CFA_RBP_UNKNOWN, 0);
         continue;
       case 0x11: /* offset_extended_sf */
         if (!uleb(&c, &a) || !sleb(&c, &s)) return false;
-        rbp_rule(in, a, HAK_CFA_RBP_SAVED, s * in->data_align);
+        reg_rule(in, a, HAK_CFA_RBP_SAVED, s * in->data_align);
         continue;
       case 0x12: /* def_cfa_sf */
         if (!uleb(&c, &a) || !sleb(&c, &s)) return false;
@@ -222,18 +234,18 @@ static bool run(interp_t* in, cur_t c, uintptr_t* loc, uintptr_t pc) {
         continue;
       case 0x14: /* val_offset */
         if (!uleb(&c, &a) || !uleb(&c, &b)) return false;
-        rbp_rule(in, a, HAK_CFA_RBP_UNKNOWN, 0);
+        reg_rule(in, a, HAK_CFA_RBP_UNKNOWN, 0);
         continue;
       case 0x15: /* val_offset_sf */
         if (!uleb(&c, &a) || !sleb(&c, &s)) return false;
-        rbp_rule(in, a, HAK_CFA_RBP_UNKNOWN, 0);
+        reg_rule(in, a, HAK_CFA_RBP_UNKNOWN, 0);
         continue;
       case 0x2e: /* GNU_args_size */
         if (!uleb(&c, &a)) return false;
         continue;
       case 0x2f: /* GNU_negative_offset_extended */
         if (!uleb(&c, &a) || !uleb(&c, &b)) return false;
-        rbp_rule(in, a, HAK_CFA_RBP_SAVED, -(int64_t)b * in->data_align);
+        reg_rule(in, a, HAK_CFA_RBP_SAVED, -(int64_t)b * in->data_align);
         continue;
       default: return false; /* def_cfa_expression (0x0f) and anything else */
     }
@@ -313,7 +325,11 @@ bool _hak_cfa_rule(uintptr_t pc, hak_cfa_rule_t* out, uintptr_t* func) {
   }
   uintptr_t loc = begin;
   if (!run(&in, f, &loc, pc)) return false;
-  if ((in.row.reg != REG_RSP && in.row.reg != REG_RBP) || in.row.off < 8 || in.row.off % 8 != 0) return false;
+#ifdef HAK_FAULT_CFI_RA_UNDEFINED_IGNORED /* fault injection: a frame with no caller gets the default rule */
+  in.row.ra_lost = false;
+#endif
+  if ((in.row.reg != REG_RSP && in.row.reg != REG_RBP) || in.row.off < 8 || in.row.off % 8 != 0 || in.row.ra_lost)
+    return false;
   *out = in.row;
   *func = begin;
   return true;

@@ -314,6 +314,7 @@ void _hak_heap_stats(hak_stats_t* st) {
   st->pages_retired = sum.pages_retired;
   st->pages_refills = sum.refills;
   st->sites_seen_through = sum.seen_through;
+  st->sites_unresolved = sum.unresolved;
 #ifdef HAK_FAULT_EXIT_STATS_LOCK /* fault injection: statistics wait for the heap lock */
   pthread_mutex_lock(&heap_lock);
   pthread_mutex_unlock(&heap_lock);

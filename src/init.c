@@ -68,6 +68,7 @@ static void fork_child(void) {
   _hak_madvq_fork_child();
   _hak_segment_fork_child();
   _hak_site_fork_child();
+  _hak_wrapper_fork_child();
   _hak_heap_fork_child();
   _hak_huge_fork_child();
 }

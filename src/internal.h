@@ -404,6 +404,7 @@ enum { HAK_CFA_RBP_SAME, HAK_CFA_RBP_SAVED, HAK_CFA_RBP_UNKNOWN };
 typedef struct hak_cfa_rule_s {
   uint8_t reg;
   int8_t rbp;
+  bool ra_lost; /* the return address is not at CFA - 8 (cfi.c only) */
   int32_t off;
   int32_t rbp_off;
 } hak_cfa_rule_t;
@@ -436,6 +437,7 @@ HAK_INTERNAL extern __thread uintptr_t* _hak_site_slot __attribute__((tls_model(
   (_hak_site_slot = __builtin_return_address(0) == (const void*)(site) ? (uintptr_t*)__builtin_frame_address(0) + 1 \
                                                                        : NULL)
 HAK_INTERNAL void _hak_wrapper_stats(hak_stats_t* st);
+HAK_INTERNAL void _hak_wrapper_fork_child(void);
 
 /* ---- policy.c: which tier serves a large request (learned per site) ---- */
 typedef enum { HAK_DECIDE_NONE, HAK_DECIDE_TIMED, HAK_DECIDE_UCB, HAK_DECIDE_ELO } hak_decide_kind_t;

@@ -9,39 +9,56 @@
  * and through functions only one caller calls (PyMem_RawMalloc calls
  * _PyMem_RawMalloc, which calls malloc).
  *
- * - Finding the caller: the site's slot on the stack is found by stepping
- *   from _hak_site_see_through's own frame up through hakmem's frames (the
- *   shim's, operator new's, alloc_tier's: at -O2 one step, the shim's
- *   malloc tail-calls), each step with the CFA rule of its return address
- *   (cfi.c); the next return address is where the rule says, at most
- *   WR_FRAME_MAX above.  A rule is looked up once per return address and
- *   kept in a table of WR_SLOTS, never evicted (a full table: the site as
- *   it is).
- * - Deciding: a site's first WR_LEARN requests record their callers; a
- *   site with WR_CALLERS different callers among them is a wrapper; one
- *   with a single caller is a chain (its caller's, but only when a wrapper
- *   is found above it); one with two or three is plain (a helper called
- *   from a few places is the purpose of its allocations).  While it
- *   learns, its single caller so far counts as a chain, and the site is
- *   its own until a wrapper is found.
+ * - Finding the caller: the site's slot on the stack is where the entry
+ *   point saw it (_hak_site_slot: the shim tail-called it), else it is
+ *   found by stepping from _hak_site_see_through's own frame up through
+ *   hakmem's frames; each step uses the CFA rule of its return address
+ *   (cfi.c).  A rule is looked up once per return address and kept in a
+ *   table of WR_SLOTS, never evicted (a full table: the site as it is,
+ *   counted in sites.unresolved).
+ * - Deciding: a site records the functions its requests came from (a
+ *   function calling from several places, a loop the compiler unrolled,
+ *   counts once).  WR_CALLERS of them make it a wrapper at once; after
+ *   WR_LEARN requests one makes it a chain (its caller's, but only when a
+ *   wrapper is found above it), two or three make it plain (a helper
+ *   called from a few places is the purpose of its allocations).  While
+ *   it learns, a single caller so far counts as a chain, and the site is
+ *   its own until a wrapper is found.  A walk that saw every level above
+ *   an entry decided, and no wrapper, marks it own: a final state, like
+ *   plain, that the thread then caches (hak_site_resolve, ~8 instructions).
  * - Cost: only requests the policy routes (above 128 KiB) and 1 in 64
- *   small refills (the sampled ones) are resolved: a table probe per frame
- *   stepped, ~10 ns at -O2; nothing on the fast paths.
- * - Safety: every step stays within WR_FRAME_MAX above the previous frame,
- *   on the stack the program is running on.  A return address into a
- *   library unloaded and replaced at the same address keeps the first
- *   library's rule (a wrong caller, bounded like any step).
+ *   small refills (the sampled ones) are resolved; nothing on the fast
+ *   paths.  Measured (callgrind): +7 instructions a request from a site of
+ *   its own, ~+180 through a wrapper.
+ * - Safety: every read is a return address or a saved rbp the rules point
+ *   to, inside the running thread's stack: [sp, the thread's descriptor)
+ *   for a glibc thread (it sits at the top of the thread's stack), [sp,
+ *   __libc_stack_end] for the main thread; on any other stack (a
+ *   coroutine's, a raw clone's) nothing is read.  A frame whose rule says
+ *   it has no caller (a thread's or the program's first) ends the walk.  A
+ *   return address into a library unloaded and replaced at the same
+ *   address keeps the first library's rule: a wrong caller, still read
+ *   within the stack.
  * x86-64 only (the CFA rules are read for it); HAKMEM_WRAPPERS=0 turns it
  * off. */
+#include <pthread.h>
+
 #include "internal.h"
 
-#define WR_SLOTS 1024  /* return addresses with a rule */
+#define WR_SLOTS 4096  /* return addresses with a rule (~300 KiB of BSS, touched as used) */
 #define WR_PROBE 16
-#define WR_LEARN 64    /* requests a site records callers from */
+#ifdef HAK_FAULT_WRAPPER_LEARN_SHORT /* fault injection: decided after 64 requests */
+#define WR_LEARN 64
+#else
+#define WR_LEARN 1024 /* requests a site records callers from */
+#endif
 #define WR_CALLERS 4   /* different callers that make it a wrapper */
 #define WR_DEPTH 4     /* callers stepped up through (wrappers, chains) */
 #define WR_CLIMB 8     /* hakmem's own frames stepped to reach the site */
-#define WR_FRAME_MAX (16 * 1024)
+#define WR_FRAME_MAX (64 * 1024) /* a step further up: not believed */
+#define WR_STACK_MAX (1ull << 30) /* a thread's stack, at most */
+
+extern void* __libc_stack_end __attribute__((weak)); /* the main thread's first frame (ld.so) */
 
 /* A return address's state: its rule is being looked up, it has none, its
  * callers are being recorded, it has two or three (plain), one (chain),
@@ -60,7 +77,13 @@ typedef struct {
 static wr_entry_t wr_table[WR_SLOTS];
 __thread uintptr_t* _hak_site_slot;
 __thread const void* _hak_site_own[HAK_SITE_OWN_CACHE];
-static _Atomic(uint64_t) st_wrappers; /* seen_through: per heap */
+static _Atomic(uint64_t) st_wrappers; /* seen_through, unresolved: per heap */
+
+/* A request whose walk met a return address the full table cannot hold. */
+static void count_unresolved(void) {
+  hak_heap_t* heap = _hak_heap_tls;
+  if (heap != &_hak_heap_empty) hak_count(heap->counters.unresolved, 1);
+}
 
 /* The entry of return address ra, its rule looked up on first sight; NULL:
  * the table is full around it, or another thread is filling it. */
@@ -89,7 +112,18 @@ static wr_entry_t* wr_get(uintptr_t ra) {
 typedef struct {
   uintptr_t* at;
   uintptr_t rbp;
+  uintptr_t hi; /* reads stay below: the top of the running thread's stack */
 } wr_frame_t;
+
+/* The top of the stack sp is on, if it is a glibc thread's or the main
+ * thread's; 0: another stack (nothing is read). */
+static uintptr_t stack_top(uintptr_t sp) {
+  uintptr_t self = (uintptr_t)pthread_self();
+  if (sp < self && self - sp < WR_STACK_MAX) return self;
+  uintptr_t main_top = __libc_stack_end != NULL ? (uintptr_t)__libc_stack_end + 8 : 0;
+  if (sp < main_top && main_top - sp < WR_STACK_MAX) return main_top;
+  return 0;
+}
 
 /* One frame up: where the function containing *f->at keeps its own return
  * address, by its CFA rule.  false: no rule, or a step out of bounds. */
@@ -99,7 +133,7 @@ HAK_NO_SANITIZE_STACK static bool wr_step(const wr_entry_t* e, wr_frame_t* f) {
   uintptr_t base = r->reg == 6 ? f->rbp : sp;
   if (base < sp || base - sp > WR_FRAME_MAX) return false;
   uintptr_t cfa = base + (uintptr_t)r->off;
-  if (cfa - sp > WR_FRAME_MAX || (cfa & 7) != 0) return false;
+  if (cfa - sp > WR_FRAME_MAX || (cfa & 7) != 0 || cfa > f->hi) return false;
   uintptr_t rbp = f->rbp;
   if (r->rbp == HAK_CFA_RBP_SAVED) {
     uintptr_t at = cfa + (uintptr_t)(intptr_t)r->rbp_off;
@@ -118,13 +152,17 @@ HAK_NO_SANITIZE_STACK static bool wr_step(const wr_entry_t* e, wr_frame_t* f) {
  * from several places); returns its state after this request. */
 static uint32_t wr_learn(wr_entry_t* e, uintptr_t caller, int* distinct) {
   int n = 0;
+  bool known = false;
   for (int i = 0; i < WR_CALLERS; i++) {
     uintptr_t c = atomic_load_explicit(&e->callers[i], memory_order_relaxed);
-    if (c == 0 && atomic_compare_exchange_strong_explicit(&e->callers[i], &c, caller, memory_order_relaxed,
-                                                          memory_order_relaxed))
+    if (c == 0 && !known &&
+        atomic_compare_exchange_strong_explicit(&e->callers[i], &c, caller, memory_order_relaxed, memory_order_relaxed))
       c = caller;
-    if (c != 0) n++;
+    known |= c == caller;
+    n += c != 0; /* every caller recorded, wherever this one is */
+#ifdef HAK_FAULT_WRAPPER_POSITION_COUNT /* fault injection: the caller's position taken for their number */
     if (c == caller) break;
+#endif
   }
   *distinct = n;
   uint32_t seen = atomic_fetch_add_explicit(&e->seen, 1, memory_order_relaxed) + 1;
@@ -149,13 +187,15 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
   /* the site's slot as the entry point saw it (its frame's saved rbp is
    * the caller's), else from this function's frame (it has a frame
    * pointer: rbp is its own) through hakmem's frames up to the site */
+  uintptr_t* fp = (uintptr_t*)__builtin_frame_address(0);
+  uintptr_t hi = stack_top((uintptr_t)fp);
+  if (hi == 0) return site; /* a stack of unknown extent */
   uintptr_t* slot = _hak_site_slot; /* set by this request's entry point */
   wr_frame_t f;
-  if (slot != NULL && *slot == (uintptr_t)site) {
-    f = (wr_frame_t){slot, slot[-1]};
+  if (slot != NULL && slot > fp && (uintptr_t)slot < hi && *slot == (uintptr_t)site) {
+    f = (wr_frame_t){slot, slot[-1], hi};
   } else {
-    uintptr_t* fp = (uintptr_t*)__builtin_frame_address(0);
-    f = (wr_frame_t){fp + 1, fp[0]};
+    f = (wr_frame_t){fp + 1, fp[0], hi};
     for (int i = 0; *f.at != (uintptr_t)site; i++) {
       wr_entry_t* e = i < WR_CLIMB ? wr_get(*f.at) : NULL;
       if (e == NULL || atomic_load_explicit(&e->state, memory_order_acquire) == WR_NORULE || !wr_step(e, &f))
@@ -168,22 +208,30 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
    * the next walk stops there (~100 instructions a request, not ~450). */
   uintptr_t result = (uintptr_t)site;
   wr_entry_t* tail = NULL; /* the first entry above the last wrapper */
-  bool decided = true;     /* every entry from tail on is decided */
+  int tail_depth = 0;
+  bool decided = true; /* every entry from tail on is decided, and the walk saw all it needs */
   wr_entry_t* e = wr_get((uintptr_t)site);
-  for (int depth = 0; depth < WR_DEPTH; depth++) {
+  int depth = 0;
+  for (; depth < WR_DEPTH; depth++) {
     if (e == NULL) {
       decided = false;
+      count_unresolved();
       break;
     }
     uint32_t state = atomic_load_explicit(&e->state, memory_order_acquire);
-    if (tail == NULL && state != WR_WRAPPER) tail = e;
+    if (tail == NULL && state != WR_WRAPPER) tail = e, tail_depth = depth;
     if (state != WR_LEARNING && state != WR_CHAIN && state != WR_WRAPPER) { /* plain, own, no rule */
       if (depth == 0) _hak_site_own[hak_site_own_slot(site)] = site; /* final: never walked again */
       break;
     }
-    if (!wr_step(e, &f)) break;
+    if (!wr_step(e, &f)) { /* out of bounds this time (alloca, a deep frame) */
+#ifndef HAK_FAULT_WRAPPER_FAILED_STEP_DECIDES /* fault injection: the walk counts as complete */
+      decided = false;
+#endif
+      break;
+    }
     uintptr_t caller = *f.at;
-    if (caller < 4096) break;
+    if (caller < 4096) break; /* no caller: the first frame */
     wr_entry_t* ce = wr_get(caller);
     if (state == WR_LEARNING) {
       if (ce == NULL) {
@@ -210,6 +258,8 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     }
     e = ce;
   }
+  /* the depth ran out: only a walk from the site itself saw all it may */
+  if (depth == WR_DEPTH && tail_depth != 0) decided = false;
   uint32_t chain = WR_CHAIN;
   if (tail != NULL && decided && atomic_load_explicit(&tail->state, memory_order_relaxed) == WR_CHAIN)
     atomic_compare_exchange_strong(&tail->state, &chain, WR_OWN);
@@ -219,6 +269,18 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
 #else
   return site;
 #endif
+}
+
+/* Fork child: an entry a thread that did not survive was filling would
+ * stay unusable; its rule is looked up again (one thread runs now). */
+void _hak_wrapper_fork_child(void) {
+  for (size_t i = 0; i < WR_SLOTS; i++) {
+    wr_entry_t* e = &wr_table[i];
+    uintptr_t ra = atomic_load_explicit(&e->ra, memory_order_relaxed);
+    if (ra == 0 || atomic_load_explicit(&e->state, memory_order_relaxed) != WR_FILLING) continue;
+    bool ok = _hak_cfa_rule(ra - 1, &e->rule, &e->func);
+    atomic_store_explicit(&e->state, ok ? WR_LEARNING : WR_NORULE, memory_order_release);
+  }
 }
 
 void _hak_wrapper_stats(hak_stats_t* st) {

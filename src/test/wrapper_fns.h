@@ -15,5 +15,11 @@ void* wt_helper_of_one(size_t n);
 void* wt_xmalloc_threads(size_t n);
 void* wt_xmalloc_off(size_t n);
 void* wt_helper_of_one_function(size_t n);
+void* wt_helper_of_three(size_t n);
+void* wt_xmalloc_slow_turns(size_t n);
+void* wt_xmalloc_under_alloca(size_t n);
+void* wt_xmalloc_clone(size_t n);
+/* calls wt_xmalloc_under_alloca with pad bytes of alloca in its frame */
+void* wt_alloca_caller(size_t n, size_t pad);
 void* wt_outer_fp(size_t n, size_t scratch);
 #endif

@@ -5,7 +5,11 @@
  * sites are kept; threads learn the same table; HAKMEM_WRAPPERS=0 turns it
  * off.  The expected sites are the return addresses the wrappers saw
  * (wrapper_fns.h). */
+#define _GNU_SOURCE 1 /* clone */
 #include <pthread.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 
 #include "src/hakmem.h"
 #include "src/internal.h"
@@ -109,6 +113,105 @@ __attribute__((noinline)) static void four_calls(void) {
 TEST(calls_from_one_function_count_once) {
   for (int r = 0; r < ROUNDS; r++) four_calls();
   EXPECT_EQ_U(allocs_of(wt_last_site), 4 * ROUNDS);
+}
+
+/* A helper three functions call, each of them called from four places
+ * (so each looks like a wrapper): the helper is plain, whichever of its
+ * callers a request comes from.  (Review: the caller's position in the
+ * recorded list was taken for their number, and requests from the first
+ * went up through it to its callers: 12 sites.) */
+#define P(k) /* not a tail call: p##k stays on the stack */ \
+  __attribute__((noinline)) static void* p##k(void) {        \
+    void* p = wt_helper_of_three(BIG);                       \
+    if (p == NULL) abort();                                  \
+    return p;                                                \
+  }
+P(1) P(2) P(3)
+#define Q(i, p) __attribute__((noinline)) static void q##i(void) { hak_free_at(p(), NULL); }
+Q(11, p1) Q(12, p1) Q(13, p1) Q(14, p1) Q(21, p2) Q(22, p2) Q(23, p2) Q(24, p2) Q(31, p3) Q(32, p3) Q(33, p3) Q(34, p3)
+
+TEST(a_helper_of_three_callers_stays_its_own_site) {
+  void (*const q[3][4])(void) = {{q11, q12, q13, q14}, {q21, q22, q23, q24}, {q31, q32, q33, q34}};
+  for (int i = 0; i < 600; i++) q[i % 3][(i / 3) % 4]();
+  EXPECT_EQ_U(allocs_of(wt_last_site), 600);
+}
+
+/* Five callers taking turns slowly (30 requests each in a row): the
+ * wrapper is found when the fourth comes, after 90 requests.  (Review: a
+ * site decided after 64 requests from three callers stayed plain.) */
+static const void* slow_site[5];
+#define SLOW(k) \
+  __attribute__((noinline)) static void slow##k(void) { hak_free_at(wt_xmalloc_slow_turns(BIG), NULL); slow_site[k] = wt_last_ra; }
+SLOW(0) SLOW(1) SLOW(2) SLOW(3) SLOW(4)
+
+TEST(a_wrapper_whose_callers_come_slowly_is_found) {
+  void (*const slow[5])(void) = {slow0, slow1, slow2, slow3, slow4};
+  for (int k = 0; k < 5; k++)
+    for (int r = 0; r < 30; r++) slow[k]();
+  const void* wrapper_site = wt_last_site;
+  EXPECT_EQ_U(allocs_of(wrapper_site), 90);
+  EXPECT_EQ_U(allocs_of(slow_site[3]), 30);
+  EXPECT_EQ_U(allocs_of(slow_site[4]), 30);
+  for (int k = 0; k < 5; k++) slow[k]();
+  for (int k = 0; k < 5; k++) EXPECT_EQ_U(allocs_of(slow_site[k]), k < 3 ? 1 : 31);
+}
+
+/* A step that fails once (an alloca of 100 KiB in a frame: beyond a step's
+ * bound) decides nothing: afterwards the requests still reach the
+ * wrapper's callers.  (Review: the walk marked the entry below the failed
+ * step as having no wrapper above it, for good.) */
+static _Thread_local const void* deep_ra; /* h_of_alloca's caller's call */
+__attribute__((noinline)) static void* h_of_alloca(size_t pad) {
+  deep_ra = __builtin_return_address(0);
+  void* p = wt_alloca_caller(BIG, pad);
+  if (p == NULL) abort(); /* not a tail call */
+  return p;
+}
+static const void* deep_site[4];
+#define DEEP(k)                                                                                       \
+  __attribute__((noinline)) static void deep##k(size_t pad) { hak_free_at(h_of_alloca(pad), NULL); deep_site[k] = deep_ra; }
+DEEP(0) DEEP(1) DEEP(2) DEEP(3)
+__attribute__((noinline)) static void direct_a(void) { hak_free_at(wt_xmalloc_under_alloca(BIG), NULL); }
+__attribute__((noinline)) static void direct_b(void) { hak_free_at(wt_xmalloc_under_alloca(BIG), NULL); }
+__attribute__((noinline)) static void direct_c(void) { hak_free_at(wt_xmalloc_under_alloca(BIG), NULL); }
+
+TEST(a_step_that_fails_once_decides_nothing) {
+  void (*const deep[4])(size_t) = {deep0, deep1, deep2, deep3};
+  for (int r = 0; r < 1100; r++) { /* every entry decided (1,024 requests) */
+    direct_a(), direct_b(), direct_c();
+    for (int k = 0; k < 4; k++) deep[k](64);
+  }
+  uint64_t before[4];
+  for (int k = 0; k < 4; k++) before[k] = allocs_of(deep_site[k]);
+  deep0(100 << 10); /* one step out of bounds */
+  for (int r = 0; r < 300; r++)
+    for (int k = 0; k < 4; k++) deep[k](64);
+  for (int k = 0; k < 4; k++) EXPECT_TRUE(allocs_of(deep_site[k]) >= before[k] + 300);
+}
+
+/* A clone()d child on a stack with nothing mapped above it: the walk ends
+ * at the child's first frame, whose rule says it has no caller.  (Review:
+ * the rule's "return address undefined" was ignored and the walk read the
+ * word above the stack: SIGSEGV.) */
+#define CLONE_STACK (64 << 10)
+__attribute__((noinline)) static int clone_child(void* arg) {
+  (void)arg;
+  for (int i = 0; i < 100; i++) hak_free_at(wt_malloc(BIG), NULL); /* through the first frame's rule */
+  for (int i = 0; i < 100; i++) hak_free_at(wt_xmalloc_clone(BIG), NULL);
+  return 0;
+}
+
+TEST(a_clone_child_walks_no_further_than_its_first_frame) {
+  char* m = mmap(NULL, CLONE_STACK + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_TRUE(m != MAP_FAILED);
+  munmap(m + CLONE_STACK, 4096); /* nothing mapped above the stack */
+  pid_t pid = clone(clone_child, m + CLONE_STACK, SIGCHLD, NULL);
+  ASSERT_TRUE(pid > 0);
+  int st = 0;
+  ASSERT_TRUE(waitpid(pid, &st, 0) == pid);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  if (WIFSIGNALED(st)) fprintf(stderr, "clone child killed by signal %d\n", WTERMSIG(st));
+  munmap(m, CLONE_STACK);
 }
 
 /* hak_alloc_at with a site of the program's choosing: that site. */
