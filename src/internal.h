@@ -415,11 +415,11 @@ HAK_INTERNAL bool _hak_cfa_rule(uintptr_t pc, hak_cfa_rule_t* out, uintptr_t* fu
  * the allocation paths only (it finds site's slot from its own frame). */
 HAK_INTERNAL const void* _hak_site_see_through(const void* site);
 /* Sites this thread found to be their own (no wrapper: a final state), a
- * small direct-mapped cache that spares them the walk. */
-#define HAK_SITE_OWN_CACHE 8
+ * direct-mapped cache (256 bytes a thread) that spares them the walk. */
+#define HAK_SITE_OWN_CACHE 32
 HAK_INTERNAL extern __thread const void* _hak_site_own[HAK_SITE_OWN_CACHE] __attribute__((tls_model("initial-exec")));
-static inline size_t hak_site_own_slot(const void* site) {
-  return ((uintptr_t)site ^ ((uintptr_t)site >> 7)) % HAK_SITE_OWN_CACHE;
+static inline size_t hak_site_own_slot(const void* site) { /* Fibonacci hashing: call sites 32 bytes apart spread */
+  return (size_t)(((uintptr_t)site * 0x9e3779b97f4a7c15ull) >> 59) % HAK_SITE_OWN_CACHE;
 }
 /* The site a request counts as: ~8 instructions for a site known to be its
  * own or with HAKMEM_WRAPPERS=0. */
