@@ -8,6 +8,10 @@
 #include "src/internal.h"
 #include "src/test/test.h"
 
+/* Level 0 only: BigCache is off at level 2. */
+HAK_TEST_AT_LEVEL_0_ONLY()
+
+
 #define MiB ((size_t)1 << 20)
 
 static uint64_t fake_now = 1000000000ull;

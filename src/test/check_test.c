@@ -14,6 +14,10 @@
 #include "src/internal.h"
 #include "src/test/test.h"
 
+/* Level 0 only: it plants faults in BigCache slots, off at level 2. */
+HAK_TEST_AT_LEVEL_0_ONLY()
+
+
 static char* blocks[4096];
 
 static void work(void) {

@@ -14,6 +14,10 @@
 #include "src/internal.h"
 #include "src/test/test.h"
 
+/* Level 0 only: the adoption of mapping once BigCache makes it cheap: at level 2 freed huge blocks stay PROT_NONE and mapping is dear. */
+HAK_TEST_AT_LEVEL_0_ONLY()
+
+
 #define MiB ((size_t)1 << 20)
 
 static uint64_t site_threshold(const void* site) {

@@ -9,6 +9,10 @@
 #include "src/hakmem.h"
 #include "src/test/test.h"
 
+/* Level 0 only: the VM scenario through BigCache and the batch queue: level 2 keeps freed huge blocks PROT_NONE instead. */
+HAK_TEST_AT_LEVEL_0_ONLY()
+
+
 static long minflt(void) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);

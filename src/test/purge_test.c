@@ -11,6 +11,10 @@
 #include "src/internal.h"
 #include "src/test/test.h"
 
+/* Level 0 only: pages kept for their bin and BigCache expiry: level 2 quarantines instead. */
+HAK_TEST_AT_LEVEL_0_ONLY()
+
+
 #define DELAY_MS 100
 #define MS 1000000ull
 

@@ -130,6 +130,25 @@ static inline void hak_bounded_child(void* arg) {
     }                                                                   \
   } while (0)
 
+/* A test whose subject exists at hardening level 0 only (BigCache, pages
+ * kept for their bin, the invariant checker's planted BigCache slots,
+ * learned routing that depends on them: level 2 turns them off or changes
+ * them on purpose) runs at level 0 when .ci/run sets HAKMEM_SECURE for the
+ * whole suite: a constructor rewrites the variable in place and executes
+ * the test again (libc's start-up may already have allocated through the
+ * shim, which read the options). */
+#define HAK_TEST_AT_LEVEL_0_ONLY()                                                    \
+  __attribute__((constructor(101))) static void hak_test_level0(int argc, char** argv, char** envp) { \
+    (void)argc;                                                                      \
+    for (char** e = envp; e != NULL && *e != NULL; e++)                              \
+      if (strncmp(*e, "HAKMEM_SECURE=", 14) == 0 && strcmp(*e + 14, "0") != 0) {     \
+        (*e)[14] = '0', (*e)[15] = '\0';                                             \
+        execve("/proc/self/exe", argv, envp);                                        \
+        perror("execve /proc/self/exe");                                            \
+        _exit(2);                                                                    \
+      }                                                                              \
+  }
+
 static inline int hak_test_main(int argc, char** argv) {
   const char* only = argc > 1 ? argv[1] : NULL;
   int failed_tests = 0, ran = 0;
