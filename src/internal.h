@@ -93,6 +93,9 @@ HAK_INTERNAL bool _hak_os_secure(void);       /* AT_SECURE                */
 HAK_INTERNAL bool _hak_os_thp_always(void);   /* THP on every mapping     */
 HAK_INTERNAL bool _hak_os_cwd(char* buf, size_t size);
 HAK_INTERNAL int _hak_os_tid(void);
+HAK_INTERNAL bool _hak_os_is_main_thread(void);
+HAK_INTERNAL bool _hak_os_mapping_of(uintptr_t addr, uintptr_t* lo, uintptr_t* hi); /* readable, /proc/self/maps */
+HAK_INTERNAL size_t _hak_os_stack_limit(void); /* RLIMIT_STACK, 0: unlimited */
 HAK_INTERNAL bool _hak_os_thread_alive(int tid);
 HAK_INTERNAL bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns); /* true: taken */
 /* the checker: -1 the page is not mapped, 0 mapped but not resident, 1 resident */
@@ -415,16 +418,20 @@ HAK_INTERNAL bool _hak_cfa_rule(uintptr_t pc, hak_cfa_rule_t* out, uintptr_t* fu
  * the allocation paths only (it finds site's slot from its own frame). */
 HAK_INTERNAL const void* _hak_site_see_through(const void* site);
 /* Sites this thread found to be their own (no wrapper: a final state), a
- * direct-mapped cache (256 bytes a thread) that spares them the walk. */
+ * direct-mapped cache (256 bytes a thread) that spares them the walk; one
+ * hit in WR_RECHECK walks anyway, so a caller that comes late (a wrapper
+ * called from one place at start-up, from many later) is seen. */
 #define HAK_SITE_OWN_CACHE 32
 HAK_INTERNAL extern __thread const void* _hak_site_own[HAK_SITE_OWN_CACHE] __attribute__((tls_model("initial-exec")));
+HAK_INTERNAL extern __thread uint32_t _hak_site_recheck __attribute__((tls_model("initial-exec")));
 static inline size_t hak_site_own_slot(const void* site) { /* Fibonacci hashing: call sites 32 bytes apart spread */
   return (size_t)(((uintptr_t)site * 0x9e3779b97f4a7c15ull) >> 59) % HAK_SITE_OWN_CACHE;
 }
-/* The site a request counts as: ~8 instructions for a site known to be its
- * own or with HAKMEM_WRAPPERS=0. */
+/* The site a request counts as: ~10 instructions for a site known to be
+ * its own or with HAKMEM_WRAPPERS=0. */
 static inline const void* hak_site_resolve(const void* site) {
-  if (hak_option(HAK_OPT_WRAPPERS) == 0 || _hak_site_own[hak_site_own_slot(site)] == site) return site;
+  if (hak_option(HAK_OPT_WRAPPERS) == 0) return site;
+  if (_hak_site_own[hak_site_own_slot(site)] == site && _hak_site_recheck-- != 0) return site;
   return _hak_site_see_through(site);
 }
 /* Where the slow entry points (_hak_alloc_generic, _hak_calloc,
@@ -438,6 +445,7 @@ HAK_INTERNAL extern __thread uintptr_t* _hak_site_slot __attribute__((tls_model(
                                                                        : NULL)
 HAK_INTERNAL void _hak_wrapper_stats(hak_stats_t* st);
 HAK_INTERNAL void _hak_wrapper_fork_child(void);
+HAK_INTERNAL void _hak_wrapper_init(void); /* the library constructor: the main thread's stack */
 
 /* ---- policy.c: which tier serves a large request (learned per site) ---- */
 typedef enum { HAK_DECIDE_NONE, HAK_DECIDE_TIMED, HAK_DECIDE_UCB, HAK_DECIDE_ELO } hak_decide_kind_t;

@@ -253,6 +253,60 @@ bool _hak_os_cwd(char* buf, size_t size) {
  * with that id still exists (an exited one does not; ids are reused, so
  * "alive" may be a newer thread, never the other way round). */
 int _hak_os_tid(void) { return (int)syscall(SYS_gettid); }
+bool _hak_os_is_main_thread(void) { return syscall(SYS_gettid) == getpid(); }
+
+/* The readable mapping holding addr, from /proc/self/maps read with plain
+ * system calls into a 512-byte buffer (no allocation; ~100 us for a few
+ * hundred mappings).  false: none, or /proc cannot be read. */
+static bool maps_lookup(uintptr_t addr, uintptr_t* lo, uintptr_t* hi) {
+  char buf[512];
+  bool found = false, skipping = false; /* skipping: the rest of a line longer than buf */
+  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  size_t len = 0;
+  bool eof = false;
+  while (!found && !(eof && len == 0)) {
+    if (!eof) {
+      ssize_t n = read(fd, buf + len, sizeof(buf) - len);
+      if (n <= 0) eof = true;
+      else len += (size_t)n;
+    }
+    char* nl = memchr(buf, '\n', len);
+    if (nl == NULL && !eof && len < sizeof(buf)) continue;
+    char* end = nl != NULL ? nl : buf + len; /* a line, or the first 512 bytes of one */
+    if (!skipping) {
+      /* "start-end perms ...": hex numbers */
+      uintptr_t a = 0, b = 0;
+      char* c = buf;
+      for (; c < end && *c != '-'; c++) a = a * 16 + (uintptr_t)(*c <= '9' ? *c - '0' : (*c | 32) - 'a' + 10);
+      for (c++; c < end && *c != ' '; c++) b = b * 16 + (uintptr_t)(*c <= '9' ? *c - '0' : (*c | 32) - 'a' + 10);
+      if (c + 1 < end && a <= addr && addr < b && c[1] == 'r') {
+        *lo = a;
+        *hi = b;
+        found = true;
+      }
+    }
+    skipping = nl == NULL;
+    size_t used = nl != NULL ? (size_t)(nl + 1 - buf) : len;
+    memmove(buf, buf + used, len - used);
+    len -= used;
+  }
+  close(fd);
+  return found;
+}
+
+bool _hak_os_mapping_of(uintptr_t addr, uintptr_t* lo, uintptr_t* hi) {
+  bool found = false;
+  KEEP_ERRNO(found = maps_lookup(addr, lo, hi));
+  return found;
+}
+/* RLIMIT_STACK's soft limit: the main stack's largest size and glibc's
+ * default thread stack size; 0: unlimited */
+size_t _hak_os_stack_limit(void) {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_STACK, &r) != 0 || r.rlim_cur == RLIM_INFINITY) return 0;
+  return (size_t)r.rlim_cur;
+}
 bool _hak_os_thread_alive(int tid) {
   int saved = errno;
   bool alive = syscall(SYS_tgkill, getpid(), tid, 0) == 0 || errno != ESRCH;

@@ -33,17 +33,27 @@
  *   through a wrapper (its caller known to be its own: one step, cached
  *   per thread), a few hundred while a site learns.
  * - Safety: every read is a return address or a saved rbp the rules point
- *   to, inside the running thread's stack: [sp, the thread's descriptor)
- *   for a glibc thread (it sits at the top of the thread's stack), [sp,
- *   __libc_stack_end] for the main thread; on any other stack (a
- *   coroutine's, a raw clone's) nothing is read.  A frame whose rule says
- *   it has no caller (a thread's or the program's first) ends the walk.  A
- *   return address into a library unloaded and replaced at the same
- *   address keeps the first library's rule: a wrong caller, still read
- *   within the stack.
+ *   to, inside the stack the thread runs on: below __libc_stack_end within
+ *   RLIMIT_STACK on the main thread's own stack, else within the readable
+ *   mapping holding sp, looked up in /proc/self/maps (raw system calls, a
+ *   512-byte buffer), cached per thread for a second and looked up at most
+ *   every 10 ms (a thread switching among many stacks resolves some
+ *   requests as they are).  A frame whose rule says it has no caller (a
+ *   thread's or the program's first) ends the walk.  A return address into
+ *   a library unloaded and replaced at the same address keeps the first
+ *   library's rule: a wrong caller, still read within the stack.
+ * - Decisions are rechecked: one resolution in WR_RECHECK walks through the
+ *   decided entries too, and one that meets a new calling function learns
+ *   again (a wrapper called from one place at start-up, from many later);
+ *   wr_generation tells every thread to drop what it cached.
+ * - Known limits: a function split by the compiler into hot and cold parts
+ *   (gcc's .cold) has two FDEs and counts as two callers; the table holds
+ *   WR_SLOTS return addresses (about 1,800 sites with large requests), the
+ *   rest resolve as they are (sites.unresolved).
  * x86-64 only (the CFA rules are read for it); HAKMEM_WRAPPERS=0 turns it
  * off. */
 #include <pthread.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -58,9 +68,19 @@
 #define WR_DEPTH 4     /* levels looked at above a site, or above a wrapper's caller */
 #define WR_CLIMB 8     /* hakmem's own frames stepped to reach the site */
 #define WR_FRAME_MAX (64 * 1024) /* a step further up: not believed */
-#define WR_STACK_MAX (1ull << 30) /* a thread's stack, at most */
+#define WR_RECHECK 256 /* cached resolutions per walk that rechecks decisions (~2 instructions a request) */
+#define WR_THREAD_STACK_MAX (8u << 20)
+#define WR_STACK_TTL 1000000000ull  /* a stack's mapping is looked up again after 1 s ... */
+#define WR_STACK_RETRY 10000000ull  /* ... at most every 10 ms a thread (~100 us each) */
 
 extern void* __libc_stack_end __attribute__((weak)); /* the main thread's first frame (ld.so) */
+
+/* The stacks reads may touch (_hak_wrapper_init): the main thread's, below
+ * __libc_stack_end within RLIMIT_STACK; another glibc thread's, below its
+ * descriptor within glibc's default thread stack size. */
+static uintptr_t wr_main_self;
+static size_t wr_main_max, wr_thread_max; /* wr_thread_max: the stack_by_self mutant only */
+static bool wr_ready;
 
 /* A return address's state: its rule is being looked up, it has none, its
  * callers are being recorded, it has two or three (plain), one (chain),
@@ -82,6 +102,9 @@ __thread const void* _hak_site_own[HAK_SITE_OWN_CACHE];
 /* wrappers whose callers were found to be their own, by site: one step
  * resolves them (~80 instructions instead of ~220 for the walk) */
 static __thread wr_entry_t* wr_wrapper_cache[HAK_SITE_OWN_CACHE];
+__thread uint32_t _hak_site_recheck;
+static _Atomic(uint32_t) wr_generation;  /* decisions taken back */
+static __thread uint32_t wr_tls_generation; /* ... when this thread's caches were good */
 static _Atomic(uint64_t) st_wrappers; /* seen_through, unresolved: per heap */
 
 static void count_seen_through(void) {
@@ -114,6 +137,7 @@ static wr_entry_t* wr_get(uintptr_t ra) {
     if (k != ra) continue;
     return atomic_load_explicit(&e->state, memory_order_acquire) == WR_FILLING ? NULL : e;
   }
+  count_unresolved(); /* the table is full around it */
   return NULL;
 }
 
@@ -125,14 +149,44 @@ typedef struct {
   uintptr_t hi; /* reads stay below: the top of the running thread's stack */
 } wr_frame_t;
 
-/* The top of the stack sp is on, if it is a glibc thread's or the main
- * thread's; 0: another stack (nothing is read). */
+/* The top of the stack sp is on: the main thread's own stack (below
+ * __libc_stack_end, within RLIMIT_STACK), or else the readable mapping
+ * holding sp, from /proc/self/maps, cached per thread for WR_STACK_TTL
+ * (a coroutine's stack, a signal stack, a stack the program switched to,
+ * any thread's: reads never leave it).  0: unknown (nothing is read). */
+static __thread uintptr_t wr_stack_lo, wr_stack_hi;
+static __thread uint64_t wr_stack_until, wr_stack_retry;
+
 static uintptr_t stack_top(uintptr_t sp) {
+  if (!wr_ready) return 0;
+  if ((uintptr_t)pthread_self() == wr_main_self) {
+    uintptr_t top = &__libc_stack_end != NULL && __libc_stack_end != NULL ? (uintptr_t)__libc_stack_end + 8 : 0;
+    if (sp < top && top - sp < wr_main_max) return top;
+  }
+#ifdef HAK_FAULT_WRAPPER_STACK_BY_SELF /* fault injection: the thread's descriptor taken for its stack's top */
   uintptr_t self = (uintptr_t)pthread_self();
-  if (sp < self && self - sp < WR_STACK_MAX) return self;
-  uintptr_t main_top = __libc_stack_end != NULL ? (uintptr_t)__libc_stack_end + 8 : 0;
-  if (sp < main_top && main_top - sp < WR_STACK_MAX) return main_top;
-  return 0;
+  if (sp < self && self - sp < wr_thread_max) return self;
+#endif
+  uint64_t now = 0;
+  if (sp >= wr_stack_lo && sp < wr_stack_hi) {
+    now = _hak_os->now_ns();
+    if (now < wr_stack_until) return wr_stack_hi;
+  }
+  if (now == 0) now = _hak_os->now_ns();
+  if (now < wr_stack_retry) return 0; /* looked up not long ago: a stack switching thread */
+  wr_stack_retry = now + WR_STACK_RETRY;
+  uintptr_t lo, hi;
+  if (!_hak_os_mapping_of(sp, &lo, &hi)) return 0;
+  wr_stack_lo = lo, wr_stack_hi = hi, wr_stack_until = now + WR_STACK_TTL;
+  return hi;
+}
+
+void _hak_wrapper_init(void) {
+  size_t lim = _hak_os_stack_limit();
+  wr_main_max = lim != 0 ? lim : WR_THREAD_STACK_MAX;
+  wr_thread_max = lim != 0 && lim < WR_THREAD_STACK_MAX ? lim : WR_THREAD_STACK_MAX;
+  if (_hak_os_is_main_thread()) wr_main_self = (uintptr_t)pthread_self();
+  wr_ready = true;
 }
 
 /* One frame up: where the function containing *f->at keeps its own return
@@ -157,10 +211,14 @@ HAK_NO_SANITIZE_STACK static bool wr_step(const wr_entry_t* e, wr_frame_t* f) {
   return true;
 }
 
-/* A site still learning records the function its request came from (the
- * calls of one function count once: a loop the compiler unrolled calls
- * from several places); returns its state after this request. */
-static uint32_t wr_learn(wr_entry_t* e, uintptr_t caller, int* distinct) {
+/* Records the function a request came from (the calls of one function
+ * count once: a loop the compiler unrolled calls from several places) and
+ * returns the entry's state after it.  A learning entry decides: 4
+ * functions make a wrapper at once; after WR_LEARN requests one makes a
+ * chain, two or three plain.  A decided entry met by a rechecking walk
+ * (plain, chain, own) that sees a new function learns again (wr_generation
+ * tells the threads to drop what they cached). */
+static uint32_t wr_learn(wr_entry_t* e, uint32_t state, uintptr_t caller, int* distinct) {
   int n = 0;
   bool known = false;
   for (int i = 0; i < WR_CALLERS; i++) {
@@ -175,11 +233,17 @@ static uint32_t wr_learn(wr_entry_t* e, uintptr_t caller, int* distinct) {
 #endif
   }
   *distinct = n;
-  uint32_t seen = atomic_fetch_add_explicit(&e->seen, 1, memory_order_relaxed) + 1;
-  uint32_t state = WR_LEARNING;
 #ifdef HAK_FAULT_WRAPPER_BLIND /* fault injection: no site is ever a wrapper */
   n = 1;
 #endif
+  if (state != WR_LEARNING) { /* a decided entry, rechecked */
+    if (n < WR_CALLERS && n <= (state == WR_PLAIN ? 3 : 1)) return state;
+    if (!atomic_compare_exchange_strong(&e->state, &state, WR_LEARNING)) return state;
+    atomic_store_explicit(&e->seen, 0, memory_order_relaxed);
+    atomic_fetch_add(&wr_generation, 1);
+    state = WR_LEARNING;
+  }
+  uint32_t seen = atomic_fetch_add_explicit(&e->seen, 1, memory_order_relaxed) + 1;
   if (n >= WR_CALLERS) {
     if (atomic_compare_exchange_strong(&e->state, &state, WR_WRAPPER)) hak_atomic_add(st_wrappers, 1);
     return WR_WRAPPER;
@@ -191,9 +255,29 @@ static uint32_t wr_learn(wr_entry_t* e, uintptr_t caller, int* distinct) {
   return WR_LEARNING;
 }
 
+/* What this thread cached is dropped when a decision was taken back (by
+ * any thread: this one sees it at its next walk, within WR_RECHECK cached
+ * resolutions). */
+static void wr_sync_caches(void) {
+  uint32_t gen = atomic_load_explicit(&wr_generation, memory_order_relaxed);
+  if (gen == wr_tls_generation) return;
+  memset(_hak_site_own, 0, sizeof(_hak_site_own));
+  memset(wr_wrapper_cache, 0, sizeof(wr_wrapper_cache));
+  wr_tls_generation = gen;
+}
+
 HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void* site) {
 #if HAK_CFI_SUPPORTED
   if (!hak_option(HAK_OPT_WRAPPERS) || site == NULL) return site;
+  wr_sync_caches();
+  /* one resolution in WR_RECHECK walks through decided entries too */
+#ifdef HAK_FAULT_WRAPPER_FINAL /* fault injection: decided entries are never rechecked */
+  bool recheck = false;
+#else
+  bool recheck = _hak_site_recheck == 0 || _hak_site_recheck > WR_RECHECK;
+#endif
+  if (recheck) _hak_site_recheck = WR_RECHECK;
+  size_t own_slot = hak_site_own_slot(site);
   /* the site's slot as the entry point saw it (its frame's saved rbp is
    * the caller's), else from this function's frame (it has a frame
    * pointer: rbp is its own) through hakmem's frames up to the site */
@@ -208,17 +292,21 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     f = (wr_frame_t){fp + 1, fp[0], hi};
     for (int i = 0; *f.at != (uintptr_t)site; i++) {
       wr_entry_t* e = i < WR_CLIMB ? wr_get(*f.at) : NULL;
-      if (e == NULL || atomic_load_explicit(&e->state, memory_order_acquire) == WR_NORULE || !wr_step(e, &f))
-        return site; /* not called through the shim (hak_alloc_at) */
+      if (e == NULL && i < WR_CLIMB) return site; /* another thread is filling it: next time */
+      if (e == NULL || atomic_load_explicit(&e->state, memory_order_acquire) == WR_NORULE || !wr_step(e, &f)) {
+        _hak_site_own[own_slot] = site; /* not called through the shim (hak_alloc_at): until a recheck */
+        return site;
+      }
     }
   }
   /* a wrapper whose caller is its own: one step */
-  wr_entry_t* w = wr_wrapper_cache[hak_site_own_slot(site)];
-  if (w != NULL && atomic_load_explicit(&w->ra, memory_order_relaxed) == (uintptr_t)site) {
+  wr_entry_t* w = wr_wrapper_cache[own_slot];
+  if (!recheck && w != NULL && atomic_load_explicit(&w->ra, memory_order_relaxed) == (uintptr_t)site) {
     wr_frame_t g = f;
     if (wr_step(w, &g)) {
       const void* caller = (const void*)*g.at;
       if (_hak_site_own[hak_site_own_slot(caller)] == caller) {
+        _hak_site_recheck--; /* counts toward the next recheck, as the inline hits do */
         count_seen_through();
         return caller;
       }
@@ -226,8 +314,8 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
   }
   /* up the callers: through wrappers and the functions only one caller
    * calls (they are that caller's), to the caller of the topmost wrapper.
-   * A decided walk that found no wrapper above an entry marks it WR_OWN:
-   * the next walk stops there (~100 instructions a request, not ~450). */
+   * A decided walk that found no wrapper above an entry marks it own: the
+   * next walk stops there. */
   uintptr_t result = (uintptr_t)site;
   wr_entry_t* tail = NULL; /* the first entry above the last wrapper */
   int tail_depth = 0;
@@ -238,42 +326,40 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     /* WR_DEPTH levels from the site or, above a wrapper, from the entry
      * above it: then that entry has been seen with all it may see */
     if (depth == (tail != NULL ? tail_depth : depth) + WR_DEPTH) break;
-    if (depth == 2 * WR_DEPTH) {
+    if (depth == 2 * WR_DEPTH || e == NULL) {
       decided = false;
-      break;
-    }
-    if (e == NULL) {
-      decided = false;
-      count_unresolved();
       break;
     }
     uint32_t state = atomic_load_explicit(&e->state, memory_order_acquire);
     if (tail == NULL && state != WR_WRAPPER) tail = e, tail_depth = depth;
-    if (state != WR_LEARNING && state != WR_CHAIN && state != WR_WRAPPER) { /* plain, own, no rule */
-      if (depth == 0) _hak_site_own[hak_site_own_slot(site)] = site; /* final: never walked again */
+    bool walks = state == WR_LEARNING || state == WR_CHAIN || state == WR_WRAPPER;
+    bool rechecks = recheck && (state == WR_PLAIN || state == WR_CHAIN || state == WR_OWN);
+    if (!walks && !rechecks) { /* plain, own, no rule */
+      if (depth == 0) _hak_site_own[own_slot] = site; /* final, until a recheck */
       break;
     }
     if (!wr_step(e, &f)) { /* out of bounds this time (alloca, a deep frame) */
 #ifndef HAK_FAULT_WRAPPER_FAILED_STEP_DECIDES /* fault injection: the walk counts as complete */
       decided = false;
 #endif
+      if (depth == 0) _hak_site_own[own_slot] = site; /* until a recheck */
       break;
     }
     uintptr_t caller = *f.at;
     if (caller < 4096) break; /* no caller: the first frame */
     wr_entry_t* ce = wr_get(caller);
-    if (state == WR_LEARNING) {
+    if (state != WR_WRAPPER) {
       if (ce == NULL) {
         decided = false;
         break;
       }
       int distinct;
 #ifdef HAK_FAULT_WRAPPER_BY_ADDRESS /* fault injection: every call instruction is a caller of its own */
-      state = wr_learn(e, caller, &distinct);
+      state = wr_learn(e, state, caller, &distinct);
 #else
-      state = wr_learn(e, ce->func != 0 ? ce->func : caller, &distinct);
+      state = wr_learn(e, state, ce->func != 0 ? ce->func : caller, &distinct);
 #endif
-      if (state == WR_PLAIN) break;
+      if (state == WR_PLAIN || state == WR_OWN) break;
       if (state == WR_LEARNING) { /* one caller so far: a chain so far */
         decided = false;
         if (distinct != 1) break;
@@ -287,13 +373,14 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     }
     e = ce;
   }
+  wr_sync_caches(); /* this walk may have taken a decision back */
   uint32_t chain = WR_CHAIN;
   if (tail != NULL && decided && atomic_load_explicit(&tail->state, memory_order_relaxed) == WR_CHAIN)
     atomic_compare_exchange_strong(&tail->state, &chain, WR_OWN);
   if (tail != NULL && tail_depth == 1 && atomic_load_explicit(&tail->state, memory_order_relaxed) == WR_OWN) {
     /* the site a wrapper, its caller its own: both final, cached */
     _hak_site_own[hak_site_own_slot((const void*)result)] = (const void*)result;
-    wr_wrapper_cache[hak_site_own_slot(site)] = first;
+    wr_wrapper_cache[own_slot] = first;
   }
   if (result != (uintptr_t)site) count_seen_through();
   return (const void*)result;

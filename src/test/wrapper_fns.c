@@ -35,3 +35,33 @@ WRAPPER(wt_helper_of_three)
 WRAPPER(wt_xmalloc_slow_turns)
 WRAPPER(wt_xmalloc_under_alloca)
 WRAPPER(wt_xmalloc_clone)
+WRAPPER(wt_xmalloc_late)
+
+/* Runs fn on the stack below top with the usual inline asm: this
+ * function's rules (rsp plus its frame, no frame pointer) do not know rsp
+ * moved, so they claim a return address above top. */
+__attribute__((noinline)) void wt_call_on_stack(void* top, void (*fn)(void)) {
+  __asm__ volatile("mov %%rsp, %%rbx\n\t"
+                   "mov %0, %%rsp\n\t"
+                   "call *%1\n\t"
+                   "mov %%rbx, %%rsp"
+                   :
+                   : "r"(top), "r"(fn)
+                   : "rbx", "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "memory", "cc");
+}
+
+/* A first frame, as a thread's or a clone child's start: its unwind rule
+ * says it has no caller (DW_CFA_undefined on the return address). */
+__asm__(".text\n"
+        ".globl wt_first_frame\n"
+        ".type wt_first_frame, @function\n"
+        "wt_first_frame:\n"
+        ".cfi_startproc\n"
+        ".cfi_undefined rip\n"
+        "  nop\n"
+        ".globl wt_first_frame_inside\n"
+        "wt_first_frame_inside:\n"
+        "  nop\n"
+        "  ret\n"
+        ".cfi_endproc\n"
+        ".size wt_first_frame, .-wt_first_frame\n");

@@ -19,7 +19,11 @@ void* wt_helper_of_three(size_t n);
 void* wt_xmalloc_slow_turns(size_t n);
 void* wt_xmalloc_under_alloca(size_t n);
 void* wt_xmalloc_clone(size_t n);
+void* wt_xmalloc_late(size_t n);
 /* calls wt_xmalloc_under_alloca with pad bytes of alloca in its frame */
 void* wt_alloca_caller(size_t n, size_t pad);
 void* wt_outer_fp(size_t n, size_t scratch);
+void wt_call_on_stack(void* top, void (*fn)(void));
+void wt_first_frame(void); /* asm: .cfi_undefined rip */
+extern char wt_first_frame_inside[];
 #endif
