@@ -4,16 +4,19 @@
  * hit returns a block freed earlier (by any site) in the request's class,
  * or, counted as a larger-class hit, in a class at most twice its size,
  * and not handed out since; no block is live twice; contents of live blocks
- * survive; BigCache never exceeds its budget; releases never touch live
- * memory (fake OS); hak_check_heap() holds. */
+ * survive; BigCache never exceeds its budget; releases and page moves
+ * (a miss gathering cached blocks' pages) never touch live memory (fake
+ * OS); hak_check_heap() holds. */
 #include "fuzz/huge_os.h"
 
-/* all 8 of BigCache's classes */
-static const size_t class_size[] = {512u << 10, 1u << 20, 2u << 20, 3u << 20, 4u << 20, 6u << 20, 8u << 20, 16u << 20};
+/* all 8 of BigCache's classes, and sizes past them (cached only for their
+ * pages: never a hit, but gathered into misses) */
+static const size_t class_size[] = {512u << 10, 1u << 20, 2u << 20, 3u << 20, 4u << 20,
+                                    6u << 20,   8u << 20, 16u << 20, 24u << 20};
 
 /* freed-and-cacheable blocks per (site, class): candidates for a hit */
 #define SITES 4
-#define CLASSES 8
+#define CLASSES 9
 #define FREED_MAX 64
 static char* freed[SITES][CLASSES][FREED_MAX];
 static int nfreed[SITES][CLASSES];

@@ -1,8 +1,8 @@
 /* A fake OS and clock for the BigCache and batch-queue fuzzers: real
  * mappings (hakmem writes headers into them), a clock the input advances,
- * and checks on every madvise and munmap against the blocks the harness
- * knows to be live: releasing live memory, or unmapping a range twice, is
- * a finding. */
+ * and checks on every madvise, munmap and mremap against the blocks the
+ * harness knows to be live: releasing live memory, moving pages out of or
+ * onto it, or unmapping a range twice, is a finding. */
 #ifndef HAK_FUZZ_HUGE_OS_H
 #define HAK_FUZZ_HUGE_OS_H
 
@@ -50,6 +50,19 @@ static int fz_unmap(void* addr, size_t size) {
   return _hak_os_default.unmap(addr, size);
 }
 
+/* Pages moved out of a live block, or onto one, are a finding too. */
+static int fz_remap(void* old, size_t old_size, void* dst, size_t new_size) {
+  fz_check_range("mremap from", old, old_size);
+  if (dst != old) fz_check_range("mremap onto", dst, new_size);
+  return _hak_os_default.remap(old, old_size, dst, new_size);
+}
+
+static int fz_move_keep(void* src, size_t size, void* dst) {
+  fz_check_range("mremap (kept) from", src, size);
+  fz_check_range("mremap (kept) onto", dst, size);
+  return _hak_os_default.move_keep(src, size, dst);
+}
+
 static hak_os_t fz_os;
 
 static void fz_install(void) {
@@ -57,6 +70,8 @@ static void fz_install(void) {
   fz_os.now_ns = fz_clock;
   fz_os.advise = fz_advise;
   fz_os.unmap = fz_unmap;
+  fz_os.remap = fz_remap;
+  fz_os.move_keep = fz_move_keep;
   _hak_os = &fz_os;
   /* the huge tier under a fixed threshold: with the (default) evolving
    * policy a site may learn to put 1 MiB blocks in the segments, which

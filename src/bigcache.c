@@ -4,14 +4,16 @@
  *
  * - Classes (the original's): 512 KiB, 1, 2, 3, 4, 6, 8, 16 MiB.  A huge
  *   request of a class is mapped at the class size so any later request of
- *   the class fits; larger requests bypass the cache.
- * - Rows: 256 site buckets x 8 classes, HAKMEM_BIGCACHE_SLOTS (4) slots
- *   each.  A slot holds a mapping's base (4 MiB aligned) with the time it
+ *   the class fits.  Blocks past the classes (at the standard 2 MiB
+ *   offset) are cached in a row of their own, for their pages only.
+ * - Rows: 256 site buckets x (8 classes + that one), HAKMEM_BIGCACHE_SLOTS
+ *   (4) slots each.  A slot holds a mapping's base (4 MiB aligned) with the time it
  *   was cached in the low 22 bits (milliseconds, modulo 2^22), so expiry
  *   never reads a block another thread may have taken; put and get claim
  *   slots with one compare-and-swap: thread-safe without a lock.
  * - Budget: at most HAKMEM_BIGCACHE_BYTES (64 MiB) cached in all, counting
- *   the chunks each block spans from its mapping's start (bc_weight); a
+ *   the memory each block may hold (bc_weight: its pages less those moved
+ *   out of it); a
  *   block that does not fit displaces the blocks cached longest ago (up to
  *   16; else it is evicted itself); those, the oldest block of a full row,
  *   and a block idle for HAKMEM_BIGCACHE_EXPIRY_MS (2 s) are evicted: to
@@ -24,20 +26,26 @@
  *   sites, in many sizes, would otherwise fault in a new block while the
  *   cache holds one it fits in.  A larger block keeps its class (and its
  *   usable size), and goes back to that class's row when freed.  When
- *   nothing cached fits, huge.c grows the largest smaller block
- *   (_hak_bigcache_get_smaller, then mremap): its resident pages are
- *   used again, only the rest faults in.
+ *   nothing cached fits, huge.c gathers the request's pages from cached
+ *   blocks (_hak_bigcache_get_donor, then mremap): the largest smaller
+ *   ones whole, then part of a larger one, which is cached again with
+ *   what is left; only what they could not give faults in.
  * - Expiry is checked on puts to the row and by a sweep of 1/16 of the
  *   table on every 16th put; hak_collect() evicts everything.
  *
- * Invariants: a slot's block has state FREED and cls == the slot's class;
- * no block is in two slots or in a slot and the batch queue;
- * cached_bytes == sum of the mapping sizes in slots, bc_count[c] == the
- * blocks in class c's slots (when quiescent). */
+ * Invariants: a slot's block has state FREED and cls == the slot's class
+ * (-1 in the row past the classes); no block is in two slots or in a slot
+ * and the batch queue; bc_bytes == the sum of the slots' weights,
+ * bc_count[c] == the blocks in class c's slots (when quiescent). */
 #include "internal.h"
 
 #define BC_SITES 256
 #define BC_CLASSES 8
+/* the row past the classes: blocks larger than every class (at the
+ * standard 2 MiB offset), kept only for their pages (huge.c gathers them
+ * into other requests); no request asks for one by its size */
+#define BC_PAST BC_CLASSES
+#define BC_ROWS (BC_CLASSES + 1)
 #define BC_SLOTS_MAX 8
 
 static const size_t bc_class_size[BC_CLASSES] = {
@@ -48,9 +56,9 @@ static const size_t bc_class_size[BC_CLASSES] = {
 #define TIME_MASK ((uintptr_t)HAK_SEGMENT_MASK)
 _Static_assert(HAK_SEGMENT_SHIFT == TIME_BITS, "slot packs time into the base's zero bits");
 
-static _Atomic(uintptr_t) bc_slots[BC_SITES][BC_CLASSES][BC_SLOTS_MAX];
+static _Atomic(uintptr_t) bc_slots[BC_SITES][BC_ROWS][BC_SLOTS_MAX];
 static _Atomic(uint64_t) bc_bytes;
-static _Atomic(uint32_t) bc_count[BC_CLASSES]; /* blocks cached per class */
+static _Atomic(uint32_t) bc_count[BC_ROWS]; /* blocks cached per class */
 static _Atomic(uint64_t) st_hits, st_other_site, st_larger, st_misses, st_puts, st_evictions, st_expired;
 static _Atomic(uint32_t) bc_sweep_cursor, bc_put_count;
 
@@ -75,15 +83,18 @@ static size_t bc_row(uintptr_t site) {
 
 static uintptr_t now_ms(uint64_t now_ns) { return (uintptr_t)(now_ns / 1000000u) & TIME_MASK; }
 
-/* What a cached block counts against the budget: the chunks its block
- * spans from the mapping's start (the mapping less the chunk a guard page
- * may add: address space, not memory). */
+/* What a cached block counts against the budget: the memory its block may
+ * hold (its pages less those moved out of it), not the address space its
+ * mapping spans.  drained changes only while a block is out of the cache,
+ * so a block counts the same when it leaves as when it came. */
 static size_t bc_weight(const hak_huge_t* h) {
-  return (h->offset + h->size + HAK_SEGMENT_MASK) & ~(size_t)HAK_SEGMENT_MASK;
+  size_t moved = (size_t)h->drained * 4096;
+  return moved < h->size ? h->size - moved : 0;
 }
 
 static hak_huge_t* slot_header(uintptr_t v, int cls) {
-  return (hak_huge_t*)((v & ~TIME_MASK) + _hak_huge_offset(bc_class_size[cls], 0) - HAK_HUGE_HEADER);
+  size_t offset = cls == BC_PAST ? _hak_huge_offset(2u << 20, 0) : _hak_huge_offset(bc_class_size[cls], 0);
+  return (hak_huge_t*)((v & ~TIME_MASK) + offset - HAK_HUGE_HEADER);
 }
 
 static void bc_evict(uintptr_t v, int cls) {
@@ -111,7 +122,7 @@ static void bc_expire_row(_Atomic(uintptr_t)* row, int cls, uint64_t now) {
 static void bc_sweep_some(uint64_t now) {
   uint32_t start = atomic_fetch_add(&bc_sweep_cursor, BC_SITES / 16) % BC_SITES;
   for (uint32_t s = start; s < start + BC_SITES / 16; s++)
-    for (int c = 0; c < BC_CLASSES; c++) bc_expire_row(bc_slots[s % BC_SITES][c], c, now);
+    for (int c = 0; c < BC_ROWS; c++) bc_expire_row(bc_slots[s % BC_SITES][c], c, now);
 }
 
 /* Evicts the block cached longest ago (any row); false if none. */
@@ -120,7 +131,7 @@ static bool bc_evict_oldest(uint64_t now) {
   uintptr_t t = now_ms(now), oldest_age = 0;
   _Atomic(uintptr_t)* oldest = NULL;
   int oldest_cls = 0;
-  for (int c = 0; c < BC_CLASSES; c++) {
+  for (int c = 0; c < BC_ROWS; c++) {
     if (atomic_load_explicit(&bc_count[c], memory_order_relaxed) == 0) continue;
     for (int s = 0; s < BC_SITES; s++)
       for (int i = 0; i < slots; i++) {
@@ -194,18 +205,22 @@ hak_huge_t* _hak_bigcache_get(const void* site, int cls) {
   return h;
 }
 
-/* For a request of size bytes that no cached block fits: the largest
- * cached block of a smaller class (any site's), for huge.c to grow; NULL
- * if none. */
-hak_huge_t* _hak_bigcache_get_smaller(size_t size) {
+/* For a request no cached block fits, a block whose pages huge.c moves
+ * into the new one (any site's, classes from 2 MiB: their blocks start
+ * page aligned): the largest whose class is at most need bytes (used
+ * whole), else the smallest larger one (huge.c takes only what it needs
+ * and caches the rest again); NULL if none. */
+hak_huge_t* _hak_bigcache_get_donor(size_t need) {
   int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
   if (atomic_load_explicit(&bc_bytes, memory_order_relaxed) == 0) return NULL;
-  for (int c = BC_CLASSES - 1; c >= 0 && bc_class_size[c] >= (2u << 20); c--) { /* at 2 MiB, as huge.c grows */
-    if (bc_class_size[c] >= size) continue;
-    hak_huge_t* h = bc_steal(BC_SITES, c, slots);
-    if (h != NULL) return h;
-  }
-  return NULL;
+  hak_huge_t* h = need > bc_class_size[BC_CLASSES - 1] ? bc_steal(BC_SITES, BC_PAST, slots) : NULL;
+  for (int c = BC_CLASSES - 1; h == NULL && c >= 0 && bc_class_size[c] >= (2u << 20); c--)
+    if (bc_class_size[c] <= need) h = bc_steal(BC_SITES, c, slots);
+#ifndef HAK_FAULT_GATHER_NO_SPLIT /* fault injection: a larger block gives no part of its pages */
+  for (int c = 0; h == NULL && c < BC_ROWS; c++)
+    if (c == BC_PAST || (bc_class_size[c] >= (2u << 20) && bc_class_size[c] > need)) h = bc_steal(BC_SITES, c, slots);
+#endif
+  return h;
 }
 
 /* Keeps a freed block (state FREED, cls >= 0, site = the row's site);
@@ -214,7 +229,7 @@ hak_huge_t* _hak_bigcache_get_smaller(size_t size) {
 bool _hak_bigcache_put(hak_huge_t* h) {
   uint64_t now = _hak_os->now_ns();
   uintptr_t v = h->base | now_ms(now);
-  int cls = h->cls;
+  int cls = h->cls >= 0 ? h->cls : BC_PAST;
   hak_atomic_add(st_puts, 1);
   _Atomic(uintptr_t)* row = bc_slots[bc_row(h->site)][cls];
   int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
@@ -266,14 +281,14 @@ bool _hak_bigcache_put(hak_huge_t* h) {
 bool _hak_bigcache_expire(uint64_t now) {
   if (atomic_load_explicit(&bc_bytes, memory_order_relaxed) == 0) return false;
   for (int s = 0; s < BC_SITES; s++)
-    for (int c = 0; c < BC_CLASSES; c++) bc_expire_row(bc_slots[s][c], c, now);
+    for (int c = 0; c < BC_ROWS; c++) bc_expire_row(bc_slots[s][c], c, now);
   return atomic_load_explicit(&bc_bytes, memory_order_relaxed) != 0;
 }
 
 /* Evicts everything (hak_collect). */
 void _hak_bigcache_drain(void) {
   for (int s = 0; s < BC_SITES; s++)
-    for (int c = 0; c < BC_CLASSES; c++)
+    for (int c = 0; c < BC_ROWS; c++)
       for (int i = 0; i < BC_SLOTS_MAX; i++) {
         uintptr_t v = atomic_exchange(&bc_slots[s][c][i], 0);
         if (v != 0) bc_evict(v, c);
@@ -283,20 +298,20 @@ void _hak_bigcache_drain(void) {
 /* Checker: every cached block is a freed huge block of its slot's class,
  * in one slot only and not also in the batch queue; the byte count is the
  * sum of the slots'.  (Call when quiescent.) */
-static uintptr_t check_bases[BC_SITES * BC_CLASSES * BC_SLOTS_MAX]; /* checker scratch, not stack */
+static uintptr_t check_bases[BC_SITES * BC_ROWS * BC_SLOTS_MAX]; /* checker scratch, not stack */
 
 size_t _hak_bigcache_check(size_t* cached) {
   size_t bad = 0, n = 0;
   uint64_t bytes = 0;
-  uint32_t per_class[BC_CLASSES] = {0};
+  uint32_t per_class[BC_ROWS] = {0};
   for (int s = 0; s < BC_SITES; s++)
-    for (int c = 0; c < BC_CLASSES; c++)
+    for (int c = 0; c < BC_ROWS; c++)
       for (int i = 0; i < BC_SLOTS_MAX; i++) {
         uintptr_t v = atomic_load(&bc_slots[s][c][i]);
         if (v == 0) continue;
         per_class[c]++;
         hak_huge_t* h = slot_header(v, c);
-        if (h->magic != HAK_HUGE_MAGIC || h->cls != c || atomic_load(&h->state) != HAK_HUGE_FREED) {
+        if (h->magic != HAK_HUGE_MAGIC || h->cls != (c == BC_PAST ? -1 : c) || atomic_load(&h->state) != HAK_HUGE_FREED) {
           bad++;
           continue;
         }
@@ -314,7 +329,7 @@ size_t _hak_bigcache_check(size_t* cached) {
       }
   for (size_t i = 1; i < n; i++) bad += check_bases[i] == check_bases[i - 1];
   if (bytes != atomic_load(&bc_bytes)) bad++;
-  for (int c = 0; c < BC_CLASSES; c++) bad += per_class[c] != atomic_load(&bc_count[c]);
+  for (int c = 0; c < BC_ROWS; c++) bad += per_class[c] != atomic_load(&bc_count[c]);
   *cached = n;
   return bad;
 }

@@ -47,7 +47,8 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(bigcache, hits, "huge allocations served from BigCache")              \
   X(bigcache, other_site, "hits served from another site's row (own empty)") \
   X(bigcache, larger, "hits served by a block of a larger class (up to 2x)") \
-  X(bigcache, grown, "misses served by moving a smaller cached block (mremap)") \
+  X(bigcache, grown, "misses served with cached blocks' pages (mremap)") \
+  X(bigcache, moved_bytes, "bytes of cached blocks' pages moved into such misses") \
   X(bigcache, misses, "cacheable huge allocations BigCache could not serve") \
   X(bigcache, puts, "freed huge blocks offered to BigCache")               \
   X(bigcache, evictions, "blocks sent from BigCache to the batch queue")   \

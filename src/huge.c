@@ -5,8 +5,9 @@
  *   base         base + offset - 64   base + offset            base + map_size
  *   |  (unused)  | hak_huge_t         | user block (size) ...  |
  *
- * Allocation: BigCache (same site and class) first, then a retained
- * mapping of the batch queue, then mmap.  Blocks of 2 MiB and more start
+ * Allocation: BigCache (same site and class) first, then cached blocks'
+ * pages gathered by mremap (huge_gather), then a retained mapping of the
+ * batch queue, then mmap.  Blocks of 2 MiB and more start
  * 2 MiB into the mapping, 2 MiB aligned, advised MADV_HUGEPAGE up to 4 MiB,
  * and beyond when their call site allocated that size range before and has
  * freed blocks.
@@ -17,7 +18,9 @@
  * It stays while the mapping lives (BigCache and the batch queue keep
  * whole mappings); a retained mapping reused for a block of another size
  * has it moved; realloc by mremap lifts it and sets it at the new end.
- * Free: BigCache, else the batch queue; munmap happens only there.
+ * Free: BigCache (a class's row, or the row past the classes), else the
+ * batch queue; munmap happens only there and when a gather empties a
+ * cached block.
  * The segment map marks every chunk with its distance to the head chunk,
  * so a pointer's header is found without reading unmapped memory.  Freed
  * user pointers are remembered in a small ring so that a second free of
@@ -112,6 +115,7 @@ static void* huge_init(uint8_t* base, size_t map_size, size_t offset, size_t blo
   h->offset = (uint32_t)offset;
   h->cls = cls;
   h->site = (uintptr_t)site;
+  h->drained = 0;
   atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
   h->checksum = huge_checksum(h);
   /* sanitizer builds: nothing past the block is the program's */
@@ -123,9 +127,10 @@ static void* huge_init(uint8_t* base, size_t map_size, size_t offset, size_t blo
 
 /* Moves h's block onto a fresh 4 MiB-aligned range of map_size bytes by
  * mremap (no copy, no page fault): the pages from its offset to its guard
- * page, which are one VMA (THP advice splits off only the part in front,
- * the guard the part behind; what a kernel merged with a neighbour is not
- * moved whole).  The rest of the old mapping holds nothing but the old
+ * page, onto the same length of the range (a move, not a resize: a block
+ * gathered from several cached blocks' pages is several VMAs, which Linux
+ * 6.17 and later move at once; an older kernel refuses, and realloc
+ * copies).  The rest of the old mapping holds nothing but the old
  * header (the caller writes the new one) and is unmapped.  The map forgets
  * the old range before it goes back to the kernel (another thread's new
  * mapping may land there the moment mremap returns).  Returns the new
@@ -143,7 +148,7 @@ static uint8_t* huge_move(hak_huge_t* h, size_t map_size, size_t block_end) {
 #if !defined(HAK_FAULT_REMAP_MAP_STALE) && !defined(HAK_FAULT_REMAP_CLEAR_LATE) /* fault injection */
   _hak_segmap_clear(old_base, old_map);
 #endif
-  if (!_hak_os_remap((void*)from, to - from, base + off, map_size - off)) {
+  if (!_hak_os_remap((void*)from, to - from, base + off, to - from)) {
     _hak_segmap_clear((uintptr_t)base, map_size);
     _hak_segmap_set(old_base, old_map, true);
     _hak_os_free(base, map_size);
@@ -160,50 +165,157 @@ static uint8_t* huge_move(hak_huge_t* h, size_t map_size, size_t block_end) {
 }
 #endif
 
-/* A huge request nothing cached fits: the largest smaller cached block
- * grows into it (huge_move), so the pages it has resident are used again
- * and only the rest faults in; NULL: none (or it could not move, and went
- * back). */
-static void* huge_grow_cached(size_t size, int cls, const void* site, bool thp) {
+static _Atomic(uint64_t) huge_moved_bytes;
+
+#if !HAK_TRACKING
+/* A cached block back to BigCache, or to the batch queue if it has no room. */
+static void huge_recache(hak_huge_t* h) {
+  if (!_hak_bigcache_put(h)) _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
+}
+
+/* The bytes at a cached block's start whose pages were moved out (empty
+ * now): drained is a hint, clamped, never trusted past the block. */
+static size_t huge_drained(const hak_huge_t* h) {
+  size_t moved = (size_t)h->drained * 4096;
+  return moved < h->size ? moved : h->size;
+}
+
+/* Moves the pages of cached block d (taken from BigCache) to dst, at most
+ * want bytes (a multiple of the page), from the front of what it still
+ * holds (a block's start is what a program touched first, a class block's
+ * end often nothing): all of them if they fit, and d's mapping goes back
+ * to the kernel (the map forgets it first); else want bytes of them
+ * (mremap keeping d mapped: those pages are empty now), and d is cached
+ * again with the rest.  *got: the bytes moved; false: nothing moved (a
+ * kernel that cannot), d cached again intact. */
+static bool huge_take(hak_huge_t* d, uint8_t* dst, size_t want, size_t* got) {
+  size_t lo = huge_drained(d), have = (d->size - lo) & ~(size_t)4095;
+  uintptr_t from = d->base + d->offset + lo;
+  *got = 0;
+  if (have > want) {
+    if (!_hak_os_move_keep((void*)from, want, dst)) {
+      huge_recache(d);
+      return false;
+    }
+#ifndef HAK_FAULT_GATHER_DRAIN_FORGOTTEN /* fault injection: the donor keeps counting the pages it gave */
+    d->drained += (uint32_t)(want / 4096);
+#endif
+    huge_recache(d);
+    *got = want;
+    return true;
+  }
+  _hak_segmap_clear(d->base, d->map_size);
+  if (have != 0 && !_hak_os_remap((void*)from, have, dst, have)) {
+    _hak_segmap_set(d->base, d->map_size, true);
+    huge_recache(d);
+    return false;
+  }
+  /* the rest of the mapping: the header's page and what was drained, the
+   * guard and what lies behind */
+  uintptr_t end = d->base + d->map_size;
+  _hak_os_free((void*)d->base, from - d->base);
+  _hak_os_free((void*)(from + have), end - (from + have));
+  *got = have;
+  return true;
+}
+
+#define GATHER_DONORS 8 /* mremap calls a request may spend on cached pages */
+
+/* Fills [block + filled, block + need) with cached blocks' pages, from
+ * donor d (if not NULL) and then from BigCache; returns the bytes moved.
+ * The caller holds huge_lock. */
+static size_t huge_fill(uint8_t* block, size_t filled, size_t need, hak_huge_t* d) {
+  size_t moved = 0;
+  for (int k = 0; k < GATHER_DONORS && filled < need; k++) {
+    if (d == NULL) d = _hak_bigcache_get_donor(need - filled);
+    if (d == NULL) break;
+    size_t got;
+    bool ok = huge_take(d, block + filled, need - filled, &got);
+    d = NULL;
+    if (!ok) break;
+    filled += got;
+    moved += got;
+  }
+  hak_atomic_add(huge_moved_bytes, moved);
+  return moved;
+}
+
+/* A block BigCache served whose start was moved out (drained): that start
+ * is filled again from other cached blocks where they have pages to give
+ * (what they cannot give faults in). */
+static void huge_refill(hak_huge_t* h) {
+  size_t lo = huge_drained(h) & ~(size_t)4095;
+#ifdef HAK_FAULT_GATHER_NO_REFILL /* fault injection: a drained block faults its front in */
+  lo = 0;
+#endif
+  if (lo != 0 && hak_lock(&huge_lock)) {
+    huge_fill((uint8_t*)h->base + h->offset, 0, lo, NULL);
+    hak_unlock(&huge_lock);
+  }
+  h->drained = 0;
+}
+#endif
+
+/* A huge request nothing cached fits: its pages are gathered from cached
+ * blocks by mremap (no copy, no page fault: moving a resident page costs
+ * ~1/100 of faulting in a fresh one): the largest cached blocks that fit
+ * whole first, then the end of a larger one, which stays cached with the
+ * rest; only what they could not give faults in.  The block is a fresh
+ * mapping, or a cached block's own when it has room behind its block (its
+ * guard page moves).  The cache's resident pages thus serve any request
+ * size, and a program whose big buffers come in many sizes (or at many
+ * sites) faults in about its peak, not every block.  NULL: nothing cached
+ * (or a fork is pending). */
+static void* huge_gather(size_t size, int cls, const void* site, bool thp, bool* fresh) {
 #if HAK_TRACKING
-  (void)size, (void)cls, (void)site, (void)thp;
+  (void)size, (void)cls, (void)site, (void)thp, (void)fresh;
   return NULL; /* sanitizer builds: the shadow would not follow the pages */
 #else
   size_t offset = _hak_huge_offset(size, 0);
   if (offset != THP_SIZE || !hak_lock(&huge_lock)) return NULL; /* a fork is pending: a fresh mapping */
-  hak_huge_t* h = _hak_bigcache_get_smaller(size);
-  if (h == NULL) {
+  hak_huge_t* d = _hak_bigcache_get_donor(size);
+  if (d == NULL) {
     hak_unlock(&huge_lock);
     return NULL;
   }
-  size_t map_size = huge_map_size(offset, size);
-  uint8_t* base = NULL;
-  if (h->offset == offset && map_size <= h->map_size) {
-    /* a retained mapping reused for a smaller block: room enough already,
-     * the guard page moves behind the new block end */
-    base = (uint8_t*)h->base;
-    map_size = h->map_size;
+  size_t map_size = huge_map_size(offset, size), filled = 0, moved;
+  uint8_t* base;
+  if (d->offset == offset && d->size <= size && map_size <= d->map_size && d->drained == 0) {
+    /* a retained mapping with room enough: the block grows in place */
+    base = (uint8_t*)d->base;
+    map_size = d->map_size;
+    filled = d->size;
+  } else {
+    base = _hak_os_alloc_aligned(map_size, HAK_SEGMENT_SIZE);
+    if (base == NULL) {
+      huge_recache(d);
+      hak_unlock(&huge_lock);
+      return NULL;
+    }
+    /* THP=always: the first 2 MiB holds nothing but the header */
+    if (_hak_thp_always) _hak_os_advise(base, offset & ~(THP_SIZE - 1), MADV_NOHUGEPAGE);
   }
   /* a block past BigCache's classes gets all of its mapping, as a fresh one */
   size_t block_end = cls >= 0 ? offset + size : map_size - HAK_GUARD_SIZE;
-  if (base != NULL) {
-    huge_guard_move(huge_guard_at(h->base, offset + h->size, map_size), huge_guard_at(h->base, block_end, map_size));
-  } else if (h->offset == offset) {
-    base = huge_move(h, map_size, block_end);
-    /* the pages moved with their advice, and the range grew with it: huge
-     * pages only as a fresh block of this size would get them */
+  size_t need = (size + 4095) & ~(size_t)4095;
+  if ((uintptr_t)base == (uintptr_t)d->base) {
+    huge_guard_move(huge_guard_at(d->base, offset + d->size, map_size), huge_guard_at(d->base, block_end, map_size));
+    d = NULL;
+  } else {
+    huge_guard(huge_guard_at((uintptr_t)base, block_end, map_size), true);
+    _hak_segmap_set((uintptr_t)base, map_size, true);
+  }
+  moved = huge_fill(base + offset, filled, need, d);
+  filled += moved;
+  *fresh = filled == 0;
+  if (filled != 0) hak_atomic_add(huge_grown, 1);
+  /* the pages moved with their advice: huge pages only as a fresh block
+   * of this size would get them */
 #ifndef HAK_FAULT_GROW_KEEPS_ADVICE /* fault injection: the first version */
-    if (base != NULL && hak_option(HAK_OPT_THP))
-      _hak_os_advise(base + offset, (map_size - offset) & ~(THP_SIZE - 1),
-                     size <= 2 * THP_SIZE || thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  if (hak_option(HAK_OPT_THP))
+    _hak_os_advise(base + offset, (map_size - offset) & ~(THP_SIZE - 1),
+                   size <= 2 * THP_SIZE || thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 #endif
-  }
-  if (base == NULL) {
-    if (!_hak_bigcache_put(h)) _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
-    hak_unlock(&huge_lock);
-    return NULL;
-  }
-  hak_atomic_add(huge_grown, 1);
   void* p = huge_init(base, map_size, offset, block_end, cls, site);
   hak_unlock(&huge_lock);
   return p;
@@ -217,6 +329,9 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
     size = _hak_bigcache_class_size(cls); /* reusable by any request of the class */
     hak_huge_t* h = _hak_bigcache_get(site, cls);
     if (h != NULL) {
+#if !HAK_TRACKING
+      if (h->drained != 0) huge_refill(h);
+#endif
       h->site = (uintptr_t)site;
       atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
       hak_atomic_add(huge_allocs, 1);
@@ -226,11 +341,8 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
     }
   }
   if (align <= HAK_HUGE_HEADER && _hak_secure < 2) {
-    void* p = huge_grow_cached(size, cls, site, thp);
-    if (p != NULL) {
-      *fresh = false;
-      return p;
-    }
+    void* p = huge_gather(size, cls, site, thp, fresh);
+    if (p != NULL) return p;
   }
   size_t offset = _hak_huge_offset(size, align);
   if (size > PTRDIFF_MAX - offset - HAK_SEGMENT_SIZE || align > ((size_t)1 << 30)) return NULL;
@@ -363,7 +475,13 @@ size_t _hak_huge_free(void* p, hak_fn_t fn) {
     to = from;
 #endif
     if (to > from) _hak_os_protect((void*)from, to - from, true);
-  } else if (h->cls >= 0 && _hak_bigcache_put(h)) {
+#ifdef HAK_FAULT_GATHER_PAST_UNCACHED /* fault injection: blocks past the classes go to the batch queue (the first version) */
+  } else if (h->cls >= 0 && (h->drained = 0, _hak_bigcache_put(h))) {
+#else
+  } else if ((h->cls >= 0 || h->offset == THP_SIZE) && (h->drained = 0, _hak_bigcache_put(h))) {
+#endif
+    /* a class block, or one past the classes kept for its pages (its
+     * drained count reset: the program may have touched them all) */
     return size;
   }
   _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
@@ -454,4 +572,5 @@ void _hak_huge_stats(hak_stats_t* st) {
   st->served_huge = atomic_load(&huge_allocs);
   st->freed_huge = atomic_load(&huge_frees);
   st->bigcache_grown = atomic_load(&huge_grown);
+  st->bigcache_moved_bytes = atomic_load(&huge_moved_bytes);
 }

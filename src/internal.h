@@ -73,6 +73,7 @@ typedef struct hak_os_s {
   uint64_t (*faults)(void);                  /* this thread's page faults   */
   int (*protect)(void* addr, size_t size, bool none); /* PROT_NONE or rw; 0 or errno */
   int (*remap)(void* old, size_t old_size, void* dst, size_t new_size); /* mremap; 0 or errno */
+  int (*move_keep)(void* src, size_t size, void* dst); /* mremap, src kept mapped; 0 or errno */
 } hak_os_t;
 HAK_INTERNAL extern const hak_os_t _hak_os_default;
 HAK_INTERNAL extern const hak_os_t* _hak_os;   /* tests swap in a fake     */
@@ -80,6 +81,7 @@ HAK_INTERNAL extern const hak_os_t* _hak_os;   /* tests swap in a fake     */
 HAK_INTERNAL void* _hak_os_alloc_aligned(size_t size, size_t align);
 HAK_INTERNAL void _hak_os_free(void* addr, size_t size);
 HAK_INTERNAL bool _hak_os_remap(void* old, size_t old_size, void* dst, size_t new_size); /* false: untouched */
+HAK_INTERNAL bool _hak_os_move_keep(void* src, size_t size, void* dst); /* false: untouched */
 HAK_INTERNAL int _hak_os_advise(void* addr, size_t size, int advice); /* counted */
 /* [addr, addr + HAK_GUARD_SIZE) becomes a guard page (on) or rw again (off);
  * counted.  A failure is harmless (no guard): the mapping stays usable. */
@@ -349,7 +351,7 @@ HAK_INTERNAL bool _hak_huge_header_valid(const hak_huge_t* h, size_t map_size);
 HAK_INTERNAL int _hak_bigcache_class(size_t size);        /* -1: bypass */
 HAK_INTERNAL size_t _hak_bigcache_class_size(int cls);
 HAK_INTERNAL hak_huge_t* _hak_bigcache_get(const void* site, int cls);
-HAK_INTERNAL hak_huge_t* _hak_bigcache_get_smaller(size_t size); /* to grow */
+HAK_INTERNAL hak_huge_t* _hak_bigcache_get_donor(size_t need); /* pages to move (huge.c) */
 HAK_INTERNAL void _hak_huge_lock(bool lock); /* fork */
 HAK_INTERNAL void _hak_huge_fork_child(void);
 HAK_INTERNAL bool _hak_bigcache_put(hak_huge_t* h);

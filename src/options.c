@@ -36,7 +36,7 @@ static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
     [HAK_OPT_THP] = {"THP", 1, 0, 1, NULL, false,
                      "1: advise transparent huge pages for blocks of 2-4 MiB, and larger ones from a call site that allocated such sizes before and freed blocks", false},
     [HAK_OPT_BIGCACHE_BYTES] = {"BIGCACHE_BYTES", 64 * MiB, 0, 64 * 1024 * MiB, NULL, false,
-                                "bytes of freed huge blocks BigCache keeps mapped for reuse", false},
+                                "bytes of freed huge blocks BigCache keeps mapped for reuse (the memory they may hold: their pages less those moved out)", false},
     [HAK_OPT_BIGCACHE_SLOTS] = {"BIGCACHE_SLOTS", 4, 0, 8, NULL, false,
                                 "blocks kept per (call site, size class)", false},
     [HAK_OPT_BIGCACHE_EXPIRY_MS] = {"BIGCACHE_EXPIRY_MS", 2000, 0, 3600000, NULL, false,

@@ -39,6 +39,16 @@ static int os_remap(void* old, size_t old_size, void* dst, size_t new_size) {
   return r == MAP_FAILED ? errno : 0;
 }
 
+/* mremap with MREMAP_DONTUNMAP: the pages move onto dst, src stays mapped
+ * and empty (Linux 5.13 and later for anonymous memory; EINVAL before) */
+static int os_move_keep(void* src, size_t size, void* dst) {
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+  void* r = mremap(src, size, size, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst);
+  return r == MAP_FAILED ? errno : 0;
+}
+
 static uint64_t os_now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -104,7 +114,7 @@ HAK_NO_SANITIZE bool _hak_os_peek(const void* addr, void* out, size_t n) {
   return ok;
 }
 
-const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns, os_faults, os_protect, os_remap};
+const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns, os_faults, os_protect, os_remap, os_move_keep};
 const hak_os_t* _hak_os = &_hak_os_default;
 
 static _Atomic(uint64_t) os_munmap_calls, os_madvise_calls, os_guard_pages;
@@ -191,6 +201,17 @@ bool _hak_os_remap(void* old, size_t old_size, void* dst, size_t new_size) {
   hak_atomic_add(os_munmap_calls, 1); /* shrunk, or the old range is gone (dst was counted when reserved) */
   os_account(dst == old ? old_size - new_size : old_size, false);
   return true;
+}
+
+/* Moves the pages of [src, src + size) onto dst, inside a range reserved
+ * with _hak_os_alloc_aligned, and leaves src mapped and empty (it reads as
+ * zeros again): the pages change owner without a copy or a fault, and the
+ * range they left needs no segment-map change.  false: nothing changed
+ * (an old kernel, or src spans several VMAs). */
+bool _hak_os_move_keep(void* src, size_t size, void* dst) {
+  int rc;
+  KEEP_ERRNO(rc = _hak_os->move_keep(src, size, dst));
+  return rc == 0;
 }
 
 void _hak_os_guard(void* addr, bool on) {

@@ -252,7 +252,8 @@ typedef struct hak_huge_s {
   int32_t cls;                    /* BigCache class, -1 if not cacheable    */
   uintptr_t site;                 /* call site of the last allocation       */
   _Atomic(uint32_t) state;        /* HAK_HUGE_LIVE / HAK_HUGE_FREED         */
-  uint32_t _pad;
+  uint32_t drained;               /* cached: pages at the block's end that
+                                     were moved out (empty); a hint       */
   uint64_t checksum;
 } hak_huge_t;
 

@@ -113,7 +113,7 @@ TEST(a_site_with_an_empty_row_takes_another_sites_block_of_the_class) {
   EXPECT_TRUE(hak_alloc_at(2 * MiB + 1, SITE(8)) == r); /* same class only: not the 6 MiB one */
   b = stats();
   EXPECT_EQ_U(b.bigcache_other_site - a.bigcache_other_site, 1);
-  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB); /* the 6 MiB block (2 MiB in: 8 MiB of chunks) stays */
+  EXPECT_EQ_U(b.bigcache_bytes, 6 * MiB); /* the 6 MiB block stays */
   EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
 }
 
@@ -171,46 +171,97 @@ static size_t resident_pages(const void* p, size_t n) {
   return r;
 }
 
-TEST(a_request_nothing_cached_fits_grows_the_largest_smaller_block_in_place_of_faults) {
+/* The bytes of [p, p + n) whose first byte of every page is v. */
+static size_t pages_holding(const char* p, size_t n, char v) {
+  size_t same = 0;
+  for (size_t i = 0; i < n; i += 4096) same += p[i] == v;
+  return same * 4096;
+}
+
+TEST(a_request_nothing_cached_fits_gathers_the_pages_of_cached_blocks_in_place_of_faults) {
   setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
   char* six = hak_alloc_at(6 * MiB, SITE(20));
-  char* twelve = hak_alloc_at(12 * MiB, SITE(21)); /* class 16 MiB */
+  char* twelve = hak_alloc_at(12 * MiB, SITE(21)); /* class 16 MiB: its last 4 MiB untouched */
   memset(six, 0x5a, 6 * MiB);
   memset(twelve, 0x6b, 12 * MiB);
   hak_free_at(six, SITE(20));
   hak_free_at(twelve, SITE(21));
+  EXPECT_EQ_U(stats().bigcache_bytes, 22 * MiB); /* the memory the blocks may hold */
   hak_stats_t a = stats();
-  char* p = hak_alloc_at(24 * MiB, SITE(22)); /* no class: the 16 MiB block grows, not the 6 */
+  char* p = hak_alloc_at(24 * MiB, SITE(22)); /* no class: the 16 MiB block's pages, then the 6's */
   hak_stats_t b = stats();
   ASSERT_NOT_NULL(p);
   EXPECT_EQ_U(b.bigcache_grown - a.bigcache_grown, 1);
-  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB); /* the 6 MiB block stays */
+  EXPECT_EQ_U(b.bigcache_moved_bytes - a.bigcache_moved_bytes, 22 * MiB);
+  EXPECT_EQ_U(b.bigcache_bytes, 0);
+  EXPECT_EQ_U(b.os_mmap_calls - a.os_mmap_calls, 1); /* the new block's range */
   /* past the classes: all of its mapping (28 MiB from 2 MiB in, less the
    * guard page), as a fresh block, so realloc can grow it in place */
   EXPECT_EQ_U(hak_usable_size(p), 26 * MiB - 4096);
-  /* moved, not copied: the old block's pages are resident and hold its
-   * bytes, the rest is untouched */
+  /* moved, not copied: resident, holding the old bytes where they were
+   * resident; what no cached page covered is untouched */
   EXPECT_EQ_U(resident_pages(p, 12 * MiB), 12 * MiB / 4096);
-  EXPECT_EQ_U(resident_pages(p + 16 * MiB, 8 * MiB), 0);
-  size_t same = 0;
-  for (size_t i = 0; i < 12 * MiB; i += 4096) same += p[i] == 0x6b;
-  EXPECT_EQ_U(same, 12 * MiB / 4096);
-  memset(p, 1, 24 * MiB);
+  EXPECT_EQ_U(pages_holding(p, 12 * MiB, 0x6b), 12 * MiB);
+  EXPECT_EQ_U(resident_pages(p + 12 * MiB, 4 * MiB), 0);
+  EXPECT_EQ_U(pages_holding(p + 16 * MiB, 6 * MiB, 0x5a), 6 * MiB);
+  EXPECT_EQ_U(resident_pages(p + 22 * MiB, 4 * MiB - 4096), 0);
+  memset(p, 1, 26 * MiB - 4096);
   EXPECT_EQ_U(hak_check_heap(), 0);
-  /* a class request too: the 6 MiB block grows into a 16 MiB-class one */
+  /* freed, a block past the classes is kept for its pages too: a class
+   * request takes what it needs from it and leaves the rest cached */
+  hak_free_at(p, SITE(22));
+  EXPECT_EQ_U(stats().bigcache_bytes, 26 * MiB - 4096);
   a = stats();
-  char* q = hak_alloc_at(10 * MiB, SITE(23));
+  char* q = hak_alloc_at(10 * MiB, SITE(23)); /* class 16 MiB */
   b = stats();
+  ASSERT_NOT_NULL(q);
   EXPECT_EQ_U(b.bigcache_grown - a.bigcache_grown, 1);
-  EXPECT_EQ_U(b.bigcache_bytes, 0);
+  EXPECT_EQ_U(b.bigcache_moved_bytes - a.bigcache_moved_bytes, 16 * MiB);
+  EXPECT_EQ_U(b.bigcache_bytes, 10 * MiB - 4096);
   EXPECT_EQ_U(hak_usable_size(q), 16 * MiB);
-  EXPECT_EQ_U((unsigned char)q[6 * MiB - 1], 0x5a);
+  EXPECT_EQ_U(pages_holding(q, 16 * MiB, 1), 16 * MiB);
   memset(q, 2, 16 * MiB);
   hak_free_at(q, SITE(23)); /* back to the 16 MiB class */
-  a = stats();
   EXPECT_TRUE(hak_alloc_at(16 * MiB, SITE(24)) == q);
   hak_free_at(q, SITE(24));
-  hak_free_at(p, SITE(22));
+  EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+}
+
+TEST(a_small_request_takes_the_front_of_a_larger_block_which_stays_cached_and_is_filled_again) {
+  setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  char* big = hak_alloc_at(16 * MiB, SITE(50));
+  memset(big, 0x11, 16 * MiB);
+  hak_free_at(big, SITE(50));
+  hak_stats_t a = stats();
+  char* p = hak_alloc_at(2 * MiB, SITE(51)); /* 16 MiB is more than twice 2: a miss, and part of it */
+  hak_stats_t b = stats();
+  ASSERT_NOT_NULL(p);
+  EXPECT_TRUE(p != big);
+  EXPECT_EQ_U(b.bigcache_misses - a.bigcache_misses, 1);
+  EXPECT_EQ_U(b.bigcache_grown - a.bigcache_grown, 1);
+  EXPECT_EQ_U(b.bigcache_moved_bytes - a.bigcache_moved_bytes, 2 * MiB);
+  EXPECT_EQ_U(pages_holding(p, 2 * MiB, 0x11), 2 * MiB); /* the big block's first 2 MiB */
+  EXPECT_EQ_U(b.bigcache_bytes, 14 * MiB);              /* the rest stays */
+  EXPECT_EQ_U(resident_pages(big, 2 * MiB), 0);
+  EXPECT_EQ_U(resident_pages(big + 2 * MiB, 14 * MiB), 14 * MiB / 4096);
+  EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
+  memset(p, 0x22, 2 * MiB);
+  hak_free_at(p, SITE(51));
+  /* the big block served again: its moved-out front is filled again from
+   * the small block's pages, nothing faults */
+  a = stats();
+  char* q = hak_alloc_at(16 * MiB, SITE(50));
+  b = stats();
+  EXPECT_TRUE(q == big);
+  EXPECT_EQ_U(b.bigcache_moved_bytes - a.bigcache_moved_bytes, 2 * MiB);
+  EXPECT_EQ_U(b.bigcache_bytes, 0);
+  EXPECT_EQ_U(resident_pages(q, 16 * MiB), 16 * MiB / 4096);
+  EXPECT_EQ_U(pages_holding(q, 2 * MiB, 0x22), 2 * MiB);
+  EXPECT_EQ_U(pages_holding(q + 2 * MiB, 14 * MiB, 0x11), 14 * MiB);
+  memset(q, 3, 16 * MiB);
+  hak_free_at(q, SITE(50));
+  EXPECT_EQ_U(stats().bigcache_bytes, 16 * MiB);
   EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
   EXPECT_EQ_U(hak_check_heap(), 0);
 }
@@ -234,6 +285,10 @@ static int failing_remap(void* old, size_t old_size, void* dst, size_t new_size)
   (void)old, (void)old_size, (void)dst, (void)new_size;
   return EFAULT; /* e.g. a range the kernel split */
 }
+static int failing_move_keep(void* src, size_t size, void* dst) {
+  (void)src, (void)size, (void)dst;
+  return EINVAL; /* e.g. a kernel before 5.13 */
+}
 
 TEST(a_block_that_cannot_grow_goes_back_and_the_request_is_mapped_fresh) {
   setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
@@ -241,13 +296,19 @@ TEST(a_block_that_cannot_grow_goes_back_and_the_request_is_mapped_fresh) {
   memset(six, 0x33, 6 * MiB);
   hak_free_at(six, SITE(30));
   fake_os.remap = failing_remap;
+  fake_os.move_keep = failing_move_keep;
   hak_stats_t a = stats();
-  char* p = hak_alloc_at(24 * MiB, SITE(31));
+  char* p = hak_alloc_at(24 * MiB, SITE(31)); /* would take the 6 MiB block whole */
+  char* two = hak_alloc_at(2 * MiB, SITE(33)); /* would take part of it */
   hak_stats_t b = stats();
   fake_os.remap = _hak_os_default.remap;
+  fake_os.move_keep = _hak_os_default.move_keep;
   ASSERT_NOT_NULL(p);
+  ASSERT_NOT_NULL(two);
   EXPECT_EQ_U(b.bigcache_grown, a.bigcache_grown);
-  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB); /* back in the cache, intact */
+  EXPECT_EQ_U(b.bigcache_moved_bytes, a.bigcache_moved_bytes);
+  EXPECT_EQ_U(b.bigcache_bytes, 6 * MiB); /* back in the cache, intact */
+  memset(two, 1, 2 * MiB);
   memset(p, 1, 24 * MiB);
   EXPECT_EQ_U(hak_check_heap(), 0);
   char* again = hak_alloc_at(6 * MiB, SITE(32));
@@ -255,6 +316,7 @@ TEST(a_block_that_cannot_grow_goes_back_and_the_request_is_mapped_fresh) {
   EXPECT_EQ_U((unsigned char)again[6 * MiB - 1], 0x33);
   hak_free_at(again, SITE(32));
   hak_free_at(p, SITE(31));
+  hak_free_at(two, SITE(33));
   EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
   EXPECT_EQ_U(hak_check_heap(), 0);
 }
@@ -282,7 +344,7 @@ TEST(full_row_evicts_its_oldest_block) {
 }
 
 TEST(budget_bounds_cached_bytes) {
-  setup(4, 8 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB); /* two 2 MiB blocks (4 MiB of chunks each) */
+  setup(4, 4 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB); /* two 2 MiB blocks */
   char* p[3];
   for (int i = 0; i < 3; i++) p[i] = hak_alloc_at(2 * MiB, SITE(10 + i));
   hak_stats_t a = stats();
@@ -291,7 +353,7 @@ TEST(budget_bounds_cached_bytes) {
     advance_ms(1);
   }
   hak_stats_t b = stats();
-  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB);
+  EXPECT_EQ_U(b.bigcache_bytes, 4 * MiB);
   EXPECT_EQ_U(b.bigcache_evictions - a.bigcache_evictions, 1);
   EXPECT_EQ_U(b.batch_queued - a.batch_queued, 1);
   /* the block cached longest ago made room: the two newest stay */

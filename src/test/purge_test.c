@@ -193,7 +193,9 @@ TEST(retained_mappings_are_decommitted_after_the_delay) {
   setup();
   keep(100);
   _hak_options[HAK_OPT_RETAIN_BYTES] = 64 << 20; /* retained when freed */
-  char* h = hak_malloc(20 << 20); /* past BigCache: queued when freed */
+  long budget = _hak_options[HAK_OPT_BIGCACHE_BYTES];
+  _hak_options[HAK_OPT_BIGCACHE_BYTES] = 16 << 20;
+  char* h = hak_malloc(20 << 20); /* past BigCache's budget: queued when freed */
   ASSERT_NOT_NULL(h);
   memset(h, 1, 20 << 20);
   uintptr_t base = (uintptr_t)h & ~(uintptr_t)HAK_SEGMENT_MASK;
@@ -214,6 +216,7 @@ TEST(retained_mappings_are_decommitted_after_the_delay) {
   memset(again, 2, 4096);
   hak_free(again);
   teardown();
+  _hak_options[HAK_OPT_BIGCACHE_BYTES] = budget;
 }
 
 /* BigCache's expiry runs from small and large activity too. */
