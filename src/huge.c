@@ -25,6 +25,7 @@
  * so a pointer's header is found without reading unmapped memory.  Freed
  * user pointers are remembered in a small ring so that a second free of
  * an unmapped block is still reported as a double free. */
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -127,9 +128,9 @@ static void* huge_init(uint8_t* base, size_t map_size, size_t offset, size_t blo
 
 /* Moves h's block onto a fresh 4 MiB-aligned range of map_size bytes by
  * mremap (no copy, no page fault): the pages from its offset to its guard
- * page, onto the same length of the range (a move, not a resize: a block
- * gathered from several cached blocks' pages is several VMAs, which Linux
- * 6.17 and later move at once; an older kernel refuses, and realloc
+ * page, which must be one VMA (THP advice splits off only the part in
+ * front, the guard the part behind; a block gathered from cached blocks'
+ * pages is several, and the kernel refuses to resize those: realloc
  * copies).  The rest of the old mapping holds nothing but the old
  * header (the caller writes the new one) and is unmapped.  The map forgets
  * the old range before it goes back to the kernel (another thread's new
@@ -148,7 +149,7 @@ static uint8_t* huge_move(hak_huge_t* h, size_t map_size, size_t block_end) {
 #if !defined(HAK_FAULT_REMAP_MAP_STALE) && !defined(HAK_FAULT_REMAP_CLEAR_LATE) /* fault injection */
   _hak_segmap_clear(old_base, old_map);
 #endif
-  if (!_hak_os_remap((void*)from, to - from, base + off, to - from)) {
+  if (!_hak_os_remap((void*)from, to - from, base + off, map_size - off)) {
     _hak_segmap_clear((uintptr_t)base, map_size);
     _hak_segmap_set(old_base, old_map, true);
     _hak_os_free(base, map_size);
@@ -173,69 +174,99 @@ static void huge_recache(hak_huge_t* h) {
   if (!_hak_bigcache_put(h)) _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
 }
 
+/* Pages move in steps of one 2 MiB frame, each one VMA: every VMA boundary
+ * inside a block lies on a frame boundary or at the block's end (gathered
+ * pieces start on frames, drained fronts end on them, THP advice is
+ * frame-rounded), so no step spans two VMAs.  A move of several VMAs at
+ * once (Linux 6.17 and later allow it) may fail part way, leaving holes in
+ * both ranges; a move of one VMA fails whole or not at all. */
+#define FRAME THP_SIZE
+static size_t frame_up(size_t n) { return (n + FRAME - 1) & ~(FRAME - 1); }
+
+/* Moves the pages of [src, src + len) onto dst, frame by frame, leaving
+ * src mapped and empty; src and dst start on frames.  Returns the bytes
+ * moved (all of them, or the steps before one the kernel refused). */
+static size_t huge_move_frames(uintptr_t src, size_t len, uintptr_t dst) {
+  size_t done = 0;
+  while (done < len) {
+    size_t n = len - done < FRAME ? len - done : FRAME;
+#ifdef HAK_FAULT_GATHER_ONE_MOVE /* fault injection: the whole range in one mremap (the first version) */
+    n = len - done;
+#endif
+    if (!_hak_os_move_keep((void*)(src + done), n, (void*)(dst + done))) {
+      /* one VMA fails whole: anything else is a broken invariant, and a
+       * block with a hole must not be handed out */
+      if (!_hak_os_mapped((void*)(dst + done), n) || !_hak_os_mapped((void*)(src + done), n)) {
+        _hak_warning("mremap failed part way through a move (too many mappings?): ", "aborting");
+        abort();
+      }
+      break;
+    }
+    done += n;
+  }
+  return done;
+}
+
 /* The bytes at a cached block's start whose pages were moved out (empty
- * now): drained is a hint, clamped, never trusted past the block. */
+ * now), a whole number of frames: drained is a hint, clamped to the block. */
 static size_t huge_drained(const hak_huge_t* h) {
-  size_t moved = (size_t)h->drained * 4096;
+  size_t moved = frame_up((size_t)h->drained * 4096);
   return moved < h->size ? moved : h->size;
 }
 
-/* Moves the pages of cached block d (taken from BigCache) to dst, at most
- * want bytes (a multiple of the page), from the front of what it still
- * holds (a block's start is what a program touched first, a class block's
- * end often nothing): all of them if they fit, and d's mapping goes back
- * to the kernel (the map forgets it first); else want bytes of them
- * (mremap keeping d mapped: those pages are empty now), and d is cached
- * again with the rest.  *got: the bytes moved; false: nothing moved (a
- * kernel that cannot), d cached again intact. */
-static bool huge_take(hak_huge_t* d, uint8_t* dst, size_t want, size_t* got) {
-  size_t lo = huge_drained(d), have = (d->size - lo) & ~(size_t)4095;
-  uintptr_t from = d->base + d->offset + lo;
-  *got = 0;
-  if (have > want) {
-    if (!_hak_os_move_keep((void*)from, want, dst)) {
-      huge_recache(d);
-      return false;
-    }
+/* Moves pages of cached block d (taken from BigCache) to dst, from the
+ * front of what it still holds (a block's start is what a program touched
+ * first, a class block's end often nothing): want bytes if it holds that
+ * many (the piece that completes the block), else whole frames of them
+ * (a piece in the middle of a block starts and ends on frames).  d goes
+ * back to the kernel if that empties it (the map forgets it first), else
+ * back to BigCache, its drained front counting what it gave up to the
+ * next frame (so its next piece starts on one; the pages short of it are
+ * let go, so every page it keeps is counted).  Returns the bytes moved;
+ * 0 with *kept: d has no whole frame to give, and the caller keeps it. */
+static size_t huge_take(hak_huge_t* d, uintptr_t dst, size_t want, bool* kept) {
+  size_t lo = huge_drained(d), end = d->size & ~(size_t)4095;
+  size_t avail = end > lo ? end - lo : 0;
+  size_t take = avail >= want ? want : avail & ~(FRAME - 1);
+  uintptr_t from = d->base + d->offset;
+  *kept = take == 0;
+  if (take == 0) return 0;
+  size_t got = huge_move_frames(from + lo, take, dst);
+  size_t next = frame_up(lo + got) < end ? frame_up(lo + got) : end;
+  if (next == end) { /* emptied */
+    _hak_segmap_clear(d->base, d->map_size);
+    _hak_os_free((void*)d->base, d->map_size);
+    return got;
+  }
+  if (next != lo + got) _hak_os_advise((void*)(from + lo + got), next - (lo + got), MADV_DONTNEED);
 #ifndef HAK_FAULT_GATHER_DRAIN_FORGOTTEN /* fault injection: the donor keeps counting the pages it gave */
-    d->drained += (uint32_t)(want / 4096);
+  d->drained = (uint32_t)(next / 4096);
 #endif
-    huge_recache(d);
-    *got = want;
-    return true;
-  }
-  _hak_segmap_clear(d->base, d->map_size);
-  if (have != 0 && !_hak_os_remap((void*)from, have, dst, have)) {
-    _hak_segmap_set(d->base, d->map_size, true);
-    huge_recache(d);
-    return false;
-  }
-  /* the rest of the mapping: the header's page and what was drained, the
-   * guard and what lies behind */
-  uintptr_t end = d->base + d->map_size;
-  _hak_os_free((void*)d->base, from - d->base);
-  _hak_os_free((void*)(from + have), end - (from + have));
-  *got = have;
-  return true;
+  huge_recache(d);
+  return got;
 }
 
-#define GATHER_DONORS 8 /* mremap calls a request may spend on cached pages */
+#define GATHER_DONORS 8 /* cached blocks a request may take pages from */
 
 /* Fills [block + filled, block + need) with cached blocks' pages, from
- * donor d (if not NULL) and then from BigCache; returns the bytes moved.
- * The caller holds huge_lock. */
-static size_t huge_fill(uint8_t* block, size_t filled, size_t need, hak_huge_t* d) {
-  size_t moved = 0;
+ * donor d (if not NULL) and then from BigCache; filled is on a frame, need
+ * on a frame or at the block's end.  Returns the bytes moved.  The caller
+ * holds huge_lock. */
+static size_t huge_fill(uintptr_t block, size_t filled, size_t need, hak_huge_t* d) {
+  hak_huge_t* aside[GATHER_DONORS]; /* donors with no whole frame to give */
+  size_t moved = 0, n_aside = 0;
   for (int k = 0; k < GATHER_DONORS && filled < need; k++) {
     if (d == NULL) d = _hak_bigcache_get_donor(need - filled);
     if (d == NULL) break;
-    size_t got;
-    bool ok = huge_take(d, block + filled, need - filled, &got);
+    bool kept;
+    size_t want = need - filled, got = huge_take(d, block + filled, want, &kept);
+    if (kept) aside[n_aside++] = d;
     d = NULL;
-    if (!ok) break;
     filled += got;
     moved += got;
+    if (!kept && got < want && (got == 0 || (filled & (FRAME - 1)) != 0)) break; /* the kernel refused */
   }
+  for (size_t i = 0; i < n_aside; i++) huge_recache(aside[i]);
   hak_atomic_add(huge_moved_bytes, moved);
   return moved;
 }
@@ -244,12 +275,12 @@ static size_t huge_fill(uint8_t* block, size_t filled, size_t need, hak_huge_t* 
  * is filled again from other cached blocks where they have pages to give
  * (what they cannot give faults in). */
 static void huge_refill(hak_huge_t* h) {
-  size_t lo = huge_drained(h) & ~(size_t)4095;
+  size_t lo = huge_drained(h);
 #ifdef HAK_FAULT_GATHER_NO_REFILL /* fault injection: a drained block faults its front in */
   lo = 0;
 #endif
   if (lo != 0 && hak_lock(&huge_lock)) {
-    huge_fill((uint8_t*)h->base + h->offset, 0, lo, NULL);
+    huge_fill(h->base + h->offset, 0, lo, NULL);
     hak_unlock(&huge_lock);
   }
   h->drained = 0;
@@ -280,8 +311,10 @@ static void* huge_gather(size_t size, int cls, const void* site, bool thp, bool*
   }
   size_t map_size = huge_map_size(offset, size), filled = 0, moved;
   uint8_t* base;
-  if (d->offset == offset && d->size <= size && map_size <= d->map_size && d->drained == 0) {
-    /* a retained mapping with room enough: the block grows in place */
+  if (d->offset == offset && d->size <= size && map_size <= d->map_size && d->drained == 0 &&
+      (d->size & (FRAME - 1)) == 0) {
+    /* a retained mapping with room enough: the block grows in place (its
+     * old end, where the guard page was, on a frame) */
     base = (uint8_t*)d->base;
     map_size = d->map_size;
     filled = d->size;
@@ -297,7 +330,7 @@ static void* huge_gather(size_t size, int cls, const void* site, bool thp, bool*
   }
   /* a block past BigCache's classes gets all of its mapping, as a fresh one */
   size_t block_end = cls >= 0 ? offset + size : map_size - HAK_GUARD_SIZE;
-  size_t need = (size + 4095) & ~(size_t)4095;
+  size_t need = frame_up(size) < block_end - offset ? frame_up(size) : block_end - offset;
   if ((uintptr_t)base == (uintptr_t)d->base) {
     huge_guard_move(huge_guard_at(d->base, offset + d->size, map_size), huge_guard_at(d->base, block_end, map_size));
     d = NULL;
@@ -305,7 +338,7 @@ static void* huge_gather(size_t size, int cls, const void* site, bool thp, bool*
     huge_guard(huge_guard_at((uintptr_t)base, block_end, map_size), true);
     _hak_segmap_set((uintptr_t)base, map_size, true);
   }
-  moved = huge_fill(base + offset, filled, need, d);
+  moved = huge_fill((uintptr_t)base + offset, filled, need, d);
   filled += moved;
   *fresh = filled == 0;
   if (filled != 0) hak_atomic_add(huge_grown, 1);
@@ -329,13 +362,14 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
     size = _hak_bigcache_class_size(cls); /* reusable by any request of the class */
     hak_huge_t* h = _hak_bigcache_get(site, cls);
     if (h != NULL) {
-#if !HAK_TRACKING
-      if (h->drained != 0) huge_refill(h);
-#endif
       h->site = (uintptr_t)site;
       atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
       hak_atomic_add(huge_allocs, 1);
       hak_atomic_add(huge_live_bytes, h->map_size);
+#if !HAK_TRACKING
+      /* live first: a fork that waited for the refill's lock finds it live */
+      if (h->drained != 0) huge_refill(h);
+#endif
       *fresh = false;
       return (uint8_t*)h->base + h->offset;
     }

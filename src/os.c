@@ -214,6 +214,19 @@ bool _hak_os_move_keep(void* src, size_t size, void* dst) {
   return rc == 0;
 }
 
+/* Whether every page of [addr, addr + size) is mapped (mincore fails with
+ * ENOMEM on a hole). */
+bool _hak_os_mapped(void* addr, size_t size) {
+  unsigned char vec[512]; /* one 2 MiB frame's pages */
+  for (size_t done = 0; done < size; done += sizeof(vec) * 4096) {
+    size_t n = size - done < sizeof(vec) * 4096 ? size - done : sizeof(vec) * 4096;
+    int r;
+    KEEP_ERRNO(r = mincore((char*)addr + done, n, vec) == 0 ? 0 : errno);
+    if (r == ENOMEM) return false;
+  }
+  return true;
+}
+
 void _hak_os_guard(void* addr, bool on) {
   int r;
   KEEP_ERRNO(r = _hak_os->protect(addr, HAK_GUARD_SIZE, on));

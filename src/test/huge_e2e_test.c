@@ -87,7 +87,9 @@ TEST(cold_churn_is_released_in_batches_and_collect_returns_memory) {
                               * cached blocks' pages gathered, serve some of what missed before) */
   EXPECT_TRUE(flushes > 0);
   EXPECT_TRUE(flushes * 2 < ev);  /* batches, not one release per block */
-  EXPECT_TRUE(madv * 4 <= ev);    /* and a quarter of the system calls or fewer */
+  EXPECT_TRUE(madv * 3 <= ev);    /* and a third of the system calls or fewer (a quarter before
+                                  * misses gathered cached blocks' pages: fewer blocks reach
+                                  * the queue, from less adjacent mappings) */
   EXPECT_TRUE(after * 4 < before); /* hak_collect returned the memory */
   EXPECT_EQ_U(b.batch_retained_bytes, 0);
   EXPECT_EQ_U(b.bigcache_bytes, 0);
