@@ -25,7 +25,9 @@ static void reclaim_now(void) {
   _hak_heaps_reclaim();
 }
 
-static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void* site, bool* zeroed) {
+/* dirty (calloc; NULL otherwise): set to the bytes from the block's start
+ * that may not be zero when the tier knows the rest is (SIZE_MAX: any). */
+static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void* site, size_t* dirty) {
   if (size < HAK_ALIGN) size = HAK_ALIGN; /* a zero-size block still needs room: aligned ones too */
   void* p;
   /* HAKMEM_SECURE: a size class with room for the canary too */
@@ -86,36 +88,37 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
       p = _hak_page_alloc_large(heap, size, align < HAK_ALIGN ? HAK_ALIGN : align, site);
       if (p != NULL) {
         _hak_site_served(s);
-        if (zeroed) *zeroed = hak_page_of(p)->zero; /* calloc: no memset of zero pages */
+        if (dirty) *dirty = hak_page_of(p)->zero ? 0 : SIZE_MAX; /* calloc: no memset of zero pages */
         fresh = atomic_load_explicit(&_hak_os_map_count, memory_order_relaxed) != maps;
         _hak_policy_record(&d, false, fresh, hak_page_of(p)->block_size);
         return p;
       }
     }
   }
-  p = _hak_huge_alloc(size, align, site, _hak_site_repeats(s, size), &fresh);
+  size_t stale;
+  p = _hak_huge_alloc(size, align, site, _hak_site_repeats(s, size), &stale);
   if (p == NULL) return NULL;
   _hak_site_served(s);
-  _hak_policy_record(&d, true, fresh, _hak_huge_usable(p));
-  if (zeroed) *zeroed = fresh;
+  _hak_policy_record(&d, true, stale == 0, _hak_huge_usable(p));
+  if (dirty) *dirty = stale;
   return p;
 }
 
 /* An allocation that the OS cannot back gives the caches back first
  * (BigCache, the batch queue, retained mappings, cached segments, empty
  * pages: hak_collect) and tries once more; only then ENOMEM. */
-static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* site, bool* zeroed) {
+static void* alloc_ex(hak_heap_t* heap, size_t size, size_t align, const void* site, size_t* dirty) {
   if (hak_unlikely(size > PTRDIFF_MAX)) goto oom;
   for (int attempt = 0;; attempt++) {
     void* p;
     if (hak_unlikely(heap == &_hak_heap_empty) && _hak_heap_exited()) {
       /* after this thread's exit destructor: a heap for this call only */
       hak_heap_t* h = _hak_heap_borrow();
-      p = h != NULL ? alloc_tier(h, size, align, site, zeroed) : NULL;
+      p = h != NULL ? alloc_tier(h, size, align, site, dirty) : NULL;
       if (h != NULL) _hak_heap_unborrow(h);
     } else {
       if (hak_unlikely(heap == &_hak_heap_empty)) heap = _hak_heap_get();
-      p = heap != NULL ? alloc_tier(heap, size, align, site, zeroed) : NULL;
+      p = heap != NULL ? alloc_tier(heap, size, align, site, dirty) : NULL;
     }
     if (hak_likely(p != NULL)) {
 #if HAK_TRACKING
@@ -405,14 +408,14 @@ void* _hak_calloc(size_t n, size_t size, const void* site) {
     errno = ENOMEM;
     return NULL;
   }
-  bool zeroed = false;
+  size_t dirty = SIZE_MAX; /* what may not be zero, from the start */
   HAK_NOTE_SITE_SLOT(site);
   void* p = total <= HAK_SMALL_FAST_MAX ? hak_alloc_fast(total, site)
-                                        : alloc_ex(_hak_heap_tls, total, 0, site, &zeroed);
+                                        : alloc_ex(_hak_heap_tls, total, 0, site, &dirty);
 #ifdef HAK_FAULT_CALLOC_NOZERO /* fault injection: small reused blocks keep their bytes */
-  if (total <= HAK_SMALL_FAST_MAX) zeroed = true;
+  if (total <= HAK_SMALL_FAST_MAX) dirty = 0;
 #endif
-  if (p != NULL && !zeroed) memset(p, 0, total);
+  if (p != NULL && dirty != 0) memset(p, 0, dirty < total ? dirty : total);
   if (p != NULL) hak_track_zeroed(p, total);
   return p;
 }

@@ -297,9 +297,9 @@ static void huge_refill(hak_huge_t* h) {
  * size, and a program whose big buffers come in many sizes (or at many
  * sites) faults in about its peak, not every block.  NULL: nothing cached
  * (or a fork is pending). */
-static void* huge_gather(size_t size, int cls, const void* site, bool thp, bool* fresh) {
+static void* huge_gather(size_t size, int cls, const void* site, bool thp, size_t* dirty) {
 #if HAK_TRACKING
-  (void)size, (void)cls, (void)site, (void)thp, (void)fresh;
+  (void)size, (void)cls, (void)site, (void)thp, (void)dirty;
   return NULL; /* sanitizer builds: the shadow would not follow the pages */
 #else
   size_t offset = _hak_huge_offset(size, 0);
@@ -331,7 +331,8 @@ static void* huge_gather(size_t size, int cls, const void* site, bool thp, bool*
   /* a block past BigCache's classes gets all of its mapping, as a fresh one */
   size_t block_end = cls >= 0 ? offset + size : map_size - HAK_GUARD_SIZE;
   size_t need = frame_up(size) < block_end - offset ? frame_up(size) : block_end - offset;
-  if ((uintptr_t)base == (uintptr_t)d->base) {
+  uintptr_t d_base = d->base;
+  if ((uintptr_t)base == d_base) {
     huge_guard_move(huge_guard_at(d->base, offset + d->size, map_size), huge_guard_at(d->base, block_end, map_size));
     d = NULL;
   } else {
@@ -340,7 +341,12 @@ static void* huge_gather(size_t size, int cls, const void* site, bool thp, bool*
   }
   moved = huge_fill((uintptr_t)base + offset, filled, need, d);
   filled += moved;
-  *fresh = filled == 0;
+  /* what may not be zero: the moved pages at the front, or all of a grown
+   * cached block's mapping (a retained one may hold stale bytes past it) */
+  *dirty = (uintptr_t)base == d_base ? SIZE_MAX : filled;
+#ifdef HAK_FAULT_GATHER_COUNTS_CLEAN /* fault injection: moved pages taken for zero pages */
+  *dirty = 0;
+#endif
   if (filled != 0) hak_atomic_add(huge_grown, 1);
   /* the pages moved with their advice: huge pages only as a fresh block
    * of this size would get them */
@@ -355,7 +361,9 @@ static void* huge_gather(size_t size, int cls, const void* site, bool thp, bool*
 #endif
 }
 
-void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, bool* fresh) {
+/* *dirty: the bytes from the block's start that may not be zero (0: a
+ * fresh mapping; SIZE_MAX: any). */
+void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, size_t* dirty) {
   _hak_madvq_tick();
   int cls = align <= HAK_HUGE_HEADER ? _hak_bigcache_class(size) : -1;
   if (cls >= 0) {
@@ -370,12 +378,12 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
       /* live first: a fork that waited for the refill's lock finds it live */
       if (h->drained != 0) huge_refill(h);
 #endif
-      *fresh = false;
+      *dirty = SIZE_MAX;
       return (uint8_t*)h->base + h->offset;
     }
   }
   if (align <= HAK_HUGE_HEADER && _hak_secure < 2) {
-    void* p = huge_gather(size, cls, site, thp, fresh);
+    void* p = huge_gather(size, cls, site, thp, dirty);
     if (p != NULL) return p;
   }
   size_t offset = _hak_huge_offset(size, align);
@@ -392,7 +400,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, boo
     if (_hak_secure >= 2) _hak_os_protect(base, was - (uintptr_t)base, false);
     huge_guard_move(was, at); /* the last block's guard is not where this one needs it */
   }
-  *fresh = base == NULL;
+  *dirty = base == NULL ? 0 : SIZE_MAX;
   if (base == NULL) {
     _hak_madvq_shed(map_size); /* what no request reused goes before the heap grows */
     base = _hak_os_alloc_aligned(map_size, align > HAK_SEGMENT_SIZE ? align : HAK_SEGMENT_SIZE);

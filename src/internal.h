@@ -336,7 +336,7 @@ HAK_INTERNAL bool _hak_init(void); /* false: re-entered on the initializing thre
 HAK_INTERNAL extern bool _hak_thp_always; /* the system backs every mapping with huge pages */
 
 /* ---- huge.c: direct mappings with a checked header ------------------------ */
-HAK_INTERNAL void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, bool* fresh);
+HAK_INTERNAL void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, size_t* dirty);
 HAK_INTERNAL size_t _hak_huge_free(void* p, hak_fn_t fn); /* its size, 0: misuse */
 HAK_INTERNAL hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn); /* NULL if invalid (reported) */
 HAK_INTERNAL bool _hak_huge_recently_freed(const void* p);

@@ -358,6 +358,27 @@ TEST(a_gather_the_kernel_stops_part_way_leaves_no_hole_and_calloc_zeroes) {
   hak_collect();
 }
 
+/* calloc of a block gathered in part zeroes the moved pages only: the
+ * rest is a fresh mapping's, zero and not yet resident (a sparse buffer
+ * stays sparse). */
+TEST(calloc_zeroes_what_a_gather_moved_and_leaves_the_fresh_rest_untouched) {
+  setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  char* six = hak_alloc_at(6 * MiB, SITE(80));
+  memset(six, 0x77, 6 * MiB);
+  hak_free_at(six, SITE(80));
+  hak_stats_t a = stats();
+  char* p = hak_calloc(1, 24 * MiB);
+  hak_stats_t b = stats();
+  ASSERT_NOT_NULL(p);
+  EXPECT_EQ_U(b.bigcache_moved_bytes - a.bigcache_moved_bytes, 6 * MiB);
+  EXPECT_EQ_U(resident_pages(p, 6 * MiB), 6 * MiB / 4096);
+  EXPECT_EQ_U(resident_pages(p + 6 * MiB, 18 * MiB), 0);
+  EXPECT_EQ_U(pages_holding(p, 24 * MiB, 0), 24 * MiB);
+  for (size_t o = 0; o < 6 * MiB; o += 512) ASSERT_EQ_U((unsigned char)p[o + 511], 0);
+  hak_free(p);
+  hak_collect();
+}
+
 /* The end of the VMA holding addr, from /proc/self/maps (raw reads: the
  * fake OS runs inside the allocator); 0 if none. */
 static uintptr_t vma_end(uintptr_t addr) {
