@@ -175,35 +175,49 @@ static void huge_recache(hak_huge_t* h) {
 }
 
 /* Pages move in steps of one 2 MiB frame, each one VMA: every VMA boundary
- * inside a block lies on a frame boundary or at the block's end (gathered
- * pieces start on frames, drained fronts end on them, THP advice is
- * frame-rounded), so no step spans two VMAs.  A move of several VMAs at
- * once (Linux 6.17 and later allow it) may fail part way, leaving holes in
- * both ranges; a move of one VMA fails whole or not at all. */
+ * inside a block lies on a frame boundary or at its guard page (gathered
+ * pieces start and end on frames, filling the block's last frame past its
+ * end; drained fronts end on frames; THP advice is frame-rounded; a guard
+ * page lifted merges back into its VMA), so no step spans two VMAs.  A
+ * move of several VMAs at once may fail part way (Linux 6.17 and later:
+ * some VMAs moved; before: the destination unmapped first, nothing
+ * moved); a move of one VMA fails whole or not at all. */
 #define FRAME THP_SIZE
 static size_t frame_up(size_t n) { return (n + FRAME - 1) & ~(FRAME - 1); }
 
 /* Moves the pages of [src, src + len) onto dst, frame by frame, leaving
  * src mapped and empty; src and dst start on frames.  Returns the bytes
- * moved (all of them, or the steps before one the kernel refused). */
-static size_t huge_move_frames(uintptr_t src, size_t len, uintptr_t dst) {
+ * moved (all of them, or the steps before one the kernel refused);
+ * *spoiled: the bytes from dst that may hold moved pages.  A refused step
+ * that left holes (a broken invariant above, or a kernel that moves part
+ * of a range) has them mapped again with fresh pages, and counts as
+ * spoiled; one that cannot be repaired aborts with a diagnosis rather
+ * than hand out a block with a hole. */
+static size_t huge_move_frames(uintptr_t src, size_t len, uintptr_t dst, size_t* spoiled) {
   size_t done = 0;
+  *spoiled = 0;
   while (done < len) {
     size_t n = len - done < FRAME ? len - done : FRAME;
 #ifdef HAK_FAULT_GATHER_ONE_MOVE /* fault injection: the whole range in one mremap (the first version) */
     n = len - done;
 #endif
     if (!_hak_os_move_keep((void*)(src + done), n, (void*)(dst + done))) {
-      /* one VMA fails whole: anything else is a broken invariant, and a
-       * block with a hole must not be handed out */
       if (!_hak_os_mapped((void*)(dst + done), n) || !_hak_os_mapped((void*)(src + done), n)) {
-        _hak_warning("mremap failed part way through a move (too many mappings?): ", "aborting");
-        abort();
+#ifdef HAK_FAULT_GATHER_HOLE_ABORTS /* fault injection: no repair (the second version) */
+        if (true) {
+#else
+        if (!_hak_os_refill((void*)(dst + done), n) || !_hak_os_refill((void*)(src + done), n)) {
+#endif
+          _hak_warning("mremap left a hole that could not be mapped again: ", "aborting");
+          abort();
+        }
+        *spoiled = done + n;
       }
       break;
     }
     done += n;
   }
+  if (*spoiled < done) *spoiled = done;
   return done;
 }
 
@@ -223,15 +237,17 @@ static size_t huge_drained(const hak_huge_t* h) {
  * back to BigCache, its drained front counting what it gave up to the
  * next frame (so its next piece starts on one; the pages short of it are
  * let go, so every page it keeps is counted).  Returns the bytes moved;
- * 0 with *kept: d has no whole frame to give, and the caller keeps it. */
-static size_t huge_take(hak_huge_t* d, uintptr_t dst, size_t want, bool* kept) {
+ * 0 with *kept: d has no whole frame to give, and the caller keeps it.
+ * *spoiled: the bytes from dst that may hold its pages. */
+static size_t huge_take(hak_huge_t* d, uintptr_t dst, size_t want, bool* kept, size_t* spoiled) {
   size_t lo = huge_drained(d), end = d->size & ~(size_t)4095;
   size_t avail = end > lo ? end - lo : 0;
   size_t take = avail >= want ? want : avail & ~(FRAME - 1);
   uintptr_t from = d->base + d->offset;
   *kept = take == 0;
+  *spoiled = 0;
   if (take == 0) return 0;
-  size_t got = huge_move_frames(from + lo, take, dst);
+  size_t got = huge_move_frames(from + lo, take, dst, spoiled);
   size_t next = frame_up(lo + got) < end ? frame_up(lo + got) : end;
   if (next == end) { /* emptied */
     _hak_segmap_clear(d->base, d->map_size);
@@ -249,22 +265,25 @@ static size_t huge_take(hak_huge_t* d, uintptr_t dst, size_t want, bool* kept) {
 #define GATHER_DONORS 8 /* cached blocks a request may take pages from */
 
 /* Fills [block + filled, block + need) with cached blocks' pages, from
- * donor d (if not NULL) and then from BigCache; filled is on a frame, need
- * on a frame or at the block's end.  Returns the bytes moved.  The caller
- * holds huge_lock. */
-static size_t huge_fill(uintptr_t block, size_t filled, size_t need, hak_huge_t* d) {
+ * donor d (if not NULL) and then from BigCache; filled and need are on
+ * frames.  Returns the bytes moved; *dirty_end: where the bytes that may
+ * not be zero end.  The caller holds huge_lock. */
+static size_t huge_fill(uintptr_t block, size_t filled, size_t need, hak_huge_t* d, size_t* dirty_end) {
   hak_huge_t* aside[GATHER_DONORS]; /* donors with no whole frame to give */
   size_t moved = 0, n_aside = 0;
+  *dirty_end = filled;
   for (int k = 0; k < GATHER_DONORS && filled < need; k++) {
     if (d == NULL) d = _hak_bigcache_get_donor(need - filled);
     if (d == NULL) break;
     bool kept;
-    size_t want = need - filled, got = huge_take(d, block + filled, want, &kept);
+    size_t spoiled, want = need - filled, got = huge_take(d, block + filled, want, &kept, &spoiled);
     if (kept) aside[n_aside++] = d;
     d = NULL;
+    if (filled + spoiled > *dirty_end) *dirty_end = filled + spoiled;
     filled += got;
     moved += got;
-    if (!kept && got < want && (got == 0 || (filled & (FRAME - 1)) != 0)) break; /* the kernel refused */
+    if (!kept && got < want && spoiled != got) break; /* the kernel refused a step */
+    if (!kept && got == 0) break;
   }
   for (size_t i = 0; i < n_aside; i++) huge_recache(aside[i]);
   hak_atomic_add(huge_moved_bytes, moved);
@@ -279,8 +298,9 @@ static void huge_refill(hak_huge_t* h) {
 #ifdef HAK_FAULT_GATHER_NO_REFILL /* fault injection: a drained block faults its front in */
   lo = 0;
 #endif
+  size_t dirty_end;
   if (lo != 0 && hak_lock(&huge_lock)) {
-    huge_fill(h->base + h->offset, 0, lo, NULL);
+    huge_fill(h->base + h->offset, 0, lo, NULL, &dirty_end);
     hak_unlock(&huge_lock);
   }
   h->drained = 0;
@@ -330,20 +350,32 @@ static void* huge_gather(size_t size, int cls, const void* site, bool thp, size_
   }
   /* a block past BigCache's classes gets all of its mapping, as a fresh one */
   size_t block_end = cls >= 0 ? offset + size : map_size - HAK_GUARD_SIZE;
-  size_t need = frame_up(size) < block_end - offset ? frame_up(size) : block_end - offset;
-  uintptr_t d_base = d->base;
-  if ((uintptr_t)base == d_base) {
-    huge_guard_move(huge_guard_at(d->base, offset + d->size, map_size), huge_guard_at(d->base, block_end, map_size));
+  /* whole frames, the last past the block's end when it ends inside one
+   * (fits: the mapping is whole chunks, past the block and its guard) */
+  size_t need = frame_up(size), dirty_end;
+#ifdef HAK_FAULT_GATHER_ENDS_OFF_FRAME /* fault injection: the last piece ends at the block's end (the second version) */
+  if (need > block_end - offset) need = block_end - offset;
+#endif
+  uintptr_t d_base = d->base, guard = huge_guard_at((uintptr_t)base, block_end, map_size);
+  bool in_place = (uintptr_t)base == d_base;
+  if (in_place) {
+    huge_guard(huge_guard_at(d_base, offset + d->size, map_size), false); /* the block grows past it */
     d = NULL;
   } else {
-    huge_guard(huge_guard_at((uintptr_t)base, block_end, map_size), true);
     _hak_segmap_set((uintptr_t)base, map_size, true);
   }
-  moved = huge_fill((uintptr_t)base + offset, filled, need, d);
+  moved = huge_fill((uintptr_t)base + offset, filled, need, d, &dirty_end);
   filled += moved;
+  /* past the block's end nothing is the program's: what was moved there
+   * goes (a guard page is never resident), then the guard page */
+  uintptr_t moved_end = (uintptr_t)base + offset + dirty_end;
+  if (in_place || moved_end > guard)
+    _hak_os_advise((void*)guard, (moved_end > guard + HAK_GUARD_SIZE ? moved_end : guard + HAK_GUARD_SIZE) - guard,
+                   MADV_DONTNEED);
+  huge_guard(guard, true);
   /* what may not be zero: the moved pages at the front, or all of a grown
    * cached block's mapping (a retained one may hold stale bytes past it) */
-  *dirty = (uintptr_t)base == d_base ? SIZE_MAX : filled;
+  *dirty = in_place ? SIZE_MAX : dirty_end;
 #ifdef HAK_FAULT_GATHER_COUNTS_CLEAN /* fault injection: moved pages taken for zero pages */
   *dirty = 0;
 #endif

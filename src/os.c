@@ -227,6 +227,31 @@ bool _hak_os_mapped(void* addr, size_t size) {
   return true;
 }
 
+/* Maps fresh rw pages over every hole of [addr, addr + size), never over
+ * a mapping (MAP_FIXED_NOREPLACE: the range whole, else page by page);
+ * false if a hole could not be filled. */
+bool _hak_os_refill(void* addr, size_t size) {
+  if (_hak_os_mapped(addr, size)) return true;
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, saved = errno;
+  bool ok = true;
+  void* r = mmap(addr, size, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (r != addr) {
+    if (r != MAP_FAILED) { /* a kernel without NOREPLACE took it for a hint */
+      munmap(r, size);
+      ok = false;
+    }
+    for (size_t o = 0; ok && o < size; o += 4096) {
+      void* at = (char*)addr + o;
+      r = mmap(at, 4096, PROT_READ | PROT_WRITE, flags, -1, 0);
+      if (r == at) continue;
+      if (r != MAP_FAILED) munmap(r, 4096);
+      ok = r == MAP_FAILED && errno == EEXIST; /* mapped already */
+    }
+  }
+  errno = saved;
+  return ok;
+}
+
 void _hak_os_guard(void* addr, bool on) {
   int r;
   KEEP_ERRNO(r = _hak_os->protect(addr, HAK_GUARD_SIZE, on));
