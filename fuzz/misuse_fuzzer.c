@@ -163,7 +163,9 @@ static void run_op(uint8_t op, uint8_t arg) {
           dead[k] = NULL;
           break;
         }
-        if ((op & 16) && live[k] && len[k] >= (2u << 20)) {
+        /* a huge block (the policy may put a 2-4 MiB request in a segment,
+         * where the 64 bytes below it are another block's or the page's) */
+        if ((op & 16) && live[k] && len[k] >= (2u << 20) && hak_segmap_get((uintptr_t)live[k]) == HAK_MAP_HUGE) {
           hak_huge_t* h = (hak_huge_t*)(live[k] - HAK_HUGE_HEADER);
           hak_stats_t s0, s1;
           hak_stats_get(&s0);
