@@ -191,8 +191,10 @@ static size_t frame_up(size_t n) { return (n + FRAME - 1) & ~(FRAME - 1); }
  * *spoiled: the bytes from dst that may hold moved pages.  A refused step
  * that left holes (a broken invariant above, or a kernel that moves part
  * of a range) has them mapped again with fresh pages, and counts as
- * spoiled; one that cannot be repaired aborts with a diagnosis rather
- * than hand out a block with a hole. */
+ * spoiled; one that cannot be repaired (a hole beside mapped pages, which
+ * may be another thread's mapping that landed there) aborts with a
+ * diagnosis rather than hand out a block with a hole or a stranger's
+ * pages. */
 static size_t huge_move_frames(uintptr_t src, size_t len, uintptr_t dst, size_t* spoiled) {
   size_t done = 0;
   *spoiled = 0;

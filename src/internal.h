@@ -83,7 +83,7 @@ HAK_INTERNAL void _hak_os_free(void* addr, size_t size);
 HAK_INTERNAL bool _hak_os_remap(void* old, size_t old_size, void* dst, size_t new_size); /* false: untouched */
 HAK_INTERNAL bool _hak_os_move_keep(void* src, size_t size, void* dst); /* false: untouched */
 HAK_INTERNAL bool _hak_os_mapped(void* addr, size_t size); /* no hole in the range */
-HAK_INTERNAL bool _hak_os_refill(void* addr, size_t size); /* fresh pages in its holes only */
+HAK_INTERNAL bool _hak_os_refill(void* addr, size_t size); /* a range that is all hole mapped again */
 HAK_INTERNAL int _hak_os_advise(void* addr, size_t size, int advice); /* counted */
 /* [addr, addr + HAK_GUARD_SIZE) becomes a guard page (on) or rw again (off);
  * counted.  A failure is harmless (no guard): the mapping stays usable. */

@@ -227,29 +227,20 @@ bool _hak_os_mapped(void* addr, size_t size) {
   return true;
 }
 
-/* Maps fresh rw pages over every hole of [addr, addr + size), never over
- * a mapping (MAP_FIXED_NOREPLACE: the range whole, else page by page);
- * false if a hole could not be filled. */
+/* Maps fresh rw pages over [addr, addr + size) if any of it is a hole:
+ * the range whole (MAP_FIXED_NOREPLACE, never over a mapping), which works
+ * only when all of it is a hole (what a kernel before 6.17 leaves of an
+ * mremap destination it unmapped and then refused); false otherwise
+ * (part of it mapped: pages of ours or another thread's mapping that
+ * landed in the hole, which cannot be told apart). */
 bool _hak_os_refill(void* addr, size_t size) {
   if (_hak_os_mapped(addr, size)) return true;
-  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, saved = errno;
-  bool ok = true;
-  void* r = mmap(addr, size, PROT_READ | PROT_WRITE, flags, -1, 0);
-  if (r != addr) {
-    if (r != MAP_FAILED) { /* a kernel without NOREPLACE took it for a hint */
-      munmap(r, size);
-      ok = false;
-    }
-    for (size_t o = 0; ok && o < size; o += 4096) {
-      void* at = (char*)addr + o;
-      r = mmap(at, 4096, PROT_READ | PROT_WRITE, flags, -1, 0);
-      if (r == at) continue;
-      if (r != MAP_FAILED) munmap(r, 4096);
-      ok = r == MAP_FAILED && errno == EEXIST; /* mapped already */
-    }
-  }
+  int saved = errno;
+  void* r = mmap(addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
+                 -1, 0);
+  if (r != addr && r != MAP_FAILED) munmap(r, size); /* a kernel without NOREPLACE took it for a hint */
   errno = saved;
-  return ok;
+  return r == addr;
 }
 
 void _hak_os_guard(void* addr, bool on) {

@@ -440,12 +440,12 @@ static int move_keep_before_6_17(void* src, size_t size, void* dst) {
   return EFAULT;
 }
 
-/* A kernel that stops part way through any move: half of the first frame
- * moves, the rest of dst is left unmapped, ENOMEM. */
-static int move_keep_part_way_always(void* src, size_t size, void* dst) {
-  size_t half = size > 1 * MiB ? 1 * MiB : 0;
-  if (half != 0) _hak_os_default.move_keep(src, half, dst);
-  munmap((char*)dst + half, size - half);
+/* A kernel that refuses every move after unmapping its destination (as
+ * Linux before 6.17 did for a source of several VMAs, or near
+ * vm.max_map_count). */
+static int move_keep_refused_after_unmap(void* src, size_t size, void* dst) {
+  (void)src;
+  munmap(dst, size);
   return ENOMEM;
 }
 
@@ -520,7 +520,7 @@ TEST(a_reused_mapping_keeps_vma_boundaries_on_frames_and_a_refused_move_leaves_n
   char* u = hak_alloc_at(8 * MiB, SITE(93));
   memset(u, 'U', 8 * MiB);
   hak_free_at(u, SITE(93));
-  fake_os.move_keep = move_keep_part_way_always;
+  fake_os.move_keep = move_keep_refused_after_unmap;
   hak_stats_t before = stats();
   char* q = hak_calloc(1, 3 * MiB); /* 8 MiB is more than twice 3: part of it, gathered */
   fake_os.move_keep = _hak_os_default.move_keep;
@@ -533,6 +533,38 @@ TEST(a_reused_mapping_keeps_vma_boundaries_on_frames_and_a_refused_move_leaves_n
   EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
   EXPECT_EQ_U(hak_check_heap(), 0);
   hak_collect();
+}
+
+/* The same, and another thread's mapping lands in the hole before hakmem
+ * can map it again. */
+static int move_keep_refused_and_taken(void* src, size_t size, void* dst) {
+  (void)src;
+  munmap(dst, size);
+  mmap((char*)dst + size / 2, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  return ENOMEM;
+}
+
+/* A hole part of which another mapping took is not mapped around and
+ * served (the third review: the page-by-page repair took the stranger's
+ * page for one of ours, and the block's writes went into it): abort. */
+TEST(a_hole_another_mapping_took_part_of_is_not_served) {
+  pid_t pid = fork();
+  ASSERT_TRUE(pid >= 0);
+  if (pid == 0) {
+    setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+    char* u = hak_alloc_at(8 * MiB, SITE(95));
+    memset(u, 'U', 8 * MiB);
+    hak_free_at(u, SITE(95));
+    fake_os.move_keep = move_keep_refused_and_taken;
+    int devnull = open("/dev/null", O_WRONLY);
+    if (devnull >= 0) dup2(devnull, 2); /* the diagnosis is expected */
+    char* q = hak_calloc(1, 3 * MiB); /* a miss: part of the 8 MiB block */
+    (void)q;
+    _exit(0); /* served: the bug */
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
 }
 
 static int failing_remap(void* old, size_t old_size, void* dst, size_t new_size) {
