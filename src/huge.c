@@ -284,8 +284,7 @@ static size_t huge_fill(uintptr_t block, size_t filled, size_t need, hak_huge_t*
     if (filled + spoiled > *dirty_end) *dirty_end = filled + spoiled;
     filled += got;
     moved += got;
-    if (!kept && got < want && spoiled != got) break; /* the kernel refused a step */
-    if (!kept && got == 0) break;
+    if (!kept && (got == 0 || spoiled > got)) break; /* the kernel refused, or a hole was repaired */
   }
   for (size_t i = 0; i < n_aside; i++) huge_recache(aside[i]);
   hak_atomic_add(huge_moved_bytes, moved);
@@ -312,10 +311,10 @@ static void huge_refill(hak_huge_t* h) {
 /* A huge request nothing cached fits: its pages are gathered from cached
  * blocks by mremap (no copy, no page fault: moving a resident page costs
  * ~1/100 of faulting in a fresh one): the largest cached blocks that fit
- * whole first, then the end of a larger one, which stays cached with the
- * rest; only what they could not give faults in.  The block is a fresh
+ * whole first, then the front of a larger one, which stays cached with
+ * the rest; only what they could not give faults in.  The block is a fresh
  * mapping, or a cached block's own when it has room behind its block (its
- * guard page moves).  The cache's resident pages thus serve any request
+ * guard page is lifted and set again at the new end).  The cache's resident pages thus serve any request
  * size, and a program whose big buffers come in many sizes (or at many
  * sites) faults in about its peak, not every block.  NULL: nothing cached
  * (or a fork is pending). */
@@ -551,14 +550,15 @@ size_t _hak_huge_free(void* p, hak_fn_t fn) {
     to = from;
 #endif
     if (to > from) _hak_os_protect((void*)from, to - from, true);
-#ifdef HAK_FAULT_GATHER_PAST_UNCACHED /* fault injection: blocks past the classes go to the batch queue (the first version) */
-  } else if (h->cls >= 0 && (h->drained = 0, _hak_bigcache_put(h))) {
-#else
-  } else if ((h->cls >= 0 || h->offset == THP_SIZE) && (h->drained = 0, _hak_bigcache_put(h))) {
-#endif
+  } else {
     /* a class block, or one past the classes kept for its pages (its
      * drained count reset: the program may have touched them all) */
-    return size;
+    bool cacheable = h->cls >= 0 || h->offset == THP_SIZE;
+#ifdef HAK_FAULT_GATHER_PAST_UNCACHED /* fault injection: blocks past the classes go to the batch queue (the first version) */
+    cacheable = h->cls >= 0;
+#endif
+    h->drained = 0;
+    if (cacheable && _hak_bigcache_put(h)) return size;
   }
   _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
   return size;

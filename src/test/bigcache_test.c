@@ -379,9 +379,9 @@ TEST(calloc_zeroes_what_a_gather_moved_and_leaves_the_fresh_rest_untouched) {
   hak_collect();
 }
 
-/* The end of the VMA holding addr, from /proc/self/maps (raw reads: the
- * fake OS runs inside the allocator); 0 if none. */
-static uintptr_t vma_end(uintptr_t addr) {
+/* /proc/self/maps as text, read without stdio (the fake OS runs inside
+ * the allocator), into one buffer; and its next line. */
+static const char* read_maps(void) {
   static char buf[1 << 20];
   int fd = open("/proc/self/maps", O_RDONLY);
   size_t len = 0;
@@ -389,13 +389,19 @@ static uintptr_t vma_end(uintptr_t addr) {
   while (fd >= 0 && len < sizeof(buf) - 1 && (r = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0) len += (size_t)r;
   if (fd >= 0) close(fd);
   buf[len] = 0;
-  for (char* l = buf; *l != 0;) {
+  return buf;
+}
+static const char* next_line(const char* l) {
+  const char* nl = strchr(l, '\n');
+  return nl != NULL ? nl + 1 : l + strlen(l);
+}
+
+/* The end of the VMA holding addr; 0 if none. */
+static uintptr_t vma_end(uintptr_t addr) {
+  for (const char* l = read_maps(); *l != 0; l = next_line(l)) {
     char* dash;
     uintptr_t lo = strtoul(l, &dash, 16), hi = strtoul(dash + 1, NULL, 16);
     if (lo <= addr && addr < hi) return hi;
-    char* nl = strchr(l, '\n');
-    if (nl == NULL) break;
-    l = nl + 1;
   }
   return 0;
 }
@@ -414,19 +420,10 @@ static int move_keep_part_way(void* src, size_t size, void* dst) {
 /* VMA boundaries strictly inside [p, p + n) that are off a 2 MiB frame
  * from p (the gather's invariant: none). */
 static int off_frame_boundaries(const char* p, size_t n) {
-  static char buf[1 << 20];
-  int fd = open("/proc/self/maps", O_RDONLY), bad = 0;
-  size_t len = 0;
-  ssize_t r;
-  while (fd >= 0 && len < sizeof(buf) - 1 && (r = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0) len += (size_t)r;
-  if (fd >= 0) close(fd);
-  buf[len] = 0;
-  for (char* l = buf; *l != 0;) {
+  int bad = 0;
+  for (const char* l = read_maps(); *l != 0; l = next_line(l)) {
     uintptr_t lo = strtoul(l, NULL, 16);
     if (lo > (uintptr_t)p && lo < (uintptr_t)p + n && (lo - (uintptr_t)p) % (2 * MiB) != 0) bad++;
-    char* nl = strchr(l, '\n');
-    if (nl == NULL) break;
-    l = nl + 1;
   }
   return bad;
 }
