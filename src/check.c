@@ -236,6 +236,9 @@ static size_t check_heap(const hak_heap_t* heap, bool quiet) {
     bad += check_segment(heap, s, &in_segments);
   }
   if (nseg != heap->segment_count) bad += violation("segment_count", heap, nseg, heap->segment_count);
+  size_t dirty = 0;
+  for (hak_segment_t* s = heap->segments; s != NULL; s = s->next) dirty += (size_t)__builtin_popcountll(s->dirty_mask);
+  if (dirty != heap->dirty_slices) bad += violation("dirty_slices disagrees with the segments' dirty masks", heap, dirty, heap->dirty_slices);
   /* the index by longest free run: each segment once, on its run's list */
   size_t indexed = 0;
   for (unsigned r = 0; r < HAK_SLICES; r++) {

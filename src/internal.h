@@ -173,7 +173,8 @@ static inline uint8_t hak_segmap_get(uintptr_t a) {
 }
 
 /* ---- segment.c --------------------------------------------------------- */
-HAK_INTERNAL hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n);
+/* prefer: one of the heap's segments whose resident free run to take first, or NULL */
+HAK_INTERNAL hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n, hak_segment_t* prefer);
 HAK_INTERNAL void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle);
 HAK_INTERNAL void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg);
 HAK_INTERNAL void _hak_segment_stats(hak_stats_t* st);

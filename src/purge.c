@@ -6,7 +6,7 @@
  *  - the free slice runs of every heap's segments (retired pages, freed
  *    large blocks), by the heap's owner; empty pages kept for their bin are
  *    retired first once kept a whole tick (page.c);
- *  - the free slices of cached empty segments (segment.c);
+ *  - empty segments, as they leave their heap for the cache (segment.c);
  *  - mappings the batch queue retains: released with MADV_FREE (cheap, but
  *    counted in RSS until the kernel needs the memory), then decommitted
  *    once retained a delay (madvq.c).
@@ -64,6 +64,7 @@ size_t _hak_purge_segment(hak_segment_t* seg, bool all) {
 #endif
   size_t bytes = 0;
   seg->dirty_mask &= ~m;
+  seg->heap->dirty_slices -= (size_t)__builtin_popcountll(m);
   while (m != 0) {
     unsigned start = (unsigned)__builtin_ctzll(m);
     uint64_t rest = ~(m >> start);

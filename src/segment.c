@@ -67,7 +67,6 @@ static void run_reindex(hak_heap_t* heap, hak_segment_t* seg) {
 
 static hak_segment_t* segment_alloc(hak_heap_t* heap) {
   hak_segment_t* seg = NULL;
-  uint64_t dirty = 0;
   if (hak_lock(&seg_lock)) { /* else a fork is pending: a fresh segment */
     seg = seg_cache;
     if (seg != NULL) {
@@ -86,9 +85,7 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
     segment_init(seg, heap);
     _hak_segmap_set((uintptr_t)base, HAK_SEGMENT_SIZE, false);
   } else {
-    dirty = seg->dirty_mask; /* not purged yet: may be resident */
-    segment_init(seg, heap);
-    seg->dirty_mask = dirty;
+    segment_init(seg, heap); /* clean: purged when it was cached */
   }
   seg->next = heap->segments;
   if (heap->segments) heap->segments->prev = seg;
@@ -96,7 +93,6 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
   heap->segment_count++;
   run_link(heap, seg);
   hak_atomic_add(seg_current, 1);
-  if (dirty) _hak_purge_dirtied(heap);
   return seg;
 }
 
@@ -105,9 +101,9 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
  * heap of hundreds of segments whose blocks come and go empties some now
  * and then, and unmapping them costs the next segment its faults, page
  * tables and guard page: on //verify:bench large (530 segments) keeping 4
- * cost 1.1x mimalloc's time, keeping 64 matched it.  What a cached segment
- * holds is purged after the purge delay like any free slice (purge.c), so
- * what the cache keeps is address space. */
+ * cost 1.1x mimalloc's time, keeping 64 matched it.  A segment is purged
+ * as it is cached (_hak_segment_release), so what the cache keeps is
+ * address space, never memory. */
 #define CACHE_MAX 256
 static size_t cache_limit(void) {
   size_t min = (size_t)hak_option(HAK_OPT_SEGMENT_CACHE);
@@ -125,9 +121,20 @@ static void segment_unmap(hak_segment_t* seg) {
   _hak_os_free(hak_segment_base(seg), HAK_SEGMENT_SIZE);
 }
 
-/* Gives an empty segment back: to the cache, or to the OS. */
+/* Gives an empty segment back: to the cache, or to the OS.  What it holds
+ * is decommitted first: a cached segment is taken again only when a heap
+ * has no free run left, and until then its pages would stay resident for
+ * nobody while the heaps fault in fresh ones (gcc -O2: 3.5 MiB of its peak
+ * RSS).  One madvise per dirty run; wasted when the segment goes to the OS
+ * (the munmap then has nothing left to drop). */
 void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   run_unlink(heap, seg);
+#ifndef HAK_FAULT_SEGMENT_CACHED_DIRTY /* fault injection: cached with its pages resident */
+  _hak_purge_segment(seg, true);
+#else
+  heap->dirty_slices -= (size_t)__builtin_popcountll(seg->dirty_mask);
+  seg->dirty_mask = seg->aged_mask = 0; /* the masks lie: resident, counted clean */
+#endif
   if (seg->prev) seg->prev->next = seg->next;
   else heap->segments = seg->next;
   if (seg->next) seg->next->prev = seg->prev;
@@ -141,15 +148,14 @@ void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
       seg->next = seg_cache;
       seg_cache = seg;
       seg_cache_count++;
-      seg->aged_mask = 0; /* its idle time in the cache starts now */
-      seg->cached_ms = (uint32_t)(_hak_os->now_ns() / 1000000u);
+      seg->cached_ms = (uint32_t)(_hak_os->now_ns() / 1000000u); /* its idle time in the cache starts now */
     }
-    /* the caches' tick purges it, and unmaps a surplus: the heap shrinking
-     * (this release) can make the cache one, though this one went to the OS */
-#ifndef HAK_FAULT_SEGMENT_SURPLUS_UNNOTICED /* fault injection: only a dirty segment cached starts the tick */
-    if ((cached && seg->dirty_mask) || seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) hak_purge_global_due();
+    /* the caches' tick unmaps a surplus: the heap shrinking (this release)
+     * can make the cache one, though this one went to the OS */
+#ifndef HAK_FAULT_SEGMENT_SURPLUS_UNNOTICED /* fault injection: only a segment cached starts the tick */
+    if (seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) hak_purge_global_due();
 #else
-    if (cached && (seg->dirty_mask || seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE))) hak_purge_global_due();
+    if (cached && seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) hak_purge_global_due();
 #endif
     if (cached) seg = NULL;
     hak_unlock(&seg_lock);
@@ -172,13 +178,18 @@ static int mask_find_run(uint64_t mask, size_t n) {
 }
 
 /* A run of n free slices from one of the heap's segments (a new segment if
- * none has room), set up as a page head plus interior descriptors. */
-hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
-  /* the segment whose longest free run is the shortest that fits (one
-   * bit scan), then the first such run in it */
-  uint64_t fits = n < HAK_SLICES ? heap->run_mask & (~(uint64_t)0 << n) : 0;
-  hak_segment_t* seg = fits ? heap->by_run[__builtin_ctzll(fits)] : NULL;
-  int start = seg != NULL ? mask_find_run(seg->free_mask, n) : -1;
+ * none has room), set up as a page head plus interior descriptors: the
+ * first free run of prefer's (one of the heap's segments, or NULL) that is
+ * all resident, else the first run of the segment whose longest free run
+ * is the shortest that fits (one bit scan). */
+hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n, hak_segment_t* prefer) {
+  hak_segment_t* seg = prefer;
+  int start = prefer != NULL ? mask_find_run(prefer->free_mask & prefer->dirty_mask, n) : -1;
+  if (start < 0) {
+    uint64_t fits = n < HAK_SLICES ? heap->run_mask & (~(uint64_t)0 << n) : 0;
+    seg = fits ? heap->by_run[__builtin_ctzll(fits)] : NULL;
+    start = seg != NULL ? mask_find_run(seg->free_mask, n) : -1;
+  }
   if (seg == NULL) {
     seg = segment_alloc(heap);
     if (seg == NULL) return NULL;
@@ -191,6 +202,7 @@ hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n) {
 #endif
   seg->free_mask &= ~bits;
 #ifndef HAK_FAULT_PURGE_LIVE /* fault injection (with purge.c's): reused slices stay dirty */
+  heap->dirty_slices -= (size_t)__builtin_popcountll(seg->dirty_mask & bits);
   seg->dirty_mask &= ~bits; /* in use: never purged */
   seg->aged_mask &= ~bits;
 #endif
@@ -228,6 +240,7 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle) {
   }
   uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << start;
   seg->free_mask |= bits;
+  heap->dirty_slices += (size_t)__builtin_popcountll(~seg->dirty_mask & bits);
   seg->dirty_mask |= bits; /* purged once idle (purge.c) */
   if (idle) seg->aged_mask |= bits; /* idle already: purged at this tick */
   seg->used_slices -= (uint32_t)n;
@@ -239,12 +252,10 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle) {
     _hak_segment_release(heap, seg);
 }
 
-/* The caches' purge tick (purge.c, at now_ns): purges the cached
- * segments' free slices idle since the last tick (all: every dirty one),
- * and unmaps the cached segments beyond cache_limit() that are clean and
- * have been cached two purge delays (the cache grew with a heap that has
- * shrunk since).  The madvise calls run under seg_lock (CACHE_MAX segments
- * at most); true while a later tick has work. */
+/* The caches' purge tick (purge.c, at now_ns): unmaps the cached segments
+ * beyond cache_limit() that have been cached two purge delays (the cache
+ * grew with a heap that has shrunk since; all: at once); true while a
+ * later tick has work. */
 bool _hak_segment_purge_cached(uint64_t now_ns, bool all) {
   bool more = false;
   hak_segment_t* surplus = NULL;
@@ -253,12 +264,10 @@ bool _hak_segment_purge_cached(uint64_t now_ns, bool all) {
   uint32_t now_ms = (uint32_t)(now_ns / 1000000u), idle_ms = 2 * (uint32_t)hak_option(HAK_OPT_PURGE_DELAY_MS);
   for (hak_segment_t** link = &seg_cache; *link != NULL;) {
     hak_segment_t* seg = *link;
-    if (seg->dirty_mask != 0) _hak_purge_segment(seg, all);
-    more |= seg->dirty_mask != 0;
 #ifndef HAK_FAULT_SEGMENT_CACHE_KEPT /* fault injection: the cache never shrinks back */
-    if (seg->dirty_mask == 0 && seg_cache_count > keep && (uint32_t)(now_ms - seg->cached_ms) >= idle_ms) {
+    if (seg_cache_count > keep && (all || (uint32_t)(now_ms - seg->cached_ms) >= idle_ms)) {
 #else
-    if (false) {
+    if (false && (all || (uint32_t)(now_ms - seg->cached_ms) >= idle_ms)) {
 #endif
       *link = seg->next;
       seg_cache_count--;

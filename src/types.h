@@ -153,7 +153,8 @@ _Static_assert(offsetof(hak_page_t, free) == 64 && offsetof(hak_page_t, thread_f
  * a guard page and, behind it, this header; slices 1..63 hold pages.
  * Invariants: bit i of free_mask set <=> slices[i].kind == HAK_SLICE_FREE;
  *   bit 0 never set; used_slices == 63 - popcount(free_mask);
- *   aged_mask within dirty_mask within free_mask;
+ *   aged_mask within dirty_mask within free_mask; dirty_mask == 0 while
+ *   cached (purged when it leaves its heap);
  *   max_run == the longest run of set bits of free_mask, and the segment is
  *   on its heap's by_run[max_run] list;
  *   every live page's heap == this segment's heap. */
@@ -221,6 +222,8 @@ typedef struct hak_heap_s {
   uint32_t purge_countdown;       /* slow-path calls until the clock is read */
   uint64_t purge_next_ns;         /* next purge tick of its segments, 0: none dirty */
   size_t kept_bytes;              /* bytes of its pages marked kept (page.c) */
+  size_t dirty_slices;            /* free slices of its segments that may be
+                                     resident: popcount of their dirty_masks */
   bool kept_pinned;               /* a segment may hold only kept pages */
   uint64_t rng;                   /* HAKMEM_SECURE: this heap's random choices */
   uint64_t rng_pool;              /* ... random bits not used yet, above them a 1 */

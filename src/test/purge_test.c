@@ -63,8 +63,9 @@ static void setup(void) {
 }
 
 static void teardown(void) {
-  for (size_t i = 0; i < nlive; i++) hak_free(live[i].p);
-  nlive = 0;
+  size_t n = nlive;
+  nlive = 0; /* freed now: their pages may be advised */
+  for (size_t i = 0; i < n; i++) hak_free(live[i].p);
   hak_collect();
   _hak_os = &_hak_os_default;
 }
@@ -236,23 +237,82 @@ TEST(bigcache_expires_without_huge_calls) {
   teardown();
 }
 
-/* Empty segments in the process cache are decommitted too. */
-TEST(cached_segments_are_decommitted) {
+/* Empty segments are decommitted as they leave their heap for the process
+ * cache, before any tick: a cached segment is taken again only when a heap
+ * has no free run left, and until then its pages would be resident for
+ * nobody while the heaps fault in fresh ones. */
+TEST(cached_segments_are_decommitted_as_they_are_cached) {
   setup();
   enum { N = 3 * 4096 };
   static char* blocks[N];
   keep(100);
-  for (int i = 0; i < N; i++) blocks[i] = hak_malloc(1000); /* about 3 segments */
-  for (int i = N - 1; i >= 0; i--) hak_free(blocks[i]);       /* the empty ones go to the cache */
+  for (int i = 0; i < N; i++) {
+    blocks[i] = hak_malloc(1000); /* about 3 segments */
+    memset(blocks[i], 0x33, 1000);
+  }
+  /* in a segment of neither the first block nor the bin's current page:
+   * it empties while the heap has others */
+  char* probe = NULL;
+  for (int i = 0; i < N && probe == NULL; i++)
+    if (hak_segment_of(blocks[i]) != hak_segment_of(blocks[0]) && hak_segment_of(blocks[i]) != hak_segment_of(blocks[N - 1]))
+      probe = blocks[i];
+  ASSERT_NOT_NULL(probe);
+  hak_segment_t* seg = hak_segment_of(probe);
+  EXPECT_EQ_U(resident(probe), 1);
   hak_stats_t st;
   hak_stats_get(&st);
-  EXPECT_TRUE(st.segments_cached >= 1);
-  uint64_t purged0 = st.purge_bytes;
-  activity(80, DELAY_MS / 20);
+  uint64_t purged0 = st.purge_bytes, cached0 = st.segments_cached;
+  for (int i = N - 1; i >= 0; i--) hak_free(blocks[i]); /* the empty ones go to the cache */
   hak_stats_get(&st);
-  EXPECT_TRUE(st.purge_bytes - purged0 >= (uint64_t)N * 1000 / 2);
+  EXPECT_TRUE(st.segments_cached > cached0);
+  EXPECT_TRUE(seg->heap == NULL); /* in the cache (still mapped) */
+  EXPECT_EQ_U(seg->dirty_mask, 0);
+  EXPECT_EQ_U(resident(probe), 0); /* no tick has run: the clock has not moved */
+  EXPECT_TRUE(st.purge_bytes - purged0 >= (uint64_t)(st.segments_cached - cached0) * (HAK_SEGMENT_SIZE / 2));
   EXPECT_EQ_U(bad_advice, 0);
   EXPECT_TRUE(intact());
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  /* taken again, it serves zero pages */
+  for (int i = 0; i < N; i++) {
+    blocks[i] = hak_malloc(1000);
+    ASSERT_NOT_NULL(blocks[i]);
+  }
+  for (int i = 0; i < N; i++) hak_free(blocks[i]);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  teardown();
+}
+
+/* A kept page gives its slices to another bin's new page when the heap
+ * would otherwise fault in fresh memory for it (no free slice that may be
+ * resident): the page is set up where the kept one was; a request the kept
+ * page cannot hold (16 slices) leaves it kept. */
+TEST(a_kept_page_serves_another_bin_before_fresh_memory) {
+  setup();
+  keep(100);
+  char* a[16];
+  char* b[16];
+  char* c[16]; /* the bin's current page: an empty one stays */
+  for (int i = 0; i < 16; i++) a[i] = hak_malloc(4000); /* 16 a page */
+  for (int i = 0; i < 16; i++) b[i] = hak_malloc(4000);
+  for (int i = 0; i < 16; i++) c[i] = hak_malloc(4000);
+  hak_page_t* kept = hak_page_of(b[0]);
+  ASSERT_TRUE(hak_page_of(a[0]) != kept && hak_page_of(b[15]) == kept);
+  uint8_t* kept_start = kept->start;
+  for (int i = 0; i < 16; i++) hak_free(b[i]);
+  ASSERT_EQ_U(kept->kept, HAK_KEPT_YOUNG);
+  ASSERT_EQ_U(_hak_heap_tls->dirty_slices, 0); /* collected at setup: every free slice purged */
+  void* big = hak_malloc(100 << 10); /* 16 slices: the kept page cannot hold it */
+  ASSERT_NOT_NULL(big);
+  EXPECT_EQ_U(kept->kept, HAK_KEPT_YOUNG);
+  char* other = hak_malloc(2000); /* a new page of another bin, one slice */
+  ASSERT_NOT_NULL(other);
+  EXPECT_TRUE(hak_page_of(other)->start == kept_start);
+  EXPECT_EQ_U(_hak_heap_tls->kept_bytes, 0);
+  EXPECT_EQ_U(bad_advice, 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  hak_free(other);
+  hak_free(big);
+  for (int i = 0; i < 16; i++) hak_free(a[i]), hak_free(c[i]);
   teardown();
 }
 

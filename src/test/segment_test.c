@@ -24,14 +24,14 @@ TEST(slice_runs_and_invariants) {
       /* free the 16-slice run: a 10-slice request reuses its place */
       uint8_t* hole = runs[2]->start;
       _hak_segment_free_slices(&heap, runs[2], false);
-      hak_page_t* again = _hak_segment_alloc_slices(&heap, 10);
+      hak_page_t* again = _hak_segment_alloc_slices(&heap, 10, NULL);
       ASSERT_NOT_NULL(again);
       EXPECT_TRUE(again->start == hole);
       again->kind = HAK_SLICE_LARGE;
       runs[2] = again;
       sizes[2] = 10;
     }
-    runs[i] = _hak_segment_alloc_slices(&heap, sizes[i]);
+    runs[i] = _hak_segment_alloc_slices(&heap, sizes[i], NULL);
     ASSERT_NOT_NULL(runs[i]);
     runs[i]->kind = HAK_SLICE_LARGE;
     EXPECT_EQ_U(runs[i]->slice_count, sizes[i]);
@@ -42,7 +42,7 @@ TEST(slice_runs_and_invariants) {
   }
   /* 1+4+10+2+1+30+7 = 55 fit the first segment; 3 more too */
   EXPECT_EQ_U(heap.segment_count, 1);
-  hak_page_t* big = _hak_segment_alloc_slices(&heap, 40); /* needs a second */
+  hak_page_t* big = _hak_segment_alloc_slices(&heap, 40, NULL); /* needs a second */
   ASSERT_NOT_NULL(big);
   big->kind = HAK_SLICE_LARGE;
   EXPECT_EQ_U(heap.segment_count, 2);
