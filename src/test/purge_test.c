@@ -488,6 +488,47 @@ TEST(an_emptied_page_is_kept_for_its_bin_then_retired_and_purged) {
   teardown();
 }
 
+/* A refill takes a page with 1/16 of its blocks free before it sets up a
+ * new page (in slices that may never have been touched): the 80-byte bin
+ * left two pages behind (each with less than 1/16 left), then free blocks
+ * of the first so that 1/12 of it is free; once the bin leaves its current
+ * page, its next block comes from that first page. */
+TEST(a_page_with_a_sixteenth_free_is_reused_before_a_new_page) {
+  setup();
+  enum { N = 8192 };
+  static char* blocks[N];
+  hak_page_t* pages[3] = {NULL, NULL, NULL};
+  int n = 0, k = 0;
+  while (k < 3) { /* until the bin allocates from a third page */
+    ASSERT_TRUE(n < N);
+    blocks[n] = hak_malloc(80);
+    ASSERT_NOT_NULL(blocks[n]);
+    hak_page_t* pg = hak_page_of(blocks[n++]);
+    if (k == 0 || pages[k - 1] != pg) pages[k++] = pg;
+  }
+  hak_page_t* first = pages[0];
+  uint32_t want = first->reserved / 12; /* free or carvable: between 1/16 and 1/8 */
+  for (int i = 0; i < n && first->reserved - first->used < want; i++)
+    if (blocks[i] != NULL && hak_page_of(blocks[i]) == first) hak_free(blocks[i]), blocks[i] = NULL;
+  ASSERT_TRUE(first->reserved - first->used >= first->reserved / 16 && first->reserved - first->used < first->reserved / 8);
+  hak_stats_t st;
+  hak_stats_get(&st);
+  uint64_t init0 = st.pages_initialized;
+  char* next = NULL;
+  for (;;) { /* the current page's blocks, then the refill's */
+    ASSERT_TRUE(n < N);
+    next = blocks[n++] = hak_malloc(80);
+    ASSERT_NOT_NULL(next);
+    if (hak_page_of(next) != pages[2]) break;
+  }
+  EXPECT_TRUE(hak_page_of(next) == first);
+  hak_stats_get(&st);
+  EXPECT_EQ_U(st.pages_initialized, init0);
+  for (int i = 0; i < n; i++) hak_free(blocks[i]);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  teardown();
+}
+
 /* At most HAK_KEEP_BYTES of empty pages per heap: 16 MiB of 1 KiB blocks
  * freed, the rest of the pages retired at once; hak_collect retires the
  * kept ones too. */
