@@ -55,7 +55,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
     if (hak_unlikely(heap->sample_countdown-- == 0)) {
 #endif
       heap->sample_countdown = 63;
-      _hak_site_alloc(hak_site_resolve(site), size);
+      _hak_site_alloc(hak_site_resolve(site, false), size); /* no rule looked up for a sample */
       /* and takes in what other threads freed into exited threads' heaps */
       if (atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed)) _hak_heaps_reclaim();
     }
@@ -65,7 +65,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
    * threads' heaps first (at most once a millisecond) */
   if (hak_unlikely(atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed))) reclaim_now();
   hak_purge_tick(heap);
-  site = hak_site_resolve(site); /* a wrapper's caller: wrapper.c */
+  site = hak_site_resolve(site, true); /* a wrapper's caller: wrapper.c */
   hak_site_t* s = _hak_site_alloc(site, size);
   hak_decision_t d;
   size_t threshold = _hak_policy_decide(s, size, &d);

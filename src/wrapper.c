@@ -119,13 +119,17 @@ static void count_unresolved(void) {
 }
 
 /* The entry of return address ra, its rule looked up on first sight; NULL:
- * the table is full around it, or another thread is filling it. */
-static wr_entry_t* wr_get(uintptr_t ra) {
+ * the table is full around it, another thread is filling it, or (look_up
+ * false) it has none yet. */
+static wr_entry_t* wr_get(uintptr_t ra, bool look_up) {
   uintptr_t h = ra * 0x9e3779b97f4a7c15ull;
   for (unsigned i = 0; i < WR_PROBE; i++) {
     wr_entry_t* e = &wr_table[((h >> 40) + i) % WR_SLOTS];
     uintptr_t k = atomic_load_explicit(&e->ra, memory_order_acquire);
     if (k == 0) {
+#ifndef HAK_FAULT_WRAPPER_SAMPLE_LOOKS_UP /* fault injection: every resolution may look rules up */
+      if (!look_up) return NULL;
+#endif
       if (!atomic_compare_exchange_strong_explicit(&e->ra, &k, ra, memory_order_acq_rel, memory_order_acquire)) {
         if (k != ra) continue;
       } else {
@@ -266,7 +270,7 @@ static void wr_sync_caches(void) {
   wr_tls_generation = gen;
 }
 
-HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void* site) {
+HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void* site, bool look_up) {
 #if HAK_CFI_SUPPORTED
   if (!hak_option(HAK_OPT_WRAPPERS) || site == NULL) return site;
   wr_sync_caches();
@@ -291,7 +295,7 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
   } else {
     f = (wr_frame_t){fp + 1, fp[0], hi};
     for (int i = 0; *f.at != (uintptr_t)site; i++) {
-      wr_entry_t* e = i < WR_CLIMB ? wr_get(*f.at) : NULL;
+      wr_entry_t* e = i < WR_CLIMB ? wr_get(*f.at, true) : NULL; /* hakmem's frames */
       if (e == NULL && i < WR_CLIMB) return site; /* another thread is filling it: next time */
       if (e == NULL || atomic_load_explicit(&e->state, memory_order_acquire) == WR_NORULE || !wr_step(e, &f)) {
         _hak_site_own[own_slot] = site; /* not called through the shim (hak_alloc_at): until a recheck */
@@ -320,7 +324,7 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
   wr_entry_t* tail = NULL; /* the first entry above the last wrapper */
   int tail_depth = 0;
   bool decided = true; /* every entry from tail on is decided, and the walk saw all it needs */
-  wr_entry_t* e = wr_get((uintptr_t)site), *first = e;
+  wr_entry_t* e = wr_get((uintptr_t)site, look_up), *first = e;
   int depth = 0;
   for (;; depth++) {
     /* WR_DEPTH levels from the site or, above a wrapper, from the entry
@@ -347,7 +351,7 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     }
     uintptr_t caller = *f.at;
     if (caller < 4096) break; /* no caller: the first frame */
-    wr_entry_t* ce = wr_get(caller);
+    wr_entry_t* ce = wr_get(caller, look_up);
     if (state != WR_WRAPPER) {
       if (ce == NULL) {
         decided = false;
@@ -385,6 +389,7 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
   if (result != (uintptr_t)site) count_seen_through();
   return (const void*)result;
 #else
+  (void)look_up;
   return site;
 #endif
 }

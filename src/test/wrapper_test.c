@@ -360,6 +360,54 @@ TEST(threads_learn_one_table) {
   EXPECT_EQ_U(hak_check_heap(), 0);
 }
 
+/* Small requests' samples (1 in 64 refills) look no unwind rule up: the
+ * pages a lookup reads of the program's binary count in its RSS (clang++
+ * -O1: 3.6 MiB), and a small request's site only counts.  Through a
+ * wrapper never seen by a large request they stay the wrapper's; once
+ * large requests have looked its rules up, they are seen through. */
+#define SMALL_ROUNDS 1000
+static void* small_blocks[2 * SMALL_ROUNDS * 5];
+static size_t small_count;
+static const void* sm_site[5];
+#define SM(k)                                                   \
+  __attribute__((noinline)) static void sm##k(size_t n) {      \
+    void* p = wt_xmalloc_small(n);                              \
+    sm_site[k] = wt_last_ra;                                    \
+    if (n > HAK_SMALL_MAX) hak_free(p);                         \
+    else small_blocks[small_count++] = p;                       \
+  }
+SM(0) SM(1) SM(2) SM(3) SM(4)
+static void (*const sms[5])(size_t) = {sm0, sm1, sm2, sm3, sm4};
+
+TEST(small_samples_look_no_rule_up) {
+  hak_stats_t before = stats();
+  /* 8 KiB blocks: a refill every 4 (carved 4 at a time), a sample every 256 */
+  for (int r = 0; r < SMALL_ROUNDS; r++)
+    for (int k = 0; k < 5; k++) sms[k](8192);
+  const void* wrapper_site = wt_last_site;
+  hak_stats_t after = stats();
+  EXPECT_TRUE(after.sites_sampled - before.sites_sampled >= 10);
+  EXPECT_TRUE(allocs_of(wrapper_site) >= 10); /* every sample the wrapper's */
+  for (int k = 0; k < 5; k++) EXPECT_EQ_U(allocs_of(sm_site[k]), 0);
+  EXPECT_EQ_U(after.sites_wrappers, before.sites_wrappers);
+  /* large requests through it: rules looked up, the wrapper found */
+  for (int r = 0; r < ROUNDS; r++)
+    for (int k = 0; k < 5; k++) sms[k](BIG);
+  EXPECT_EQ_U(stats().sites_wrappers, after.sites_wrappers + 1);
+  uint64_t small_before[5];
+  for (int k = 0; k < 5; k++) small_before[k] = allocs_of(sm_site[k]);
+  uint64_t sampled = stats().sites_sampled;
+  for (int r = 0; r < SMALL_ROUNDS; r++)
+    for (int k = 0; k < 5; k++) sms[k](8192);
+  EXPECT_TRUE(stats().sites_sampled - sampled >= 10);
+  uint64_t seen = 0;
+  for (int k = 0; k < 5; k++) seen += allocs_of(sm_site[k]) - small_before[k];
+  EXPECT_TRUE(seen >= 10); /* the samples now count at the callers */
+  for (size_t i = 0; i < small_count; i++) hak_free(small_blocks[i]);
+  small_count = 0;
+  EXPECT_EQ_U(hak_check_heap(), 0);
+}
+
 TEST(wrappers_off_keeps_the_immediate_caller) {
   setenv("HAKMEM_WRAPPERS", "0", 1);
   _hak_options_reload();
