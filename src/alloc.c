@@ -269,7 +269,15 @@ static void segment_misuse(hak_page_t* page, const void* p, hak_fn_t fn) {
   bool in_page = page->kind == HAK_SLICE_SMALL || page->kind == HAK_SLICE_LARGE;
   bool at_block = in_page ? hak_page_is_block(page, (uintptr_t)p)
                           : page->kind == HAK_SLICE_FREE && aligned;
-  if (at_block && hak_tag_is_freed(p, hak_tag_peek(b)))
+  /* a free slice that held a page: its blocks were freed, and the freed
+   * tag may be gone with the memory (purged, hak_collect) */
+#ifndef HAK_FAULT_FREED_SLICE_INVALID /* fault injection: only the freed tag tells */
+  bool freed_slice = page->kind == HAK_SLICE_FREE &&
+                     ((hak_segment_of(p)->used_mask >> (((uintptr_t)p >> HAK_SLICE_SHIFT) & (HAK_SLICES - 1))) & 1);
+#else
+  bool freed_slice = false;
+#endif
+  if (at_block && (freed_slice || hak_tag_is_freed(p, hak_tag_peek(b))))
     _hak_error(fn == HAK_FN_USABLE_SIZE ? HAK_ERR_FREED_USABLE_SIZE : HAK_ERR_DOUBLE_FREE, fn, p);
   else
     _hak_error(HAK_ERR_INVALID_FREE, fn, p);
@@ -283,6 +291,13 @@ void _hak_free_mt(hak_page_t* page, void* p, hak_fn_t fn) {
     return;
   }
   free_remote(page, p, fn);
+}
+
+/* A pointer outside every live mapping of hakmem's was a block: a huge
+ * block freed lately (its mapping reused or unmapped), or an aligned
+ * address in a segment unmapped since (segmap.c). */
+static bool freed_outside(const void* p, uint8_t m) {
+  return _hak_huge_recently_freed(p) || (m == HAK_MAP_GONE && ((uintptr_t)p & (HAK_ALIGN - 1)) == 0);
 }
 
 void _hak_free_generic(void* p, hak_fn_t fn) {
@@ -330,7 +345,7 @@ void _hak_free_generic(void* p, hak_fn_t fn) {
     _hak_purge_tick_any(); /* every tier's: not this block's cost */
     return;
   }
-  _hak_error(_hak_huge_recently_freed(p) ? HAK_ERR_DOUBLE_FREE : HAK_ERR_INVALID_FREE, fn, p);
+  _hak_error(freed_outside(p, m) ? HAK_ERR_DOUBLE_FREE : HAK_ERR_INVALID_FREE, fn, p);
 }
 
 /* ---- usable size, realloc, calloc, aligned ------------------------------ */
@@ -362,7 +377,7 @@ size_t _hak_usable_size(const void* p, hak_fn_t fn) {
     return fn == HAK_FN_USABLE_SIZE ? hak_track_requested(p, h->size) : h->size;
   }
   hak_error_t e = fn == HAK_FN_USABLE_SIZE ? HAK_ERR_FREED_USABLE_SIZE : HAK_ERR_DOUBLE_FREE;
-  _hak_error(_hak_huge_recently_freed(p) ? e : HAK_ERR_INVALID_FREE, fn, p);
+  _hak_error(freed_outside(p, m) ? e : HAK_ERR_INVALID_FREE, fn, p);
   return 0;
 }
 

@@ -49,6 +49,12 @@ static _Atomic(uint64_t) huge_live_bytes; /* mapping bytes of live blocks */
 static _Atomic(uintptr_t) recent[RECENT];
 static _Atomic(size_t) recent_next;
 
+/* p was a live block and is no more: a free of it is a double free */
+static void recent_note(const void* p) {
+  size_t slot = atomic_fetch_add_explicit(&recent_next, 1, memory_order_relaxed) % RECENT;
+  atomic_store_explicit(&recent[slot], (uintptr_t)p, memory_order_relaxed);
+}
+
 /* Keyed and non-linear in the key: the fields are mixed, xored with one
  * key, multiplied by another (odd), folded and multiplied again, so one
  * header read does not give away how to forge another. */
@@ -538,8 +544,7 @@ size_t _hak_huge_free(void* p, hak_fn_t fn) {
   hak_atomic_add(huge_frees, 1);
   atomic_fetch_sub_explicit(&huge_live_bytes, h->map_size, memory_order_relaxed);
   hak_track_free(p, h->size, 0); /* before another thread can take it back */
-  size_t slot = atomic_fetch_add_explicit(&recent_next, 1, memory_order_relaxed) % RECENT;
-  atomic_store_explicit(&recent[slot], (uintptr_t)p, memory_order_relaxed);
+  recent_note(p);
   if (_hak_secure >= 2) {
     /* HAKMEM_SECURE=2: no BigCache; the block (past its header's page) is
      * PROT_NONE until the mapping is reused or unmapped, so a use after
@@ -615,6 +620,9 @@ void* _hak_huge_realloc(void* p, size_t size) {
       hak_unlock(&huge_lock);
       return NULL;
     }
+#ifndef HAK_FAULT_REALLOC_MOVE_UNNOTED /* fault injection: the old pointer is forgotten */
+    if (base != (uint8_t*)old_base) recent_note(p); /* its old place: a free of it is a double free */
+#endif
     h = (hak_huge_t*)(base + offset - HAK_HUGE_HEADER); /* a fresh page: the header anew */
     h->magic = HAK_HUGE_MAGIC;
     h->offset = (uint32_t)offset;

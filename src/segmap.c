@@ -47,6 +47,11 @@ void _hak_segmap_clear(uintptr_t base, size_t size) {
   if (hak_map_is_segment(head)) atomic_fetch_sub_explicit(&map_segments, 1, memory_order_relaxed);
   else if (head == HAK_MAP_HUGE) atomic_fetch_sub_explicit(&map_huge, 1, memory_order_relaxed);
   size_t n = (size + HAK_SEGMENT_MASK) >> HAK_SEGMENT_SHIFT;
+#ifndef HAK_FAULT_SEGMENT_GONE_FORGOTTEN /* fault injection: an unmapped segment reads as never hakmem's */
+  uint8_t v = hak_map_is_segment(head) ? HAK_MAP_GONE : HAK_MAP_NONE;
+#else
+  uint8_t v = HAK_MAP_NONE;
+#endif
   for (size_t i = 0; i < n && first + i < HAK_SEGMAP_ENTRIES; i++)
-    atomic_store_explicit(&_hak_segmap[first + i], HAK_MAP_NONE, memory_order_release);
+    atomic_store_explicit(&_hak_segmap[first + i], v, memory_order_release);
 }

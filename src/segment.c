@@ -85,7 +85,9 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
     segment_init(seg, heap);
     _hak_segmap_set((uintptr_t)base, HAK_SEGMENT_SIZE, false);
   } else {
+    uint64_t used = seg->used_mask; /* what its blocks' stale pointers may point at */
     segment_init(seg, heap); /* clean: purged when it was cached */
+    seg->used_mask = used;
   }
   seg->next = heap->segments;
   if (heap->segments) heap->segments->prev = seg;
@@ -201,6 +203,7 @@ hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n, hak_segment_t*
   zero = true;
 #endif
   seg->free_mask &= ~bits;
+  seg->used_mask |= bits;
 #ifndef HAK_FAULT_PURGE_LIVE /* fault injection (with purge.c's): reused slices stay dirty */
   heap->dirty_slices -= (size_t)__builtin_popcountll(seg->dirty_mask & bits);
   seg->dirty_mask &= ~bits; /* in use: never purged */

@@ -57,10 +57,12 @@ HAK_SHIM_API int posix_memalign(void** out, size_t align, size_t size) {
 
 HAK_SHIM_API void* aligned_alloc(size_t align, size_t size) { return _hak_aligned(align, size, CALLER); }
 
-/* glibc's memalign rounds an alignment that is not a power of two up. */
+/* glibc's memalign rounds an alignment that is not a power of two up (up
+ * to 2^63, which then finds no memory: ENOMEM); one past SIZE_MAX / 2 + 1
+ * is EINVAL. */
 HAK_SHIM_API void* memalign(size_t align, size_t size) {
   if (align != 0 && (align & (align - 1)) != 0) {
-    if (align > ((size_t)1 << 62)) {
+    if (align > ((size_t)1 << 63)) {
       errno = EINVAL;
       return NULL;
     }

@@ -42,6 +42,10 @@
  *   HAK_MAP_SECURE    the same under HAKMEM_SECURE >= 1: the fast free path
  *                     tests for HAK_MAP_SEGMENT only, so every free of a
  *                     secure segment's block takes the checked path (secure.c)
+ *   HAK_MAP_GONE      a segment was here and was unmapped: an aligned pointer
+ *                     into it was a block (a free of it is a double free),
+ *                     unless the kernel gave the range to a mapping not
+ *                     hakmem's since, which no free may name either
  *   HAK_MAP_HUGE + d  chunk d chunks after the head chunk of a huge mapping
  *                     (d <= HAK_MAP_HUGE_FAR - HAK_MAP_HUGE - 1)
  *   HAK_MAP_HUGE_FAR  further inside a huge mapping (only interior pointers) */
@@ -49,7 +53,8 @@ enum {
   HAK_MAP_NONE = 0,
   HAK_MAP_SEGMENT = 1,
   HAK_MAP_SECURE = 2,
-  HAK_MAP_HUGE = 3,
+  HAK_MAP_GONE = 3,
+  HAK_MAP_HUGE = 4,
   HAK_MAP_HUGE_FAR = 255,
 };
 
@@ -164,6 +169,8 @@ typedef struct hak_segment_s {
   uint64_t free_mask;             /* free slices                            */
   uint64_t dirty_mask;            /* free slices that may be resident (purge.c) */
   uint64_t aged_mask;             /* of those, dirty at the last purge tick */
+  uint64_t used_mask;             /* slices that held a page since it was
+                                     mapped: a free there is a double free */
   uint32_t used_slices;
   uint32_t max_run;               /* longest run of free slices (heap index) */
   uint32_t kept_slices;           /* slices of its kept pages (page.c)       */

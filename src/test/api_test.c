@@ -258,6 +258,42 @@ static void double_free_after_others(void* arg) {
   M_FREE(p);
 }
 
+/* the block's page (small, large) or mapping (huge) given back to the OS
+ * before the second free: the freed tag is gone with the memory */
+static void double_free_after_collect(void* arg) {
+  void* p = M_MALLOC((size_t)(uintptr_t)arg);
+  M_FREE(p);
+  hak_collect();
+  M_FREE(p);
+}
+
+/* the same with a block of another class kept in the segment: the block's
+ * page or run retired and purged, the segment still mapped */
+static void double_free_after_collect_kept(void* arg) {
+  void* keep = M_MALLOC(24);
+  void* p = M_MALLOC((size_t)(uintptr_t)arg);
+  M_FREE(p);
+  hak_collect();
+  M_FREE(p);
+  M_FREE(keep);
+}
+
+/* a huge block realloc moved to a larger mapping: the old pointer is freed */
+static void free_after_realloc_moved(void* arg) {
+  size_t n = (size_t)(uintptr_t)arg;
+  void* p = M_MALLOC(n);
+  void* q = M_REALLOC(p, 2 * n);
+  if (q == NULL || q == p) _exit(3); /* not moved: nothing to test */
+  M_FREE(p);
+}
+static void realloc_after_realloc_moved(void* arg) {
+  size_t n = (size_t)(uintptr_t)arg;
+  void* p = M_MALLOC(n);
+  void* q = M_REALLOC(p, 2 * n);
+  if (q == NULL || q == p) _exit(3);
+  (void)M_REALLOC(p, 10);
+}
+
 static void free_pointer(void* arg) { M_FREE(arg); }
 static void realloc_pointer(void* arg) { (void)M_REALLOC(arg, 10); }
 static void usable_size_of_freed(void* arg) {
@@ -289,6 +325,16 @@ static void double_free_told(void* arg) {
   (void)!write(2, buf, (size_t)n);
   M_FREE(p);
   M_FREE(p);
+}
+
+TEST(double_free_is_reported_after_the_memory_went_back) {
+  for (size_t i = 0; i < N_MISUSE; i++) {
+    EXPECT_DEATH(double_free_after_collect, (void*)(uintptr_t)misuse_sizes[i], "double free in free(", NULL);
+    EXPECT_DEATH(double_free_after_collect_kept, (void*)(uintptr_t)misuse_sizes[i], "double free in free(", NULL);
+  }
+  /* past BigCache's classes, moved by mremap (or copied: the same) */
+  EXPECT_DEATH(free_after_realloc_moved, (void*)(uintptr_t)(20 * MiB), "double free in free(", NULL);
+  EXPECT_DEATH(realloc_after_realloc_moved, (void*)(uintptr_t)(20 * MiB), "double free in realloc(", NULL);
 }
 
 TEST(double_free_message_names_the_address) {
@@ -479,6 +525,14 @@ TEST(memalign_valloc_pvalloc_reallocarray) {
   errno = 0;
   EXPECT_TRUE(memalign(64, SIZE_MAX) == NULL);
   EXPECT_EQ_U(errno, ENOMEM);
+  /* as glibc: rounded up to 2^63 (no memory), or past SIZE_MAX / 2 + 1 */
+  volatile size_t odd_huge = ((size_t)1 << 62) + 1, past = ((size_t)1 << 63) + 1;
+  errno = 0;
+  EXPECT_TRUE(memalign(odd_huge, 16) == NULL);
+  EXPECT_EQ_U(errno, ENOMEM);
+  errno = 0;
+  EXPECT_TRUE(memalign(past, 16) == NULL);
+  EXPECT_EQ_U(errno, EINVAL);
   errno = 0;
   EXPECT_TRUE(pvalloc(SIZE_MAX) == NULL);
   EXPECT_EQ_U(errno, ENOMEM);
