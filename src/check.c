@@ -358,6 +358,9 @@ size_t hak_check_heap(void) {
   size_t bc = _hak_bigcache_check(&cached);
   if (bc) bad += violation("BigCache slots: a block not cached, in two places, or bytes miscounted", NULL, bc, 0);
   _hak_madvq_holds(0, &queued);
+  const void* seg_bad;
+  size_t sc = _hak_segment_check_cached(&seg_bad);
+  if (sc) bad += violation("segment cache: a segment owned, in use, resident, unregistered, or miscounted", seg_bad, sc, 0);
   /* the segment map names exactly the segments and huge mappings that exist */
   hak_stats_t st;
   hak_stats_get(&st);

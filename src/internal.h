@@ -182,6 +182,7 @@ HAK_INTERNAL void _hak_segment_trim(void);
 HAK_INTERNAL void _hak_segment_lock(bool lock);     /* fork */
 HAK_INTERNAL void _hak_segment_fork_child(void);
 HAK_INTERNAL bool _hak_segment_purge_cached(uint64_t now_ns, bool all); /* true: a later tick has work */
+HAK_INTERNAL size_t _hak_segment_check_cached(const void** first); /* violations of the segment cache */
 
 /* ---- purge.c: idle free memory back to the OS after a delay -------------- */
 HAK_INTERNAL extern _Atomic(bool) _hak_purge_global; /* caches hold purgeable memory */

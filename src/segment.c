@@ -290,6 +290,24 @@ bool _hak_segment_purge_cached(uint64_t now_ns, bool all) {
   return more;
 }
 
+/* The segment cache's violations (hak_check_heap): a cached segment that
+ * is not registered, is owned, holds a page or may hold resident pages
+ * (it was purged as it was cached); *first: the first one. */
+size_t _hak_segment_check_cached(const void** first) {
+  size_t bad = 0, n = 0;
+  *first = NULL;
+  if (!hak_lock(&seg_lock)) return 0; /* a fork is pending: not now */
+  for (hak_segment_t* seg = seg_cache; seg != NULL && n <= CACHE_MAX + 1024; seg = seg->next, n++) {
+    bool ok = seg->magic == HAK_SEGMENT_MAGIC && seg->heap == NULL && seg->used_slices == 0 &&
+              seg->free_mask == ~(uint64_t)1 && seg->dirty_mask == 0 && seg->kept_slices == 0 &&
+              hak_map_is_segment(hak_segmap_get((uintptr_t)hak_segment_base(seg)));
+    if (!ok && bad++ == 0) *first = seg;
+  }
+  if (n != seg_cache_count && bad++ == 0) *first = seg_cache;
+  hak_unlock(&seg_lock);
+  return bad;
+}
+
 /* Unmaps every cached empty segment (hak_collect). */
 void _hak_segment_trim(void) {
   if (!hak_lock(&seg_lock)) return; /* a fork is pending: later */

@@ -200,6 +200,30 @@ TEST(segments_and_queues) {
   PLANT("page on the wrong queue", page->in_full = 1, page->in_full = 0);
 }
 
+/* The segment cache: a cached segment is clean, owned by nobody, empty. */
+TEST(segment_cache) {
+  enum { N = 3 * 4096 };
+  static char* many[N];
+  char* keep = hak_malloc(100);
+  for (int i = 0; i < N; i++) many[i] = hak_malloc(1000); /* about 3 segments */
+  hak_segment_t* segs[8];
+  int nsegs = 0;
+  for (int i = 0; i < N && nsegs < 8; i++)
+    if (nsegs == 0 || segs[nsegs - 1] != hak_segment_of(many[i])) segs[nsegs++] = hak_segment_of(many[i]);
+  for (int i = N - 1; i >= 0; i--) hak_free(many[i]);
+  hak_segment_t* seg = NULL; /* one that emptied while the heap had others: cached, still mapped */
+  for (int i = 0; i < nsegs && seg == NULL; i++)
+    if (hak_map_is_segment(hak_segmap_get((uintptr_t)hak_segment_base(segs[i]))) && segs[i]->heap == NULL) seg = segs[i];
+  ASSERT_NOT_NULL(seg);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  PLANT("segment cache", seg->dirty_mask = 2, seg->dirty_mask = 0);
+  PLANT("segment cache", seg->heap = _hak_heap_tls, seg->heap = NULL);
+  PLANT("segment cache", seg->free_mask ^= 4, seg->free_mask ^= 4);
+  hak_free(keep);
+  hak_collect();
+  EXPECT_EQ_U(hak_check_heap(), 0);
+}
+
 /* An exited thread's heap: remote frees with no reclaim requested, and an
  * empty page kept. */
 static char* exited_block;
