@@ -245,11 +245,17 @@ static void free_remote(hak_page_t* page, hak_block_t* b, hak_fn_t fn) {
 #ifdef HAK_FAULT_REMOTE_READ_AFTER_PUSH /* fault injection: the page is read after the push */
   owner = page->heap;
 #endif
-  /* an exited thread's heap: nobody sweeps it but a reclaim (heap.c) */
+  /* an exited thread's heap: nobody sweeps it but a reclaim (heap.c), from
+   * the allocation paths and, for a thread that no longer refills or asks
+   * for large blocks, from the caches' purge tick */
 #ifndef HAK_FAULT_ABANDONED_STRANDED /* fault injection: nobody is told */
   if (atomic_load_explicit(&owner->abandoned, memory_order_seq_cst) &&
-      !atomic_load_explicit(&_hak_heaps_dirty, memory_order_seq_cst))
+      !atomic_load_explicit(&_hak_heaps_dirty, memory_order_seq_cst)) {
     atomic_store_explicit(&_hak_heaps_dirty, true, memory_order_relaxed);
+#ifndef HAK_FAULT_RECLAIM_UNTICKED /* fault injection: only the allocation paths reclaim */
+    hak_purge_global_due();
+#endif
+  }
 #endif
   /* counted by the freeing thread, in its own heap: no shared write */
   hak_heap_t* self = _hak_heap_tls;

@@ -103,13 +103,16 @@ void _hak_purge_heap(hak_heap_t* heap, uint64_t now, bool all) {
   heap->purge_next_ns = dirty ? now + delay_ns() : 0;
 }
 
-/* The caches' tick: cached segments, retained mappings, BigCache expiry,
- * the batch deadline, abandoned heaps.  One thread at a time runs it (the
+/* The caches' tick: exited threads' heaps swept and purged, the segment
+ * cache's surplus, retained mappings, BigCache expiry, the batch deadline.  One thread at a time runs it (the
  * deadline is advanced by a CAS). */
 static void purge_global(uint64_t now, bool all) {
   /* cleared first: a thread that has something new raises it again after */
   atomic_store_explicit(&_hak_purge_global, false, memory_order_relaxed);
   _hak_madvq_tick();
+  /* what other threads freed into exited threads' heaps: swept here too,
+   * so their pages are purged also when no thread refills (alloc.c) */
+  if (atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed)) _hak_heaps_reclaim();
   bool more = _hak_bigcache_expire(now);
   more |= _hak_segment_purge_cached(now, all);
   more |= _hak_madvq_purge(now, all);

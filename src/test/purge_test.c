@@ -434,6 +434,49 @@ TEST(an_exited_threads_swept_pages_are_purged_after_the_delay) {
   teardown();
 }
 
+/* A thread allocates and exits with its blocks live; another thread frees
+ * them all (remote frees into the exited thread's heap), then only
+ * allocates and frees one small block at a time (its page empties at each
+ * free, no refill, no large request): the exited heap's pages are still
+ * swept and purged after the delay (they stayed resident for good: the
+ * sweep ran only from refills and large requests; found by the
+ * adversarial review's idle1.c, 441 MB after 9 s). */
+static void* exiting_keeper(void* arg) {
+  (void)arg;
+  for (int i = 0; i < EXIT_N; i++) exit_blocks[i] = hak_malloc(1000);
+  return NULL;
+}
+TEST(an_exited_threads_blocks_freed_later_are_purged_without_refills) {
+  setup();
+  hak_free(hak_malloc(48)); /* the page of the activity's bin, set up now */
+  pthread_t t;
+  pthread_create(&t, NULL, exiting_keeper, NULL);
+  pthread_join(t, NULL);
+  char* probe = NULL;
+  for (int i = 0; i < EXIT_N; i++) {
+    if (probe == NULL && i > EXIT_N / 2 && ((uintptr_t)exit_blocks[i] & (HAK_SLICE_SIZE - 1)) == 0) probe = exit_blocks[i];
+    hak_free(exit_blocks[i]); /* remote, into an exited thread's heap */
+  }
+  ASSERT_NOT_NULL(probe);
+  EXPECT_EQ_U(resident(probe), 1);
+  hak_stats_t st;
+  hak_stats_get(&st);
+  uint64_t purged0 = st.purge_bytes, refills0 = st.pages_refills;
+  for (int i = 0; i < 400; i++) { /* four delays */
+    now_ns += (DELAY_MS / 100) * MS;
+    void* q = hak_malloc(48);
+    if (q == NULL) abort();
+    hak_free(q);
+  }
+  hak_stats_get(&st);
+  EXPECT_EQ_U(st.pages_refills, refills0); /* none: the fast paths and a free that empties its page */
+  EXPECT_TRUE(st.purge_bytes - purged0 >= (uint64_t)(EXIT_N * 1000) / 2);
+  EXPECT_EQ_U(resident(probe), 0);
+  EXPECT_EQ_U(bad_advice, 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  teardown();
+}
+
 /* A page whose last block is freed stays on its bin's queue for the bin's
  * next allocations (no new page set up); once it has stayed empty a whole
  * tick (between one and two delays) it is retired and purged at that
