@@ -96,7 +96,7 @@ static void* alloc_tier(hak_heap_t* heap, size_t size, size_t align, const void*
     }
   }
   size_t stale;
-  p = _hak_huge_alloc(size, align, site, _hak_site_repeats(s, size), &stale);
+  p = _hak_huge_alloc(size, align, site, s, &stale);
   if (p == NULL) return NULL;
   _hak_site_served(s);
   _hak_policy_record(&d, true, stale == 0, _hak_huge_usable(p));

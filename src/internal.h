@@ -83,6 +83,7 @@ HAK_INTERNAL void _hak_os_free(void* addr, size_t size);
 HAK_INTERNAL bool _hak_os_remap(void* old, size_t old_size, void* dst, size_t new_size); /* false: untouched */
 HAK_INTERNAL bool _hak_os_move_keep(void* src, size_t size, void* dst); /* false: untouched */
 HAK_INTERNAL bool _hak_os_mapped(void* addr, size_t size); /* no hole in the range */
+HAK_INTERNAL size_t _hak_os_resident_pages(void* addr, size_t size); /* resident pages, size <= 2 MiB */
 HAK_INTERNAL bool _hak_os_refill(void* addr, size_t size); /* a range that is all hole mapped again */
 HAK_INTERNAL int _hak_os_advise(void* addr, size_t size, int advice); /* counted */
 /* [addr, addr + HAK_GUARD_SIZE) becomes a guard page (on) or rw again (off);
@@ -339,7 +340,7 @@ HAK_INTERNAL bool _hak_init(void); /* false: re-entered on the initializing thre
 HAK_INTERNAL extern bool _hak_thp_always; /* the system backs every mapping with huge pages */
 
 /* ---- huge.c: direct mappings with a checked header ------------------------ */
-HAK_INTERNAL void* _hak_huge_alloc(size_t size, size_t align, const void* site, bool thp, size_t* dirty);
+HAK_INTERNAL void* _hak_huge_alloc(size_t size, size_t align, const void* site, hak_site_t* s, size_t* dirty);
 HAK_INTERNAL size_t _hak_huge_free(void* p, hak_fn_t fn); /* its size, 0: misuse */
 HAK_INTERNAL hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn); /* NULL if invalid (reported) */
 HAK_INTERNAL bool _hak_huge_recently_freed(const void* p);
@@ -381,9 +382,15 @@ HAK_INTERNAL bool _hak_madvq_purge(uint64_t now, bool all);
 
 /* ---- site.c: call-site table -------------------------------------------- */
 HAK_INTERNAL hak_site_t* _hak_site_alloc(const void* site, size_t size); /* NULL: not tracked */
-/* the site asked for this size range before (this request counted) and
- * freed blocks: it churns, rather than keeping one-off buffers */
-HAK_INTERNAL bool _hak_site_repeats(const hak_site_t* s, size_t size);
+/* Transparent huge pages for a fresh huge mapping of size bytes for site s
+ * (NULL: untracked), and what its free is to tell (site.c). */
+enum { HAK_THP_NO, HAK_THP_YES, HAK_THP_PROBE };
+enum { HAK_SITE_THP_UNKNOWN, HAK_SITE_THP_DENSE, HAK_SITE_THP_SPARSE };
+HAK_INTERNAL int _hak_site_thp(hak_site_t* s, size_t size);
+/* a probed block of site was freed: its first 2 MiB mostly resident? */
+HAK_INTERNAL void _hak_site_thp_seen(const void* site, bool dense);
+/* its probed blocks were used sparsely: huge.c gathers no pages for it */
+HAK_INTERNAL bool _hak_site_sparse(const hak_site_t* s);
 HAK_INTERNAL bool _hak_site_trylock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_unlock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_free(const void* site);

@@ -34,7 +34,7 @@ static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
     [HAK_OPT_STATS_FILE] = {"STATS_FILE", 0, 0, 0, NULL, true,
                             "append the statistics to this file instead of stderr", true},
     [HAK_OPT_THP] = {"THP", 1, 0, 1, NULL, false,
-                     "1: advise transparent huge pages for blocks of 2-4 MiB, and larger ones from a call site that allocated such sizes before and freed blocks", false},
+                     "1: advise transparent huge pages for blocks of 2 MiB or more of a call site once one of its blocks was seen 3/4 resident at its free (its first two blocks of at most 4 MiB meanwhile)", false},
     [HAK_OPT_BIGCACHE_BYTES] = {"BIGCACHE_BYTES", 64 * MiB, 0, 64 * 1024 * MiB, NULL, false,
                                 "bytes of freed huge blocks BigCache keeps mapped for reuse (the memory they may hold: their pages less those moved out)", false},
     [HAK_OPT_BIGCACHE_SLOTS] = {"BIGCACHE_SLOTS", 4, 0, 8, NULL, false,

@@ -227,6 +227,18 @@ bool _hak_os_mapped(void* addr, size_t size) {
   return true;
 }
 
+/* Resident pages of [addr, addr + size), size at most 2 MiB (one mincore
+ * call); 0 on failure. */
+size_t _hak_os_resident_pages(void* addr, size_t size) {
+  unsigned char vec[512];
+  size_t n = (size < sizeof(vec) * 4096 ? size : sizeof(vec) * 4096) / 4096, got = 0;
+  int r;
+  KEEP_ERRNO(r = mincore(addr, n * 4096, vec));
+  if (r != 0) return 0;
+  for (size_t i = 0; i < n; i++) got += vec[i] & 1;
+  return got;
+}
+
 /* Maps fresh rw pages over [addr, addr + size) if any of it is a hole:
  * the range whole (MAP_FIXED_NOREPLACE, never over a mapping), which works
  * only when all of it is a hole (what a kernel before 6.17 leaves of an

@@ -102,9 +102,53 @@ hak_site_t* _hak_site_alloc(const void* site, size_t size) {
   return s;
 }
 
-bool _hak_site_repeats(const hak_site_t* s, size_t size) {
-  return s != NULL && atomic_load_explicit(&s->hist[hist_bucket(size)], memory_order_relaxed) >= 2 &&
-         atomic_load_explicit(&s->frees, memory_order_relaxed) > 0;
+/* HAKMEM_THP=1: transparent huge pages by site.  A huge page spares 511
+ * faults when its 2 MiB are all touched, and costs 2 MiB of RSS for one
+ * touched page: 500 live 3 MB buffers written at both ends took 1 GB with
+ * every block of 2-4 MiB advised (8 MB unadvised).  So a site's blocks get
+ * huge pages once one of its blocks was seen used densely: a fresh
+ * mapping left unadvised is probed, and its free reads how much of its
+ * first 2 MiB is resident (3/4: dense, sticky; less: sparse).  Until then
+ * its first THP_TRIALS blocks of at most 4 MiB get huge pages (at most
+ * that much wasted, and a short-lived buffer, as the vm scenario's, is
+ * served at once); a sparse site is probed again one fresh block in
+ * THP_REPROBE. */
+#define THP_TRIALS 2
+#define THP_TRIAL_MAX ((size_t)4 << 20)
+#define THP_REPROBE 16
+
+int _hak_site_thp(hak_site_t* s, size_t size) {
+  if (size < ((size_t)2 << 20) || s == NULL) return HAK_THP_NO;
+  bool thp = hak_option(HAK_OPT_THP) != 0; /* 0: the probes still tell (huge.c's gathers ask) */
+  switch (atomic_load_explicit(&s->thp, memory_order_relaxed)) {
+    case HAK_SITE_THP_DENSE:
+      return thp ? HAK_THP_YES : HAK_THP_NO;
+    case HAK_SITE_THP_SPARSE:
+      return atomic_fetch_add_explicit(&s->thp_probes, 1, memory_order_relaxed) % THP_REPROBE == 0 ? HAK_THP_PROBE
+                                                                                                      : HAK_THP_NO;
+    default:
+#ifndef HAK_FAULT_THP_UNBOUNDED_TRIALS /* fault injection: every block of 2-4 MiB advised (the first rule) */
+      if (thp && size <= THP_TRIAL_MAX && atomic_fetch_add_explicit(&s->thp_trials, 1, memory_order_relaxed) < THP_TRIALS)
+        return HAK_THP_YES;
+#else
+      if (thp && size <= THP_TRIAL_MAX) return HAK_THP_YES;
+#endif
+      return HAK_THP_PROBE;
+  }
+}
+
+bool _hak_site_sparse(const hak_site_t* s) {
+  return s != NULL && atomic_load_explicit(&s->thp, memory_order_relaxed) == HAK_SITE_THP_SPARSE;
+}
+
+void _hak_site_thp_seen(const void* site, bool dense) {
+  hak_site_t* s = site != NULL ? site_find((uintptr_t)site, false) : NULL;
+  if (s == NULL) return;
+  uint8_t was = atomic_load_explicit(&s->thp, memory_order_relaxed);
+  if (dense) atomic_store_explicit(&s->thp, HAK_SITE_THP_DENSE, memory_order_relaxed);
+  else if (was == HAK_SITE_THP_UNKNOWN)
+    atomic_compare_exchange_strong_explicit(&s->thp, &was, HAK_SITE_THP_SPARSE, memory_order_relaxed,
+                                            memory_order_relaxed);
 }
 
 void _hak_site_free(const void* site) {

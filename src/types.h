@@ -262,7 +262,10 @@ typedef struct hak_huge_s {
   int32_t cls;                    /* BigCache class, -1 if not cacheable    */
   uintptr_t site;                 /* call site of the last allocation       */
   _Atomic(uint32_t) state;        /* HAK_HUGE_LIVE / HAK_HUGE_FREED         */
-  uint32_t drained;               /* cached: pages at the block's end that
+  uint32_t probe : 1;             /* a fresh mapping its site's THP choice
+                                     left unadvised to see how densely the
+                                     site touches its blocks (site.c) */
+  uint32_t drained : 31;          /* cached: pages at the block's end that
                                      were moved out (empty); a hint       */
   uint64_t checksum;
 } hak_huge_t;
@@ -290,6 +293,8 @@ typedef struct hak_site_s {
   _Atomic(uint32_t) large_count; /* large/huge allocations: sampling     */
   _Atomic(uint32_t) period_log;  /* log2 of the measuring period (policy.c); 0: 8, new */
   _Atomic(uint32_t) big_allocs;  /* blocks the large and huge tiers served (frees: theirs) */
+  _Atomic(uint8_t) thp;          /* HAK_SITE_THP_*: what its huge blocks' use showed (site.c) */
+  _Atomic(uint32_t) thp_trials, thp_probes;
   _Atomic(int) lock;
   /* evolving (policy.c), under lock: the epoch being measured ... */
   int epoch_kind;                /* 0 none, else HAK_DECIDE_UCB / _ELO     */

@@ -32,9 +32,11 @@ static int n_advised, n_unmapped;
 
 static uintptr_t nohuge_base;
 static size_t nohuge_size;
+static int n_hugepage; /* MADV_HUGEPAGE calls */
 
 static int fake_advise(void* addr, size_t size, int advice) {
   if (advice == MADV_NOHUGEPAGE) nohuge_base = (uintptr_t)addr, nohuge_size = size;
+  if (advice == MADV_HUGEPAGE) n_hugepage++;
   if (advice == MADV_FREE || advice == MADV_DONTNEED) {
     if (n_advised < LOG_MAX) advised[n_advised++].base = (uintptr_t)addr, advised[n_advised - 1].size = size;
   }
@@ -283,6 +285,48 @@ TEST(a_grown_block_gets_huge_pages_only_as_a_fresh_one_would) {
   /* 18 pages touched past the moved ones: 18 resident, not 18 huge pages */
   EXPECT_TRUE(resident_pages(p + 4 * MiB, 36 * MiB) <= 18);
   hak_free_at(p, SITE(41));
+  EXPECT_EQ_U(hak_check_heap(), 0);
+}
+
+/* Huge pages by site (site.c): a site whose blocks were used sparsely
+ * gets none past its first two (500 live 3 MB buffers written at both
+ * ends took 1 GB when every block of 2-4 MiB was advised: the adversarial
+ * review's thp1.c), and no pages gathered (they would be moved for a few
+ * touched ones); a site that used a block densely gets them for any
+ * size. */
+TEST(huge_pages_follow_how_densely_a_site_touches_its_blocks) {
+  setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  _hak_options[HAK_OPT_THP] = 1;
+  enum { N = 8 };
+  char* b[N];
+  int huge0 = n_hugepage;
+  for (int i = 0; i < N; i++) {
+    b[i] = hak_alloc_at(3 * MiB, SITE(60));
+    ASSERT_NOT_NULL(b[i]);
+    b[i][0] = 1, b[i][3 * MiB - 1] = 1;
+  }
+  EXPECT_EQ_U(n_hugepage - huge0, 2); /* its trials */
+  for (int i = 0; i < N; i++) hak_free_at(b[i], SITE(60)); /* the probed ones: sparse; cached */
+  hak_stats_t a = stats();
+  huge0 = n_hugepage;
+  char* p = hak_alloc_at(20 * MiB, SITE(60)); /* past the classes: fresh, nothing gathered */
+  ASSERT_NOT_NULL(p);
+  p[0] = 1;
+  EXPECT_EQ_U(stats().bigcache_grown - a.bigcache_grown, 0);
+  EXPECT_EQ_U(n_hugepage - huge0, 0);
+  hak_free_at(p, SITE(60));
+  /* a block of another site, probed (a fresh mapping past the trials'
+   * 4 MiB: nothing cached to gather) and used throughout */
+  hak_collect();
+  char* d = hak_alloc_at(10 * MiB, SITE(61));
+  ASSERT_NOT_NULL(d);
+  memset(d, 1, 10 * MiB);
+  hak_free_at(d, SITE(61));
+  huge0 = n_hugepage;
+  d = hak_alloc_at(20 * MiB, SITE(61));
+  ASSERT_NOT_NULL(d);
+  EXPECT_TRUE(n_hugepage > huge0);
+  hak_free_at(d, SITE(61));
   EXPECT_EQ_U(hak_check_heap(), 0);
 }
 
