@@ -360,7 +360,7 @@ size_t hak_check_heap(void) {
   _hak_madvq_holds(0, &queued);
   const void* seg_bad;
   size_t sc = _hak_segment_check_cached(&seg_bad);
-  if (sc) bad += violation("segment cache: a segment owned, in use, resident, unregistered, or miscounted", seg_bad, sc, 0);
+  if (sc) bad += violation("segment cache: a segment owned, in use, unregistered, with bad masks, or miscounted", seg_bad, sc, 0);
   /* the segment map names exactly the segments and huge mappings that exist */
   hak_stats_t st;
   hak_stats_get(&st);

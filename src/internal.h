@@ -184,6 +184,8 @@ HAK_INTERNAL void _hak_segment_lock(bool lock);     /* fork */
 HAK_INTERNAL void _hak_segment_fork_child(void);
 HAK_INTERNAL bool _hak_segment_purge_cached(uint64_t now_ns, bool all); /* true: a later tick has work */
 HAK_INTERNAL size_t _hak_segment_check_cached(const void** first); /* violations of the segment cache */
+HAK_INTERNAL bool _hak_segment_cache_dirty(void);      /* a cached segment may hold resident pages */
+HAK_INTERNAL uint64_t _hak_segment_cache_idle_ns(void); /* ... purged once cached this long */
 
 /* ---- purge.c: idle free memory back to the OS after a delay -------------- */
 HAK_INTERNAL extern _Atomic(bool) _hak_purge_global; /* caches hold purgeable memory */

@@ -28,7 +28,7 @@ static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
     [HAK_OPT_STATS] = {"STATS", 0, 0, 2, stats_words, false,
                        "0: nothing; 1: statistics as text at exit; json: one JSON line at exit", false},
     [HAK_OPT_SEGMENT_CACHE] = {"SEGMENT_CACHE", 4, 0, 1024, NULL, false,
-                               "empty 4 MiB segments kept for reuse (decommitted: address space only) before unmapping; more while the heap is large (an eighth of the segments in use, up to 256), the surplus unmapped once cached two purge delays; 0: none", false},
+                               "empty 4 MiB segments kept for reuse (decommitted once cached 10 ms) before unmapping; more while the heap is large (an eighth of the segments in use, up to 256), the surplus unmapped once cached two purge delays; 0: none", false},
     [HAK_OPT_HUGE_THRESHOLD] = {"HUGE_THRESHOLD", 2 * MiB, 256 * KiB, 256 * MiB, NULL, false,
                                 "bytes; requests this large or larger are mapped directly", false},
     [HAK_OPT_STATS_FILE] = {"STATS_FILE", 0, 0, 0, NULL, true,
@@ -49,7 +49,7 @@ static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
                                    "... or when its oldest range has waited this long", false},
     [HAK_OPT_RETAIN_BYTES] = {"RETAIN_BYTES", 16 * MiB, 0, 64 * 1024 * MiB, NULL, false,
                               "released mappings kept for reuse; beyond this they are unmapped", false},
-    [HAK_OPT_PURGE_DELAY_MS] = {"PURGE_DELAY_MS", 500, 0, 3600000, NULL, false,
+    [HAK_OPT_PURGE_DELAY_MS] = {"PURGE_DELAY_MS", 25, 0, 3600000, NULL, false,
                                 "free slices and retained mappings idle this long (up to twice) are decommitted; 0: at once", false},
     [HAK_OPT_MODE] = {"MODE", 1, 0, 1, mode_words, false,
                       "baseline: fixed HUGE_THRESHOLD; evolving: per-site thresholds learned (UCB1, ELO)", false},
@@ -74,7 +74,7 @@ long _hak_options[HAK_OPT_COUNT] = {
     [HAK_OPT_BATCH_RANGES] = 256,
     [HAK_OPT_BATCH_DEADLINE_MS] = 100,
     [HAK_OPT_RETAIN_BYTES] = 16 * MiB,
-    [HAK_OPT_PURGE_DELAY_MS] = 500,
+    [HAK_OPT_PURGE_DELAY_MS] = 25,
 };
 const char* _hak_stats_file;
 int _hak_options_secure = -1;

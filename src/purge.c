@@ -6,7 +6,7 @@
  *  - the free slice runs of every heap's segments (retired pages, freed
  *    large blocks), by the heap's owner; empty pages kept for their bin are
  *    retired first once kept a whole tick (page.c);
- *  - empty segments, as they leave their heap for the cache (segment.c);
+ *  - the free slices of cached empty segments, once cached 10 ms (segment.c);
  *  - mappings the batch queue retains: released with MADV_FREE (cheap, but
  *    counted in RSS until the kernel needs the memory), then decommitted
  *    once retained a delay (madvq.c).
@@ -64,7 +64,7 @@ size_t _hak_purge_segment(hak_segment_t* seg, bool all) {
 #endif
   size_t bytes = 0;
   seg->dirty_mask &= ~m;
-  seg->heap->dirty_slices -= (size_t)__builtin_popcountll(m);
+  if (seg->heap != NULL) seg->heap->dirty_slices -= (size_t)__builtin_popcountll(m); /* NULL: cached */
   while (m != 0) {
     unsigned start = (unsigned)__builtin_ctzll(m);
     uint64_t rest = ~(m >> start);
@@ -126,6 +126,8 @@ static void purge_tick_global(uint64_t now) {
   /* the delay is the caches' tick too, but at most 100 ms apart so that
    * BigCache expiry and the batch deadline keep their resolution */
   uint64_t step = delay_ns() < 100000000u ? delay_ns() : 100000000u;
+  /* and to the segment cache's shorter idle time while it holds pages */
+  if (_hak_segment_cache_dirty() && _hak_segment_cache_idle_ns() < step) step = _hak_segment_cache_idle_ns();
   if (!atomic_compare_exchange_strong(&global_next_ns, &next, now + step)) return;
   purge_global(now, false);
 }

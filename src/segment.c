@@ -15,6 +15,7 @@
 static pthread_mutex_t seg_lock = PTHREAD_MUTEX_INITIALIZER;
 static hak_segment_t* seg_cache;      /* empty segments, linked by next */
 static _Atomic(size_t) seg_cache_count; /* written under seg_lock */
+static _Atomic(size_t) seg_cache_dirty; /* cached segments with pages that may be resident (seg_lock) */
 static _Atomic(uint64_t) seg_current;  /* owned by heaps */
 
 /* The header only: the slice descriptors of an empty segment are zero
@@ -72,6 +73,7 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
     if (seg != NULL) {
       seg_cache = seg->next;
       seg_cache_count--;
+      if (seg->dirty_mask != 0) seg_cache_dirty--;
     }
     hak_unlock(&seg_lock);
   }
@@ -85,9 +87,11 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
     segment_init(seg, heap);
     _hak_segmap_set((uintptr_t)base, HAK_SEGMENT_SIZE, false);
   } else {
-    uint64_t used = seg->used_mask; /* what its blocks' stale pointers may point at */
-    segment_init(seg, heap); /* clean: purged when it was cached */
+    uint64_t used = seg->used_mask, dirty = seg->dirty_mask; /* stale pointers' targets; not purged yet */
+    segment_init(seg, heap);
     seg->used_mask = used;
+    seg->dirty_mask = dirty;
+    heap->dirty_slices += (size_t)__builtin_popcountll(dirty);
   }
   seg->next = heap->segments;
   if (heap->segments) heap->segments->prev = seg;
@@ -95,6 +99,7 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
   heap->segment_count++;
   run_link(heap, seg);
   hak_atomic_add(seg_current, 1);
+  if (seg->dirty_mask) _hak_purge_dirtied(heap);
   return seg;
 }
 
@@ -103,10 +108,14 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
  * heap of hundreds of segments whose blocks come and go empties some now
  * and then, and unmapping them costs the next segment its faults, page
  * tables and guard page: on //verify:bench large (530 segments) keeping 4
- * cost 1.1x mimalloc's time, keeping 64 matched it.  A segment is purged
- * as it is cached (_hak_segment_release), so what the cache keeps is
- * address space, never memory. */
+ * cost 1.1x mimalloc's time, keeping 64 matched it.  What a cached
+ * segment holds is purged once it has been cached CACHE_IDLE_MS (or the
+ * purge delay if shorter): the cache keeps address space; its memory only
+ * for a heap that takes the segment back at once (a block spanning much of
+ * a segment, freed and allocated in turn: the sites scenario). */
 #define CACHE_MAX 256
+#define CACHE_IDLE_MS ((uint64_t)10) /* a cached segment's pages are purged after this (gcc -O2: 3.5 MiB of its peak RSS
+                            in cached segments waiting the purge delay, while its heap faulted in others) */
 static size_t cache_limit(void) {
   size_t min = (size_t)hak_option(HAK_OPT_SEGMENT_CACHE);
   size_t share = atomic_load_explicit(&seg_current, memory_order_relaxed) / 8;
@@ -123,20 +132,13 @@ static void segment_unmap(hak_segment_t* seg) {
   _hak_os_free(hak_segment_base(seg), HAK_SEGMENT_SIZE);
 }
 
-/* Gives an empty segment back: to the cache, or to the OS.  What it holds
- * is decommitted first: a cached segment is taken again only when a heap
- * has no free run left, and until then its pages would stay resident for
- * nobody while the heaps fault in fresh ones (gcc -O2: 3.5 MiB of its peak
- * RSS).  One madvise per dirty run; wasted when the segment goes to the OS
- * (the munmap then has nothing left to drop). */
+/* Gives an empty segment back: to the cache, or to the OS. */
 void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   run_unlink(heap, seg);
-#ifndef HAK_FAULT_SEGMENT_CACHED_DIRTY /* fault injection: cached with its pages resident */
+#ifdef HAK_FAULT_SEGMENT_PURGED_WHEN_CACHED /* fault injection: purged as it goes (this session's first version) */
   _hak_purge_segment(seg, true);
-#else
-  heap->dirty_slices -= (size_t)__builtin_popcountll(seg->dirty_mask);
-  seg->dirty_mask = seg->aged_mask = 0; /* the masks lie: resident, counted clean */
 #endif
+  heap->dirty_slices -= (size_t)__builtin_popcountll(seg->dirty_mask);
   if (seg->prev) seg->prev->next = seg->next;
   else heap->segments = seg->next;
   if (seg->next) seg->next->prev = seg->prev;
@@ -150,14 +152,16 @@ void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
       seg->next = seg_cache;
       seg_cache = seg;
       seg_cache_count++;
+      if (seg->dirty_mask != 0) seg_cache_dirty++;
+      seg->aged_mask = 0;
       seg->cached_ms = (uint32_t)(_hak_os->now_ns() / 1000000u); /* its idle time in the cache starts now */
     }
-    /* the caches' tick unmaps a surplus: the heap shrinking (this release)
-     * can make the cache one, though this one went to the OS */
-#ifndef HAK_FAULT_SEGMENT_SURPLUS_UNNOTICED /* fault injection: only a segment cached starts the tick */
-    if (seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) hak_purge_global_due();
+    /* the caches' tick purges it, and unmaps a surplus: the heap shrinking
+     * (this release) can make the cache one, though this one went to the OS */
+#ifndef HAK_FAULT_SEGMENT_SURPLUS_UNNOTICED /* fault injection: only a dirty segment cached starts the tick */
+    if ((cached && seg->dirty_mask) || seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) hak_purge_global_due();
 #else
-    if (cached && seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) hak_purge_global_due();
+    if (cached && (seg->dirty_mask || seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE))) hak_purge_global_due();
 #endif
     if (cached) seg = NULL;
     hak_unlock(&seg_lock);
@@ -255,20 +259,38 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle) {
     _hak_segment_release(heap, seg);
 }
 
-/* The caches' purge tick (purge.c, at now_ns): unmaps the cached segments
- * beyond cache_limit() that have been cached two purge delays (the cache
- * grew with a heap that has shrunk since; all: at once); true while a
- * later tick has work. */
+uint64_t _hak_segment_cache_idle_ns(void) {
+  uint64_t ms = (uint64_t)hak_option(HAK_OPT_PURGE_DELAY_MS);
+  return (ms < CACHE_IDLE_MS ? ms : CACHE_IDLE_MS) * 1000000u;
+}
+
+bool _hak_segment_cache_dirty(void) { return atomic_load_explicit(&seg_cache_dirty, memory_order_relaxed) != 0; }
+
+/* The caches' purge tick (purge.c, at now_ns): purges the cached segments
+ * cached _hak_segment_cache_idle_ns() or longer (all: every one), and
+ * unmaps those beyond cache_limit() that are clean and have been cached two
+ * purge delays (the cache grew with a heap that has shrunk since).  The
+ * madvise calls run under seg_lock (CACHE_MAX segments at most); true while
+ * a later tick has work. */
 bool _hak_segment_purge_cached(uint64_t now_ns, bool all) {
   bool more = false;
   hak_segment_t* surplus = NULL;
   if (!hak_lock(&seg_lock)) return true; /* a fork is pending: later */
   size_t keep = cache_limit();
   uint32_t now_ms = (uint32_t)(now_ns / 1000000u), idle_ms = 2 * (uint32_t)hak_option(HAK_OPT_PURGE_DELAY_MS);
+  uint32_t purge_ms = (uint32_t)(_hak_segment_cache_idle_ns() / 1000000u);
   for (hak_segment_t** link = &seg_cache; *link != NULL;) {
     hak_segment_t* seg = *link;
+#ifdef HAK_FAULT_SEGMENT_CACHE_UNPURGED /* fault injection: cached segments keep their pages */
+    purge_ms = UINT32_MAX, all = false;
+#endif
+    if (seg->dirty_mask != 0 && (all || (uint32_t)(now_ms - seg->cached_ms) >= purge_ms)) {
+      _hak_purge_segment(seg, true);
+      seg_cache_dirty--;
+    }
+    more |= seg->dirty_mask != 0;
 #ifndef HAK_FAULT_SEGMENT_CACHE_KEPT /* fault injection: the cache never shrinks back */
-    if (seg_cache_count > keep && (all || (uint32_t)(now_ms - seg->cached_ms) >= idle_ms)) {
+    if (seg->dirty_mask == 0 && seg_cache_count > keep && (all || (uint32_t)(now_ms - seg->cached_ms) >= idle_ms)) {
 #else
     if (false && (all || (uint32_t)(now_ms - seg->cached_ms) >= idle_ms)) {
 #endif
@@ -291,19 +313,21 @@ bool _hak_segment_purge_cached(uint64_t now_ns, bool all) {
 }
 
 /* The segment cache's violations (hak_check_heap): a cached segment that
- * is not registered, is owned, holds a page or may hold resident pages
- * (it was purged as it was cached); *first: the first one. */
+ * is not registered, is owned, holds a page, or marks slices aged that are
+ * not dirty; the counts; *first: the first one. */
 size_t _hak_segment_check_cached(const void** first) {
-  size_t bad = 0, n = 0;
+  size_t bad = 0, n = 0, dirty = 0;
   *first = NULL;
   if (!hak_lock(&seg_lock)) return 0; /* a fork is pending: not now */
   for (hak_segment_t* seg = seg_cache; seg != NULL && n <= CACHE_MAX + 1024; seg = seg->next, n++) {
     bool ok = seg->magic == HAK_SEGMENT_MAGIC && seg->heap == NULL && seg->used_slices == 0 &&
-              seg->free_mask == ~(uint64_t)1 && seg->dirty_mask == 0 && seg->kept_slices == 0 &&
+              seg->free_mask == ~(uint64_t)1 && (seg->dirty_mask & ~seg->free_mask) == 0 &&
+              (seg->aged_mask & ~seg->dirty_mask) == 0 && seg->kept_slices == 0 &&
               hak_map_is_segment(hak_segmap_get((uintptr_t)hak_segment_base(seg)));
+    dirty += seg->dirty_mask != 0;
     if (!ok && bad++ == 0) *first = seg;
   }
-  if (n != seg_cache_count && bad++ == 0) *first = seg_cache;
+  if ((n != seg_cache_count || dirty != seg_cache_dirty) && bad++ == 0) *first = seg_cache;
   hak_unlock(&seg_lock);
   return bad;
 }
@@ -314,6 +338,7 @@ void _hak_segment_trim(void) {
   hak_segment_t* list = seg_cache;
   seg_cache = NULL;
   seg_cache_count = 0;
+  seg_cache_dirty = 0;
   hak_unlock(&seg_lock);
   while (list != NULL) {
     hak_segment_t* next = list->next;

@@ -200,7 +200,8 @@ TEST(segments_and_queues) {
   PLANT("page on the wrong queue", page->in_full = 1, page->in_full = 0);
 }
 
-/* The segment cache: a cached segment is clean, owned by nobody, empty. */
+/* The segment cache: a cached segment is owned by nobody, empty, its
+ * masks consistent, and counted. */
 TEST(segment_cache) {
   enum { N = 3 * 4096 };
   static char* many[N];
@@ -216,7 +217,7 @@ TEST(segment_cache) {
     if (hak_map_is_segment(hak_segmap_get((uintptr_t)hak_segment_base(segs[i]))) && segs[i]->heap == NULL) seg = segs[i];
   ASSERT_NOT_NULL(seg);
   EXPECT_EQ_U(hak_check_heap(), 0);
-  PLANT("segment cache", seg->dirty_mask = 2, seg->dirty_mask = 0);
+  PLANT("segment cache", seg->dirty_mask |= 1, seg->dirty_mask &= ~(uint64_t)1); /* slice 0 is never free */
   PLANT("segment cache", seg->heap = _hak_heap_tls, seg->heap = NULL);
   PLANT("segment cache", seg->free_mask ^= 4, seg->free_mask ^= 4);
   hak_free(keep);
