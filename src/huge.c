@@ -427,7 +427,7 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, hak_site_t* s
    * hugechurn.c, 64 live blocks of 2-6 MiB with 65 bytes of each written:
    * 0.71 s gathering, 0.24 s not; glibc 0.17 s) */
 #ifndef HAK_FAULT_GATHER_FOR_SPARSE /* fault injection: gathers for every site */
-  bool gather = !_hak_site_sparse(s);
+  bool gather = !_hak_site_sparse(s, size);
 #else
   bool gather = true;
 #endif
@@ -468,7 +468,10 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, hak_site_t* s
     _hak_segmap_set((uintptr_t)base, map_size, true);
   }
   void* p = huge_init(base, map_size, offset, block_end, cls, site);
-  ((hak_huge_t*)((uint8_t*)p - HAK_HUGE_HEADER))->probe = thp == HAK_THP_PROBE;
+  if (thp == HAK_THP_PROBE && ((uintptr_t)p & 4095) == 0) {
+    ((hak_huge_t*)((uint8_t*)p - HAK_HUGE_HEADER))->probe = 1;
+    _hak_site_thp_probing(s, p, ((hak_huge_t*)((uint8_t*)p - HAK_HUGE_HEADER))->size);
+  }
   return p;
 }
 
@@ -551,12 +554,9 @@ size_t _hak_huge_free(void* p, hak_fn_t fn) {
     return 0;
   }
   _hak_site_free((const void*)h->site);
-  if (h->probe) { /* how densely its site used it: its first 2 MiB's resident pages (site.c) */
+  if (h->probe) { /* how densely its site used it (site.c) */
     h->probe = 0;
-    uintptr_t from = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
-    size_t n = (h->size < THP_SIZE ? h->size : THP_SIZE) & ~(size_t)4095;
-    if (from + n <= (uintptr_t)p + h->size && n != 0)
-      _hak_site_thp_seen((const void*)h->site, _hak_os_resident_pages((void*)from, n) * 4 * 4096 >= 3 * n);
+    _hak_site_thp_freed((const void*)h->site, p, h->size);
   }
   size_t size = h->size;
   hak_atomic_add(huge_frees, 1);

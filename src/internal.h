@@ -83,7 +83,7 @@ HAK_INTERNAL void _hak_os_free(void* addr, size_t size);
 HAK_INTERNAL bool _hak_os_remap(void* old, size_t old_size, void* dst, size_t new_size); /* false: untouched */
 HAK_INTERNAL bool _hak_os_move_keep(void* src, size_t size, void* dst); /* false: untouched */
 HAK_INTERNAL bool _hak_os_mapped(void* addr, size_t size); /* no hole in the range */
-HAK_INTERNAL size_t _hak_os_resident_pages(void* addr, size_t size); /* resident pages, size <= 2 MiB */
+HAK_INTERNAL size_t _hak_os_written_pages(void* addr, size_t size); /* written pages, size <= 2 MiB */
 HAK_INTERNAL bool _hak_os_refill(void* addr, size_t size); /* a range that is all hole mapped again */
 HAK_INTERNAL int _hak_os_advise(void* addr, size_t size, int advice); /* counted */
 /* [addr, addr + HAK_GUARD_SIZE) becomes a guard page (on) or rw again (off);
@@ -184,8 +184,6 @@ HAK_INTERNAL void _hak_segment_lock(bool lock);     /* fork */
 HAK_INTERNAL void _hak_segment_fork_child(void);
 HAK_INTERNAL bool _hak_segment_purge_cached(uint64_t now_ns, bool all); /* true: a later tick has work */
 HAK_INTERNAL size_t _hak_segment_check_cached(const void** first); /* violations of the segment cache */
-HAK_INTERNAL bool _hak_segment_cache_dirty(void);      /* a cached segment may hold resident pages */
-HAK_INTERNAL uint64_t _hak_segment_cache_idle_ns(void); /* ... purged once cached this long */
 
 /* ---- purge.c: idle free memory back to the OS after a delay -------------- */
 HAK_INTERNAL extern _Atomic(bool) _hak_purge_global; /* caches hold purgeable memory */
@@ -389,10 +387,14 @@ HAK_INTERNAL hak_site_t* _hak_site_alloc(const void* site, size_t size); /* NULL
 enum { HAK_THP_NO, HAK_THP_YES, HAK_THP_PROBE };
 enum { HAK_SITE_THP_UNKNOWN, HAK_SITE_THP_DENSE, HAK_SITE_THP_SPARSE };
 HAK_INTERNAL int _hak_site_thp(hak_site_t* s, size_t size);
-/* a probed block of site was freed: its first 2 MiB mostly resident? */
-HAK_INTERNAL void _hak_site_thp_seen(const void* site, bool dense);
-/* its probed blocks were used sparsely: huge.c gathers no pages for it */
-HAK_INTERNAL bool _hak_site_sparse(const hak_site_t* s);
+/* huge.c probes p, a fresh block of s (the site reads it at its next fresh
+ * block of the size range, if it is still live) ... */
+HAK_INTERNAL void _hak_site_thp_probing(hak_site_t* s, const void* p, size_t size);
+/* ... or at its free, here (first 2 MiB page aligned) */
+HAK_INTERNAL void _hak_site_thp_freed(const void* site, const void* p, size_t size);
+/* its last probed block of this size range was used sparsely: huge.c
+ * gathers no pages for it */
+HAK_INTERNAL bool _hak_site_sparse(const hak_site_t* s, size_t size);
 HAK_INTERNAL bool _hak_site_trylock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_unlock(hak_site_t* s);
 HAK_INTERNAL void _hak_site_free(const void* site);

@@ -229,7 +229,7 @@ bool _hak_os_mapped(void* addr, size_t size) {
 
 /* Resident pages of [addr, addr + size), size at most 2 MiB (one mincore
  * call); 0 on failure. */
-size_t _hak_os_resident_pages(void* addr, size_t size) {
+static size_t resident_pages(void* addr, size_t size) {
   unsigned char vec[512];
   size_t n = (size < sizeof(vec) * 4096 ? size : sizeof(vec) * 4096) / 4096, got = 0;
   int r;
@@ -237,6 +237,31 @@ size_t _hak_os_resident_pages(void* addr, size_t size) {
   if (r != 0) return 0;
   for (size_t i = 0; i < n; i++) got += vec[i] & 1;
   return got;
+}
+
+/* Pages of [addr, addr + size) (at most 2 MiB) the program wrote: present
+ * and mapped by this process alone (/proc/self/pagemap bits 63 and 56, one
+ * preads of 64 entries: 512 bytes of stack), which a page only read is not
+ * (the shared zero page); mincore, which counts those too, if the file
+ * cannot be read (a sandbox). */
+size_t _hak_os_written_pages(void* addr, size_t size) {
+  uint64_t e[64];
+  size_t n = (size < (size_t)512 * 4096 ? size : (size_t)512 * 4096) / 4096, got = 0;
+  bool ok = false;
+  KEEP_ERRNO({
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    ok = fd >= 0;
+    for (size_t at = 0; ok && at < n; at += 64) {
+      size_t k = n - at < 64 ? n - at : 64;
+      ok = pread(fd, e, k * 8, (off_t)(((uintptr_t)addr / 4096 + at) * 8)) == (ssize_t)(k * 8);
+      for (size_t i = 0; ok && i < k; i++) got += (e[i] >> 63 & 1) && (e[i] >> 56 & 1);
+    }
+    if (fd >= 0) close(fd);
+  });
+#ifdef HAK_FAULT_THP_PROBE_MINCORE /* fault injection: pages only read count as written */
+  ok = false;
+#endif
+  return ok ? got : resident_pages(addr, size);
 }
 
 /* Maps fresh rw pages over [addr, addr + size) if any of it is a hole:

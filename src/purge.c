@@ -6,7 +6,7 @@
  *  - the free slice runs of every heap's segments (retired pages, freed
  *    large blocks), by the heap's owner; empty pages kept for their bin are
  *    retired first once kept a whole tick (page.c);
- *  - the free slices of cached empty segments, once cached 10 ms (segment.c);
+ *  - cached empty segments, once cached a delay (segment.c);
  *  - mappings the batch queue retains: released with MADV_FREE (cheap, but
  *    counted in RSS until the kernel needs the memory), then decommitted
  *    once retained a delay (madvq.c).
@@ -126,8 +126,6 @@ static void purge_tick_global(uint64_t now) {
   /* the delay is the caches' tick too, but at most 100 ms apart so that
    * BigCache expiry and the batch deadline keep their resolution */
   uint64_t step = delay_ns() < 100000000u ? delay_ns() : 100000000u;
-  /* and to the segment cache's shorter idle time while it holds pages */
-  if (_hak_segment_cache_dirty() && _hak_segment_cache_idle_ns() < step) step = _hak_segment_cache_idle_ns();
   if (!atomic_compare_exchange_strong(&global_next_ns, &next, now + step)) return;
   purge_global(now, false);
 }

@@ -109,13 +109,11 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
  * and then, and unmapping them costs the next segment its faults, page
  * tables and guard page: on //verify:bench large (530 segments) keeping 4
  * cost 1.1x mimalloc's time, keeping 64 matched it.  What a cached
- * segment holds is purged once it has been cached CACHE_IDLE_MS (or the
- * purge delay if shorter): the cache keeps address space; its memory only
- * for a heap that takes the segment back at once (a block spanning much of
- * a segment, freed and allocated in turn: the sites scenario). */
+ * segment holds is purged once it has been cached a purge delay: the cache
+ * keeps address space, and its memory only for a heap that takes the
+ * segment back soon (a block spanning much of a segment, freed and
+ * allocated in turn: the sites scenario; bursts a few milliseconds apart). */
 #define CACHE_MAX 256
-#define CACHE_IDLE_MS ((uint64_t)10) /* a cached segment's pages are purged after this (gcc -O2: 3.5 MiB of its peak RSS
-                            in cached segments waiting the purge delay, while its heap faulted in others) */
 static size_t cache_limit(void) {
   size_t min = (size_t)hak_option(HAK_OPT_SEGMENT_CACHE);
   size_t share = atomic_load_explicit(&seg_current, memory_order_relaxed) / 8;
@@ -259,15 +257,9 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle) {
     _hak_segment_release(heap, seg);
 }
 
-uint64_t _hak_segment_cache_idle_ns(void) {
-  uint64_t ms = (uint64_t)hak_option(HAK_OPT_PURGE_DELAY_MS);
-  return (ms < CACHE_IDLE_MS ? ms : CACHE_IDLE_MS) * 1000000u;
-}
-
-bool _hak_segment_cache_dirty(void) { return atomic_load_explicit(&seg_cache_dirty, memory_order_relaxed) != 0; }
 
 /* The caches' purge tick (purge.c, at now_ns): purges the cached segments
- * cached _hak_segment_cache_idle_ns() or longer (all: every one), and
+ * cached a purge delay or longer (all: every one), and
  * unmaps those beyond cache_limit() that are clean and have been cached two
  * purge delays (the cache grew with a heap that has shrunk since).  The
  * madvise calls run under seg_lock (CACHE_MAX segments at most); true while
@@ -278,7 +270,7 @@ bool _hak_segment_purge_cached(uint64_t now_ns, bool all) {
   if (!hak_lock(&seg_lock)) return true; /* a fork is pending: later */
   size_t keep = cache_limit();
   uint32_t now_ms = (uint32_t)(now_ns / 1000000u), idle_ms = 2 * (uint32_t)hak_option(HAK_OPT_PURGE_DELAY_MS);
-  uint32_t purge_ms = (uint32_t)(_hak_segment_cache_idle_ns() / 1000000u);
+  uint32_t purge_ms = (uint32_t)hak_option(HAK_OPT_PURGE_DELAY_MS);
   for (hak_segment_t** link = &seg_cache; *link != NULL;) {
     hak_segment_t* seg = *link;
 #ifdef HAK_FAULT_SEGMENT_CACHE_UNPURGED /* fault injection: cached segments keep their pages */

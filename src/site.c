@@ -102,53 +102,91 @@ hak_site_t* _hak_site_alloc(const void* site, size_t size) {
   return s;
 }
 
-/* HAKMEM_THP=1: transparent huge pages by site.  A huge page spares 511
- * faults when its 2 MiB are all touched, and costs 2 MiB of RSS for one
- * touched page: 500 live 3 MB buffers written at both ends took 1 GB with
- * every block of 2-4 MiB advised (8 MB unadvised).  So a site's blocks get
- * huge pages once one of its blocks was seen used densely: a fresh
- * mapping left unadvised is probed, and its free reads how much of its
- * first 2 MiB is resident (3/4: dense, sticky; less: sparse).  Until then
- * its first THP_TRIALS blocks of at most 4 MiB get huge pages (at most
- * that much wasted, and a short-lived buffer, as the vm scenario's, is
- * served at once); a sparse site is probed again one fresh block in
- * THP_REPROBE. */
+/* HAKMEM_THP=1: transparent huge pages by site and size.  A huge page
+ * spares 511 faults when its 2 MiB are all written, and costs 2 MiB of RSS
+ * for one written page: 500 live 3 MB buffers written at both ends took
+ * 1 GB with every block of 2-4 MiB advised (8 MB unadvised).  So a site's
+ * blocks of a size range (2-4, 4-16, 16+ MiB, classes rounded up) get huge pages once one of
+ * them was seen written densely: a fresh mapping left unadvised is probed,
+ * and its free counts the pages of its first 2 MiB the program wrote (3/4:
+ * dense; less: sparse).  Both verdicts are probed again, a dense range one
+ * fresh block in THP_REPROBE_DENSE, a sparse one in THP_REPROBE_SPARSE, and
+ * the last probe decides: a site whose use changes follows within a few
+ * blocks (one dense block among sparse ones costs at most that many).
+ * A probe still live at the site's next fresh block of that range is read
+ * then (a site that keeps its blocks: 200 live sparse 3 MB buffers after 4
+ * dense ones took 365 MB while their probes waited for frees that came at
+ * exit); a block not written yet reads sparse, which costs faults, never
+ * RSS.
+ * Until a verdict, a site's first THP_TRIALS blocks of at most 4 MiB get
+ * huge pages, at most THP_TRIALS_ALL in the process (a short-lived buffer,
+ * as the vm scenario's, is served at once; sparse ones waste at most that). */
 #define THP_TRIALS 2
+#define THP_TRIALS_ALL 8
 #define THP_TRIAL_MAX ((size_t)4 << 20)
-#define THP_REPROBE 16
+#define THP_REPROBE_DENSE 8
+#define THP_REPROBE_SPARSE 16
+static _Atomic(uint32_t) thp_trials_all;
+
+static int thp_range(size_t size) { return size <= ((size_t)4 << 20) ? 0 : size <= ((size_t)16 << 20) ? 1 : 2; }
+
+/* A probed block of range r, its first 2 MiB from p: 3/4 of its pages written? */
+static bool thp_dense(const void* p, size_t size) {
+  size_t n = (size < ((size_t)2 << 20) ? size : (size_t)2 << 20) & ~(size_t)4095;
+  return _hak_os_written_pages((void*)p, n) * 4 * 4096 >= 3 * n;
+}
 
 int _hak_site_thp(hak_site_t* s, size_t size) {
   if (size < ((size_t)2 << 20) || s == NULL) return HAK_THP_NO;
   bool thp = hak_option(HAK_OPT_THP) != 0; /* 0: the probes still tell (huge.c's gathers ask) */
-  switch (atomic_load_explicit(&s->thp, memory_order_relaxed)) {
+  int r = thp_range(size);
+#ifndef HAK_FAULT_THP_PROBE_AT_FREE_ONLY /* fault injection: a live probe tells nothing until freed */
+  uintptr_t live = atomic_exchange_explicit(&s->thp_live_probe, 0, memory_order_relaxed);
+  if (live != 0 && (int)(live & 3) == r)
+    atomic_store_explicit(&s->thp[r], thp_dense((const void*)(live & ~(uintptr_t)3), (size_t)2 << 20) ? HAK_SITE_THP_DENSE : HAK_SITE_THP_SPARSE,
+                          memory_order_relaxed);
+  else if (live != 0)
+    atomic_store_explicit(&s->thp_live_probe, live, memory_order_relaxed); /* another range's: kept */
+#endif
+  switch (atomic_load_explicit(&s->thp[r], memory_order_relaxed)) {
     case HAK_SITE_THP_DENSE:
+#ifndef HAK_FAULT_THP_DENSE_FOR_GOOD /* fault injection: a dense verdict is never probed again */
+      if ((atomic_fetch_add_explicit(&s->thp_probes, 1, memory_order_relaxed) + 1) % THP_REPROBE_DENSE == 0) return HAK_THP_PROBE;
+#endif
       return thp ? HAK_THP_YES : HAK_THP_NO;
     case HAK_SITE_THP_SPARSE:
-      return atomic_fetch_add_explicit(&s->thp_probes, 1, memory_order_relaxed) % THP_REPROBE == 0 ? HAK_THP_PROBE
-                                                                                                      : HAK_THP_NO;
+      return atomic_fetch_add_explicit(&s->thp_probes, 1, memory_order_relaxed) % THP_REPROBE_SPARSE == 0
+                 ? HAK_THP_PROBE
+                 : HAK_THP_NO;
     default:
 #ifndef HAK_FAULT_THP_UNBOUNDED_TRIALS /* fault injection: every block of 2-4 MiB advised (the first rule) */
-      if (thp && size <= THP_TRIAL_MAX && atomic_fetch_add_explicit(&s->thp_trials, 1, memory_order_relaxed) < THP_TRIALS)
+      if (thp && size <= THP_TRIAL_MAX && atomic_fetch_add_explicit(&s->thp_trials, 1, memory_order_relaxed) < THP_TRIALS &&
+          atomic_fetch_add_explicit(&thp_trials_all, 1, memory_order_relaxed) < THP_TRIALS_ALL)
         return HAK_THP_YES;
 #else
+      (void)thp_trials_all;
       if (thp && size <= THP_TRIAL_MAX) return HAK_THP_YES;
 #endif
       return HAK_THP_PROBE;
   }
 }
 
-bool _hak_site_sparse(const hak_site_t* s) {
-  return s != NULL && atomic_load_explicit(&s->thp, memory_order_relaxed) == HAK_SITE_THP_SPARSE;
+bool _hak_site_sparse(const hak_site_t* s, size_t size) {
+  return s != NULL && atomic_load_explicit(&s->thp[thp_range(size)], memory_order_relaxed) == HAK_SITE_THP_SPARSE;
 }
 
-void _hak_site_thp_seen(const void* site, bool dense) {
+void _hak_site_thp_probing(hak_site_t* s, const void* p, size_t size) {
+  if (s != NULL && ((uintptr_t)p & 3) == 0)
+    atomic_store_explicit(&s->thp_live_probe, (uintptr_t)p | (uintptr_t)thp_range(size), memory_order_relaxed);
+}
+
+void _hak_site_thp_freed(const void* site, const void* p, size_t size) {
   hak_site_t* s = site != NULL ? site_find((uintptr_t)site, false) : NULL;
-  if (s == NULL) return;
-  uint8_t was = atomic_load_explicit(&s->thp, memory_order_relaxed);
-  if (dense) atomic_store_explicit(&s->thp, HAK_SITE_THP_DENSE, memory_order_relaxed);
-  else if (was == HAK_SITE_THP_UNKNOWN)
-    atomic_compare_exchange_strong_explicit(&s->thp, &was, HAK_SITE_THP_SPARSE, memory_order_relaxed,
-                                            memory_order_relaxed);
+  if (s == NULL || size < ((size_t)2 << 20)) return;
+  uintptr_t live = (uintptr_t)p | (uintptr_t)thp_range(size); /* read now: not later, at another block there */
+  atomic_compare_exchange_strong_explicit(&s->thp_live_probe, &live, 0, memory_order_relaxed, memory_order_relaxed);
+  atomic_store_explicit(&s->thp[thp_range(size)], thp_dense(p, size) ? HAK_SITE_THP_DENSE : HAK_SITE_THP_SPARSE,
+                        memory_order_relaxed);
 }
 
 void _hak_site_free(const void* site) {

@@ -293,8 +293,9 @@ typedef struct hak_site_s {
   _Atomic(uint32_t) large_count; /* large/huge allocations: sampling     */
   _Atomic(uint32_t) period_log;  /* log2 of the measuring period (policy.c); 0: 8, new */
   _Atomic(uint32_t) big_allocs;  /* blocks the large and huge tiers served (frees: theirs) */
-  _Atomic(uint8_t) thp;          /* HAK_SITE_THP_*: what its huge blocks' use showed (site.c) */
+  _Atomic(uint8_t) thp[3];       /* HAK_SITE_THP_*: how its huge blocks of 2-4, 4-16, 16+ MiB were used (site.c) */
   _Atomic(uint32_t) thp_trials, thp_probes;
+  _Atomic(uintptr_t) thp_live_probe; /* its last probed block, still live (| its size range) */
   _Atomic(int) lock;
   /* evolving (policy.c), under lock: the epoch being measured ... */
   int epoch_kind;                /* 0 none, else HAK_DECIDE_UCB / _ELO     */
