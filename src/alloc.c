@@ -275,13 +275,17 @@ static void segment_misuse(hak_page_t* page, const void* p, hak_fn_t fn) {
   bool in_page = page->kind == HAK_SLICE_SMALL || page->kind == HAK_SLICE_LARGE;
   bool at_block = in_page ? hak_page_is_block(page, (uintptr_t)p)
                           : page->kind == HAK_SLICE_FREE && aligned;
-  /* a free slice that held a page: its blocks were freed, and the freed
-   * tag may be gone with the memory (purged, hak_collect) */
-#ifndef HAK_FAULT_FREED_SLICE_INVALID /* fault injection: only the freed tag tells */
-  bool freed_slice = page->kind == HAK_SLICE_FREE &&
-                     ((hak_segment_of(p)->used_mask >> (((uintptr_t)p >> HAK_SLICE_SHIFT) & (HAK_SLICES - 1))) & 1);
-#else
+  /* a block of the page a free slice last held: freed, and the freed tag
+   * may be gone with the memory (purged, hak_collect); an interior pointer
+   * of one is an invalid pointer still */
   bool freed_slice = false;
+#ifndef HAK_FAULT_FREED_SLICE_INVALID /* fault injection: only the freed tag tells */
+  if (page->kind == HAK_SLICE_FREE) {
+    const hak_segment_t* seg = hak_segment_of(p);
+    size_t i = ((uintptr_t)p >> HAK_SLICE_SHIFT) & (HAK_SLICES - 1);
+    size_t off = (uintptr_t)p - (uintptr_t)hak_segment_base(seg), start = seg->former[i].start, bs = seg->former[i].block_size;
+    freed_slice = bs != 0 && off >= start && (off - start) % bs == 0;
+  }
 #endif
   if (at_block && (freed_slice || hak_tag_is_freed(p, hak_tag_peek(b))))
     _hak_error(fn == HAK_FN_USABLE_SIZE ? HAK_ERR_FREED_USABLE_SIZE : HAK_ERR_DOUBLE_FREE, fn, p);

@@ -87,9 +87,8 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
     segment_init(seg, heap);
     _hak_segmap_set((uintptr_t)base, HAK_SEGMENT_SIZE, false);
   } else {
-    uint64_t used = seg->used_mask, dirty = seg->dirty_mask; /* stale pointers' targets; not purged yet */
+    uint64_t dirty = seg->dirty_mask; /* not purged yet */
     segment_init(seg, heap);
-    seg->used_mask = used;
     seg->dirty_mask = dirty;
     heap->dirty_slices += (size_t)__builtin_popcountll(dirty);
   }
@@ -205,7 +204,6 @@ hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n, hak_segment_t*
   zero = true;
 #endif
   seg->free_mask &= ~bits;
-  seg->used_mask |= bits;
 #ifndef HAK_FAULT_PURGE_LIVE /* fault injection (with purge.c's): reused slices stay dirty */
   heap->dirty_slices -= (size_t)__builtin_popcountll(seg->dirty_mask & bits);
   seg->dirty_mask &= ~bits; /* in use: never purged */
@@ -232,6 +230,10 @@ hak_page_t* _hak_segment_alloc_slices(hak_heap_t* heap, size_t n, hak_segment_t*
 void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle) {
   hak_segment_t* seg = hak_segment_of(page);
   size_t start = page->slice_index, n = page->slice_count;
+  for (size_t i = 0; i < n; i++) { /* what a stale pointer into the run was */
+    seg->former[start + i].start = (uint32_t)(page->start - hak_segment_base(seg));
+    seg->former[start + i].block_size = page->block_size;
+  }
   /* the head's descriptor whole; an interior's holds only its kind and
    * slice_back (the rest stayed zero since its last time as a head): one
    * line each, not four (a 1 MiB block has 16 interiors) */

@@ -169,8 +169,6 @@ typedef struct hak_segment_s {
   uint64_t free_mask;             /* free slices                            */
   uint64_t dirty_mask;            /* free slices that may be resident (purge.c) */
   uint64_t aged_mask;             /* of those, dirty at the last purge tick */
-  uint64_t used_mask;             /* slices that held a page since it was
-                                     mapped: a free there is a double free */
   uint32_t used_slices;
   uint32_t max_run;               /* longest run of free slices (heap index) */
   uint32_t kept_slices;           /* slices of its kept pages (page.c)       */
@@ -180,6 +178,13 @@ typedef struct hak_segment_s {
   struct hak_segment_s* run_next; /* heap->by_run[max_run] list             */
   struct hak_segment_s* run_prev;
   hak_page_t slices[HAK_SLICES];
+  /* each free slice's last page: its first block's offset from the segment
+   * and its block size (0: never a page's since the segment was mapped),
+   * so that a free there names a double free or an invalid pointer
+   * (alloc.c).  Past the descriptors: segment_init leaves it as it was. */
+  struct {
+    uint32_t start, block_size;
+  } former[HAK_SLICES];
 } hak_segment_t;
 
 #define HAK_SEGMENT_MAGIC 0x48414b4d454d5347ULL /* "HAKMEMSG" */

@@ -267,14 +267,44 @@ static void double_free_after_collect(void* arg) {
   M_FREE(p);
 }
 
+/* A block of another class in p's segment (4 MiB aligned), or NULL: new
+ * pages of other bins go where the heap has room. */
+static void* keep_near(const void* p, size_t size) {
+  void* spare[160];
+  void* got = NULL;
+  int n = 0;
+  for (size_t s = 24; got == NULL && n < 160; s += 40) {
+    /* a large block: another one of its size is another run (or page) */
+    void* q = M_MALLOC(size >= 64 * KiB && n % 2 ? size : s);
+    if (((uintptr_t)q >> 22) == ((uintptr_t)p >> 22)) got = q;
+    else spare[n++] = q;
+  }
+  while (n > 0) M_FREE(spare[--n]);
+  return got;
+}
+
 /* the same with a block of another class kept in the segment: the block's
  * page or run retired and purged, the segment still mapped */
 static void double_free_after_collect_kept(void* arg) {
-  void* keep = M_MALLOC(24);
   void* p = M_MALLOC((size_t)(uintptr_t)arg);
+  void* keep = keep_near(p, (size_t)(uintptr_t)arg);
+  if (keep == NULL && (size_t)(uintptr_t)arg < 2 * MiB) _exit(4); /* no block to keep: nothing to test */
   M_FREE(p);
   hak_collect();
   M_FREE(p);
+  M_FREE(keep);
+}
+
+/* an interior pointer of such a block: still an invalid pointer (the
+ * review's misdiag.c: the first version called any aligned pointer into a
+ * freed slice a double free) */
+static void interior_after_collect_kept(void* arg) {
+  char* p = M_MALLOC((size_t)(uintptr_t)arg);
+  void* keep = keep_near(p, (size_t)(uintptr_t)arg);
+  if (keep == NULL && (size_t)(uintptr_t)arg < 2 * MiB) _exit(4);
+  M_FREE(p);
+  hak_collect();
+  M_FREE(p + 16);
   M_FREE(keep);
 }
 
@@ -331,6 +361,8 @@ TEST(double_free_is_reported_after_the_memory_went_back) {
   for (size_t i = 0; i < N_MISUSE; i++) {
     EXPECT_DEATH(double_free_after_collect, (void*)(uintptr_t)misuse_sizes[i], "double free in free(", NULL);
     EXPECT_DEATH(double_free_after_collect_kept, (void*)(uintptr_t)misuse_sizes[i], "double free in free(", NULL);
+    if (misuse_sizes[i] > 16) /* past a 16-byte block, p + 16 is the next block */
+      EXPECT_DEATH(interior_after_collect_kept, (void*)(uintptr_t)misuse_sizes[i], "invalid pointer (not allocated by hakmem) in free(", NULL);
   }
   /* past BigCache's classes, moved by mremap (or copied: the same) */
   EXPECT_DEATH(free_after_realloc_moved, (void*)(uintptr_t)(20 * MiB), "double free in free(", NULL);
