@@ -301,6 +301,7 @@ typedef struct hak_site_s {
   _Atomic(uint8_t) thp[3];       /* HAK_SITE_THP_*: how its huge blocks of 2-4, 4-16, 16+ MiB were used (site.c) */
   _Atomic(uint32_t) thp_trials, thp_probes;
   _Atomic(uintptr_t) thp_live_probe; /* its last probed block, still live (| its size range) */
+  _Atomic(size_t) thp_live_size;     /* ... and its size */
   _Atomic(int) lock;
   /* evolving (policy.c), under lock: the epoch being measured ... */
   int epoch_kind;                /* 0 none, else HAK_DECIDE_UCB / _ELO     */

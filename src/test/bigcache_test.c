@@ -348,6 +348,20 @@ TEST(huge_pages_follow_how_densely_a_site_writes_its_blocks) {
   ASSERT_NOT_NULL(big);
   EXPECT_EQ_U(n_hugepage - huge0, 0);
   hak_free_at(big, SITE(61));
+  /* a block whose first 2 MiB were written whole and the rest sparsely
+   * (a header, then a sparse table: the review's first2.c) is sparse */
+  hak_collect();
+  char* h = hak_alloc_at(12 * MiB, SITE(63));
+  ASSERT_NOT_NULL(h);
+  memset(h, 1, 2 * MiB);
+  for (size_t o = 2 * MiB; o < 12 * MiB; o += 64 * 1024) h[o] = 1;
+  hak_free_at(h, SITE(63));
+  hak_collect();
+  huge0 = n_hugepage;
+  h = hak_alloc_at(12 * MiB, SITE(63));
+  ASSERT_NOT_NULL(h);
+  EXPECT_EQ_U(n_hugepage - huge0, 0);
+  hak_free_at(h, SITE(63));
   /* pages only read are not written: the shared zero page */
   hak_collect();
   char* r = hak_alloc_at(10 * MiB, SITE(62));
