@@ -230,14 +230,13 @@ static size_t check_heap(const hak_heap_t* heap, bool quiet) {
   bad += check_queue(heap, &heap->full, true, -1, &queued, &kept, quiet);
   if (kept != heap->kept_bytes || kept > HAK_KEEP_BYTES)
     bad += violation("kept pages' bytes disagree with kept_bytes, or past the bound", heap, kept, heap->kept_bytes);
-  size_t nseg = 0;
+  size_t nseg = 0, dirty = 0;
   for (hak_segment_t* s = heap->segments; s != NULL; s = s->next) {
     if (++nseg > WALK_MAX) return bad + violation("segment list does not end", heap, nseg, 0);
     bad += check_segment(heap, s, &in_segments);
+    dirty += (size_t)__builtin_popcountll(s->dirty_mask);
   }
   if (nseg != heap->segment_count) bad += violation("segment_count", heap, nseg, heap->segment_count);
-  size_t dirty = 0;
-  for (hak_segment_t* s = heap->segments; s != NULL; s = s->next) dirty += (size_t)__builtin_popcountll(s->dirty_mask);
   if (dirty != heap->dirty_slices) bad += violation("dirty_slices disagrees with the segments' dirty masks", heap, dirty, heap->dirty_slices);
   /* the index by longest free run: each segment once, on its run's list */
   size_t indexed = 0;

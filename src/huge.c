@@ -468,9 +468,10 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, hak_site_t* s
     _hak_segmap_set((uintptr_t)base, map_size, true);
   }
   void* p = huge_init(base, map_size, offset, block_end, cls, site);
+  hak_huge_t* h = (hak_huge_t*)((uint8_t*)p - HAK_HUGE_HEADER);
   if (thp == HAK_THP_PROBE && ((uintptr_t)p & 4095) == 0) {
-    ((hak_huge_t*)((uint8_t*)p - HAK_HUGE_HEADER))->probe = 1;
-    _hak_site_thp_probing(s, p, ((hak_huge_t*)((uint8_t*)p - HAK_HUGE_HEADER))->size);
+    h->probe = 1;
+    _hak_site_thp_probing(s, p, h->size);
   }
   return p;
 }

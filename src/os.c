@@ -240,7 +240,7 @@ static size_t resident_pages(void* addr, size_t size) {
 }
 
 /* Pages of [addr, addr + size) (at most 2 MiB) the program wrote: present
- * and mapped by this process alone (/proc/self/pagemap bits 63 and 56, one
+ * and mapped by this process alone (/proc/self/pagemap bits 63 and 56,
  * preads of 64 entries: 512 bytes of stack), which a page only read is not
  * (the shared zero page); mincore, which counts those too, if the file
  * cannot be read (a sandbox). */

@@ -15,7 +15,6 @@
 static pthread_mutex_t seg_lock = PTHREAD_MUTEX_INITIALIZER;
 static hak_segment_t* seg_cache;      /* empty segments, linked by next */
 static _Atomic(size_t) seg_cache_count; /* written under seg_lock */
-static _Atomic(size_t) seg_cache_dirty; /* cached segments with pages that may be resident (seg_lock) */
 static _Atomic(uint64_t) seg_current;  /* owned by heaps */
 
 /* The header only: the slice descriptors of an empty segment are zero
@@ -73,7 +72,6 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
     if (seg != NULL) {
       seg_cache = seg->next;
       seg_cache_count--;
-      if (seg->dirty_mask != 0) seg_cache_dirty--;
     }
     hak_unlock(&seg_lock);
   }
@@ -149,7 +147,6 @@ void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
       seg->next = seg_cache;
       seg_cache = seg;
       seg_cache_count++;
-      if (seg->dirty_mask != 0) seg_cache_dirty++;
       seg->aged_mask = 0;
       seg->cached_ms = (uint32_t)(_hak_os->now_ns() / 1000000u); /* its idle time in the cache starts now */
     }
@@ -259,7 +256,6 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle) {
     _hak_segment_release(heap, seg);
 }
 
-
 /* The caches' purge tick (purge.c, at now_ns): purges the cached segments
  * cached a purge delay or longer (all: every one), and
  * unmaps those beyond cache_limit() that are clean and have been cached two
@@ -273,15 +269,14 @@ bool _hak_segment_purge_cached(uint64_t now_ns, bool all) {
   size_t keep = cache_limit();
   uint32_t now_ms = (uint32_t)(now_ns / 1000000u), idle_ms = 2 * (uint32_t)hak_option(HAK_OPT_PURGE_DELAY_MS);
   uint32_t purge_ms = (uint32_t)hak_option(HAK_OPT_PURGE_DELAY_MS);
+  bool purge_all = all;
+#ifdef HAK_FAULT_SEGMENT_CACHE_UNPURGED /* fault injection: cached segments keep their pages */
+  purge_ms = UINT32_MAX, purge_all = false;
+#endif
   for (hak_segment_t** link = &seg_cache; *link != NULL;) {
     hak_segment_t* seg = *link;
-#ifdef HAK_FAULT_SEGMENT_CACHE_UNPURGED /* fault injection: cached segments keep their pages */
-    purge_ms = UINT32_MAX, all = false;
-#endif
-    if (seg->dirty_mask != 0 && (all || (uint32_t)(now_ms - seg->cached_ms) >= purge_ms)) {
+    if (seg->dirty_mask != 0 && (purge_all || (uint32_t)(now_ms - seg->cached_ms) >= purge_ms))
       _hak_purge_segment(seg, true);
-      seg_cache_dirty--;
-    }
     more |= seg->dirty_mask != 0;
 #ifndef HAK_FAULT_SEGMENT_CACHE_KEPT /* fault injection: the cache never shrinks back */
     if (seg->dirty_mask == 0 && seg_cache_count > keep && (all || (uint32_t)(now_ms - seg->cached_ms) >= idle_ms)) {
@@ -308,9 +303,9 @@ bool _hak_segment_purge_cached(uint64_t now_ns, bool all) {
 
 /* The segment cache's violations (hak_check_heap): a cached segment that
  * is not registered, is owned, holds a page, or marks slices aged that are
- * not dirty; the counts; *first: the first one. */
+ * not dirty; the count; *first: the first one. */
 size_t _hak_segment_check_cached(const void** first) {
-  size_t bad = 0, n = 0, dirty = 0;
+  size_t bad = 0, n = 0;
   *first = NULL;
   if (!hak_lock(&seg_lock)) return 0; /* a fork is pending: not now */
   for (hak_segment_t* seg = seg_cache; seg != NULL && n <= CACHE_MAX + 1024; seg = seg->next, n++) {
@@ -318,10 +313,9 @@ size_t _hak_segment_check_cached(const void** first) {
               seg->free_mask == ~(uint64_t)1 && (seg->dirty_mask & ~seg->free_mask) == 0 &&
               (seg->aged_mask & ~seg->dirty_mask) == 0 && seg->kept_slices == 0 &&
               hak_map_is_segment(hak_segmap_get((uintptr_t)hak_segment_base(seg)));
-    dirty += seg->dirty_mask != 0;
     if (!ok && bad++ == 0) *first = seg;
   }
-  if ((n != seg_cache_count || dirty != seg_cache_dirty) && bad++ == 0) *first = seg_cache;
+  if (n != seg_cache_count && bad++ == 0) *first = seg_cache;
   hak_unlock(&seg_lock);
   return bad;
 }
@@ -332,7 +326,6 @@ void _hak_segment_trim(void) {
   hak_segment_t* list = seg_cache;
   seg_cache = NULL;
   seg_cache_count = 0;
-  seg_cache_dirty = 0;
   hak_unlock(&seg_lock);
   while (list != NULL) {
     hak_segment_t* next = list->next;

@@ -108,8 +108,8 @@ hak_site_t* _hak_site_alloc(const void* site, size_t size) {
  * 1 GB with every block of 2-4 MiB advised (8 MB unadvised).  So a site's
  * blocks of a size range (2-4, 4-16, 16+ MiB, classes rounded up) get huge pages once one of
  * them was seen written densely: a fresh mapping left unadvised is probed,
- * and its free counts the pages of its first 2 MiB the program wrote (3/4:
- * dense; less: sparse).  Both verdicts are probed again, a dense range one
+ * and the pages the program wrote in three windows of it are counted
+ * (thp_dense: 3/4 of each, dense; less: sparse).  Both verdicts are probed again, a dense range one
  * fresh block in THP_REPROBE_DENSE, a sparse one in THP_REPROBE_SPARSE, and
  * the last probe decides: a site whose use changes follows within a few
  * blocks (one dense block among sparse ones costs at most that many).
