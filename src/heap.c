@@ -265,23 +265,40 @@ void _hak_heap_lock(bool lock) {
   else pthread_mutex_unlock(&heap_lock);
 }
 
-/* In the child only the forking thread lives.  The heaps other threads
- * owned are abandoned, so their memory is reclaimed and reused, unless a
- * vanished thread was mid-update in one (no lock guards a heap's own
- * structures): a heap that does not pass the structural check is left
- * alone, its memory lost to the child but nothing corrupted. */
+/* In the child only the forking thread lives.  Every other heap is
+ * abandoned, so its memory is reclaimed and reused: the abandoned list is
+ * built again from the registry, since a thread may have vanished between
+ * marking its heap abandoned and listing it (heap_abandon while a fork was
+ * pending), or while taking one.  A heap in which a vanished thread was
+ * mid-update (no lock guards a heap's own structures) does not pass the
+ * structural check and is left alone, its memory lost to the child but
+ * nothing corrupted. */
+size_t _hak_fork_cuts;
 void _hak_heap_fork_child(void) {
   /* the forking thread holds every lock (prepare): released at the end */
   hak_heap_t* self = _hak_heap_tls;
   if (self != &_hak_heap_empty) atomic_store_explicit(&self->owner_tid, _hak_os_tid(), memory_order_relaxed); /* a new tid */
 #ifndef HAK_FAULT_FORK_KEEPS_DEAD_HEAPS /* fault injection: vanished threads' heaps stay owned */
+#ifndef HAK_FAULT_FORK_LISTS_KEPT /* fault injection: the lists as the fork found them */
+  heaps_free = NULL;
+  atomic_store_explicit(&heaps_orphans, NULL, memory_order_relaxed);
+  atomic_store_explicit(&heaps_abandoned_now, 0, memory_order_relaxed);
+#endif
   for (hak_heap_t* h = atomic_load(&heaps_all); h != NULL; h = h->next_all) {
+#ifdef HAK_FAULT_FORK_LISTS_KEPT
     if (h == self || atomic_load_explicit(&h->abandoned, memory_order_relaxed)) continue;
+#else
+    if (h == self) continue;
+#endif
+    /* its thread, alive or exiting at the fork, may have been mid-free */
+    if (atomic_load_explicit(&h->owner_tid, memory_order_relaxed) != HAK_HEAP_LOST) _hak_fork_cuts++;
     if (_hak_check_heap_structure(h) != 0) { /* mid-update: never taken over */
-      atomic_store_explicit(&h->owner_tid, -1, memory_order_relaxed);
+      atomic_store_explicit(&h->owner_tid, HAK_HEAP_LOST, memory_order_relaxed);
+      atomic_store_explicit(&h->abandoned, false, memory_order_relaxed);
       continue;
     }
     atomic_store_explicit(&h->owner_tid, 0, memory_order_relaxed);
+    h->forked = true;
     heap_push_abandoned(h);
   }
   atomic_store_explicit(&_hak_heaps_dirty, true, memory_order_relaxed);

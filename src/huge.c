@@ -401,9 +401,7 @@ static void* huge_gather(size_t size, int cls, const void* site, hak_site_t* s, 
 #endif
 }
 
-/* *dirty: the bytes from the block's start that may not be zero (0: a
- * fresh mapping; SIZE_MAX: any). */
-void* _hak_huge_alloc(size_t size, size_t align, const void* site, hak_site_t* s, size_t* dirty) {
+static void* huge_alloc(size_t size, size_t align, const void* site, hak_site_t* s, size_t* dirty) {
   _hak_madvq_tick();
   int cls = align <= HAK_HUGE_HEADER ? _hak_bigcache_class(size) : -1;
   if (cls >= 0) {
@@ -476,6 +474,16 @@ void* _hak_huge_alloc(size_t size, size_t align, const void* site, hak_site_t* s
   return p;
 }
 
+/* *dirty: the bytes from the block's start that may not be zero (0: a
+ * fresh mapping; SIZE_MAX: any).  In the fork gate: a fork does not come
+ * between the block's slot or mapping and its header (internal.h). */
+void* _hak_huge_alloc(size_t size, size_t align, const void* site, hak_site_t* s, size_t* dirty) {
+  _hak_gate_enter();
+  void* p = huge_alloc(size, align, site, s, dirty);
+  _hak_gate_exit();
+  return p;
+}
+
 /* The header of a live or freed huge block p, or NULL if p is not the user
  * pointer of a huge block (interior, wild, misaligned); *err says which
  * error to report then: a header whose magic is right but whose checksum
@@ -543,7 +551,7 @@ hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn) {
   return h;
 }
 
-size_t _hak_huge_free(void* p, hak_fn_t fn) {
+static size_t huge_free(void* p, hak_fn_t fn) {
   hak_error_t err;
   hak_huge_t* h = huge_lookup(p, &err);
   if (h == NULL) {
@@ -585,6 +593,15 @@ size_t _hak_huge_free(void* p, hak_fn_t fn) {
     if (cacheable && _hak_bigcache_put(h)) return size;
   }
   _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
+  return size;
+}
+
+/* In the fork gate: a fork does not come between the block's state and
+ * its slot or place in the queue (internal.h). */
+size_t _hak_huge_free(void* p, hak_fn_t fn) {
+  _hak_gate_enter();
+  size_t size = huge_free(p, fn);
+  _hak_gate_exit();
   return size;
 }
 

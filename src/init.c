@@ -28,6 +28,67 @@ bool _hak_lock_wait(pthread_mutex_t* m) {
   }
 }
 
+/* The fork gate (internal.h): threads inside, this thread's nesting. */
+static _Atomic(unsigned) gate_count;
+static __thread unsigned gate_depth __attribute__((tls_model("initial-exec")));
+__thread unsigned _hak_locks_held __attribute__((tls_model("initial-exec")));
+/* Past hakmem's prepare (its locks taken) the fork waits for other prepare
+ * handlers, then the kernel: a thread at the gate waits at most this long
+ * then (x 500 us), since such a handler may wait for a lock it holds. */
+#define GATE_WAITS_LOCKED 20
+/* 1 + the fork this thread waited that long for: it does not wait again */
+static __thread unsigned gave_up __attribute__((tls_model("initial-exec")));
+
+static _Atomic(unsigned) fork_gen; /* forks done: a wait is bounded per fork */
+/* threads that gave up waiting for a fork: (its gen << 32) | how many */
+static _Atomic(uint64_t) gave_up_at;
+size_t _hak_fork_transits;
+static _Atomic(bool) fork_locked;  /* hakmem's prepare is done */
+
+void _hak_gate_enter(void) {
+  if (gate_depth++ > 0) return;
+  unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+  for (unsigned waits = 0;;) {
+    /* seq_cst both: either prepare sees this thread inside, or this
+     * thread sees the fork pending (fork_prepare) */
+    atomic_fetch_add_explicit(&gate_count, 1, memory_order_seq_cst);
+#ifdef HAK_FAULT_FORK_CUTS_TRANSIT /* fault injection: the gate never waits */
+    return;
+#endif
+    if (!atomic_load_explicit(&_hak_fork_pending, memory_order_seq_cst) || _hak_forking || _hak_locks_held > 0 ||
+        gave_up == gen + 1)
+      return;
+    if (waits == GATE_WAITS_LOCKED) {
+      gave_up = gen + 1;
+      /* before its transit: a child that can see the transit sees this */
+      uint64_t was = atomic_load_explicit(&gave_up_at, memory_order_relaxed), now;
+      do now = (uint32_t)(was >> 32) == gen ? was + 1 : ((uint64_t)gen << 32) + 1;
+      while (!atomic_compare_exchange_weak_explicit(&gave_up_at, &was, now, memory_order_seq_cst, memory_order_relaxed));
+      return;
+    }
+    atomic_fetch_sub_explicit(&gate_count, 1, memory_order_release);
+    _hak_os_pause_us(500);
+    /* unbounded while hakmem's prepare runs (it waits for nothing a thread
+     * at the gate holds); back to back forks: counted from the latest */
+    unsigned g = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+    waits = g == gen ? waits + atomic_load_explicit(&fork_locked, memory_order_relaxed) : 0;
+    gen = g;
+  }
+}
+void _hak_gate_exit(void) {
+  if (--gate_depth == 0) atomic_fetch_sub_explicit(&gate_count, 1, memory_order_release);
+}
+
+/* Waits for the threads inside the gate to leave it (not this one, if a
+ * signal handler forks inside it).  They do not wait for the fork (it is
+ * pending) nor for a lock (hak_lock gives up while it is). */
+static void gate_drain(void) {
+#ifndef HAK_FAULT_FORK_CUTS_TRANSIT
+  unsigned own = gate_depth > 0;
+  while (atomic_load_explicit(&gate_count, memory_order_seq_cst) != own) sched_yield();
+#endif
+}
+
 static _Atomic(int) init_state;            /* 0 no, 1 running, 2 done      */
 static __thread bool init_self __attribute__((tls_model("initial-exec")));
 
@@ -37,12 +98,14 @@ static void fork_prepare(void) {
     return;
   }
   atomic_store_explicit(&_hak_fork_pending, true, memory_order_seq_cst);
+  gate_drain();
   _hak_huge_lock(true);
   _hak_heap_lock(true);
   _hak_segment_lock(true);
   _hak_madvq_lock(true);
   _hak_policy_lock(true);
   _hak_forking = true;
+  atomic_store_explicit(&fork_locked, true, memory_order_relaxed);
 }
 static void fork_parent(void) {
   if (fork_depth > 0) {
@@ -50,11 +113,13 @@ static void fork_parent(void) {
     return;
   }
   _hak_forking = false;
+  atomic_store_explicit(&fork_locked, false, memory_order_relaxed);
   _hak_policy_lock(false);
   _hak_madvq_lock(false);
   _hak_segment_lock(false);
   _hak_heap_lock(false);
   _hak_huge_lock(false);
+  atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
   atomic_store_explicit(&_hak_fork_pending, false, memory_order_release);
 }
 static void fork_child(void) {
@@ -64,6 +129,10 @@ static void fork_child(void) {
   }
   atomic_store_explicit(&_hak_fork_pending, false, memory_order_relaxed);
   _hak_forking = false;
+  atomic_store_explicit(&fork_locked, false, memory_order_relaxed);
+  atomic_store_explicit(&gate_count, gate_depth > 0, memory_order_relaxed); /* the others vanished */
+  uint64_t g = atomic_load_explicit(&gave_up_at, memory_order_relaxed);
+  if ((uint32_t)(g >> 32) == atomic_load_explicit(&fork_gen, memory_order_relaxed)) _hak_fork_transits += (uint32_t)g;
   _hak_policy_fork_child();
   _hak_madvq_fork_child();
   _hak_segment_fork_child();
@@ -120,7 +189,9 @@ void hak_collect(void) {
     _hak_heap_release_empty(heap);
   }
   _hak_heaps_reclaim();
+  _hak_gate_enter(); /* evicted blocks between their slot and the queue */
   _hak_bigcache_drain();
+  _hak_gate_exit();
   _hak_madvq_flush(true);
   _hak_segment_trim();
   _hak_purge_now(); /* what stays: idle free slices of live segments */

@@ -328,7 +328,7 @@ bool _hak_madvq_purge(uint64_t now, bool all) {
   /* not hak_lock: its "a fork is pending" answer would leave the ranges
    * busy (never reused).  Blocking is safe: a forking thread waits for
    * flush_lock, held here, before it takes q_lock. */
-  if (!hak_forking()) pthread_mutex_lock(&q_lock);
+  hak_lock_blocking(&q_lock);
   for (size_t i = 0; i < retained_len; i++)
     if (retained[i].busy) {
       retained[i].busy = false;

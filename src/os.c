@@ -328,6 +328,13 @@ bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns) {
   return got;
 }
 
+void _hak_os_pause_us(unsigned us) {
+  struct timespec ts = {0, (long)us * 1000};
+  int saved = errno;
+  nanosleep(&ts, NULL);
+  errno = saved;
+}
+
 /* The working directory into buf (no allocation); false if it does not fit. */
 bool _hak_os_cwd(char* buf, size_t size) {
   int saved = errno;

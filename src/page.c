@@ -244,8 +244,12 @@ static void page_extend(hak_page_t* page) {
 #ifdef HAK_FAULT_FREELIST_TWICE /* fault injection: the second block links back to the first */
   if (n >= 2 && cap == 0) hak_block_set_next((hak_block_t*)(first + page->block_size), (hak_block_t*)first);
 #endif
-  page->free = head;
+  /* capacity before the list: a fork that comes between (this thread
+   * vanishes in the child) leaves the new blocks carved and unreachable,
+   * leaked, rather than reachable and carved again, served twice */
   page->capacity = cap + n;
+  atomic_signal_fence(memory_order_seq_cst);
+  page->free = head;
   atomic_store_explicit(&page->carved, (cap + n) * page->block_size, memory_order_release);
 }
 

@@ -113,7 +113,9 @@ static void purge_global(uint64_t now, bool all) {
   /* what other threads freed into exited threads' heaps: swept here too,
    * so their pages are purged also when no thread refills (alloc.c) */
   if (atomic_load_explicit(&_hak_heaps_dirty, memory_order_relaxed)) _hak_heaps_reclaim();
+  _hak_gate_enter(); /* expired blocks between their slot and the queue */
   bool more = _hak_bigcache_expire(now);
+  _hak_gate_exit();
   more |= _hak_segment_purge_cached(now, all);
   more |= _hak_madvq_purge(now, all);
   more |= _hak_heaps_purge_abandoned(now, all);

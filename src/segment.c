@@ -65,7 +65,10 @@ static void run_reindex(hak_heap_t* heap, hak_segment_t* seg) {
   run_link(heap, seg);
 }
 
-static hak_segment_t* segment_alloc(hak_heap_t* heap) {
+/* In the fork gate (internal.h), as _hak_segment_release: a fork does not
+ * come between the cache or the mapping, the segment map, the header and
+ * the count of segments in use. */
+static hak_segment_t* segment_alloc_gated(hak_heap_t* heap) {
   hak_segment_t* seg = NULL;
   if (hak_lock(&seg_lock)) { /* else a fork is pending: a fresh segment */
     seg = seg_cache;
@@ -99,6 +102,12 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
   if (seg->dirty_mask) _hak_purge_dirtied(heap);
   return seg;
 }
+static hak_segment_t* segment_alloc(hak_heap_t* heap) {
+  _hak_gate_enter();
+  hak_segment_t* seg = segment_alloc_gated(heap);
+  _hak_gate_exit();
+  return seg;
+}
 
 /* Empty segments the cache keeps: HAKMEM_SEGMENT_CACHE, or an eighth of
  * the segments in use when that is more (up to CACHE_MAX); 0: none.  A
@@ -128,7 +137,7 @@ static void segment_unmap(hak_segment_t* seg) {
 }
 
 /* Gives an empty segment back: to the cache, or to the OS. */
-void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
+static void segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   run_unlink(heap, seg);
 #ifdef HAK_FAULT_SEGMENT_PURGED_WHEN_CACHED /* fault injection: purged as it goes (this session's first version) */
   _hak_purge_segment(seg, true);
@@ -161,6 +170,11 @@ void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
     hak_unlock(&seg_lock);
   }
   if (seg != NULL) segment_unmap(seg);
+}
+void _hak_segment_release(hak_heap_t* heap, hak_segment_t* seg) {
+  _hak_gate_enter();
+  segment_release(heap, seg);
+  _hak_gate_exit();
 }
 
 /* First run of n set bits in mask, or -1: after the steps, bit i of m is
@@ -262,7 +276,7 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle) {
  * purge delays (the cache grew with a heap that has shrunk since).  The
  * madvise calls run under seg_lock (CACHE_MAX segments at most); true while
  * a later tick has work. */
-bool _hak_segment_purge_cached(uint64_t now_ns, bool all) {
+static bool segment_purge_cached(uint64_t now_ns, bool all) {
   bool more = false;
   hak_segment_t* surplus = NULL;
   if (!hak_lock(&seg_lock)) return true; /* a fork is pending: later */
@@ -301,6 +315,14 @@ bool _hak_segment_purge_cached(uint64_t now_ns, bool all) {
   return more;
 }
 
+/* In the fork gate: a surplus segment leaves the cache, then the map. */
+bool _hak_segment_purge_cached(uint64_t now_ns, bool all) {
+  _hak_gate_enter();
+  bool more = segment_purge_cached(now_ns, all);
+  _hak_gate_exit();
+  return more;
+}
+
 /* The segment cache's violations (hak_check_heap): a cached segment that
  * is not registered, is owned, holds a page, or marks slices aged that are
  * not dirty; the count; *first: the first one. */
@@ -322,16 +344,20 @@ size_t _hak_segment_check_cached(const void** first) {
 
 /* Unmaps every cached empty segment (hak_collect). */
 void _hak_segment_trim(void) {
-  if (!hak_lock(&seg_lock)) return; /* a fork is pending: later */
-  hak_segment_t* list = seg_cache;
-  seg_cache = NULL;
-  seg_cache_count = 0;
-  hak_unlock(&seg_lock);
+  _hak_gate_enter(); /* a segment leaves the cache, then the map */
+  hak_segment_t* list = NULL;
+  if (hak_lock(&seg_lock)) { /* else a fork is pending: later */
+    list = seg_cache;
+    seg_cache = NULL;
+    seg_cache_count = 0;
+    hak_unlock(&seg_lock);
+  }
   while (list != NULL) {
     hak_segment_t* next = list->next;
     segment_unmap(list);
     list = next;
   }
+  _hak_gate_exit();
 }
 
 void _hak_segment_stats(hak_stats_t* st) {

@@ -249,8 +249,12 @@ typedef struct hak_heap_s {
   struct hak_heap_s* next_all;    /* registry of every heap ever made      */
   struct hak_heap_s* next_free;   /* abandoned heaps waiting for a thread  */
   _Atomic(bool) abandoned;        /* on the abandoned list (or borrowed)   */
-  _Atomic(int) owner_tid;         /* kernel tid of the owning thread, 0: none */
+  bool forked;                    /* taken over by a fork child from a thread
+                                     that vanished mid-whatever (check.c) */
+  _Atomic(int) owner_tid;         /* kernel tid of the owning thread, 0: none,
+                                     HAK_HEAP_LOST: a fork child's, left mid-update */
 } hak_heap_t;
+#define HAK_HEAP_LOST (-2)
 
 /* Huge block header, the 64 bytes just below the user pointer.  The mapping
  * starts at base (4 MiB aligned, a multiple of 4 MiB long); the user block

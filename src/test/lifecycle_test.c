@@ -421,6 +421,57 @@ static void fork_child_dead_heaps(void) {
 }
 TEST(fork_child_reclaims_heaps_of_vanished_threads) { EXPECT_CHILD_OK(fork_child_dead_heaps, 60); }
 
+/* A fork while another thread is between a huge block's state and its
+ * place in BigCache or the batch queue (lock-free steps): the child, where
+ * that thread does not exist, must still find the block in one place (the
+ * checker: registered huge mappings = live + cached + queued).  A clock
+ * read on that path holds the thread there until the fork is pending, then
+ * up to 300 ms for it to happen: fork's prepare must wait for it instead. */
+static hak_os_t transit_os;
+static void* transit_block;
+static __thread bool transit_armed;
+static _Atomic(int) transit_state; /* 1 held, 2 forked */
+static uint64_t transit_clock(void) {
+  hak_huge_t* h = transit_block ? (hak_huge_t*)((uint8_t*)transit_block - HAK_HUGE_HEADER) : NULL;
+  if (transit_armed && h != NULL && atomic_load(&h->state) == HAK_HUGE_FREED) {
+    transit_armed = false;
+    atomic_store(&transit_state, 1);
+    for (int i = 0; i < 5000 && !atomic_load(&_hak_fork_pending); i++) usleep(1000);
+    for (int i = 0; i < 300 && atomic_load(&transit_state) != 2; i++) usleep(1000);
+  }
+  return _hak_os_default.now_ns();
+}
+static void* transit_free(void* arg) {
+  (void)arg;
+  transit_armed = true;
+  hak_free(transit_block);
+  return NULL;
+}
+static void fork_during_huge_free(void) {
+  transit_os = _hak_os_default;
+  transit_os.now_ns = transit_clock;
+  _hak_os = &transit_os;
+  transit_block = hak_malloc(8 * MiB);
+  CHILD_CHECK(transit_block != NULL && hak_segmap_get((uintptr_t)transit_block) >= HAK_MAP_HUGE);
+  memset(transit_block, 1, 8 * MiB);
+  pthread_t t;
+  pthread_create(&t, NULL, transit_free, NULL);
+  while (atomic_load(&transit_state) != 1) sched_yield();
+  pid_t pid = fork();
+  if (pid == 0) {
+    size_t bad = hak_check_heap();
+    void* p = hak_malloc(8 * MiB); /* and the child goes on */
+    _exit(bad == 0 && p != NULL ? 0 : 2);
+  }
+  atomic_store(&transit_state, 2);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  pthread_join(t, NULL);
+  CHILD_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  CHILD_CHECK(hak_check_heap() == 0);
+}
+TEST(fork_child_finds_a_huge_block_freed_during_the_fork) { EXPECT_CHILD_OK(fork_during_huge_free, 30); }
+
 /* ---- 6: exit-time statistics while the allocator holds a lock ----------- */
 /* As when a signal handler calls exit() after interrupting the allocator
  * inside a critical section: the statistics must still come out. */
