@@ -92,11 +92,23 @@ static void gate_drain(void) {
 static _Atomic(int) init_state;            /* 0 no, 1 running, 2 done      */
 static __thread bool init_self __attribute__((tls_model("initial-exec")));
 
+/* One fork at a time: the pending flag and the gate's drain belong to it
+ * (two threads forking at once: the first one's parent handler would clear
+ * the flag while the second one waits for the locks, and threads would go
+ * into their transits unseen; review E's forkcc.c: 10-23 bad children of
+ * 400-670). */
+#ifndef HAK_FAULT_FORKS_CONCURRENT /* fault injection: forks at once share the flag */
+static pthread_mutex_t fork_mutex = PTHREAD_MUTEX_INITIALIZER;
+#endif
+
 static void fork_prepare(void) {
   if (_hak_forking) { /* nested: this thread holds every lock already */
     fork_depth++;
     return;
   }
+#ifndef HAK_FAULT_FORKS_CONCURRENT
+  pthread_mutex_lock(&fork_mutex);
+#endif
   atomic_store_explicit(&_hak_fork_pending, true, memory_order_seq_cst);
   gate_drain();
   _hak_huge_lock(true);
@@ -121,6 +133,9 @@ static void fork_parent(void) {
   _hak_huge_lock(false);
   atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
   atomic_store_explicit(&_hak_fork_pending, false, memory_order_release);
+#ifndef HAK_FAULT_FORKS_CONCURRENT
+  pthread_mutex_unlock(&fork_mutex);
+#endif
 }
 static void fork_child(void) {
   if (fork_depth > 0) {
@@ -140,6 +155,9 @@ static void fork_child(void) {
   _hak_wrapper_fork_child();
   _hak_heap_fork_child();
   _hak_huge_fork_child();
+#ifndef HAK_FAULT_FORKS_CONCURRENT
+  pthread_mutex_unlock(&fork_mutex);
+#endif
 }
 
 /* True once the process is initialized; false only for a call that

@@ -360,7 +360,7 @@ static void* exiting_thread(void* arg) {
     uintptr_t old = atomic_exchange(&exits_handoff[hak_test_rand(&rng) % 64], (uintptr_t)p);
     hak_free((void*)old);
   }
-  hak_free(hak_malloc(3 * MiB)); /* through the fork gate */
+  for (int i = 0; i < 4; i++) hak_free(hak_malloc((3 + (size_t)i) * MiB)); /* through the fork gate */
   return NULL;
 }
 static void* thread_spawner(void* arg) {
@@ -372,29 +372,38 @@ static void* thread_spawner(void* arg) {
   }
   return NULL;
 }
-TEST(fork_while_threads_exit) {
-  pthread_t t[3];
-  atomic_store(&exits_stop, false);
-  for (int i = 0; i < 3; i++) pthread_create(&t[i], NULL, thread_spawner, (void*)(uintptr_t)(i + 11));
-  int bad = 0;
-  for (int round = 0; round < 500; round++) {
+/* three threads fork at once (each fork's gate and pending flag are its own) */
+static _Atomic(int) exits_bad;
+static void* exits_forker(void* arg) {
+  int rounds = (int)(uintptr_t)arg;
+  for (int round = 0; round < rounds; round++) {
     pid_t pid = fork();
     if (pid == 0) {
       for (int i = 0; i < 200; i++) hak_free(hak_malloc((size_t)(i * 37 % 3000)));
       _exit(hak_check_heap() == 0 ? 0 : 4);
     }
-    ASSERT_TRUE(pid > 0);
+    if (pid < 0) abort();
     int st;
     waitpid(pid, &st, 0);
     if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
       fprintf(stderr, "fork child %d: status %#x\n", round, st);
-      bad++;
+      atomic_fetch_add(&exits_bad, 1);
     }
   }
+  return NULL;
+}
+TEST(fork_while_threads_exit) {
+  pthread_t t[3], second[2];
+  atomic_store(&exits_stop, false);
+  atomic_store(&exits_bad, 0);
+  for (int i = 0; i < 3; i++) pthread_create(&t[i], NULL, thread_spawner, (void*)(uintptr_t)(i + 11));
+  for (int i = 0; i < 2; i++) pthread_create(&second[i], NULL, exits_forker, (void*)(uintptr_t)300);
+  exits_forker((void*)(uintptr_t)300);
+  for (int i = 0; i < 2; i++) pthread_join(second[i], NULL);
   atomic_store(&exits_stop, true);
   for (int i = 0; i < 3; i++) pthread_join(t[i], NULL);
   for (int i = 0; i < 64; i++) hak_free((void*)atomic_exchange(&exits_handoff[i], 0));
-  EXPECT_EQ_U(bad, 0);
+  EXPECT_EQ_U(atomic_load(&exits_bad), 0);
   EXPECT_EQ_U(hak_check_heap(), 0);
 }
 
