@@ -28,14 +28,28 @@ bool _hak_lock_wait(pthread_mutex_t* m) {
   }
 }
 
-/* The fork gate (internal.h): threads inside, this thread's nesting. */
-static _Atomic(unsigned) gate_count;
+/* The fork gate (internal.h): threads inside, counted in stripes (a line
+ * each, a thread always in the same one: huge-block traffic of several
+ * threads does not share one counter), and this thread's nesting. */
+#define GATE_STRIPES 16
+static struct {
+  _Alignas(64) _Atomic(unsigned) n;
+} gate_count[GATE_STRIPES];
+static _Atomic(unsigned) gate_next_stripe;
+static __thread unsigned gate_stripe __attribute__((tls_model("initial-exec"))); /* 1 + its stripe */
 static __thread unsigned gate_depth __attribute__((tls_model("initial-exec")));
+/* this thread is forking (from hakmem's prepare to its parent or child
+ * handler's end): a signal handler that allocates meanwhile must not wait
+ * for the fork it interrupted (review E's sigalloc.c: the process hung) */
+static __thread bool gate_forker __attribute__((tls_model("initial-exec")));
 __thread unsigned _hak_locks_held __attribute__((tls_model("initial-exec")));
 /* Past hakmem's prepare (its locks taken) the fork waits for other prepare
  * handlers, then the kernel: a thread at the gate waits at most this long
- * then (x 500 us), since such a handler may wait for a lock it holds. */
-#define GATE_WAITS_LOCKED 20
+ * then (x 500 us), since such a handler may wait for a lock it holds (review
+ * E's forklat.c, a library's prepare locking what threads hold while they
+ * allocate: 20 waits made its forks 11.9 ms at the median, cur 0.39 ms);
+ * the child allows for what a thread that gave up had in transit. */
+#define GATE_WAITS_LOCKED 2
 /* 1 + the fork this thread waited that long for: it does not wait again */
 static __thread unsigned gave_up __attribute__((tls_model("initial-exec")));
 
@@ -47,16 +61,22 @@ static _Atomic(bool) fork_locked;  /* hakmem's prepare is done */
 
 void _hak_gate_enter(void) {
   if (gate_depth++ > 0) return;
+  if (hak_unlikely(gate_stripe == 0))
+    gate_stripe = 1 + atomic_fetch_add_explicit(&gate_next_stripe, 1, memory_order_relaxed) % GATE_STRIPES;
+  _Atomic(unsigned)* count = &gate_count[gate_stripe - 1].n;
   unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
   for (unsigned waits = 0;;) {
     /* seq_cst both: either prepare sees this thread inside, or this
      * thread sees the fork pending (fork_prepare) */
-    atomic_fetch_add_explicit(&gate_count, 1, memory_order_seq_cst);
+    atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
 #ifdef HAK_FAULT_FORK_CUTS_TRANSIT /* fault injection: the gate never waits */
     return;
 #endif
-    if (!atomic_load_explicit(&_hak_fork_pending, memory_order_seq_cst) || _hak_forking || _hak_locks_held > 0 ||
-        gave_up == gen + 1)
+#ifdef HAK_FAULT_GATE_WAITS_FOR_ITSELF /* fault injection: a signal handler on the forking thread waits */
+    gate_forker = false;
+#endif
+    if (!atomic_load_explicit(&_hak_fork_pending, memory_order_seq_cst) || gate_forker ||
+        _hak_locks_held > 0 || gave_up == gen + 1)
       return;
     if (waits == GATE_WAITS_LOCKED) {
       gave_up = gen + 1;
@@ -66,7 +86,7 @@ void _hak_gate_enter(void) {
       while (!atomic_compare_exchange_weak_explicit(&gave_up_at, &was, now, memory_order_seq_cst, memory_order_relaxed));
       return;
     }
-    atomic_fetch_sub_explicit(&gate_count, 1, memory_order_release);
+    atomic_fetch_sub_explicit(count, 1, memory_order_release);
     _hak_os_pause_us(500);
     /* unbounded while hakmem's prepare runs (it waits for nothing a thread
      * at the gate holds); back to back forks: counted from the latest */
@@ -76,7 +96,13 @@ void _hak_gate_enter(void) {
   }
 }
 void _hak_gate_exit(void) {
-  if (--gate_depth == 0) atomic_fetch_sub_explicit(&gate_count, 1, memory_order_release);
+  if (--gate_depth == 0) atomic_fetch_sub_explicit(&gate_count[gate_stripe - 1].n, 1, memory_order_release);
+}
+
+__attribute__((unused)) static unsigned gate_sum(void) {
+  unsigned n = 0;
+  for (int i = 0; i < GATE_STRIPES; i++) n += atomic_load_explicit(&gate_count[i].n, memory_order_seq_cst);
+  return n;
 }
 
 /* Waits for the threads inside the gate to leave it (not this one, if a
@@ -85,7 +111,7 @@ void _hak_gate_exit(void) {
 static void gate_drain(void) {
 #ifndef HAK_FAULT_FORK_CUTS_TRANSIT
   unsigned own = gate_depth > 0;
-  while (atomic_load_explicit(&gate_count, memory_order_seq_cst) != own) sched_yield();
+  while (gate_sum() != own) sched_yield();
 #endif
 }
 
@@ -109,6 +135,7 @@ static void fork_prepare(void) {
 #ifndef HAK_FAULT_FORKS_CONCURRENT
   pthread_mutex_lock(&fork_mutex);
 #endif
+  gate_forker = true;
   atomic_store_explicit(&_hak_fork_pending, true, memory_order_seq_cst);
   gate_drain();
   _hak_huge_lock(true);
@@ -136,6 +163,7 @@ static void fork_parent(void) {
 #ifndef HAK_FAULT_FORKS_CONCURRENT
   pthread_mutex_unlock(&fork_mutex);
 #endif
+  gate_forker = false;
 }
 static void fork_child(void) {
   if (fork_depth > 0) {
@@ -145,7 +173,8 @@ static void fork_child(void) {
   atomic_store_explicit(&_hak_fork_pending, false, memory_order_relaxed);
   _hak_forking = false;
   atomic_store_explicit(&fork_locked, false, memory_order_relaxed);
-  atomic_store_explicit(&gate_count, gate_depth > 0, memory_order_relaxed); /* the others vanished */
+  for (int i = 0; i < GATE_STRIPES; i++) /* the others vanished */
+    atomic_store_explicit(&gate_count[i].n, gate_stripe == (unsigned)i + 1 && gate_depth > 0, memory_order_relaxed);
   uint64_t g = atomic_load_explicit(&gave_up_at, memory_order_relaxed);
   if ((uint32_t)(g >> 32) == atomic_load_explicit(&fork_gen, memory_order_relaxed)) _hak_fork_transits += (uint32_t)g;
   _hak_policy_fork_child();
@@ -158,6 +187,7 @@ static void fork_child(void) {
 #ifndef HAK_FAULT_FORKS_CONCURRENT
   pthread_mutex_unlock(&fork_mutex);
 #endif
+  gate_forker = false;
 }
 
 /* True once the process is initialized; false only for a call that

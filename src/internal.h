@@ -48,11 +48,12 @@ HAK_INTERNAL bool _hak_lock_wait(pthread_mutex_t* m); /* false: a fork is pendin
  * waits until no thread is inside: otherwise the child, where that thread
  * does not exist, finds the block in neither place (mapped, never reused or
  * unmapped).  A thread arriving while a fork is pending waits for it, but
- * at most ~2 s a fork: a prepare handler registered before hakmem's (run
- * after it) may wait for a lock that thread holds, which then costs that
- * fork 2 s instead of a deadlock (a fork of a loaded 2-core machine was
- * seen pending 380 ms: a bound of 100 ms let mt_test's children find huge
- * blocks half moved).  Nestable; two atomics on a global word per entry, for
+ * once hakmem's prepare is done (its locks taken) at most ~1 ms a fork: a
+ * prepare handler registered before hakmem's (run after it) may wait for a
+ * lock that thread holds, which then costs that fork 1 ms instead of a
+ * deadlock; what a thread that gave up has in transit may be cut, and the
+ * child's checker allows for it (_hak_fork_transits).  A thread holding an
+ * allocator lock never waits (the fork waits for the lock anyway).  Nestable; two atomics on a global word per entry, for
  * paths of microseconds (huge blocks, segments, the caches' tick). */
 HAK_INTERNAL void _hak_gate_enter(void);
 HAK_INTERNAL void _hak_gate_exit(void);

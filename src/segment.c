@@ -342,7 +342,9 @@ size_t _hak_segment_check_cached(const void** first) {
               hak_map_is_segment(hak_segmap_get((uintptr_t)hak_segment_base(seg)));
     if (!ok && bad++ == 0) *first = seg;
   }
-  if (n != seg_cache_count && bad++ == 0) *first = seg_cache;
+  /* but for segments moved when a fork came (internal.h, _hak_fork_transits) */
+  if ((n > seg_cache_count + _hak_fork_transits || seg_cache_count > n + _hak_fork_transits) && bad++ == 0)
+    *first = seg_cache;
   hak_unlock(&seg_lock);
   return bad;
 }

@@ -5,6 +5,7 @@
  * also runs under TSan and ASan.  Liveness bugs are bounded by alarm() in a
  * child: a hang is reported as a hang instead of timing out the test. */
 #include <errno.h>
+#include <signal.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -471,6 +472,55 @@ static void fork_during_huge_free(void) {
   CHILD_CHECK(hak_check_heap() == 0);
 }
 TEST(fork_child_finds_a_huge_block_freed_during_the_fork) { EXPECT_CHILD_OK(fork_during_huge_free, 30); }
+
+/* A signal handler that allocates a huge block on the forking thread while
+ * fork's prepare waits for the gate (its sched_yield, interposed here,
+ * raises the signal): the handler must not wait for the fork it
+ * interrupted (review E's sigdrain.c: the process hung). */
+#include <sys/syscall.h>
+static __thread int yield_raises; /* 1: the next sched_yield raises SIGUSR1 */
+static _Atomic(int) handler_runs;
+int sched_yield(void) {
+  if (yield_raises == 1) {
+    yield_raises = 2;
+    raise(SIGUSR1);
+  }
+  return (int)syscall(SYS_sched_yield);
+}
+static void huge_in_handler(int sig) {
+  (void)sig;
+  void* p = hak_malloc(8 * MiB);
+  if (p != NULL) ((char*)p)[0] = 1;
+  hak_free(p);
+  atomic_fetch_add(&handler_runs, 1);
+}
+static _Atomic(bool) gate_stop;
+static void* gate_churn(void* arg) {
+  (void)arg;
+  while (!atomic_load(&gate_stop)) hak_free(hak_malloc(3 * MiB)); /* keeps the gate busy */
+  return NULL;
+}
+static void fork_with_signal_in_prepare(void) {
+  struct sigaction sa = {0};
+  sa.sa_handler = huge_in_handler;
+  sigaction(SIGUSR1, &sa, NULL);
+  pthread_t t;
+  pthread_create(&t, NULL, gate_churn, NULL);
+  for (int i = 0; i < 200 && atomic_load(&handler_runs) < 20; i++) {
+    yield_raises = 1;
+    pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    yield_raises = 0;
+    waitpid(pid, NULL, 0);
+  }
+  atomic_store(&gate_stop, true);
+  pthread_join(t, NULL);
+  fprintf(stderr, "handler ran during %d forks' prepare\n", atomic_load(&handler_runs));
+  CHILD_CHECK(atomic_load(&handler_runs) >= 1);
+}
+TEST(a_signal_handler_allocating_during_forks_prepare_does_not_hang) {
+  EXPECT_CHILD_OK(fork_with_signal_in_prepare, 30);
+}
 
 /* ---- 6: exit-time statistics while the allocator holds a lock ----------- */
 /* As when a signal handler calls exit() after interrupting the allocator
