@@ -28,7 +28,7 @@ static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
     [HAK_OPT_STATS] = {"STATS", 0, 0, 2, stats_words, false,
                        "0: nothing; 1: statistics as text at exit; json: one JSON line at exit", false},
     [HAK_OPT_SEGMENT_CACHE] = {"SEGMENT_CACHE", 4, 0, 1024, NULL, false,
-                               "empty 4 MiB segments kept for reuse once idle (more while the heap is large: an eighth of the segments in use, up to 256); every segment a burst empties is cached (up to 256), decommitted once cached a purge delay, and those beyond that count unmapped once cached two; 0: none", false},
+                               "empty 4 MiB segments kept for reuse (decommitted once cached a purge delay) before unmapping; more while the heap is large (an eighth of the segments in use, up to 256), the surplus unmapped once cached two purge delays; 0: none", false},
     [HAK_OPT_HUGE_THRESHOLD] = {"HUGE_THRESHOLD", 2 * MiB, 256 * KiB, 256 * MiB, NULL, false,
                                 "bytes; requests this large or larger are mapped directly", false},
     [HAK_OPT_STATS_FILE] = {"STATS_FILE", 0, 0, 0, NULL, true,

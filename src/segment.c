@@ -151,16 +151,7 @@ static void segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   seg->heap = NULL;
   seg->prev = NULL;
   if (hak_lock(&seg_lock)) { /* else a fork is pending: straight to the OS */
-    /* past the limit too (up to CACHE_MAX): a burst that empties many
-     * segments at once is often followed by another that wants them; the
-     * tick decommits them a purge delay later and unmaps the surplus after
-     * two (review C's phase.c, 64 MiB bursts of 1 KiB blocks back to back:
-     * 0.65 s unmapping and faulting in 48 MiB a burst; mimalloc 0.14 s) */
-#ifndef HAK_FAULT_SEGMENT_SURPLUS_UNMAPPED /* fault injection: unmapped at once beyond the limit */
-    bool cached = cache_limit() != 0 && seg_cache_count < CACHE_MAX;
-#else
     bool cached = seg_cache_count < cache_limit();
-#endif
     if (cached) {
       seg->next = seg_cache;
       seg_cache = seg;
@@ -170,7 +161,11 @@ static void segment_release(hak_heap_t* heap, hak_segment_t* seg) {
     }
     /* the caches' tick purges it, and unmaps a surplus: the heap shrinking
      * (this release) can make the cache one, though this one went to the OS */
+#ifndef HAK_FAULT_SEGMENT_SURPLUS_UNNOTICED /* fault injection: only a dirty segment cached starts the tick */
     if ((cached && seg->dirty_mask) || seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE)) hak_purge_global_due();
+#else
+    if (cached && (seg->dirty_mask || seg_cache_count > (size_t)hak_option(HAK_OPT_SEGMENT_CACHE))) hak_purge_global_due();
+#endif
     if (cached) seg = NULL;
     hak_unlock(&seg_lock);
   }

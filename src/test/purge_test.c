@@ -365,9 +365,9 @@ TEST(a_kept_page_serves_another_bin_before_fresh_memory) {
 }
 
 /* 600 blocks of 1 MiB (3 per segment, 200 segments; one page each
- * touched) freed at once: the cache keeps every segment they emptied (up
- * to 256, not only HAKMEM_SEGMENT_CACHE or an eighth of those in use), so
- * the same blocks again map none (a burst after a burst); once the heap
+ * touched) freed: the cache keeps more than HAKMEM_SEGMENT_CACHE empty
+ * segments while the heap is large (an eighth of the segments in use at
+ * each release), so the same blocks again map fewer segments; once the heap
  * stays small, the surplus is unmapped after it has been idle and purged,
  * back to the option's count. */
 TEST(the_segment_cache_follows_the_heap_and_shrinks_back_when_idle) {
@@ -392,9 +392,9 @@ TEST(the_segment_cache_follows_the_heap_and_shrinks_back_when_idle) {
     hak_stats_get(&st);
     cached[round] = st.segments_cached;
   }
-  EXPECT_TRUE(cached[0] >= N / 3 - 2 && cached[0] <= N / 3 + 2);
+  EXPECT_TRUE(cached[0] >= 16 && cached[0] <= N / 3 / 8);
   EXPECT_EQ_U(cached[1], cached[0]);
-  EXPECT_TRUE(mmaps[1] <= 2 && mmaps[0] >= N / 3 - 2); /* the cached ones were reused */
+  EXPECT_TRUE(mmaps[1] + cached[0] / 2 <= mmaps[0]); /* the cached ones were reused */
   activity(20, DELAY_MS / 5); /* one delay (four ticks): nothing unmapped yet */
   hak_stats_t st;
   hak_stats_get(&st);
