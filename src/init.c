@@ -64,19 +64,20 @@ void _hak_gate_enter(void) {
   if (hak_unlikely(gate_stripe == 0))
     gate_stripe = 1 + atomic_fetch_add_explicit(&gate_next_stripe, 1, memory_order_relaxed) % GATE_STRIPES;
   _Atomic(unsigned)* count = &gate_count[gate_stripe - 1].n;
-  unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
-  for (unsigned waits = 0;;) {
-    /* seq_cst both: either prepare sees this thread inside, or this
-     * thread sees the fork pending (fork_prepare) */
-    atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
+  /* seq_cst both: either prepare sees this thread inside, or this thread
+   * sees the fork pending (fork_prepare); no fork pending: done */
+  atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
+  if (hak_likely(!atomic_load_explicit(&_hak_fork_pending, memory_order_seq_cst))) return;
 #ifdef HAK_FAULT_FORK_CUTS_TRANSIT /* fault injection: the gate never waits */
-    return;
+  return;
 #endif
 #ifdef HAK_FAULT_GATE_WAITS_FOR_ITSELF /* fault injection: a signal handler on the forking thread waits */
-    gate_forker = false;
+  gate_forker = false;
 #endif
-    if (!atomic_load_explicit(&_hak_fork_pending, memory_order_seq_cst) || gate_forker ||
-        _hak_locks_held > 0 || gave_up == gen + 1)
+  unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+  for (unsigned waits = 0;;) {
+    if (!atomic_load_explicit(&_hak_fork_pending, memory_order_seq_cst) || gate_forker || _hak_locks_held > 0 ||
+        gave_up == gen + 1)
       return;
     if (waits == GATE_WAITS_LOCKED) {
       gave_up = gen + 1;
@@ -93,6 +94,7 @@ void _hak_gate_enter(void) {
     unsigned g = atomic_load_explicit(&fork_gen, memory_order_relaxed);
     waits = g == gen ? waits + atomic_load_explicit(&fork_locked, memory_order_relaxed) : 0;
     gen = g;
+    atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
   }
 }
 void _hak_gate_exit(void) {

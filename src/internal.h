@@ -53,8 +53,10 @@ HAK_INTERNAL bool _hak_lock_wait(pthread_mutex_t* m); /* false: a fork is pendin
  * lock that thread holds, which then costs that fork 1 ms instead of a
  * deadlock; what a thread that gave up has in transit may be cut, and the
  * child's checker allows for it (_hak_fork_transits).  A thread holding an
- * allocator lock never waits (the fork waits for the lock anyway).  Nestable; two atomics on a global word per entry, for
- * paths of microseconds (huge blocks, segments, the caches' tick). */
+ * allocator lock never waits (the fork waits for the lock anyway).
+ * Nestable; two atomics on a striped counter and a load of the pending
+ * flag per entry, for paths of microseconds (huge blocks, segments, the
+ * caches' tick). */
 HAK_INTERNAL void _hak_gate_enter(void);
 HAK_INTERNAL void _hak_gate_exit(void);
 /* Threads that were alive at a fork of this process's line and vanished
