@@ -78,6 +78,9 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(os, guard_pages, "guard pages set up (mprotect PROT_NONE calls)")       \
   X(os, mapped_bytes, "bytes currently mapped")                            \
   X(os, mapped_bytes_peak, "peak of mapped_bytes")                         \
+  X(fork, forks, "forks of the process (hakmem's prepare handler runs)")  \
+  X(fork, gate_waits, "waits of 500 us at the fork gate (a huge block or segment call while a fork was pending)") \
+  X(fork, gate_give_ups, "threads that stopped waiting for a fork past hakmem's prepare (their transit may leak in the child)") \
   X(purge, runs, "runs of idle free memory decommitted (slices, segments, mappings)") \
   X(purge, bytes, "bytes decommitted by purges (MADV_DONTNEED)")           \
   X(segments, current, "segments owned by heaps")                          \

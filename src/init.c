@@ -51,13 +51,28 @@ __thread unsigned _hak_locks_held __attribute__((tls_model("initial-exec")));
  * the child allows for what a thread that gave up had in transit. */
 #define GATE_WAITS_LOCKED 2
 /* 1 + the fork this thread waited that long for: it does not wait again */
-static __thread unsigned gave_up __attribute__((tls_model("initial-exec")));
+static __thread uint32_t gave_up __attribute__((tls_model("initial-exec")));
 
-static _Atomic(unsigned) fork_gen; /* forks done: a wait is bounded per fork */
+/* The fork in flight, one word so that a thread at the gate reads all of
+ * it in the one load that follows the raise of its count: (forks done <<
+ * 2) | FORK_LOCKED (hakmem's prepare is done) | FORK_PENDING.  A thread
+ * that then sees fork G pending is drained by every later fork, so only G
+ * can cut its transit, and its give-up is counted for G.  (The generation
+ * read apart, before the raise: a thread preempted between the two counted
+ * its give-up for the fork before the one that cut it, and that child
+ * found a huge mapping no allowance covered: CI on 4b57cf5 and 1654696.) */
+#define FORK_PENDING 1u
+#define FORK_LOCKED 2u
+static _Atomic(uint64_t) fork_state;
 /* threads that gave up waiting for a fork: (its gen << 32) | how many */
 static _Atomic(uint64_t) gave_up_at;
 size_t _hak_fork_transits;
-static _Atomic(bool) fork_locked;  /* hakmem's prepare is done */
+static _Atomic(uint64_t) st_forks, st_gate_waits, st_gate_give_ups;
+void _hak_fork_stats(hak_stats_t* st) {
+  st->fork_forks = atomic_load_explicit(&st_forks, memory_order_relaxed);
+  st->fork_gate_waits = atomic_load_explicit(&st_gate_waits, memory_order_relaxed);
+  st->fork_gate_give_ups = atomic_load_explicit(&st_gate_give_ups, memory_order_relaxed);
+}
 
 void _hak_gate_enter(void) {
   if (gate_depth++ > 0) return;
@@ -67,20 +82,21 @@ void _hak_gate_enter(void) {
   /* seq_cst both: either prepare sees this thread inside, or this thread
    * sees the fork pending (fork_prepare); no fork pending: done */
   atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
-  if (hak_likely(!atomic_load_explicit(&_hak_fork_pending, memory_order_seq_cst))) return;
+  uint64_t s = atomic_load_explicit(&fork_state, memory_order_seq_cst);
+  if (hak_likely(!(s & FORK_PENDING))) return;
 #ifdef HAK_FAULT_FORK_CUTS_TRANSIT /* fault injection: the gate never waits */
   return;
 #endif
 #ifdef HAK_FAULT_GATE_WAITS_FOR_ITSELF /* fault injection: a signal handler on the forking thread waits */
   gate_forker = false;
 #endif
-  unsigned gen = atomic_load_explicit(&fork_gen, memory_order_relaxed);
   for (unsigned waits = 0;;) {
-    if (!atomic_load_explicit(&_hak_fork_pending, memory_order_seq_cst) || gate_forker || _hak_locks_held > 0 ||
-        gave_up == gen + 1)
-      return;
+    /* s: loaded after this thread's count was raised */
+    uint32_t gen = (uint32_t)(s >> 2);
+    if (!(s & FORK_PENDING) || gate_forker || _hak_locks_held > 0 || gave_up == gen + 1) return;
     if (waits == GATE_WAITS_LOCKED) {
       gave_up = gen + 1;
+      hak_atomic_add(st_gate_give_ups, 1);
       /* before its transit: a child that can see the transit sees this */
       uint64_t was = atomic_load_explicit(&gave_up_at, memory_order_relaxed), now;
       do now = (uint32_t)(was >> 32) == gen ? was + 1 : ((uint64_t)gen << 32) + 1;
@@ -88,13 +104,21 @@ void _hak_gate_enter(void) {
       return;
     }
     atomic_fetch_sub_explicit(count, 1, memory_order_release);
+    hak_atomic_add(st_gate_waits, 1);
     _hak_os_pause_us(500);
+#ifdef HAK_FAULT_GATE_GEN_STALE /* fault injection: the generation read before the raise (the first version), preempted there */
+    uint64_t early = atomic_load_explicit(&fork_state, memory_order_relaxed);
+    _hak_os_pause_us(1000);
+    atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
+    uint64_t n = (early & ~(uint64_t)FORK_PENDING) | (atomic_load_explicit(&fork_state, memory_order_seq_cst) & FORK_PENDING);
+#else
+    atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
+    uint64_t n = atomic_load_explicit(&fork_state, memory_order_seq_cst);
+#endif
     /* unbounded while hakmem's prepare runs (it waits for nothing a thread
      * at the gate holds); back to back forks: counted from the latest */
-    unsigned g = atomic_load_explicit(&fork_gen, memory_order_relaxed);
-    waits = g == gen ? waits + atomic_load_explicit(&fork_locked, memory_order_relaxed) : 0;
-    gen = g;
-    atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
+    waits = n >> 2 == s >> 2 ? waits + ((n & FORK_LOCKED) != 0) : 0;
+    s = n;
   }
 }
 void _hak_gate_exit(void) {
@@ -138,7 +162,9 @@ static void fork_prepare(void) {
   pthread_mutex_lock(&fork_mutex);
 #endif
   gate_forker = true;
+  hak_atomic_add(st_forks, 1);
   atomic_store_explicit(&_hak_fork_pending, true, memory_order_seq_cst);
+  atomic_fetch_or_explicit(&fork_state, FORK_PENDING, memory_order_seq_cst);
   gate_drain();
   _hak_huge_lock(true);
   _hak_heap_lock(true);
@@ -146,7 +172,7 @@ static void fork_prepare(void) {
   _hak_madvq_lock(true);
   _hak_policy_lock(true);
   _hak_forking = true;
-  atomic_store_explicit(&fork_locked, true, memory_order_relaxed);
+  atomic_fetch_or_explicit(&fork_state, FORK_LOCKED, memory_order_relaxed);
 }
 static void fork_parent(void) {
   if (fork_depth > 0) {
@@ -154,13 +180,14 @@ static void fork_parent(void) {
     return;
   }
   _hak_forking = false;
-  atomic_store_explicit(&fork_locked, false, memory_order_relaxed);
   _hak_policy_lock(false);
   _hak_madvq_lock(false);
   _hak_segment_lock(false);
   _hak_heap_lock(false);
   _hak_huge_lock(false);
-  atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
+  /* the next generation, neither pending nor locked (forks are one at a time) */
+  uint64_t s = atomic_load_explicit(&fork_state, memory_order_relaxed);
+  atomic_store_explicit(&fork_state, ((s >> 2) + 1) << 2, memory_order_release);
   atomic_store_explicit(&_hak_fork_pending, false, memory_order_release);
 #ifndef HAK_FAULT_FORKS_CONCURRENT
   pthread_mutex_unlock(&fork_mutex);
@@ -174,11 +201,14 @@ static void fork_child(void) {
   }
   atomic_store_explicit(&_hak_fork_pending, false, memory_order_relaxed);
   _hak_forking = false;
-  atomic_store_explicit(&fork_locked, false, memory_order_relaxed);
+  /* this fork's generation: the give-ups counted for it; the child's own
+   * forks are the next ones */
+  uint32_t gen = (uint32_t)(atomic_load_explicit(&fork_state, memory_order_relaxed) >> 2);
+  atomic_store_explicit(&fork_state, (uint64_t)(gen + 1) << 2, memory_order_relaxed);
   for (int i = 0; i < GATE_STRIPES; i++) /* the others vanished */
     atomic_store_explicit(&gate_count[i].n, gate_stripe == (unsigned)i + 1 && gate_depth > 0, memory_order_relaxed);
   uint64_t g = atomic_load_explicit(&gave_up_at, memory_order_relaxed);
-  if ((uint32_t)(g >> 32) == atomic_load_explicit(&fork_gen, memory_order_relaxed)) _hak_fork_transits += (uint32_t)g;
+  if ((uint32_t)(g >> 32) == gen) _hak_fork_transits += (uint32_t)g;
   _hak_policy_fork_child();
   _hak_madvq_fork_child();
   _hak_segment_fork_child();

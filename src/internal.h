@@ -59,6 +59,7 @@ HAK_INTERNAL bool _hak_lock_wait(pthread_mutex_t* m); /* false: a fork is pendin
  * caches' tick). */
 HAK_INTERNAL void _hak_gate_enter(void);
 HAK_INTERNAL void _hak_gate_exit(void);
+HAK_INTERNAL void _hak_fork_stats(hak_stats_t* st);
 /* Threads that were alive at a fork of this process's line and vanished
  * in the child: each may have been freeing a block (into its own heap or
  * another's) or taking in a list of freed blocks (collect, the delayed

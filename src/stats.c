@@ -21,6 +21,7 @@ void hak_stats_get(hak_stats_t* st) {
   _hak_error_stats(st);
   _hak_policy_stats(st);
   _hak_remote_heapless_stats(st);
+  _hak_fork_stats(st);
 }
 
 static void out_double(hak_out_t* o, double v) {
