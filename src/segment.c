@@ -337,9 +337,9 @@ size_t _hak_segment_check_cached(const void** first) {
               hak_map_is_segment(hak_segmap_get((uintptr_t)hak_segment_base(seg)));
     if (!ok && bad++ == 0) *first = seg;
   }
-  /* but for segments moved when a fork came (internal.h, _hak_fork_transits) */
-  if ((n > seg_cache_count + _hak_fork_transits || seg_cache_count > n + _hak_fork_transits) && bad++ == 0)
-    *first = seg_cache;
+  /* exactly: the list and its count change together under seg_lock, which
+   * a fork takes (no thread that gave up at the gate holds it then) */
+  if (n != seg_cache_count && bad++ == 0) *first = seg_cache;
   hak_unlock(&seg_lock);
   return bad;
 }
