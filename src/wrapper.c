@@ -57,7 +57,7 @@
 
 #include "internal.h"
 
-#define WR_SLOTS 4096  /* return addresses with a rule (~300 KiB of BSS, touched as used) */
+#define WR_SLOTS 4096  /* return addresses with a rule (~300 KiB of BSS, touched in order of use) */
 #define WR_PROBE 16
 #ifdef HAK_FAULT_WRAPPER_LEARN_SHORT /* fault injection: decided after 64 requests */
 #define WR_LEARN 64
@@ -82,21 +82,32 @@ static uintptr_t wr_main_self;
 static size_t wr_main_max, wr_thread_max; /* wr_thread_max: the stack_by_self mutant only */
 static bool wr_ready;
 
-/* A return address's state: its rule is being looked up, it has none, its
+/* A return address's state: not in use yet, it has no rule, its
  * callers are being recorded, it has two or three (plain), one (chain),
  * one and no wrapper above (own), four or more (wrapper). */
-enum { WR_FILLING, WR_NORULE, WR_LEARNING, WR_PLAIN, WR_CHAIN, WR_OWN, WR_WRAPPER };
+enum { WR_UNUSED, WR_NORULE, WR_LEARNING, WR_PLAIN, WR_CHAIN, WR_OWN, WR_WRAPPER };
 
 typedef struct {
   _Atomic(uintptr_t) ra;
   _Atomic(uint32_t) state;
   _Atomic(uint32_t) seen;
-  hak_cfa_rule_t rule; /* written before state leaves WR_FILLING */
+  hak_cfa_rule_t rule; /* written before the entry is in its slot */
   uintptr_t func;      /* the start of its function (0: no rule) */
   _Atomic(uintptr_t) callers[WR_CALLERS]; /* the functions that called it */
 } wr_entry_t;
 
+/* The table: by hash of the return address, a slot holds 1 + the number
+ * of its entry, and the entries are taken in order of first sight, so the
+ * first dozens share a page or two (a table of entries hashed over ~300
+ * KiB touched a page per return address, read then written: 2 faults
+ * each, 9-12 of a short program's first large requests; //verify:bench mir
+ * had 77 faults to jemalloc's 64).  A slot is claimed (WR_CLAIMED) while
+ * its entry's rule is looked up. */
+#define WR_CLAIMED 0xffffu
+_Static_assert(WR_SLOTS < WR_CLAIMED, "slot values fit 16 bits");
+static _Atomic(uint16_t) wr_index[WR_SLOTS]; /* 8 KiB */
 static wr_entry_t wr_table[WR_SLOTS];
+static _Atomic(uint32_t) wr_used; /* entries taken: one per slot claimed */
 __thread uintptr_t* _hak_site_slot;
 __thread const void* _hak_site_own[HAK_SITE_OWN_CACHE];
 /* wrappers whose callers were found to be their own, by site: one step
@@ -124,22 +135,34 @@ static void count_unresolved(void) {
 static wr_entry_t* wr_get(uintptr_t ra, bool look_up) {
   uintptr_t h = ra * 0x9e3779b97f4a7c15ull;
   for (unsigned i = 0; i < WR_PROBE; i++) {
-    wr_entry_t* e = &wr_table[((h >> 40) + i) % WR_SLOTS];
-    uintptr_t k = atomic_load_explicit(&e->ra, memory_order_acquire);
-    if (k == 0) {
+    _Atomic(uint16_t)* slot = &wr_index[((h >> 40) + i) % WR_SLOTS];
+    uint16_t x = atomic_load_explicit(slot, memory_order_acquire);
+    if (x == 0) {
 #ifndef HAK_FAULT_WRAPPER_SAMPLE_LOOKS_UP /* fault injection: every resolution may look rules up */
       if (!look_up) return NULL;
 #endif
-      if (!atomic_compare_exchange_strong_explicit(&e->ra, &k, ra, memory_order_acq_rel, memory_order_acquire)) {
-        if (k != ra) continue;
-      } else {
+      if (atomic_compare_exchange_strong_explicit(slot, &x, WR_CLAIMED, memory_order_acquire, memory_order_acquire)) {
+        /* a slot claimed takes one entry (but for claims a fork cut: the
+         * child frees their slots, not their entries) */
+        uint32_t n = atomic_load_explicit(&wr_used, memory_order_relaxed);
+        do
+          if (n == WR_SLOTS) {
+            atomic_store_explicit(slot, 0, memory_order_relaxed);
+            break;
+          }
+        while (!atomic_compare_exchange_weak_explicit(&wr_used, &n, n + 1, memory_order_relaxed, memory_order_relaxed));
+        if (n == WR_SLOTS) break;
+        wr_entry_t* e = &wr_table[n];
+        atomic_store_explicit(&e->ra, ra, memory_order_relaxed);
         bool ok = _hak_cfa_rule(ra - 1, &e->rule, &e->func); /* the call instruction's rule */
-        atomic_store_explicit(&e->state, ok ? WR_LEARNING : WR_NORULE, memory_order_release);
+        atomic_store_explicit(&e->state, ok ? WR_LEARNING : WR_NORULE, memory_order_relaxed);
+        atomic_store_explicit(slot, (uint16_t)(e - wr_table + 1), memory_order_release);
         return e;
       }
     }
-    if (k != ra) continue;
-    return atomic_load_explicit(&e->state, memory_order_acquire) == WR_FILLING ? NULL : e;
+    if (x == WR_CLAIMED) return NULL; /* another thread is filling it (or one around ra): next time */
+    wr_entry_t* e = &wr_table[x - 1];
+    if (atomic_load_explicit(&e->ra, memory_order_relaxed) == ra) return e;
   }
   count_unresolved(); /* the table is full around it */
   return NULL;
@@ -394,16 +417,16 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
 #endif
 }
 
-/* Fork child: an entry a thread that did not survive was filling would
- * stay unusable; its rule is looked up again (one thread runs now). */
+/* Fork child: a slot a thread that did not survive was claiming would
+ * stay unusable; its return address is looked up again (the entry it may
+ * have taken is left unused: one thread runs now). */
 void _hak_wrapper_fork_child(void) {
-  for (size_t i = 0; i < WR_SLOTS; i++) {
-    wr_entry_t* e = &wr_table[i];
-    uintptr_t ra = atomic_load_explicit(&e->ra, memory_order_relaxed);
-    if (ra == 0 || atomic_load_explicit(&e->state, memory_order_relaxed) != WR_FILLING) continue;
-    bool ok = _hak_cfa_rule(ra - 1, &e->rule, &e->func);
-    atomic_store_explicit(&e->state, ok ? WR_LEARNING : WR_NORULE, memory_order_release);
-  }
+#ifdef HAK_FAULT_WRAPPER_CLAIM_KEPT /* fault injection: a vanished thread's claim stays */
+  return;
+#endif
+  for (size_t i = 0; i < WR_SLOTS; i++)
+    if (atomic_load_explicit(&wr_index[i], memory_order_relaxed) == WR_CLAIMED)
+      atomic_store_explicit(&wr_index[i], 0, memory_order_relaxed);
 }
 
 void _hak_wrapper_stats(hak_stats_t* st) {

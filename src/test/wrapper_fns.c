@@ -37,6 +37,7 @@ WRAPPER(wt_xmalloc_under_alloca)
 WRAPPER(wt_xmalloc_clone)
 WRAPPER(wt_xmalloc_late)
 WRAPPER(wt_xmalloc_small)
+WRAPPER(wt_xmalloc_fork)
 
 /* Runs fn on the stack below top with the usual inline asm: this
  * function's rules (rsp plus its frame, no frame pointer) do not know rsp

@@ -5,7 +5,8 @@
  * sites are kept; threads learn the same table; HAKMEM_WRAPPERS=0 turns it
  * off.  The expected sites are the return addresses the wrappers saw
  * (wrapper_fns.h). */
-#define _GNU_SOURCE 1 /* clone */
+#define _GNU_SOURCE 1 /* clone, RTLD_NEXT */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -52,6 +53,7 @@ static size_t scratch(void) { /* a frame of varying size */
 CALLERS(x, wt_xmalloc(BIG), wt_last_ra)
 CALLERS(ch, wt_outer_fp(BIG, scratch()), wt_last_outer_ra)
 CALLERS(off, wt_xmalloc_off(BIG), wt_last_ra)
+CALLERS(fk, wt_xmalloc_fork(BIG), wt_last_ra)
 
 TEST(a_wrappers_callers_are_the_sites) {
   hak_stats_t before = stats();
@@ -68,6 +70,53 @@ TEST(a_wrappers_callers_are_the_sites) {
   EXPECT_EQ_U(after.sites_wrappers, before.sites_wrappers + 1);
   EXPECT_EQ_U(after.sites_seen_through, before.sites_seen_through + 5 * ROUNDS - allocs_of(wrapper_site));
 }
+
+/* A fork while another thread claims the table's slot of a return
+ * address (its rule being looked up: _dl_find_object, interposed here,
+ * holds it until the fork is done): the child, where that thread does not
+ * exist, must look the address up again, not find its slot claimed
+ * forever (the wrapper would never be seen through there). */
+static _Atomic(int) fk_state; /* 1: held in the lookup, 2: forked */
+static _Atomic(bool) fk_armed;
+int _dl_find_object(void* pc, struct dl_find_object* result) {
+  static int (*real)(void*, struct dl_find_object*);
+  if (real == NULL) real = (int (*)(void*, struct dl_find_object*))dlsym(RTLD_NEXT, "_dl_find_object");
+  uintptr_t off = (uintptr_t)pc - (uintptr_t)wt_xmalloc_fork;
+  if (off < 256 && atomic_exchange(&fk_armed, false)) {
+    atomic_store(&fk_state, 1);
+    for (int i = 0; i < 3000 && atomic_load(&fk_state) != 2; i++) usleep(1000);
+  }
+  return real == NULL ? -1 : real(pc, result);
+}
+static void* fk_first(void* arg) {
+  (void)arg;
+  fks[0]();
+  return NULL;
+}
+static void fork_during_a_claim(void) {
+  atomic_store(&fk_armed, true);
+  pthread_t t;
+  pthread_create(&t, NULL, fk_first, NULL);
+  for (int i = 0; i < 3000 && atomic_load(&fk_state) != 1; i++) usleep(1000);
+  CHILD_CHECK(atomic_load(&fk_state) == 1);
+  pid_t pid = fork();
+  if (pid == 0) {
+    hak_stats_t before = stats();
+    for (int r = 0; r < ROUNDS; r++)
+      for (int k = 0; k < 5; k++) fks[k]();
+    hak_stats_t after = stats();
+    /* the wrapper found: its callers' requests are theirs */
+    CHILD_CHECK(after.sites_wrappers == before.sites_wrappers + 1);
+    CHILD_CHECK(allocs_of(wt_last_site) <= 4);
+    _exit(0);
+  }
+  atomic_store(&fk_state, 2);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  pthread_join(t, NULL);
+  CHILD_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+TEST(a_fork_child_looks_up_what_a_vanished_thread_was_looking_up) { EXPECT_CHILD_OK(fork_during_a_claim, 30); }
 
 /* wt_xmalloc_chained has one caller, wt_outer_fp (rbp-based, a variable
  * frame), which five functions call: their requests are theirs. */
