@@ -254,7 +254,8 @@ bool _hak_bigcache_put(hak_huge_t* h) {
    * the block is in a slot, so the count is never below the blocks in the
    * slots (after the slot, a take in between made it -1: a fork cutting
    * the put there left the child's count wrapped; the new mt_test fork
-   * test, 2-3 runs in 28) */
+   * test, 2-3 runs in 28).  A fork that cuts a put evicting from a full
+   * row finds two blocks out of place: the child allows two a transit. */
   atomic_fetch_add_explicit(&bc_count[cls], 1, memory_order_relaxed);
   for (int attempt = 0; attempt < 2; attempt++) {
     for (int i = 0; i < slots; i++) {

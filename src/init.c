@@ -37,6 +37,9 @@ static struct {
 } gate_count[GATE_STRIPES];
 static _Atomic(unsigned) gate_next_stripe;
 static __thread unsigned gate_stripe __attribute__((tls_model("initial-exec"))); /* 1 + its stripe */
+/* this thread's entries inside the gate; > 0 exactly while its count is
+ * raised (0 during its waits: a signal handler that allocates then enters
+ * on its own, and a fork in that handler does not wait for itself) */
 static __thread unsigned gate_depth __attribute__((tls_model("initial-exec")));
 /* this thread is forking (from hakmem's prepare to its parent or child
  * handler's end): a signal handler that allocates meanwhile must not wait
@@ -48,24 +51,31 @@ __thread unsigned _hak_locks_held __attribute__((tls_model("initial-exec")));
  * then (x 500 us), since such a handler may wait for a lock it holds (review
  * E's forklat.c, a library's prepare locking what threads hold while they
  * allocate: 20 waits made its forks 11.9 ms at the median, cur 0.39 ms);
- * the child allows for what a thread that gave up had in transit. */
+ * it goes on unguarded, and the child allows for what it had in transit. */
 #define GATE_WAITS_LOCKED 2
 /* 1 + the fork this thread waited that long for: it does not wait again */
-static __thread uint32_t gave_up __attribute__((tls_model("initial-exec")));
+static __thread uint64_t gave_up __attribute__((tls_model("initial-exec")));
 
-/* The fork in flight, one word so that a thread at the gate reads all of
- * it in the one load that follows the raise of its count: (forks done <<
- * 2) | FORK_LOCKED (hakmem's prepare is done) | FORK_PENDING.  A thread
- * that then sees fork G pending is drained by every later fork, so only G
- * can cut its transit, and its give-up is counted for G.  (The generation
- * read apart, before the raise: a thread preempted between the two counted
- * its give-up for the fork before the one that cut it, and that child
- * found a huge mapping no allowance covered: CI on 4b57cf5 and 1654696.) */
+/* The fork in flight: (forks done << 2) | FORK_LOCKED (hakmem's prepare is
+ * done) | FORK_PENDING, one word read in the load that follows the raise
+ * of a thread's count (64 bits: the generation never wraps onto gave_up's
+ * 0, review G's wrap.c). */
 #define FORK_PENDING 1u
 #define FORK_LOCKED 2u
 static _Atomic(uint64_t) fork_state;
-/* threads that gave up waiting for a fork: (its gen << 32) | how many */
-static _Atomic(uint64_t) gave_up_at;
+/* Threads inside the gate that the fork in flight does not wait for (they
+ * gave up waiting), raised before their transit and lowered after it: a
+ * child whose snapshot has any of a thread's transit has its raise and not
+ * its lowering (each thread's stores reach the child in order), so it
+ * counts exactly the transits the fork may have cut.  (Counted by fork
+ * generation before, read apart from the raise of the thread's count: a
+ * thread preempted between the two counted its give-up for the fork before
+ * the one that cut it, CI on 4b57cf5 and 1654696.) */
+static _Atomic(size_t) gate_unguarded;
+static __thread bool gate_unguarded_own __attribute__((tls_model("initial-exec")));
+/* a transit holds at most two blocks: BigCache's put holds its block and
+ * the one it evicts from a full row (review G's rowfull.c) */
+#define TRANSIT_BLOCKS 2
 size_t _hak_fork_transits;
 static _Atomic(uint64_t) st_forks, st_gate_waits, st_gate_give_ups;
 void _hak_fork_stats(hak_stats_t* st) {
@@ -74,14 +84,25 @@ void _hak_fork_stats(hak_stats_t* st) {
   st->fork_gate_give_ups = atomic_load_explicit(&st_gate_give_ups, memory_order_relaxed);
 }
 
+/* gate_depth as a signal handler on this thread sees it */
+static void gate_depth_set(unsigned d) {
+  atomic_signal_fence(memory_order_seq_cst);
+  gate_depth = d;
+  atomic_signal_fence(memory_order_seq_cst);
+}
+
 void _hak_gate_enter(void) {
-  if (gate_depth++ > 0) return;
+  if (gate_depth > 0) { /* nested: its count is raised, a fork waits for it */
+    gate_depth++;
+    return;
+  }
   if (hak_unlikely(gate_stripe == 0))
     gate_stripe = 1 + atomic_fetch_add_explicit(&gate_next_stripe, 1, memory_order_relaxed) % GATE_STRIPES;
   _Atomic(unsigned)* count = &gate_count[gate_stripe - 1].n;
   /* seq_cst both: either prepare sees this thread inside, or this thread
    * sees the fork pending (fork_prepare); no fork pending: done */
   atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
+  gate_depth_set(1);
   uint64_t s = atomic_load_explicit(&fork_state, memory_order_seq_cst);
   if (hak_likely(!(s & FORK_PENDING))) return;
 #ifdef HAK_FAULT_FORK_CUTS_TRANSIT /* fault injection: the gate never waits */
@@ -92,29 +113,27 @@ void _hak_gate_enter(void) {
 #endif
   for (unsigned waits = 0;;) {
     /* s: loaded after this thread's count was raised */
-    uint32_t gen = (uint32_t)(s >> 2);
-    if (!(s & FORK_PENDING) || gate_forker || _hak_locks_held > 0 || gave_up == gen + 1) return;
-    if (waits == GATE_WAITS_LOCKED) {
+    uint64_t gen = s >> 2;
+    if (!(s & FORK_PENDING) || gate_forker || _hak_locks_held > 0) return;
+    if (waits == GATE_WAITS_LOCKED || gave_up == gen + 1) {
+      if (gave_up != gen + 1) hak_atomic_add(st_gate_give_ups, 1);
       gave_up = gen + 1;
-      hak_atomic_add(st_gate_give_ups, 1);
-      /* before its transit: a child that can see the transit sees this */
-      uint64_t was = atomic_load_explicit(&gave_up_at, memory_order_relaxed), now;
-      do now = (uint32_t)(was >> 32) == gen ? was + 1 : ((uint64_t)gen << 32) + 1;
-      while (!atomic_compare_exchange_weak_explicit(&gave_up_at, &was, now, memory_order_seq_cst, memory_order_relaxed));
+#ifndef HAK_FAULT_GATE_GIVE_UP_UNCOUNTED /* fault injection: the child does not allow for it */
+      atomic_fetch_add_explicit(&gate_unguarded, 1, memory_order_seq_cst); /* before its transit */
+      gate_unguarded_own = true;
+#endif
       return;
     }
+    gate_depth_set(0); /* before the count goes down */
     atomic_fetch_sub_explicit(count, 1, memory_order_release);
     hak_atomic_add(st_gate_waits, 1);
-    _hak_os_pause_us(500);
-#ifdef HAK_FAULT_GATE_GEN_STALE /* fault injection: the generation read before the raise (the first version), preempted there */
-    uint64_t early = atomic_load_explicit(&fork_state, memory_order_relaxed);
-    _hak_os_pause_us(1000);
-    atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
-    uint64_t n = (early & ~(uint64_t)FORK_PENDING) | (atomic_load_explicit(&fork_state, memory_order_seq_cst) & FORK_PENDING);
-#else
-    atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
-    uint64_t n = atomic_load_explicit(&fork_state, memory_order_seq_cst);
+#ifdef HAK_FAULT_GATE_DEPTH_KEPT /* fault injection: a signal handler meanwhile takes itself for nested (the first version) */
+    gate_depth_set(1);
 #endif
+    _hak_os_pause_us(500);
+    atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
+    gate_depth_set(1);
+    uint64_t n = atomic_load_explicit(&fork_state, memory_order_seq_cst);
     /* unbounded while hakmem's prepare runs (it waits for nothing a thread
      * at the gate holds); back to back forks: counted from the latest */
     waits = n >> 2 == s >> 2 ? waits + ((n & FORK_LOCKED) != 0) : 0;
@@ -122,7 +141,16 @@ void _hak_gate_enter(void) {
   }
 }
 void _hak_gate_exit(void) {
-  if (--gate_depth == 0) atomic_fetch_sub_explicit(&gate_count[gate_stripe - 1].n, 1, memory_order_release);
+  if (gate_depth > 1) {
+    gate_depth--;
+    return;
+  }
+  if (gate_unguarded_own) { /* after its transit */
+    gate_unguarded_own = false;
+    atomic_fetch_sub_explicit(&gate_unguarded, 1, memory_order_release);
+  }
+  gate_depth_set(0);
+  atomic_fetch_sub_explicit(&gate_count[gate_stripe - 1].n, 1, memory_order_release);
 }
 
 __attribute__((unused)) static unsigned gate_sum(void) {
@@ -201,14 +229,16 @@ static void fork_child(void) {
   }
   atomic_store_explicit(&_hak_fork_pending, false, memory_order_relaxed);
   _hak_forking = false;
-  /* this fork's generation: the give-ups counted for it; the child's own
-   * forks are the next ones */
-  uint32_t gen = (uint32_t)(atomic_load_explicit(&fork_state, memory_order_relaxed) >> 2);
-  atomic_store_explicit(&fork_state, (uint64_t)(gen + 1) << 2, memory_order_relaxed);
+  /* the child's own forks are the next ones */
+  uint64_t gen = atomic_load_explicit(&fork_state, memory_order_relaxed) >> 2;
+  atomic_store_explicit(&fork_state, (gen + 1) << 2, memory_order_relaxed);
   for (int i = 0; i < GATE_STRIPES; i++) /* the others vanished */
     atomic_store_explicit(&gate_count[i].n, gate_stripe == (unsigned)i + 1 && gate_depth > 0, memory_order_relaxed);
-  uint64_t g = atomic_load_explicit(&gave_up_at, memory_order_relaxed);
-  if ((uint32_t)(g >> 32) == gen) _hak_fork_transits += (uint32_t)g;
+  /* the transits of vanished threads the fork did not wait for (this
+   * thread's own goes on here) */
+  size_t unguarded = atomic_load_explicit(&gate_unguarded, memory_order_relaxed) - gate_unguarded_own;
+  _hak_fork_transits += TRANSIT_BLOCKS * unguarded;
+  atomic_store_explicit(&gate_unguarded, gate_unguarded_own, memory_order_relaxed);
   _hak_policy_fork_child();
   _hak_madvq_fork_child();
   _hak_segment_fork_child();

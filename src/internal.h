@@ -54,8 +54,9 @@ HAK_INTERNAL bool _hak_lock_wait(pthread_mutex_t* m); /* false: a fork is pendin
  * deadlock; what a thread that gave up has in transit may be cut, and the
  * child's checker allows for it (_hak_fork_transits).  A thread holding an
  * allocator lock never waits (the fork waits for the lock anyway).
- * Nestable; two atomics on a striped counter and a load of the pending
- * flag per entry, for paths of microseconds (huge blocks, segments, the
+ * Nestable (a signal handler on a thread that waits at the gate enters on
+ * its own); two atomics on a striped counter and a load of the fork's
+ * state per entry, for paths of microseconds (huge blocks, segments, the
  * caches' tick). */
 HAK_INTERNAL void _hak_gate_enter(void);
 HAK_INTERNAL void _hak_gate_exit(void);
@@ -66,9 +67,10 @@ HAK_INTERNAL void _hak_fork_stats(hak_stats_t* st);
  * list), which stay tagged freed on no list in the child, leaked: the
  * checker does not count them as lost once this is not 0. */
 HAK_INTERNAL extern size_t _hak_fork_cuts;
-/* Threads that gave up waiting at the fork gate in a fork of this line
- * and went on into their transit: as many huge blocks or segments may be
- * half moved in the child (leaked), which the checker allows. */
+/* Blocks or segments that threads which gave up waiting at the fork gate
+ * (in a fork of this line) may have had half moved when the fork came, two
+ * per such thread inside the gate then: leaked in the child, and allowed
+ * for by the checker. */
 HAK_INTERNAL extern size_t _hak_fork_transits;
 /* Allocator locks this thread holds: one that holds any enters the fork
  * gate without waiting (the fork waits for that lock anyway, and the

@@ -522,6 +522,82 @@ TEST(a_signal_handler_allocating_during_forks_prepare_does_not_hang) {
   EXPECT_CHILD_OK(fork_with_signal_in_prepare, 30);
 }
 
+/* A signal handler that frees a huge block on a thread waiting at the fork
+ * gate (its 500 us sleep, nanosleep interposed here, raises the signal):
+ * the thread's count is down while it sleeps, so the handler must enter
+ * the gate on its own (wait, or give up and be allowed for), not take
+ * itself for nested inside the thread's entry.  The clock read of the
+ * handler's BigCache put holds it in its transit until the fork is done:
+ * taken for nested, it was cut unseen, and the child found the block in
+ * no place (review G's sigfork.c: 4-17 children in 300). */
+static __thread int sleep_raises; /* 1: the next nanosleep raises SIGUSR2 */
+static _Atomic(int) sleeper_handled;
+int nanosleep(const struct timespec* req, struct timespec* rem) {
+  if (sleep_raises == 1) {
+    sleep_raises = 2;
+    raise(SIGUSR2);
+  }
+  return (int)syscall(SYS_nanosleep, req, rem);
+}
+static void* sleeper_block;
+static _Atomic(int) sleeper_forked; /* the parent's fork() returned */
+static __thread bool sleeper_armed;
+static uint64_t sleeper_clock(void) {
+  hak_huge_t* h = sleeper_block ? (hak_huge_t*)((uint8_t*)sleeper_block - HAK_HUGE_HEADER) : NULL;
+  if (sleeper_armed && h != NULL && atomic_load(&h->state) == HAK_HUGE_FREED) {
+    sleeper_armed = false;
+    for (int i = 0; i < 300 && !atomic_load(&sleeper_forked); i++) usleep(1000);
+  }
+  return _hak_os_default.now_ns();
+}
+static void free_in_handler(int sig) {
+  (void)sig;
+  sleeper_armed = true;
+  hak_free(sleeper_block);
+  atomic_store(&sleeper_handled, 1);
+}
+static _Atomic(bool) sleeper_stop;
+static void* sleeper_churn(void* arg) {
+  (void)arg;
+  sleep_raises = 1;
+  while (!atomic_load(&sleeper_stop)) hak_free(hak_malloc(3 * MiB)); /* at the gate at every fork */
+  return NULL;
+}
+static hak_os_t sleeper_os;
+static void fork_while_a_handler_frees_at_the_gate(void) {
+  sleeper_os = _hak_os_default;
+  sleeper_os.now_ns = sleeper_clock;
+  _hak_os = &sleeper_os;
+  sleeper_block = hak_malloc(8 * MiB);
+  CHILD_CHECK(sleeper_block != NULL);
+  memset(sleeper_block, 1, 8 * MiB);
+  struct sigaction sa = {0};
+  sa.sa_handler = free_in_handler;
+  sigaction(SIGUSR2, &sa, NULL);
+  pthread_t t;
+  pthread_create(&t, NULL, sleeper_churn, NULL);
+  int bad = 0, forks = 0;
+  for (; forks < 400 && !atomic_load(&sleeper_handled); forks++) {
+    atomic_store(&sleeper_forked, 0);
+    pid_t pid = fork();
+    if (pid == 0) _exit(hak_check_heap() == 0 ? 0 : 2);
+    atomic_store(&sleeper_forked, 1);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    bad += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  atomic_store(&sleeper_forked, 1);
+  atomic_store(&sleeper_stop, true);
+  pthread_join(t, NULL);
+  fprintf(stderr, "the handler ran at fork %d; bad children %d\n", forks, bad);
+  CHILD_CHECK(atomic_load(&sleeper_handled) == 1);
+  CHILD_CHECK(bad == 0);
+  CHILD_CHECK(hak_check_heap() == 0);
+}
+TEST(a_signal_handler_freeing_while_its_thread_waits_at_the_gate_is_gated) {
+  EXPECT_CHILD_OK(fork_while_a_handler_frees_at_the_gate, 30);
+}
+
 /* ---- 6: exit-time statistics while the allocator holds a lock ----------- */
 /* As when a signal handler calls exit() after interrupting the allocator
  * inside a critical section: the statistics must still come out. */

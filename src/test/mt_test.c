@@ -419,10 +419,11 @@ TEST(fork_while_threads_exit) {
 
 /* Forks slow enough (the kernel copies the page tables of 128 MiB of
  * ballast) that threads churning huge blocks give up waiting at the gate
- * (GATE_WAITS_LOCKED) and go on into their transits: each give-up must be
- * counted for the fork that can cut that transit, or that fork's child
- * finds a huge mapping no allowance covers (a generation read apart from
- * the raise of the gate's count, preempted in between: CI on 1654696). */
+ * (GATE_WAITS_LOCKED) and go on into their transits: the child must allow
+ * for exactly the transits the fork may have cut (init.c, gate_unguarded),
+ * or it finds a huge mapping no allowance covers (give-ups counted by
+ * fork generation, read apart from the raise of the gate's count and
+ * preempted in between: CI on 1654696). */
 static _Atomic(bool) giveup_stop;
 static void* giveup_churn(void* arg) {
   size_t n = (3 + (uintptr_t)arg % 4) * MiB;
@@ -449,7 +450,7 @@ static void* giveup_forker(void* arg) {
   }
   return NULL;
 }
-TEST(fork_gate_give_ups_are_counted_for_the_fork_that_cuts_them) {
+TEST(fork_gate_give_ups_are_allowed_for_in_the_child) {
   size_t ballast_size = 128 * MiB;
   enum { CHURNERS = 8, FORKERS = 3 }; /* forks back to back: one pending as another ends */
   char* ballast = mmap(NULL, ballast_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
