@@ -199,6 +199,7 @@ static hak_heap_t* heap_take(void) {
 /* ---- thread exit --------------------------------------------------------- */
 static void heap_thread_exit(void* arg) {
   hak_heap_t* heap = arg;
+  _hak_gate_thread_exit();
   if (heap == NULL || heap == &_hak_heap_empty) return;
   _hak_heap_tls = &_hak_heap_empty;
 #ifndef HAK_FAULT_EXIT_REARM /* fault injection: later allocations make a heap of their own */

@@ -28,19 +28,31 @@ bool _hak_lock_wait(pthread_mutex_t* m) {
   }
 }
 
-/* The fork gate (internal.h): threads inside, counted in stripes (a line
- * each, a thread always in the same one: huge-block traffic of several
- * threads does not share one counter), and this thread's nesting. */
-#define GATE_STRIPES 16
-static struct {
-  _Alignas(64) _Atomic(unsigned) n;
-} gate_count[GATE_STRIPES];
-static _Atomic(unsigned) gate_next_stripe;
-static __thread unsigned gate_stripe __attribute__((tls_model("initial-exec"))); /* 1 + its stripe */
-/* this thread's entries inside the gate; > 0 exactly while its count is
- * raised (0 during its waits: a signal handler that allocates then enters
- * on its own, and a fork in that handler does not wait for itself) */
-static __thread unsigned gate_depth __attribute__((tls_model("initial-exec")));
+/* The fork gate (internal.h).  Each thread counts its entries in a slot of
+ * its own, on a line of its own: the drain sums the slots, and a signal
+ * handler on the thread reads the same word to know whether the thread is
+ * inside (nested: the drain waits for it) or not (it enters on its own),
+ * with no window between the two (review H's sigwin.c: a count raised but
+ * a separate depth still 0 let a handler wait for a fork that waited for
+ * its own thread: a hang within seconds).  Slots are taken at a thread's
+ * first entry and given back when it exits (or, once all are taken, taken
+ * from threads that are gone); threads beyond GATE_SLOTS share one, where
+ * a handler may take itself for nested. */
+#define GATE_SLOTS 1024
+typedef struct {
+  _Alignas(64) _Atomic(unsigned) n; /* entries inside */
+  /* the thread gave up waiting for the fork in flight and went on: from
+   * before its transit to after it, so a child whose snapshot has any of
+   * the transit has this (each thread's stores reach the child in order) */
+  _Atomic(unsigned) unguarded;
+  _Atomic(int) tid; /* owner, 0: free */
+} gate_slot_t;
+static gate_slot_t gate_slots[GATE_SLOTS];
+static _Atomic(unsigned) gate_slots_hi; /* slots ever taken */
+static gate_slot_t gate_shared;         /* threads beyond GATE_SLOTS */
+static __thread gate_slot_t* gate_slot __attribute__((tls_model("initial-exec")));
+static __thread unsigned gate_shared_depth __attribute__((tls_model("initial-exec")));
+static __thread bool gate_shared_unguarded __attribute__((tls_model("initial-exec")));
 /* this thread is forking (from hakmem's prepare to its parent or child
  * handler's end): a signal handler that allocates meanwhile must not wait
  * for the fork it interrupted (review E's sigalloc.c: the process hung) */
@@ -63,16 +75,6 @@ static __thread uint64_t gave_up __attribute__((tls_model("initial-exec")));
 #define FORK_PENDING 1u
 #define FORK_LOCKED 2u
 static _Atomic(uint64_t) fork_state;
-/* Threads inside the gate that the fork in flight does not wait for (they
- * gave up waiting), raised before their transit and lowered after it: a
- * child whose snapshot has any of a thread's transit has its raise and not
- * its lowering (each thread's stores reach the child in order), so it
- * counts exactly the transits the fork may have cut.  (Counted by fork
- * generation before, read apart from the raise of the thread's count: a
- * thread preempted between the two counted its give-up for the fork before
- * the one that cut it, CI on 4b57cf5 and 1654696.) */
-static _Atomic(size_t) gate_unguarded;
-static __thread bool gate_unguarded_own __attribute__((tls_model("initial-exec")));
 /* a transit holds at most two blocks: BigCache's put holds its block and
  * the one it evicts from a full row (review G's rowfull.c) */
 #define TRANSIT_BLOCKS 2
@@ -84,25 +86,50 @@ void _hak_fork_stats(hak_stats_t* st) {
   st->fork_gate_give_ups = atomic_load_explicit(&st_gate_give_ups, memory_order_relaxed);
 }
 
-/* gate_depth as a signal handler on this thread sees it */
-static void gate_depth_set(unsigned d) {
-  atomic_signal_fence(memory_order_seq_cst);
-  gate_depth = d;
-  atomic_signal_fence(memory_order_seq_cst);
+static bool gate_slot_claim(gate_slot_t* g, int tid, bool dead_only) {
+  int was = atomic_load_explicit(&g->tid, memory_order_relaxed);
+  if (dead_only ? (was == 0 || atomic_load_explicit(&g->n, memory_order_relaxed) != 0 || _hak_os_tid_alive(was))
+                : was != 0)
+    return false;
+  return atomic_compare_exchange_strong_explicit(&g->tid, &was, tid, memory_order_acquire, memory_order_relaxed);
+}
+/* This thread's slot, taken at its first entry. */
+static HAK_NOINLINE gate_slot_t* gate_slot_take(void) {
+  int tid = _hak_os_tid();
+  unsigned hi = atomic_load_explicit(&gate_slots_hi, memory_order_acquire);
+  for (unsigned i = 0; i < hi; i++)
+    if (gate_slot_claim(&gate_slots[i], tid, false)) return gate_slot = &gate_slots[i];
+  while (hi < GATE_SLOTS)
+    if (atomic_compare_exchange_weak_explicit(&gate_slots_hi, &hi, hi + 1, memory_order_acq_rel, memory_order_acquire)) {
+      atomic_store_explicit(&gate_slots[hi].tid, tid, memory_order_relaxed);
+      return gate_slot = &gate_slots[hi];
+    }
+  for (unsigned i = 0; i < GATE_SLOTS; i++) /* threads that exited without giving theirs back */
+    if (gate_slot_claim(&gate_slots[i], tid, true)) return gate_slot = &gate_slots[i];
+  return gate_slot = &gate_shared;
+}
+/* Thread exit (heap.c): the slot goes back (the thread is not inside). */
+void _hak_gate_thread_exit(void) {
+  gate_slot_t* g = gate_slot;
+  if (g == NULL || g == &gate_shared || atomic_load_explicit(&g->n, memory_order_relaxed) != 0) return;
+  gate_slot = NULL;
+  atomic_store_explicit(&g->tid, 0, memory_order_release);
 }
 
 void _hak_gate_enter(void) {
-  if (gate_depth > 0) { /* nested: its count is raised, a fork waits for it */
-    gate_depth++;
+  gate_slot_t* g = gate_slot;
+  if (hak_unlikely(g == NULL)) g = gate_slot_take();
+  if (g == &gate_shared) { /* nesting by depth: inexact under signals */
+    if (gate_shared_depth++ > 0) return;
+  } else if (atomic_load_explicit(&g->n, memory_order_relaxed) > 0) {
+    /* nested: its count is up, a fork waits for it (one word: a signal
+     * handler reads it as the drain does) */
+    atomic_fetch_add_explicit(&g->n, 1, memory_order_relaxed);
     return;
   }
-  if (hak_unlikely(gate_stripe == 0))
-    gate_stripe = 1 + atomic_fetch_add_explicit(&gate_next_stripe, 1, memory_order_relaxed) % GATE_STRIPES;
-  _Atomic(unsigned)* count = &gate_count[gate_stripe - 1].n;
   /* seq_cst both: either prepare sees this thread inside, or this thread
    * sees the fork pending (fork_prepare); no fork pending: done */
-  atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
-  gate_depth_set(1);
+  atomic_fetch_add_explicit(&g->n, 1, memory_order_seq_cst);
   uint64_t s = atomic_load_explicit(&fork_state, memory_order_seq_cst);
   if (hak_likely(!(s & FORK_PENDING))) return;
 #ifdef HAK_FAULT_FORK_CUTS_TRANSIT /* fault injection: the gate never waits */
@@ -119,20 +146,26 @@ void _hak_gate_enter(void) {
       if (gave_up != gen + 1) hak_atomic_add(st_gate_give_ups, 1);
       gave_up = gen + 1;
 #ifndef HAK_FAULT_GATE_GIVE_UP_UNCOUNTED /* fault injection: the child does not allow for it */
-      atomic_fetch_add_explicit(&gate_unguarded, 1, memory_order_seq_cst); /* before its transit */
-      gate_unguarded_own = true;
+      /* before its transit */
+      if (g != &gate_shared) atomic_store_explicit(&g->unguarded, 1, memory_order_seq_cst);
+      else if (!gate_shared_unguarded) {
+        gate_shared_unguarded = true;
+        atomic_fetch_add_explicit(&g->unguarded, 1, memory_order_seq_cst);
+      }
 #endif
       return;
     }
-    gate_depth_set(0); /* before the count goes down */
-    atomic_fetch_sub_explicit(count, 1, memory_order_release);
-    hak_atomic_add(st_gate_waits, 1);
-#ifdef HAK_FAULT_GATE_DEPTH_KEPT /* fault injection: a signal handler meanwhile takes itself for nested (the first version) */
-    gate_depth_set(1);
+    /* down while it waits: a signal handler meanwhile enters on its own */
+#ifdef HAK_FAULT_GATE_DEPTH_KEPT /* fault injection: down for the drain, up for a handler (the first version) */
+    _Atomic(unsigned)* down = &gate_shared.n;
+    atomic_fetch_add_explicit(down, (unsigned)-1, memory_order_release);
+#else
+    _Atomic(unsigned)* down = &g->n;
+    atomic_fetch_sub_explicit(down, 1, memory_order_release);
 #endif
-    _hak_os_pause_us(500);
-    atomic_fetch_add_explicit(count, 1, memory_order_seq_cst);
-    gate_depth_set(1);
+    hak_atomic_add(st_gate_waits, 1);
+    _hak_os->pause_us(500);
+    atomic_fetch_add_explicit(down, 1, memory_order_seq_cst);
     uint64_t n = atomic_load_explicit(&fork_state, memory_order_seq_cst);
     /* unbounded while hakmem's prepare runs (it waits for nothing a thread
      * at the gate holds); back to back forks: counted from the latest */
@@ -141,30 +174,37 @@ void _hak_gate_enter(void) {
   }
 }
 void _hak_gate_exit(void) {
-  if (gate_depth > 1) {
-    gate_depth--;
+  gate_slot_t* g = gate_slot;
+  if (g == &gate_shared) {
+    if (--gate_shared_depth > 0) return;
+    if (gate_shared_unguarded) { /* after its transit */
+      gate_shared_unguarded = false;
+      atomic_fetch_sub_explicit(&g->unguarded, 1, memory_order_release);
+    }
+  } else if (atomic_load_explicit(&g->n, memory_order_relaxed) > 1) { /* nested */
+    atomic_fetch_sub_explicit(&g->n, 1, memory_order_relaxed);
     return;
+  } else if (atomic_load_explicit(&g->unguarded, memory_order_relaxed) != 0) {
+    atomic_store_explicit(&g->unguarded, 0, memory_order_release); /* after its transit */
   }
-  if (gate_unguarded_own) { /* after its transit */
-    gate_unguarded_own = false;
-    atomic_fetch_sub_explicit(&gate_unguarded, 1, memory_order_release);
-  }
-  gate_depth_set(0);
-  atomic_fetch_sub_explicit(&gate_count[gate_stripe - 1].n, 1, memory_order_release);
+  atomic_fetch_sub_explicit(&g->n, 1, memory_order_release);
 }
 
 __attribute__((unused)) static unsigned gate_sum(void) {
-  unsigned n = 0;
-  for (int i = 0; i < GATE_STRIPES; i++) n += atomic_load_explicit(&gate_count[i].n, memory_order_seq_cst);
+  unsigned n = atomic_load_explicit(&gate_shared.n, memory_order_seq_cst);
+  unsigned hi = atomic_load_explicit(&gate_slots_hi, memory_order_acquire);
+  for (unsigned i = 0; i < hi; i++) n += atomic_load_explicit(&gate_slots[i].n, memory_order_seq_cst);
   return n;
 }
 
 /* Waits for the threads inside the gate to leave it (not this one, if a
- * signal handler forks inside it).  They do not wait for the fork (it is
- * pending) nor for a lock (hak_lock gives up while it is). */
+ * signal handler forks inside it: its own count, read from its slot).
+ * They do not wait for the fork (it is pending) nor for a lock (hak_lock
+ * gives up while it is). */
 static void gate_drain(void) {
 #ifndef HAK_FAULT_FORK_CUTS_TRANSIT
-  unsigned own = gate_depth > 0;
+  gate_slot_t* g = gate_slot;
+  unsigned own = g == NULL ? 0 : g == &gate_shared ? (gate_shared_depth > 0) : atomic_load_explicit(&g->n, memory_order_relaxed);
   while (gate_sum() != own) sched_yield();
 #endif
 }
@@ -232,13 +272,24 @@ static void fork_child(void) {
   /* the child's own forks are the next ones */
   uint64_t gen = atomic_load_explicit(&fork_state, memory_order_relaxed) >> 2;
   atomic_store_explicit(&fork_state, (gen + 1) << 2, memory_order_relaxed);
-  for (int i = 0; i < GATE_STRIPES; i++) /* the others vanished */
-    atomic_store_explicit(&gate_count[i].n, gate_stripe == (unsigned)i + 1 && gate_depth > 0, memory_order_relaxed);
-  /* the transits of vanished threads the fork did not wait for (this
-   * thread's own goes on here) */
-  size_t unguarded = atomic_load_explicit(&gate_unguarded, memory_order_relaxed) - gate_unguarded_own;
-  _hak_fork_transits += TRANSIT_BLOCKS * unguarded;
-  atomic_store_explicit(&gate_unguarded, gate_unguarded_own, memory_order_relaxed);
+  /* the others vanished: their slots go back, and the transits of those
+   * the fork did not wait for are allowed for (this thread's own goes on) */
+  unsigned hi = atomic_load_explicit(&gate_slots_hi, memory_order_relaxed);
+  for (unsigned i = 0; i < hi; i++) {
+    gate_slot_t* g = &gate_slots[i];
+    if (g == gate_slot) continue;
+    _hak_fork_transits += TRANSIT_BLOCKS * (atomic_load_explicit(&g->unguarded, memory_order_relaxed) != 0);
+    atomic_store_explicit(&g->n, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->unguarded, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->tid, 0, memory_order_relaxed);
+  }
+  if (gate_slot != &gate_shared) {
+    _hak_fork_transits += TRANSIT_BLOCKS * atomic_load_explicit(&gate_shared.unguarded, memory_order_relaxed);
+    atomic_store_explicit(&gate_shared.n, 0, memory_order_relaxed);
+    atomic_store_explicit(&gate_shared.unguarded, 0, memory_order_relaxed);
+  }
+  if (gate_slot != NULL && gate_slot != &gate_shared) /* its tid in the child */
+    atomic_store_explicit(&gate_slot->tid, _hak_os_tid(), memory_order_relaxed);
   _hak_policy_fork_child();
   _hak_madvq_fork_child();
   _hak_segment_fork_child();

@@ -55,12 +55,13 @@ HAK_INTERNAL bool _hak_lock_wait(pthread_mutex_t* m); /* false: a fork is pendin
  * child's checker allows for it (_hak_fork_transits).  A thread holding an
  * allocator lock never waits (the fork waits for the lock anyway).
  * Nestable (a signal handler on a thread that waits at the gate enters on
- * its own); two atomics on a striped counter and a load of the fork's
- * state per entry, for paths of microseconds (huge blocks, segments, the
- * caches' tick). */
+ * its own); per entry a load and an atomic add on the thread's own slot
+ * and a load of the fork's state, for paths of microseconds (huge blocks,
+ * segments, the caches' tick). */
 HAK_INTERNAL void _hak_gate_enter(void);
 HAK_INTERNAL void _hak_gate_exit(void);
 HAK_INTERNAL void _hak_fork_stats(hak_stats_t* st);
+HAK_INTERNAL void _hak_gate_thread_exit(void); /* its slot back */
 /* Threads that were alive at a fork of this process's line and vanished
  * in the child: each may have been freeing a block (into its own heap or
  * another's) or taking in a list of freed blocks (collect, the delayed
@@ -122,6 +123,7 @@ typedef struct hak_os_s {
   int (*protect)(void* addr, size_t size, bool none); /* PROT_NONE or rw; 0 or errno */
   int (*remap)(void* old, size_t old_size, void* dst, size_t new_size); /* mremap; 0 or errno */
   int (*move_keep)(void* src, size_t size, void* dst); /* mremap, src kept mapped; 0 or errno */
+  void (*pause_us)(unsigned us);             /* a wait (not a cancellation point) */
 } hak_os_t;
 HAK_INTERNAL extern const hak_os_t _hak_os_default;
 HAK_INTERNAL extern const hak_os_t* _hak_os;   /* tests swap in a fake     */
@@ -146,12 +148,12 @@ HAK_INTERNAL bool _hak_os_secure(void);       /* AT_SECURE                */
 HAK_INTERNAL bool _hak_os_thp_always(void);   /* THP on every mapping     */
 HAK_INTERNAL bool _hak_os_cwd(char* buf, size_t size);
 HAK_INTERNAL int _hak_os_tid(void);
+HAK_INTERNAL bool _hak_os_tid_alive(int tid); /* a thread of this process */
 HAK_INTERNAL bool _hak_os_is_main_thread(void);
 HAK_INTERNAL bool _hak_os_mapping_of(uintptr_t addr, uintptr_t* lo, uintptr_t* hi); /* readable, /proc/self/maps */
 HAK_INTERNAL size_t _hak_os_stack_limit(void); /* RLIMIT_STACK, 0: unlimited */
 HAK_INTERNAL bool _hak_os_thread_alive(int tid);
 HAK_INTERNAL bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns); /* true: taken */
-HAK_INTERNAL void _hak_os_pause_us(unsigned us);
 /* the checker: -1 the page is not mapped, 0 mapped but not resident, 1 resident */
 HAK_INTERNAL int _hak_os_resident(const void* page);
 /* the checker: copies n bytes at addr; false if they cannot be read */

@@ -114,7 +114,18 @@ HAK_NO_SANITIZE bool _hak_os_peek(const void* addr, void* out, size_t n) {
   return ok;
 }
 
-const hak_os_t _hak_os_default = {os_map, os_unmap, os_advise, os_now_ns, os_faults, os_protect, os_remap, os_move_keep};
+/* A wait of us microseconds: the raw system call, not nanosleep, which is
+ * a cancellation point (malloc and free are not: review H's cancel.c, a
+ * thread cancelled in free at the fork gate leaked its block). */
+static void os_pause_us(unsigned us) {
+  struct timespec ts = {0, (long)us * 1000};
+  int saved = errno;
+  syscall(SYS_nanosleep, &ts, NULL);
+  errno = saved;
+}
+
+const hak_os_t _hak_os_default = {os_map,     os_unmap,   os_advise,    os_now_ns,  os_faults,
+                                  os_protect, os_remap,   os_move_keep, os_pause_us};
 const hak_os_t* _hak_os = &_hak_os_default;
 
 static _Atomic(uint64_t) os_munmap_calls, os_madvise_calls, os_guard_pages;
@@ -328,12 +339,6 @@ bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns) {
   return got;
 }
 
-void _hak_os_pause_us(unsigned us) {
-  struct timespec ts = {0, (long)us * 1000};
-  int saved = errno;
-  nanosleep(&ts, NULL);
-  errno = saved;
-}
 
 /* The working directory into buf (no allocation); false if it does not fit. */
 bool _hak_os_cwd(char* buf, size_t size) {
@@ -347,6 +352,14 @@ bool _hak_os_cwd(char* buf, size_t size) {
  * with that id still exists (an exited one does not; ids are reused, so
  * "alive" may be a newer thread, never the other way round). */
 int _hak_os_tid(void) { return (int)syscall(SYS_gettid); }
+
+/* Whether thread tid of this process still exists. */
+bool _hak_os_tid_alive(int tid) {
+  int saved = errno;
+  bool alive = syscall(SYS_tgkill, getpid(), tid, 0) == 0 || errno != ESRCH;
+  errno = saved;
+  return alive;
+}
 bool _hak_os_is_main_thread(void) { return syscall(SYS_gettid) == getpid(); }
 
 /* The readable mapping holding addr, from /proc/self/maps read with plain

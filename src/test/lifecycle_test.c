@@ -523,21 +523,21 @@ TEST(a_signal_handler_allocating_during_forks_prepare_does_not_hang) {
 }
 
 /* A signal handler that frees a huge block on a thread waiting at the fork
- * gate (its 500 us sleep, nanosleep interposed here, raises the signal):
+ * gate (its 500 us wait, the fake OS's, raises the signal):
  * the thread's count is down while it sleeps, so the handler must enter
  * the gate on its own (wait, or give up and be allowed for), not take
  * itself for nested inside the thread's entry.  The clock read of the
  * handler's BigCache put holds it in its transit until the fork is done:
  * taken for nested, it was cut unseen, and the child found the block in
  * no place (review G's sigfork.c: 4-17 children in 300). */
-static __thread int sleep_raises; /* 1: the next nanosleep raises SIGUSR2 */
+static __thread int sleep_raises; /* 1: the gate's next wait raises SIGUSR2 */
 static _Atomic(int) sleeper_handled;
-int nanosleep(const struct timespec* req, struct timespec* rem) {
+static void sleeper_pause(unsigned us) {
   if (sleep_raises == 1) {
     sleep_raises = 2;
     raise(SIGUSR2);
   }
-  return (int)syscall(SYS_nanosleep, req, rem);
+  _hak_os_default.pause_us(us);
 }
 static void* sleeper_block;
 static _Atomic(int) sleeper_forked; /* the parent's fork() returned */
@@ -567,6 +567,7 @@ static hak_os_t sleeper_os;
 static void fork_while_a_handler_frees_at_the_gate(void) {
   sleeper_os = _hak_os_default;
   sleeper_os.now_ns = sleeper_clock;
+  sleeper_os.pause_us = sleeper_pause;
   _hak_os = &sleeper_os;
   sleeper_block = hak_malloc(8 * MiB);
   CHILD_CHECK(sleeper_block != NULL);
@@ -597,6 +598,65 @@ static void fork_while_a_handler_frees_at_the_gate(void) {
 TEST(a_signal_handler_freeing_while_its_thread_waits_at_the_gate_is_gated) {
   EXPECT_CHILD_OK(fork_while_a_handler_frees_at_the_gate, 30);
 }
+
+/* Signals every ~50 us on a thread churning huge blocks, whose handler
+ * frees and allocates one too, while another thread forks: a handler that
+ * lands anywhere in the gate's own steps must neither wait for a fork
+ * that waits for its thread (review H's sigwin.c: with the thread's count
+ * and its depth in two words, a hang within 5-97 forks) nor go unseen. */
+static _Atomic(bool) storm_stop;
+static _Atomic(long) storm_handled;
+static void storm_handler(int sig) {
+  (void)sig;
+  char* p = hak_malloc(4 * MiB);
+  if (p != NULL) p[0] = 1;
+  hak_free(p);
+  atomic_fetch_add(&storm_handled, 1);
+}
+static void* storm_churn(void* arg) {
+  (void)arg;
+  while (!atomic_load(&storm_stop)) {
+    char* p = hak_malloc(4 * MiB);
+    if (p != NULL) p[0] = 1;
+    hak_free(p);
+  }
+  return NULL;
+}
+static _Atomic(int) storm_bad, storm_forks;
+static void* storm_forker(void* arg) {
+  (void)arg;
+  for (int i = 0; i < 150; i++) {
+    pid_t pid = fork();
+    if (pid == 0) _exit(hak_check_heap() == 0 ? 0 : 2);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) atomic_fetch_add(&storm_bad, 1);
+    atomic_fetch_add(&storm_forks, 1);
+  }
+  return NULL;
+}
+static void signal_storm_during_forks(void) {
+  struct sigaction sa = {0};
+  sa.sa_handler = storm_handler;
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGUSR1, &sa, NULL);
+  pthread_t t, f;
+  pthread_create(&t, NULL, storm_churn, NULL);
+  pthread_create(&f, NULL, storm_forker, NULL);
+  while (atomic_load(&storm_forks) < 150) {
+    pthread_kill(t, SIGUSR1);
+    usleep(50);
+  }
+  pthread_join(f, NULL);
+  atomic_store(&storm_stop, true);
+  pthread_join(t, NULL);
+  fprintf(stderr, "%d forks, %ld handlers, %d bad children\n", atomic_load(&storm_forks), atomic_load(&storm_handled),
+          atomic_load(&storm_bad));
+  CHILD_CHECK(atomic_load(&storm_handled) > 0);
+  CHILD_CHECK(atomic_load(&storm_bad) == 0);
+  CHILD_CHECK(hak_check_heap() == 0);
+}
+TEST(signals_anywhere_in_the_gate_while_another_thread_forks) { EXPECT_CHILD_OK(signal_storm_during_forks, 60); }
 
 /* ---- 6: exit-time statistics while the allocator holds a lock ----------- */
 /* As when a signal handler calls exit() after interrupting the allocator
