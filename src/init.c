@@ -101,8 +101,9 @@ static HAK_NOINLINE gate_slot_t* gate_slot_take(void) {
     if (gate_slot_claim(&gate_slots[i], tid, false)) return gate_slot = &gate_slots[i];
   while (hi < GATE_SLOTS)
     if (atomic_compare_exchange_weak_explicit(&gate_slots_hi, &hi, hi + 1, memory_order_acq_rel, memory_order_acquire)) {
-      atomic_store_explicit(&gate_slots[hi].tid, tid, memory_order_relaxed);
-      return gate_slot = &gate_slots[hi];
+      /* claimed as any free slot: another thread's scan may see it first */
+      if (gate_slot_claim(&gate_slots[hi], tid, false)) return gate_slot = &gate_slots[hi];
+      hi = atomic_load_explicit(&gate_slots_hi, memory_order_acquire);
     }
   for (unsigned i = 0; i < GATE_SLOTS; i++) /* threads that exited without giving theirs back */
     if (gate_slot_claim(&gate_slots[i], tid, true)) return gate_slot = &gate_slots[i];
