@@ -199,13 +199,13 @@ static hak_heap_t* heap_take(void) {
 /* ---- thread exit --------------------------------------------------------- */
 static void heap_thread_exit(void* arg) {
   hak_heap_t* heap = arg;
-  _hak_gate_thread_exit();
   if (heap == NULL || heap == &_hak_heap_empty) return;
   _hak_heap_tls = &_hak_heap_empty;
 #ifndef HAK_FAULT_EXIT_REARM /* fault injection: later allocations make a heap of their own */
   thread_exited = true;
 #endif
   heap_abandon(heap);
+  _hak_gate_thread_exit(); /* after the abandon, which enters the gate (review I's slots.c: none came back) */
 }
 
 bool _hak_heap_exited(void) { return thread_exited; }

@@ -36,8 +36,8 @@ bool _hak_lock_wait(pthread_mutex_t* m) {
  * a separate depth still 0 let a handler wait for a fork that waited for
  * its own thread: a hang within seconds).  Slots are taken at a thread's
  * first entry and given back when it exits (or, once all are taken, taken
- * from threads that are gone); threads beyond GATE_SLOTS share one, where
- * a handler may take itself for nested. */
+ * from threads that are gone); a thread beyond GATE_SLOTS is never waited
+ * for and always counted unguarded (gate_shared). */
 #define GATE_SLOTS 1024
 typedef struct {
   _Alignas(64) _Atomic(unsigned) n; /* entries inside */
@@ -49,10 +49,12 @@ typedef struct {
 } gate_slot_t;
 static gate_slot_t gate_slots[GATE_SLOTS];
 static _Atomic(unsigned) gate_slots_hi; /* slots ever taken */
-static gate_slot_t gate_shared;         /* threads beyond GATE_SLOTS */
+static gate_slot_t gate_shared;         /* threads beyond GATE_SLOTS: .unguarded only */
+#ifdef HAK_FAULT_GATE_DEPTH_KEPT
+static _Atomic(unsigned) gate_kept_down;
+#endif
 static __thread gate_slot_t* gate_slot __attribute__((tls_model("initial-exec")));
 static __thread unsigned gate_shared_depth __attribute__((tls_model("initial-exec")));
-static __thread bool gate_shared_unguarded __attribute__((tls_model("initial-exec")));
 /* this thread is forking (from hakmem's prepare to its parent or child
  * handler's end): a signal handler that allocates meanwhile must not wait
  * for the fork it interrupted (review E's sigalloc.c: the process hung) */
@@ -120,12 +122,23 @@ void _hak_gate_thread_exit(void) {
 void _hak_gate_enter(void) {
   gate_slot_t* g = gate_slot;
   if (hak_unlikely(g == NULL)) g = gate_slot_take();
-  if (g == &gate_shared) { /* nesting by depth: inexact under signals */
-    if (gate_shared_depth++ > 0) return;
-  } else if (atomic_load_explicit(&g->n, memory_order_relaxed) > 0) {
-    /* nested: its count is up, a fork waits for it (one word: a signal
-     * handler reads it as the drain does) */
-    atomic_fetch_add_explicit(&g->n, 1, memory_order_relaxed);
+  if (hak_unlikely(g == &gate_shared)) {
+    /* beyond GATE_SLOTS: no fork waits for it, each outermost entry is
+     * counted unguarded from before its transit to after it (a handler
+     * between the count and the depth counts itself too: over by 2) */
+    if (gate_shared_depth == 0) atomic_fetch_add_explicit(&gate_shared.unguarded, 1, memory_order_seq_cst);
+    gate_shared_depth++;
+    return;
+  }
+  if (atomic_load_explicit(&g->n, memory_order_relaxed) > 0) {
+    /* nested: its count is up (one word: a signal handler reads it as the
+     * drain does).  A fork pending may have drained before that count
+     * went up (a handler between the outer entry's raise and its look at
+     * the fork): unguarded then, until the outermost exit (review I's
+     * sigwin2.c: 2 bad children in 11,806) */
+    atomic_fetch_add_explicit(&g->n, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&fork_state, memory_order_seq_cst) & FORK_PENDING)
+      atomic_store_explicit(&g->unguarded, 1, memory_order_seq_cst);
     return;
   }
   /* seq_cst both: either prepare sees this thread inside, or this thread
@@ -142,23 +155,22 @@ void _hak_gate_enter(void) {
   for (unsigned waits = 0;;) {
     /* s: loaded after this thread's count was raised */
     uint64_t gen = s >> 2;
-    if (!(s & FORK_PENDING) || gate_forker || _hak_locks_held > 0) return;
+    if (!(s & FORK_PENDING) || gate_forker) return;
+    if (_hak_locks_held > 0) { /* the fork waits for its lock, or it is between taking one and counting it */
+      atomic_store_explicit(&g->unguarded, 1, memory_order_seq_cst);
+      return;
+    }
     if (waits == GATE_WAITS_LOCKED || gave_up == gen + 1) {
       if (gave_up != gen + 1) hak_atomic_add(st_gate_give_ups, 1);
       gave_up = gen + 1;
 #ifndef HAK_FAULT_GATE_GIVE_UP_UNCOUNTED /* fault injection: the child does not allow for it */
-      /* before its transit */
-      if (g != &gate_shared) atomic_store_explicit(&g->unguarded, 1, memory_order_seq_cst);
-      else if (!gate_shared_unguarded) {
-        gate_shared_unguarded = true;
-        atomic_fetch_add_explicit(&g->unguarded, 1, memory_order_seq_cst);
-      }
+      atomic_store_explicit(&g->unguarded, 1, memory_order_seq_cst); /* before its transit */
 #endif
       return;
     }
     /* down while it waits: a signal handler meanwhile enters on its own */
 #ifdef HAK_FAULT_GATE_DEPTH_KEPT /* fault injection: down for the drain, up for a handler (the first version) */
-    _Atomic(unsigned)* down = &gate_shared.n;
+    _Atomic(unsigned)* down = &gate_kept_down;
     atomic_fetch_add_explicit(down, (unsigned)-1, memory_order_release);
 #else
     _Atomic(unsigned)* down = &g->n;
@@ -176,23 +188,24 @@ void _hak_gate_enter(void) {
 }
 void _hak_gate_exit(void) {
   gate_slot_t* g = gate_slot;
-  if (g == &gate_shared) {
-    if (--gate_shared_depth > 0) return;
-    if (gate_shared_unguarded) { /* after its transit */
-      gate_shared_unguarded = false;
-      atomic_fetch_sub_explicit(&g->unguarded, 1, memory_order_release);
-    }
-  } else if (atomic_load_explicit(&g->n, memory_order_relaxed) > 1) { /* nested */
+  if (hak_unlikely(g == &gate_shared)) {
+    if (--gate_shared_depth == 0) atomic_fetch_sub_explicit(&gate_shared.unguarded, 1, memory_order_release);
+    return;
+  }
+  if (atomic_load_explicit(&g->n, memory_order_relaxed) > 1) { /* nested */
     atomic_fetch_sub_explicit(&g->n, 1, memory_order_relaxed);
     return;
-  } else if (atomic_load_explicit(&g->unguarded, memory_order_relaxed) != 0) {
-    atomic_store_explicit(&g->unguarded, 0, memory_order_release); /* after its transit */
   }
+  if (atomic_load_explicit(&g->unguarded, memory_order_relaxed) != 0)
+    atomic_store_explicit(&g->unguarded, 0, memory_order_release); /* after its transit */
   atomic_fetch_sub_explicit(&g->n, 1, memory_order_release);
 }
 
 __attribute__((unused)) static unsigned gate_sum(void) {
-  unsigned n = atomic_load_explicit(&gate_shared.n, memory_order_seq_cst);
+  unsigned n = 0;
+#ifdef HAK_FAULT_GATE_DEPTH_KEPT
+  n += atomic_load_explicit(&gate_kept_down, memory_order_seq_cst);
+#endif
   unsigned hi = atomic_load_explicit(&gate_slots_hi, memory_order_acquire);
   for (unsigned i = 0; i < hi; i++) n += atomic_load_explicit(&gate_slots[i].n, memory_order_seq_cst);
   return n;
@@ -205,7 +218,7 @@ __attribute__((unused)) static unsigned gate_sum(void) {
 static void gate_drain(void) {
 #ifndef HAK_FAULT_FORK_CUTS_TRANSIT
   gate_slot_t* g = gate_slot;
-  unsigned own = g == NULL ? 0 : g == &gate_shared ? (gate_shared_depth > 0) : atomic_load_explicit(&g->n, memory_order_relaxed);
+  unsigned own = g == NULL || g == &gate_shared ? 0 : atomic_load_explicit(&g->n, memory_order_relaxed);
   while (gate_sum() != own) sched_yield();
 #endif
 }
@@ -284,11 +297,11 @@ static void fork_child(void) {
     atomic_store_explicit(&g->unguarded, 0, memory_order_relaxed);
     atomic_store_explicit(&g->tid, 0, memory_order_relaxed);
   }
-  if (gate_slot != &gate_shared) {
-    _hak_fork_transits += TRANSIT_BLOCKS * atomic_load_explicit(&gate_shared.unguarded, memory_order_relaxed);
-    atomic_store_explicit(&gate_shared.n, 0, memory_order_relaxed);
-    atomic_store_explicit(&gate_shared.unguarded, 0, memory_order_relaxed);
-  }
+  /* the threads beyond GATE_SLOTS inside then (this one's entry goes on) */
+  size_t own_shared = gate_slot == &gate_shared && gate_shared_depth > 0;
+  size_t shared = atomic_load_explicit(&gate_shared.unguarded, memory_order_relaxed);
+  _hak_fork_transits += TRANSIT_BLOCKS * (shared > own_shared ? shared - own_shared : 0);
+  atomic_store_explicit(&gate_shared.unguarded, own_shared, memory_order_relaxed);
   if (gate_slot != NULL && gate_slot != &gate_shared) /* its tid in the child */
     atomic_store_explicit(&gate_slot->tid, _hak_os_tid(), memory_order_relaxed);
   _hak_policy_fork_child();

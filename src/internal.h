@@ -94,17 +94,24 @@ static inline void hak_lock_blocking(pthread_mutex_t* m) {
   _hak_locks_held++;
   if (!hak_forking()) pthread_mutex_lock(m);
 }
+/* The count covers the lock from before it is taken to after it is let go:
+ * a signal handler in between passes the fork gate as a holder (marked
+ * unguarded if a fork is pending) rather than wait at it for a fork that
+ * waits for this lock (review I: a handler waited while the code it
+ * interrupted held pol_lock, taken by a trylock not yet counted). */
 static inline void hak_unlock(pthread_mutex_t* m) {
-  _hak_locks_held--;
 #ifdef HAK_FAULT_FORK_SELF_LOCK
   pthread_mutex_unlock(m);
+  _hak_locks_held--;
   return;
 #endif
   if (hak_likely(!hak_forking())) pthread_mutex_unlock(m);
+  _hak_locks_held--;
 }
 static inline int hak_trylock(pthread_mutex_t* m) {
+  _hak_locks_held++;
   int r = hak_forking() ? 0 : pthread_mutex_trylock(m);
-  _hak_locks_held += r == 0;
+  _hak_locks_held -= r != 0;
   return r;
 }
 

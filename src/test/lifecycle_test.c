@@ -623,9 +623,10 @@ static void* storm_churn(void* arg) {
   return NULL;
 }
 static _Atomic(int) storm_bad, storm_forks;
+#define STORM_FORKS (150 / HAK_TEST_SCALE) /* sanitizers: a fork takes tens of ms */
 static void* storm_forker(void* arg) {
   (void)arg;
-  for (int i = 0; i < 150; i++) {
+  for (int i = 0; i < STORM_FORKS; i++) {
     pid_t pid = fork();
     if (pid == 0) _exit(hak_check_heap() == 0 ? 0 : 2);
     int st = 0;
@@ -643,7 +644,7 @@ static void signal_storm_during_forks(void) {
   pthread_t t, f;
   pthread_create(&t, NULL, storm_churn, NULL);
   pthread_create(&f, NULL, storm_forker, NULL);
-  while (atomic_load(&storm_forks) < 150) {
+  while (atomic_load(&storm_forks) < STORM_FORKS) {
     pthread_kill(t, SIGUSR1);
     usleep(50);
   }

@@ -450,11 +450,11 @@ static void* giveup_forker(void* arg) {
   }
   return NULL;
 }
-TEST(fork_gate_give_ups_are_allowed_for_in_the_child) {
+static void give_ups_in_slow_forks(void) {
   size_t ballast_size = 128 * MiB;
   enum { CHURNERS = 8, FORKERS = 3 }; /* forks back to back: one pending as another ends */
   char* ballast = mmap(NULL, ballast_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  ASSERT_TRUE(ballast != MAP_FAILED);
+  CHILD_CHECK(ballast != MAP_FAILED);
   madvise(ballast, ballast_size, MADV_NOHUGEPAGE); /* a page table entry per 4 KiB */
   for (size_t o = 0; o < ballast_size; o += 4096) ballast[o] = 1;
   hak_stats_t before, after;
@@ -469,14 +469,18 @@ TEST(fork_gate_give_ups_are_allowed_for_in_the_child) {
   hak_stats_get(&after);
   munmap(ballast, ballast_size);
   /* its subject: threads did give up waiting (slow forks) */
-  EXPECT_TRUE(after.fork_gate_give_ups > before.fork_gate_give_ups);
-  if (getenv("HAK_TEST_VERBOSE"))
-    fprintf(stderr, "forks %lu, gate waits %lu, give-ups %lu\n", (unsigned long)(after.fork_forks - before.fork_forks),
+  CHILD_CHECK(after.fork_gate_give_ups > before.fork_gate_give_ups);
+  fprintf(stderr, "forks %lu, gate waits %lu, give-ups %lu\n", (unsigned long)(after.fork_forks - before.fork_forks),
             (unsigned long)(after.fork_gate_waits - before.fork_gate_waits),
             (unsigned long)(after.fork_gate_give_ups - before.fork_gate_give_ups));
-  EXPECT_EQ_U(atomic_load(&giveup_bad), 0);
-  EXPECT_EQ_U(hak_check_heap(), 0);
+  CHILD_CHECK(atomic_load(&giveup_bad) == 0);
+  CHILD_CHECK(hak_check_heap() == 0);
 }
+/* in a process of its own: its slow forks and give-ups teach the evolving
+ * policy (global ratings) what learning_under_contention must not inherit
+ * (in 1 run of 3 it then routed a third of its requests to segments and
+ * gathered none) */
+TEST(fork_gate_give_ups_are_allowed_for_in_the_child) { EXPECT_CHILD_OK(give_ups_in_slow_forks, 120); }
 
 /* forks while the others churn: the child gathers from what it inherited,
  * and its blocks hold what it wrote */
