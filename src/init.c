@@ -50,9 +50,6 @@ typedef struct {
 static gate_slot_t gate_slots[GATE_SLOTS];
 static _Atomic(unsigned) gate_slots_hi; /* slots ever taken */
 static gate_slot_t gate_shared;         /* threads beyond GATE_SLOTS: .unguarded only */
-#ifdef HAK_FAULT_GATE_DEPTH_KEPT
-static _Atomic(unsigned) gate_kept_down;
-#endif
 static __thread gate_slot_t* gate_slot __attribute__((tls_model("initial-exec")));
 static __thread unsigned gate_shared_depth __attribute__((tls_model("initial-exec")));
 /* this thread is forking (from hakmem's prepare to its parent or child
@@ -169,13 +166,8 @@ void _hak_gate_enter(void) {
       return;
     }
     /* down while it waits: a signal handler meanwhile enters on its own */
-#ifdef HAK_FAULT_GATE_DEPTH_KEPT /* fault injection: down for the drain, up for a handler (the first version) */
-    _Atomic(unsigned)* down = &gate_kept_down;
-    atomic_fetch_add_explicit(down, (unsigned)-1, memory_order_release);
-#else
     _Atomic(unsigned)* down = &g->n;
     atomic_fetch_sub_explicit(down, 1, memory_order_release);
-#endif
     hak_atomic_add(st_gate_waits, 1);
     _hak_os->pause_us(500);
     atomic_fetch_add_explicit(down, 1, memory_order_seq_cst);
@@ -203,9 +195,6 @@ void _hak_gate_exit(void) {
 
 __attribute__((unused)) static unsigned gate_sum(void) {
   unsigned n = 0;
-#ifdef HAK_FAULT_GATE_DEPTH_KEPT
-  n += atomic_load_explicit(&gate_kept_down, memory_order_seq_cst);
-#endif
   unsigned hi = atomic_load_explicit(&gate_slots_hi, memory_order_acquire);
   for (unsigned i = 0; i < hi; i++) n += atomic_load_explicit(&gate_slots[i].n, memory_order_seq_cst);
   return n;
