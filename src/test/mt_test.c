@@ -565,7 +565,12 @@ static void huge_contention(long mode) {
   EXPECT_EQ_U(b.served_huge - a.served_huge, b.freed_huge - a.freed_huge);
   if (_hak_secure < 2) EXPECT_TRUE(b.bigcache_hits > a.bigcache_hits); /* SECURE=2: no BigCache */
 #if !HAK_TRACKING /* sanitizer builds never move pages */
-  if (_hak_secure < 2) EXPECT_TRUE(b.bigcache_grown > a.bigcache_grown);
+  /* baseline only: every request of 512 KiB and more is a huge one there
+   * (1,200 of 1,200); the evolving learners route some sites' sizes to
+   * segments as their measurements say (823-1,200 of 1,200 in runs of
+   * 36b407a..664dd5d, by what earlier tests and the machine's load taught
+   * them), and then gathers may not happen at all */
+  if (_hak_secure < 2 && mode == 0) EXPECT_TRUE(b.bigcache_grown > a.bigcache_grown);
 #endif
   EXPECT_TRUE(b.batch_flushes > a.batch_flushes);
   EXPECT_EQ_U(b.bigcache_bytes, 0);
