@@ -38,7 +38,7 @@ static __thread bool thread_exited __attribute__((tls_model("initial-exec")));
 hak_heap_t _hak_heap_empty = {.direct = {[0 ... HAK_BINS - 1] = &_hak_page_empty}};
 _Atomic(bool) _hak_heaps_dirty;
 
-static pthread_mutex_t heap_lock = PTHREAD_MUTEX_INITIALIZER; /* heaps_free + meta */
+static hak_mutex_t heap_lock = HAK_MUTEX_INIT(HAK_LOCK_HEAP); /* heaps_free + meta */
 static _Atomic(hak_heap_t*) heaps_all;     /* every heap, append-only      */
 static hak_heap_t* heaps_free;             /* abandoned, waiting           */
 static _Atomic(uint64_t) heaps_created, heaps_reused, heaps_abandoned_now;
@@ -262,8 +262,8 @@ bool _hak_heaps_purge_abandoned(uint64_t now, bool all) {
 
 /* ---- fork ------------------------------------------------------------------ */
 void _hak_heap_lock(bool lock) {
-  if (lock) pthread_mutex_lock(&heap_lock);
-  else pthread_mutex_unlock(&heap_lock);
+  if (lock) pthread_mutex_lock(&heap_lock.m);
+  else pthread_mutex_unlock(&heap_lock.m);
 }
 
 /* In the child only the forking thread lives.  Every other heap is
@@ -304,7 +304,7 @@ void _hak_heap_fork_child(void) {
   }
   atomic_store_explicit(&_hak_heaps_dirty, true, memory_order_relaxed);
 #endif
-  pthread_mutex_unlock(&heap_lock);
+  pthread_mutex_unlock(&heap_lock.m);
 }
 
 /* ---- registry and statistics ---------------------------------------------- */
@@ -334,8 +334,8 @@ void _hak_heap_stats(hak_stats_t* st) {
   st->sites_seen_through = sum.seen_through;
   st->sites_unresolved = sum.unresolved;
 #ifdef HAK_FAULT_EXIT_STATS_LOCK /* fault injection: statistics wait for the heap lock */
-  pthread_mutex_lock(&heap_lock);
-  pthread_mutex_unlock(&heap_lock);
+  pthread_mutex_lock(&heap_lock.m);
+  pthread_mutex_unlock(&heap_lock.m);
 #endif
   st->heaps_created = atomic_load_explicit(&heaps_created, memory_order_relaxed);
   st->heaps_reused = atomic_load_explicit(&heaps_reused, memory_order_relaxed);

@@ -38,13 +38,13 @@ static _Atomic(uint64_t) huge_allocs, huge_frees, huge_grown;
 /* held while a block is in transit between its old mapping (or BigCache)
  * and a new one (grow, realloc by mremap): a fork waits, so a child never
  * finds a registered mapping that is neither live, cached nor queued */
-static pthread_mutex_t huge_lock = PTHREAD_MUTEX_INITIALIZER;
+static hak_mutex_t huge_lock = HAK_MUTEX_INIT(HAK_LOCK_HUGE);
 
 void _hak_huge_lock(bool lock) {
-  if (lock) pthread_mutex_lock(&huge_lock);
-  else pthread_mutex_unlock(&huge_lock);
+  if (lock) pthread_mutex_lock(&huge_lock.m);
+  else pthread_mutex_unlock(&huge_lock.m);
 }
-void _hak_huge_fork_child(void) { pthread_mutex_unlock(&huge_lock); /* held since prepare */ }
+void _hak_huge_fork_child(void) { pthread_mutex_unlock(&huge_lock.m); /* held since prepare */ }
 static _Atomic(uint64_t) huge_live_bytes; /* mapping bytes of live blocks */
 static _Atomic(uintptr_t) recent[RECENT];
 static _Atomic(size_t) recent_next;

@@ -36,7 +36,23 @@
  *    while a fork is pending: hak_lock returns false instead, and the caller
  *    takes a path that touches nothing the lock guards (a fresh mapping
  *    instead of a cached one, munmap instead of the batch queue, ...).
- * Otherwise these are plain mutex calls; hak_lock waits in 1 ms slices. */
+ * Otherwise these are plain mutex calls; hak_lock waits in 1 ms slices.
+ *
+ * Each lock has its place in the one order every path takes them (fork's
+ * prepare takes them in it), and a thread records which it holds.  A
+ * thread asking for a lock while it holds that one or a later one can only
+ * be a signal handler that interrupted the holder: it never waits then (for
+ * its own thread, or for a thread that waits for a lock its own thread
+ * holds), it takes the lock only if it is free and not its own thread's,
+ * else gets the answer a pending fork gets (the TSan CI run of the storm
+ * test: TSan delivers signals as pthread_mutex_trylock returns, and the
+ * handler's batch-queue tick waited for the lock that trylock had taken). */
+typedef enum { HAK_LOCK_HUGE, HAK_LOCK_HEAP, HAK_LOCK_SEGMENT, HAK_LOCK_FLUSH, HAK_LOCK_QUEUE, HAK_LOCK_POLICY } hak_lock_rank_t;
+typedef struct {
+  pthread_mutex_t m;
+  unsigned bit; /* 1 << its rank */
+} hak_mutex_t;
+#define HAK_MUTEX_INIT(rank) {PTHREAD_MUTEX_INITIALIZER, 1u << (rank)}
 HAK_INTERNAL extern __thread bool _hak_forking __attribute__((tls_model("initial-exec")));
 HAK_INTERNAL extern _Atomic(bool) _hak_fork_pending;
 HAK_INTERNAL bool _hak_lock_wait(pthread_mutex_t* m); /* false: a fork is pending */
@@ -73,45 +89,62 @@ HAK_INTERNAL extern size_t _hak_fork_cuts;
  * per such thread inside the gate then: leaked in the child, and allowed
  * for by the checker. */
 HAK_INTERNAL extern size_t _hak_fork_transits;
-/* Allocator locks this thread holds: one that holds any enters the fork
- * gate without waiting (the fork waits for that lock anyway, and the
- * holder must not wait for the fork). */
+/* Allocator locks this thread holds, one bit each by rank, from before it
+ * takes one to after it lets it go: a thread that holds any enters the
+ * fork gate without waiting (the fork waits for that lock anyway, and the
+ * holder must not wait for the fork), and a signal handler meanwhile never
+ * waits for one (above). */
 HAK_INTERNAL extern __thread unsigned _hak_locks_held __attribute__((tls_model("initial-exec")));
-__attribute__((warn_unused_result)) static inline bool hak_lock(pthread_mutex_t* m) {
-  _hak_locks_held++;
+/* A signal handler interrupted code holding l or a later lock (no path
+ * takes them out of order): l only if free and not its own thread's. */
+static inline bool hak_lock_reentered(hak_mutex_t* l) {
+#ifdef HAK_FAULT_HANDLER_WAITS_FOR_HELD_LOCK /* fault injection: a handler waits like any caller */
+  if (!hak_forking() && pthread_mutex_trylock(&l->m) != 0 && !_hak_lock_wait(&l->m)) return false;
+  _hak_locks_held |= l->bit;
+  return true;
+#endif
+  if (_hak_locks_held & l->bit) return false; /* its own thread's, or being taken or let go */
+  _hak_locks_held |= l->bit;
+  atomic_signal_fence(memory_order_seq_cst);
+  if (hak_forking() || pthread_mutex_trylock(&l->m) == 0) return true;
+  _hak_locks_held &= ~l->bit;
+  return false;
+}
+__attribute__((warn_unused_result)) static inline bool hak_lock(hak_mutex_t* l) {
+  if (hak_unlikely(_hak_locks_held >= l->bit)) return hak_lock_reentered(l);
+  _hak_locks_held |= l->bit;
+  atomic_signal_fence(memory_order_seq_cst); /* counted before it is taken */
 #ifdef HAK_FAULT_FORK_SELF_LOCK /* fault injection: plain blocking locks, as before the fix */
-  pthread_mutex_lock(m);
+  pthread_mutex_lock(&l->m);
   return true;
 #endif
   if (hak_unlikely(hak_forking())) return true;
-  if (hak_likely(pthread_mutex_trylock(m) == 0)) return true;
-  if (_hak_lock_wait(m)) return true;
-  _hak_locks_held--;
+  if (hak_likely(pthread_mutex_trylock(&l->m) == 0)) return true;
+  if (_hak_lock_wait(&l->m)) return true;
+  _hak_locks_held &= ~l->bit;
   return false;
 }
-/* A lock the fork protocol lets this thread wait for (madvq.c). */
-static inline void hak_lock_blocking(pthread_mutex_t* m) {
-  _hak_locks_held++;
-  if (!hak_forking()) pthread_mutex_lock(m);
-}
-/* The count covers the lock from before it is taken to after it is let go:
- * a signal handler in between passes the fork gate as a holder (marked
- * unguarded if a fork is pending) rather than wait at it for a fork that
- * waits for this lock (review I: a handler waited while the code it
- * interrupted held pol_lock, taken by a trylock not yet counted). */
-static inline void hak_unlock(pthread_mutex_t* m) {
+/* Counted until after it is let go: a signal handler in between passes the
+ * fork gate as a holder (marked unguarded if a fork is pending) rather than
+ * wait at it for a fork that waits for this lock (review I: a handler
+ * waited while the code it interrupted held pol_lock, taken by a trylock
+ * not yet counted), and does not take it. */
+static inline void hak_unlock(hak_mutex_t* l) {
 #ifdef HAK_FAULT_FORK_SELF_LOCK
-  pthread_mutex_unlock(m);
-  _hak_locks_held--;
+  pthread_mutex_unlock(&l->m);
+  _hak_locks_held &= ~l->bit;
   return;
 #endif
-  if (hak_likely(!hak_forking())) pthread_mutex_unlock(m);
-  _hak_locks_held--;
+  if (hak_likely(!hak_forking())) pthread_mutex_unlock(&l->m);
+  atomic_signal_fence(memory_order_seq_cst);
+  _hak_locks_held &= ~l->bit;
 }
-static inline int hak_trylock(pthread_mutex_t* m) {
-  _hak_locks_held++;
-  int r = hak_forking() ? 0 : pthread_mutex_trylock(m);
-  _hak_locks_held -= r != 0;
+static inline int hak_trylock(hak_mutex_t* l) {
+  if (hak_unlikely(_hak_locks_held & l->bit)) return 1; /* a handler: its own thread's */
+  _hak_locks_held |= l->bit;
+  atomic_signal_fence(memory_order_seq_cst);
+  int r = hak_forking() ? 0 : pthread_mutex_trylock(&l->m);
+  if (r != 0) _hak_locks_held &= ~l->bit;
   return r;
 }
 

@@ -53,8 +53,8 @@ typedef struct range_s {
   bool busy;         /* retained: being decommitted, not to be reused */
 } range_t;
 
-static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_mutex_t flush_lock = PTHREAD_MUTEX_INITIALIZER;
+static hak_mutex_t q_lock = HAK_MUTEX_INIT(HAK_LOCK_QUEUE);
+static hak_mutex_t flush_lock = HAK_MUTEX_INIT(HAK_LOCK_FLUSH);
 /* flush_lock's: the batch being released and the mappings to unmap */
 static range_t flush_batch[QUEUE_MAX];
 static range_t flush_unmap[RETAINED_MAX + QUEUE_MAX];
@@ -68,6 +68,24 @@ static _Atomic(size_t) q_pending; /* queue_len, readable without the lock */
 static _Atomic(uint64_t) st_requeued; /* taken back from the queue unadvised */
 static _Atomic(uint64_t) st_queued, st_flushes, st_madvise_calls, st_bytes_advised, st_munmaps,
     st_reused, st_retained_bytes;
+
+/* q_lock with flush_lock held, waiting even while a fork is pending (its
+ * forking thread takes flush_lock first).  A signal handler that
+ * interrupted a later lock's holder polls instead of blocking (it waits for
+ * no lock its own thread holds: it got q_lock earlier in the same call,
+ * so the interrupted code does not hold it; a blocking wait there is an
+ * order inversion to TSan). */
+static void q_lock_blocking(void) {
+  bool reentered = _hak_locks_held >= q_lock.bit;
+  _hak_locks_held |= q_lock.bit;
+  atomic_signal_fence(memory_order_seq_cst);
+  if (hak_forking()) return;
+  if (hak_likely(!reentered)) {
+    pthread_mutex_lock(&q_lock.m);
+    return;
+  }
+  while (pthread_mutex_trylock(&q_lock.m) != 0) _hak_os->pause_us(20);
+}
 
 static bool flush_due(uint64_t now) {
   if (queue_len == 0) return false;
@@ -328,7 +346,7 @@ bool _hak_madvq_purge(uint64_t now, bool all) {
   /* not hak_lock: its "a fork is pending" answer would leave the ranges
    * busy (never reused).  Blocking is safe: a forking thread waits for
    * flush_lock, held here, before it takes q_lock. */
-  hak_lock_blocking(&q_lock);
+  q_lock_blocking();
   for (size_t i = 0; i < retained_len; i++)
     if (retained[i].busy) {
       retained[i].busy = false;
@@ -376,16 +394,16 @@ bool _hak_madvq_holds(uintptr_t base, size_t* n) {
 
 void _hak_madvq_lock(bool lock) {
   if (lock) {
-    pthread_mutex_lock(&flush_lock);
-    pthread_mutex_lock(&q_lock);
+    pthread_mutex_lock(&flush_lock.m);
+    pthread_mutex_lock(&q_lock.m);
   } else {
-    pthread_mutex_unlock(&q_lock);
-    pthread_mutex_unlock(&flush_lock);
+    pthread_mutex_unlock(&q_lock.m);
+    pthread_mutex_unlock(&flush_lock.m);
   }
 }
 void _hak_madvq_fork_child(void) {
-  pthread_mutex_unlock(&q_lock); /* held by the forking thread since prepare */
-  pthread_mutex_unlock(&flush_lock);
+  pthread_mutex_unlock(&q_lock.m); /* held by the forking thread since prepare */
+  pthread_mutex_unlock(&flush_lock.m);
 }
 
 void _hak_madvq_stats(hak_stats_t* st) {

@@ -131,7 +131,7 @@ static __thread uint64_t tls_free_ns;
  * grows with the wall time. */
 static _Atomic(uint64_t) g_t0, g_reserved, g_spent;
 
-static pthread_mutex_t pol_lock = PTHREAD_MUTEX_INITIALIZER;
+static hak_mutex_t pol_lock = HAK_MUTEX_INIT(HAK_LOCK_POLICY);
 static struct {
   bool ready;
   hak_elo_t elo;
@@ -795,7 +795,7 @@ bool _hak_policy_elo(hak_elo_t* out) {
 }
 
 void _hak_policy_lock(bool lock) {
-  if (lock) pthread_mutex_lock(&pol_lock);
-  else pthread_mutex_unlock(&pol_lock);
+  if (lock) pthread_mutex_lock(&pol_lock.m);
+  else pthread_mutex_unlock(&pol_lock.m);
 }
-void _hak_policy_fork_child(void) { pthread_mutex_unlock(&pol_lock); /* held since prepare */ }
+void _hak_policy_fork_child(void) { pthread_mutex_unlock(&pol_lock.m); /* held since prepare */ }

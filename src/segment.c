@@ -12,7 +12,7 @@
 
 #include "internal.h"
 
-static pthread_mutex_t seg_lock = PTHREAD_MUTEX_INITIALIZER;
+static hak_mutex_t seg_lock = HAK_MUTEX_INIT(HAK_LOCK_SEGMENT);
 static hak_segment_t* seg_cache;      /* empty segments, linked by next */
 static _Atomic(size_t) seg_cache_count; /* written under seg_lock */
 static _Atomic(uint64_t) seg_current;  /* owned by heaps */
@@ -368,8 +368,8 @@ void _hak_segment_stats(hak_stats_t* st) {
 }
 
 void _hak_segment_lock(bool lock) {
-  if (lock) pthread_mutex_lock(&seg_lock);
-  else pthread_mutex_unlock(&seg_lock);
+  if (lock) pthread_mutex_lock(&seg_lock.m);
+  else pthread_mutex_unlock(&seg_lock.m);
 }
 
-void _hak_segment_fork_child(void) { pthread_mutex_unlock(&seg_lock); /* held since prepare */ }
+void _hak_segment_fork_child(void) { pthread_mutex_unlock(&seg_lock.m); /* held since prepare */ }

@@ -659,6 +659,108 @@ static void signal_storm_during_forks(void) {
 }
 TEST(signals_anywhere_in_the_gate_while_another_thread_forks) { EXPECT_CHILD_OK(signal_storm_during_forks, 60); }
 
+/* A signal handler whose huge-block calls (and hak_collect) land while the
+ * code it interrupted holds an allocator lock, or is taking or letting go
+ * of one: every system call of the fake OS raises the signal, and hakmem
+ * makes many of them under a lock (the batch queue's flush advises and
+ * unmaps under its lock, a huge realloc remaps under the huge lock, guard
+ * pages are set under it).  The handler must never wait for a lock its own
+ * thread holds, nor for one an other thread holds while that thread waits
+ * for a lock the interrupted code holds (the TSan CI run of the storm test
+ * above: TSan delivers a signal as pthread_mutex_trylock returns, and the
+ * handler's batch-queue tick waited for the queue's lock that trylock had
+ * just taken: a hang). */
+static volatile sig_atomic_t held_in_handler;
+static long held_calls, held_raised_locked;
+static _Atomic(long) held_handled;
+static void held_maybe_raise(void) {
+  if (held_in_handler || ++held_calls % 2 != 0) return;
+  held_raised_locked += _hak_locks_held != 0;
+  raise(SIGUSR1);
+}
+static void* held_map(void* hint, size_t size) {
+  held_maybe_raise();
+  return _hak_os_default.map(hint, size);
+}
+static int held_unmap(void* a, size_t size) {
+  held_maybe_raise();
+  return _hak_os_default.unmap(a, size);
+}
+static int held_advise(void* a, size_t size, int advice) {
+  held_maybe_raise();
+  return _hak_os_default.advise(a, size, advice);
+}
+static int held_protect(void* a, size_t size, bool none) {
+  held_maybe_raise();
+  return _hak_os_default.protect(a, size, none);
+}
+static int held_remap(void* old, size_t old_size, void* dst, size_t new_size) {
+  held_maybe_raise();
+  return _hak_os_default.remap(old, old_size, dst, new_size);
+}
+static int held_move_keep(void* src, size_t size, void* dst) {
+  held_maybe_raise();
+  return _hak_os_default.move_keep(src, size, dst);
+}
+static void held_handler(int sig) {
+  (void)sig;
+  held_in_handler = 1;
+  static const size_t sizes[] = {3 * MiB, 5 * MiB, 9 * MiB};
+  for (int i = 0; i < 3; i++) {
+    char* p = hak_malloc(sizes[i]);
+    if (p != NULL) p[0] = p[sizes[i] - 1] = 1;
+    char* q = hak_realloc(p, sizes[(i + 1) % 3]);
+    hak_free(q != NULL ? q : p);
+  }
+  hak_collect(); /* flushes the queue, trims the caches: every lock */
+  atomic_fetch_add(&held_handled, 1);
+  held_in_handler = 0;
+}
+static hak_os_t held_os;
+#define HELD_ROUNDS (400 / HAK_TEST_SCALE) /* TSan: 70 ms a round */
+static void handler_while_a_lock_is_held(void) {
+  held_os = _hak_os_default;
+  held_os.map = held_map;
+  held_os.unmap = held_unmap;
+  held_os.advise = held_advise;
+  held_os.protect = held_protect;
+  held_os.remap = held_remap;
+  held_os.move_keep = held_move_keep;
+  struct sigaction sa = {0};
+  sa.sa_handler = held_handler;
+  sigaction(SIGUSR1, &sa, NULL);
+  _hak_os = &held_os;
+  static const size_t sizes[] = {3 * MiB, 4 * MiB, 6 * MiB, 12 * MiB, 20 * MiB};
+  char* live[4] = {0};
+  uint64_t seed = 7;
+  for (int i = 0; i < HELD_ROUNDS; i++) {
+    int k = (int)(hak_test_rand(&seed) % 4);
+    size_t size = sizes[hak_test_rand(&seed) % 5];
+    if (live[k] != NULL && i % 3 == 0) {
+      char* q = hak_realloc(live[k], size); /* remapped under the huge lock */
+      CHILD_CHECK(q != NULL);
+      live[k] = q;
+    } else {
+      hak_free(live[k]);
+      live[k] = hak_malloc(size);
+      CHILD_CHECK(live[k] != NULL);
+    }
+    live[k][0] = live[k][size - 1] = 2;
+    if (i % 25 == 0) hak_collect();
+  }
+  for (int k = 0; k < 4; k++) hak_free(live[k]);
+  hak_collect();
+  _hak_os = &_hak_os_default;
+  fprintf(stderr, "%ld system calls, %ld handlers, %ld of them with a lock held\n", held_calls,
+          atomic_load(&held_handled), held_raised_locked);
+  CHILD_CHECK(atomic_load(&held_handled) > HELD_ROUNDS / 4);
+  CHILD_CHECK(held_raised_locked > HELD_ROUNDS / 8);
+  CHILD_CHECK(hak_check_heap() == 0);
+}
+TEST(a_signal_handler_allocating_while_its_thread_holds_a_lock_does_not_hang) {
+  EXPECT_CHILD_OK(handler_while_a_lock_is_held, 60);
+}
+
 /* ---- 6: exit-time statistics while the allocator holds a lock ----------- */
 /* As when a signal handler calls exit() after interrupting the allocator
  * inside a critical section: the statistics must still come out. */
