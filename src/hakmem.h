@@ -96,6 +96,7 @@ HAK_API void hak_free_at(void* ptr, const void* site);
   X(sites, wrappers, "call sites found to be allocation wrappers (seen through)") \
   X(sites, seen_through, "requests attributed to a wrapper's caller")      \
   X(sites, unresolved, "requests not seen through: the wrapper table was full") \
+  X(sites, walks, "requests whose site was looked at up the stack (learning, rechecks, wrappers)") \
   X(errors, double_free, "double frees detected")                          \
   X(errors, invalid_free, "frees of pointers hakmem never returned")       \
   X(errors, freed_usable_size, "usable_size asked of a freed block")     \

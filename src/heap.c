@@ -333,6 +333,7 @@ void _hak_heap_stats(hak_stats_t* st) {
   st->pages_refills = sum.refills;
   st->sites_seen_through = sum.seen_through;
   st->sites_unresolved = sum.unresolved;
+  st->sites_walks = sum.walks;
 #ifdef HAK_FAULT_EXIT_STATS_LOCK /* fault injection: statistics wait for the heap lock */
   pthread_mutex_lock(&heap_lock.m);
   pthread_mutex_unlock(&heap_lock.m);

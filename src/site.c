@@ -1,25 +1,37 @@
-/* Call sites: a fixed table keyed by return address.  Open addressing with
- * a bounded probe of 8 slots; when all 8 are taken, the coldest of them
+/* Call sites: a table keyed by return address.  Open addressing with a
+ * bounded probe of 8 slots; when all 8 are taken, the coldest of them
  * (fewest allocations) is evicted, its learning state reset.  Updated on
  * large and huge allocations and on the small generic path (one sample per
  * 64 page refills), never on the small fast path.  Counters are relaxed
  * atomics: a site being evicted while another thread counts into it loses
- * a few counts, never memory safety. */
+ * a few counts, never memory safety.
+ *
+ * A slot of the index holds 1 + the number of its site's entry, and the
+ * entries are taken in order of first sight, so a program's first sites
+ * share a page or two (entries of ~690 bytes hashed over 700 KiB touched a
+ * page per site: a fault each at first sight, and 4 KiB of RSS for every
+ * ~6 sites a program has).  A slot is claimed (SITE_CLAIMED) while its new
+ * entry is set up. */
 #include <string.h>
 
 #include "internal.h"
 
-#define SITE_SLOTS 1024
+#define SITE_SLOTS 1024       /* entries */
+#define SITE_INDEX 2048       /* slots: one page */
 #define SITE_PROBE 8
+#define SITE_CLAIMED 0xffffu
+_Static_assert(SITE_SLOTS < SITE_CLAIMED, "slot values fit 16 bits");
 
+static _Atomic(uint16_t) site_index[SITE_INDEX];
 static hak_site_t sites[SITE_SLOTS];
+static _Atomic(uint32_t) sites_used; /* entries taken: one per slot claimed */
 static _Atomic(uint64_t) site_samples;
 
 static size_t site_hash(uintptr_t k) {
   k ^= k >> 17;
   k *= 0xed5ad4bbU;
   k ^= k >> 11;
-  return (size_t)(k & (SITE_SLOTS - 1));
+  return (size_t)(k & (SITE_INDEX - 1));
 }
 
 bool _hak_site_trylock(hak_site_t* s) {
@@ -57,21 +69,42 @@ learner:
   return true;
 }
 
+/* A new entry for key in the claimed slot, or NULL (every entry taken:
+ * the slot is given back, the caller evicts). */
+static hak_site_t* site_take(_Atomic(uint16_t)* slot, uintptr_t key) {
+  uint32_t n = atomic_load_explicit(&sites_used, memory_order_relaxed);
+  do
+    if (n == SITE_SLOTS) {
+      atomic_store_explicit(slot, 0, memory_order_release);
+      return NULL;
+    }
+  while (!atomic_compare_exchange_weak_explicit(&sites_used, &n, n + 1, memory_order_relaxed, memory_order_relaxed));
+  hak_site_t* s = &sites[n];
+  site_reset(s, true);
+  atomic_store_explicit(&s->key, key, memory_order_relaxed);
+  atomic_store_explicit(slot, (uint16_t)(n + 1), memory_order_release);
+  return s;
+}
+
 static hak_site_t* site_find(uintptr_t key, bool insert) {
   size_t h = site_hash(key);
   hak_site_t* coldest = NULL;
   for (size_t i = 0; i < SITE_PROBE; i++) {
-    hak_site_t* s = &sites[(h + i) & (SITE_SLOTS - 1)];
+    _Atomic(uint16_t)* slot = &site_index[(h + i) & (SITE_INDEX - 1)];
+    uint16_t x = atomic_load_explicit(slot, memory_order_acquire);
+    if (x == 0) {
+      if (!insert) continue;
+      if (atomic_compare_exchange_strong_explicit(slot, &x, SITE_CLAIMED, memory_order_acquire, memory_order_acquire)) {
+        hak_site_t* s = site_take(slot, key);
+        if (s != NULL) return s;
+        break; /* every entry taken: evict */
+      }
+    }
+    if (x == SITE_CLAIMED) return NULL; /* another thread is setting it up (maybe for key): next time */
+    hak_site_t* s = &sites[x - 1];
     uintptr_t k = atomic_load_explicit(&s->key, memory_order_acquire);
     if (k == key) return s;
     if (!insert) continue;
-    if (k == 0) {
-      if (atomic_compare_exchange_strong(&s->key, &k, key)) {
-        site_reset(s, true);
-        return s;
-      }
-      if (k == key) return s;
-    }
     if (coldest == NULL || atomic_load_explicit(&s->allocs, memory_order_relaxed) <
                                atomic_load_explicit(&coldest->allocs, memory_order_relaxed))
       coldest = s;
@@ -213,7 +246,8 @@ void _hak_site_free(const void* site) {
 
 void _hak_site_stats(hak_stats_t* st) {
   uint64_t n = 0;
-  for (size_t i = 0; i < SITE_SLOTS; i++) n += atomic_load_explicit(&sites[i].key, memory_order_relaxed) != 0;
+  uint32_t used = atomic_load_explicit(&sites_used, memory_order_acquire);
+  for (size_t i = 0; i < used; i++) n += atomic_load_explicit(&sites[i].key, memory_order_relaxed) != 0;
   st->sites_tracked = n;
   st->sites_sampled = atomic_load(&site_samples);
 }
@@ -222,7 +256,12 @@ void _hak_site_stats(hak_stats_t* st) {
  * held (the site never learns or resets again).  Its epoch may be half
  * updated: it is dropped. */
 void _hak_site_fork_child(void) {
-  for (size_t i = 0; i < SITE_SLOTS; i++) {
+  /* a slot claimed by a vanished thread: free again (its entry stays taken) */
+  for (size_t i = 0; i < SITE_INDEX; i++)
+    if (atomic_load_explicit(&site_index[i], memory_order_relaxed) == SITE_CLAIMED)
+      atomic_store_explicit(&site_index[i], 0, memory_order_relaxed);
+  uint32_t used = atomic_load_explicit(&sites_used, memory_order_relaxed);
+  for (size_t i = 0; i < used; i++) {
 #ifndef HAK_FAULT_FORK_SITE_LOCKS /* fault injection: held locks stay held */
     if (atomic_load_explicit(&sites[i].lock, memory_order_relaxed) != 0) {
       _hak_policy_drop_epoch(&sites[i]);
@@ -234,7 +273,8 @@ void _hak_site_fork_child(void) {
 
 size_t hak_sites_get(hak_site_info_t* out, size_t max) {
   size_t n = 0;
-  for (size_t i = 0; i < SITE_SLOTS; i++) {
+  uint32_t used = atomic_load_explicit(&sites_used, memory_order_acquire);
+  for (size_t i = 0; i < used; i++) {
     uintptr_t k = atomic_load_explicit(&sites[i].key, memory_order_relaxed);
     if (k == 0) continue;
     hak_site_t* s = &sites[i];
@@ -266,11 +306,26 @@ size_t hak_sites_get(hak_site_info_t* out, size_t max) {
   return n;
 }
 
-/* Checker: every learned threshold is one of the UCB1 arms, and every
- * site's exploration stays within its budget (learn.h's invariant). */
+/* Checker: the index's slots name distinct entries among those taken;
+ * every learned threshold is one of the UCB1 arms, and every site's
+ * exploration stays within its budget (learn.h's invariant). */
 size_t _hak_site_check(void) {
   size_t bad = 0;
-  for (size_t i = 0; i < SITE_SLOTS; i++) {
+  uint64_t named[SITE_SLOTS / 64] = {0};
+  for (size_t i = 0; i < SITE_INDEX; i++) {
+    uint16_t x = atomic_load_explicit(&site_index[i], memory_order_acquire);
+    if (x == 0 || x == SITE_CLAIMED) continue;
+    if (x > SITE_SLOTS || (named[(x - 1) / 64] >> ((x - 1) % 64) & 1)) {
+      bad++;
+      continue;
+    }
+    named[(x - 1) / 64] |= (uint64_t)1 << ((x - 1) % 64);
+  }
+  /* after the index: a slot names an entry only once it is counted */
+  uint32_t used = atomic_load_explicit(&sites_used, memory_order_acquire);
+  for (size_t i = 0; i < SITE_SLOTS; i++)
+    if (i >= used && (named[i / 64] >> (i % 64) & 1)) bad++;
+  for (size_t i = 0; i < used; i++) {
     if (_hak_site_trylock(&sites[i])) {
       const hak_budget_t* b = &sites[i].budget;
       uint64_t room = _hak_budget_limit(b) + b->overrun_ns;

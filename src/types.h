@@ -201,7 +201,7 @@ typedef struct hak_page_queue_s {
   X(small_allocs) X(small_frees) X(large_allocs) X(large_frees) \
   X(pages_init) X(pages_retired) X(refills) \
   X(remote_small_frees) X(remote_large_frees) /* by this heap's thread, of other heaps' blocks */ \
-  X(seen_through) X(unresolved) /* wrapper.c: requests attributed to a wrapper's caller; not walked (table full) */
+  X(seen_through) X(unresolved) X(walks) /* wrapper.c: requests attributed to a wrapper's caller; not walked (table full); walked */
 
 typedef struct hak_heap_counters_s {
 #define HAK_X(n) _Atomic(uint64_t) n;
