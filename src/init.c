@@ -341,6 +341,7 @@ __attribute__((constructor)) static void hak_constructor(void) {
   _hak_options_init(); /* no-op unless the first read came before environ */
   _hak_fast_limit = HAK_SMALL_MAX;
   _hak_wrapper_init();
+  _hak_site_init();
   pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 

@@ -176,6 +176,7 @@ HAK_INTERNAL bool _hak_os_mapped(void* addr, size_t size); /* no hole in the ran
 HAK_INTERNAL size_t _hak_os_written_pages(void* addr, size_t size); /* written pages, size <= 2 MiB */
 HAK_INTERNAL bool _hak_os_refill(void* addr, size_t size); /* a range that is all hole mapped again */
 HAK_INTERNAL int _hak_os_advise(void* addr, size_t size, int advice); /* counted */
+HAK_INTERNAL void _hak_os_prefault(const void* addr, size_t size); /* resident and writable, kept */
 /* [addr, addr + HAK_GUARD_SIZE) becomes a guard page (on) or rw again (off);
  * counted.  A failure is harmless (no guard): the mapping stays usable. */
 HAK_INTERNAL void _hak_os_guard(void* addr, bool on);
@@ -494,6 +495,7 @@ static inline void _hak_site_served(hak_site_t* s) {
   if (s != NULL) atomic_fetch_add_explicit(&s->big_allocs, 1, memory_order_relaxed);
 }
 HAK_INTERNAL void _hak_site_stats(hak_stats_t* st);
+HAK_INTERNAL void _hak_site_init(void); /* the library constructor */
 HAK_INTERNAL size_t _hak_site_check(void);
 HAK_INTERNAL void _hak_site_fork_child(void);
 

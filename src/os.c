@@ -199,6 +199,18 @@ int _hak_os_advise(void* addr, size_t size, int advice) {
   return r;
 }
 
+/* The pages of [addr, addr + size) made resident and writable in one call
+ * (MADV_POPULATE_WRITE, Linux 5.14; older kernels: nothing), their
+ * contents kept: tables first read then written (a read maps the zero page,
+ * the write faults again) cost no fault at their first use. */
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+void _hak_os_prefault(const void* addr, size_t size) {
+  uintptr_t lo = (uintptr_t)addr & ~(uintptr_t)4095, hi = ((uintptr_t)addr + size + 4095) & ~(uintptr_t)4095;
+  _hak_os_advise((void*)lo, hi - lo, MADV_POPULATE_WRITE);
+}
+
 /* Moves the pages of [old, old + old_size) onto dst, a range of new_size
  * bytes reserved with _hak_os_alloc_aligned (mremap: no copy; the old range
  * is unmapped), or, with dst == old and a smaller new_size, shrinks the

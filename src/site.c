@@ -244,6 +244,13 @@ void _hak_site_free(const void* site) {
   if (s != NULL) hak_atomic_add(s->frees, 1);
 }
 
+/* The index and the first entries resident and writable: a first site is
+ * looked up (the zero page mapped), then inserted (a second fault). */
+void _hak_site_init(void) {
+  _hak_os_prefault(site_index, sizeof(site_index));
+  _hak_os_prefault(sites, 4096);
+}
+
 void _hak_site_stats(hak_stats_t* st) {
   uint64_t n = 0;
   uint32_t used = atomic_load_explicit(&sites_used, memory_order_acquire);

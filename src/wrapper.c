@@ -225,6 +225,11 @@ void _hak_wrapper_init(void) {
   wr_main_max = lim != 0 ? lim : WR_THREAD_STACK_MAX;
   wr_thread_max = lim != 0 && lim < WR_THREAD_STACK_MAX ? lim : WR_THREAD_STACK_MAX;
   if (_hak_os_is_main_thread()) wr_main_self = (uintptr_t)pthread_self();
+  /* the index and the first entries resident and writable: each was
+   * first read, then written, at a program's first large request (two
+   * faults each) */
+  _hak_os_prefault(wr_index, sizeof(wr_index));
+  _hak_os_prefault(wr_table, 4096);
   wr_ready = true;
 }
 
