@@ -460,7 +460,7 @@ HAK_INTERNAL bool _hak_bigcache_expire(uint64_t now); /* true: still holds block
 /* ---- madvq.c: the batch queue ------------------------------------------- */
 HAK_INTERNAL void _hak_madvq_push(uintptr_t base, size_t size, size_t used, size_t bytes);
 HAK_INTERNAL void _hak_madvq_tick(void);
-HAK_INTERNAL void _hak_madvq_flush(bool all);
+HAK_INTERNAL bool _hak_madvq_flush(bool all); /* false: could not run */
 HAK_INTERNAL uintptr_t _hak_madvq_reuse(size_t size, size_t* got, size_t* used);
 HAK_INTERNAL void _hak_madvq_shed(size_t size); /* a fresh mapping of size is coming */
 HAK_INTERNAL size_t _hak_madvq_check(void);

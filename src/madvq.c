@@ -110,8 +110,14 @@ void _hak_madvq_push(uintptr_t base, size_t size, size_t used, size_t bytes) {
   }
   while (queue_len == QUEUE_MAX) { /* only if flushes lag behind pushes */
     hak_unlock(&q_lock);
-    _hak_madvq_flush(false);
-    if (!hak_lock(&q_lock)) {
+    /* a flush that cannot run leaves the queue full: at once then (a
+     * signal handler over its own thread's flush spun here for good:
+     * review J's pushloop2.c) */
+    bool flushed = _hak_madvq_flush(false);
+#ifdef HAK_FAULT_PUSH_RETRIES_FLUSH /* fault injection: the push tries again regardless */
+    flushed = true;
+#endif
+    if (!flushed || !hak_lock(&q_lock)) {
       release_now(base, size);
       return;
     }
@@ -154,8 +160,10 @@ static void advise_run(uintptr_t base, size_t size) {
   hak_atomic_add(st_bytes_advised, size);
 }
 
-/* Releases the queue; with all, also unmaps every retained mapping. */
-void _hak_madvq_flush(bool all) {
+/* Releases the queue; with all, also unmaps every retained mapping.  false:
+ * it could not run (a fork is pending, or a signal handler interrupted its
+ * own thread's flush). */
+bool _hak_madvq_flush(bool all) {
 #ifdef HAK_FAULT_FLUSH_ON_STACK /* fault injection: 32 KiB of ranges on the stack */
   range_t batch[QUEUE_MAX];
   range_t unmap[RETAINED_MAX + QUEUE_MAX];
@@ -166,10 +174,10 @@ void _hak_madvq_flush(bool all) {
 #endif
   size_t n, nu = 0;
   uint64_t now = _hak_os->now_ns();
-  if (!hak_lock(&flush_lock)) return; /* a fork is pending: later */
+  if (!hak_lock(&flush_lock)) return false; /* a fork is pending: later */
   if (!hak_lock(&q_lock)) {
     hak_unlock(&flush_lock);
-    return;
+    return false;
   }
   n = queue_len;
   memcpy(batch, queue, n * sizeof(range_t));
@@ -195,7 +203,7 @@ void _hak_madvq_flush(bool all) {
   if (!hak_lock(&q_lock)) { /* a fork is pending: what was advised is released */
     for (size_t i = 0; i < n; i++) release_now(batch[i].base, batch[i].size);
     hak_unlock(&flush_lock);
-    return;
+    return true;
   }
   for (size_t i = 0; i < n; i++) {
     if (retained_len == RETAINED_MAX) { /* table full: the oldest goes */
@@ -228,6 +236,7 @@ void _hak_madvq_flush(bool all) {
     hak_atomic_add(st_munmaps, 1);
   }
   hak_unlock(&flush_lock);
+  return true;
 }
 
 /* A fresh mapping of size bytes is about to be made although mappings are

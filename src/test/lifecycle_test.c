@@ -761,6 +761,54 @@ TEST(a_signal_handler_allocating_while_its_thread_holds_a_lock_does_not_hang) {
   EXPECT_CHILD_OK(handler_while_a_lock_is_held, 60);
 }
 
+/* A handler that fills the batch queue (BigCache off: every huge free is
+ * queued) while its thread flushes the queue, holding flush_lock: at the
+ * full queue the push flushed and tried again, and the flush it may not
+ * run (its own thread's lock) left the queue full: review J's
+ * pushloop2.c, a handler spinning for good once the ranked locks spared
+ * it the wait.  A push that finds the queue full and cannot flush unmaps
+ * its range at once. */
+static volatile sig_atomic_t fill_raised;
+static _Atomic(int) fill_done;
+static void fill_handler(int sig) {
+  (void)sig;
+  enum { N = 300 }; /* beyond the queue's 256 ranges */
+  static void* blocks[N];
+  for (int i = 0; i < N; i++) blocks[i] = hak_malloc(2 * MiB);
+  for (int i = 0; i < N; i++) hak_free(blocks[i]);
+  atomic_store(&fill_done, 1);
+}
+static int fill_advise(void* a, size_t size, int advice) {
+  if (!fill_raised) {
+    fill_raised = 1;
+    raise(SIGUSR1); /* in the flush, flush_lock held */
+  }
+  return _hak_os_default.advise(a, size, advice);
+}
+static hak_os_t fill_os;
+static void handler_fills_the_queue_during_a_flush(void) {
+  _hak_options[HAK_OPT_BIGCACHE_SLOTS] = 0;
+  _hak_options[HAK_OPT_BATCH_BYTES] = 1024 * MiB;
+  _hak_options[HAK_OPT_BATCH_DEADLINE_MS] = 60000;
+  struct sigaction sa = {0};
+  sa.sa_handler = fill_handler;
+  sigaction(SIGUSR1, &sa, NULL);
+  void* p[4];
+  for (int i = 0; i < 4; i++) p[i] = hak_malloc(3 * MiB);
+  for (int i = 0; i < 4; i++) hak_free(p[i]);
+  fill_os = _hak_os_default;
+  fill_os.advise = fill_advise;
+  _hak_os = &fill_os;
+  hak_collect(); /* flushes: advise raises the signal */
+  _hak_os = &_hak_os_default;
+  CHILD_CHECK(fill_raised && atomic_load(&fill_done) == 1);
+  hak_collect();
+  CHILD_CHECK(hak_check_heap() == 0);
+}
+TEST(a_signal_handler_filling_the_batch_queue_during_a_flush_does_not_spin) {
+  EXPECT_CHILD_OK(handler_fills_the_queue_during_a_flush, 30);
+}
+
 /* ---- 6: exit-time statistics while the allocator holds a lock ----------- */
 /* As when a signal handler calls exit() after interrupting the allocator
  * inside a critical section: the statistics must still come out. */
