@@ -17,7 +17,11 @@
 #include "internal.h"
 
 #define SITE_SLOTS 1024       /* entries */
-#define SITE_INDEX 2048       /* slots: one page */
+/* slots (2 KiB): as many as entries, so that entries run out only when
+ * every slot is taken and eviction then compares a full probe window
+ * (review K: with twice as many slots, sites beyond 1,024 found holes and
+ * went untracked, or evicted a hot site among one or two candidates) */
+#define SITE_INDEX SITE_SLOTS
 #define SITE_PROBE 8
 #define SITE_CLAIMED 0xffffu
 _Static_assert(SITE_SLOTS < SITE_CLAIMED, "slot values fit 16 bits");
@@ -69,8 +73,8 @@ learner:
   return true;
 }
 
-/* A new entry for key in the claimed slot, or NULL (every entry taken:
- * the slot is given back, the caller evicts). */
+/* A new entry for key in the claimed slot, or NULL (every entry taken
+ * meanwhile: the slot is given back, a hole). */
 static hak_site_t* site_take(_Atomic(uint16_t)* slot, uintptr_t key) {
   uint32_t n = atomic_load_explicit(&sites_used, memory_order_relaxed);
   do
@@ -93,11 +97,12 @@ static hak_site_t* site_find(uintptr_t key, bool insert) {
     _Atomic(uint16_t)* slot = &site_index[(h + i) & (SITE_INDEX - 1)];
     uint16_t x = atomic_load_explicit(slot, memory_order_acquire);
     if (x == 0) {
-      if (!insert) continue;
+      /* every entry taken (a fork cut a claim): the slot stays a hole */
+      if (!insert || atomic_load_explicit(&sites_used, memory_order_relaxed) == SITE_SLOTS) continue;
       if (atomic_compare_exchange_strong_explicit(slot, &x, SITE_CLAIMED, memory_order_acquire, memory_order_acquire)) {
         hak_site_t* s = site_take(slot, key);
         if (s != NULL) return s;
-        break; /* every entry taken: evict */
+        continue; /* taken meanwhile: a hole */
       }
     }
     if (x == SITE_CLAIMED) return NULL; /* another thread is setting it up (maybe for key): next time */
@@ -263,11 +268,18 @@ void _hak_site_stats(hak_stats_t* st) {
  * held (the site never learns or resets again).  Its epoch may be half
  * updated: it is dropped. */
 void _hak_site_fork_child(void) {
-  /* a slot claimed by a vanished thread: free again (its entry stays taken) */
-  for (size_t i = 0; i < SITE_INDEX; i++)
-    if (atomic_load_explicit(&site_index[i], memory_order_relaxed) == SITE_CLAIMED)
-      atomic_store_explicit(&site_index[i], 0, memory_order_relaxed);
+  /* a slot claimed by a vanished thread: free again.  Its entry stays
+   * taken, named by no slot: its key is dropped, or the site would be
+   * listed twice once it is seen again (review K) */
+  uint64_t named[SITE_SLOTS / 64] = {0};
+  for (size_t i = 0; i < SITE_INDEX; i++) {
+    uint16_t x = atomic_load_explicit(&site_index[i], memory_order_relaxed);
+    if (x == SITE_CLAIMED) atomic_store_explicit(&site_index[i], 0, memory_order_relaxed);
+    else if (x != 0) named[(x - 1) / 64] |= (uint64_t)1 << ((x - 1) % 64);
+  }
   uint32_t used = atomic_load_explicit(&sites_used, memory_order_relaxed);
+  for (size_t i = 0; i < used; i++)
+    if (!(named[i / 64] >> (i % 64) & 1)) atomic_store_explicit(&sites[i].key, 0, memory_order_relaxed);
   for (size_t i = 0; i < used; i++) {
 #ifndef HAK_FAULT_FORK_SITE_LOCKS /* fault injection: held locks stay held */
     if (atomic_load_explicit(&sites[i].lock, memory_order_relaxed) != 0) {

@@ -65,11 +65,6 @@
 #define WR_LEARN 1024 /* requests a site records callers from */
 #endif
 #define WR_CALLERS 4   /* different callers that make it a wrapper */
-/* A site still learning with no wrapper found above it walks for its first
- * WR_LEARN_FULL requests, then for one in WR_LEARN_SAMPLE of this thread's
- * such requests: the others are its own, as a walk would find them. */
-#define WR_LEARN_FULL 16
-#define WR_LEARN_SAMPLE 8
 #define WR_DEPTH 4     /* levels looked at above a site, or above a wrapper's caller */
 #define WR_CLIMB 8     /* hakmem's own frames stepped to reach the site */
 #define WR_FRAME_MAX (64 * 1024) /* a step further up: not believed */
@@ -96,7 +91,6 @@ typedef struct {
   _Atomic(uintptr_t) ra;
   _Atomic(uint32_t) state;
   _Atomic(uint32_t) seen;
-  _Atomic(bool) wrapped; /* a walk from it found a wrapper above it */
   hak_cfa_rule_t rule; /* written before the entry is in its slot */
   uintptr_t func;      /* the start of its function (0: no rule) */
   _Atomic(uintptr_t) callers[WR_CALLERS]; /* the functions that called it */
@@ -122,7 +116,6 @@ static __thread wr_entry_t* wr_wrapper_cache[HAK_SITE_OWN_CACHE];
 __thread uint32_t _hak_site_recheck;
 static _Atomic(uint32_t) wr_generation;  /* decisions taken back */
 static __thread uint32_t wr_tls_generation; /* ... when this thread's caches were good */
-static __thread uint32_t wr_learn_skip; /* learning requests not walked before the next walk */
 static _Atomic(uint64_t) st_wrappers; /* seen_through, unresolved: per heap */
 
 static void count_seen_through(void) {
@@ -321,31 +314,6 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
   bool recheck = _hak_site_recheck == 0 || _hak_site_recheck > WR_RECHECK;
 #endif
   if (recheck) _hak_site_recheck = WR_RECHECK;
-  /* A walk while the site learns costs ~900 instructions (callgrind: 100
-   * requests of //verify:bench mir, 92k of its 245k, the 1.15x to
-   * mimalloc); past its first requests, a learning site no walk found
-   * below a wrapper is its own in all but one request in WR_LEARN_SAMPLE
-   * (counted toward its decision: decided after as many requests).  A
-   * wrapper found above it later (through other sites) attributes at most
-   * WR_LEARN_SAMPLE requests to it before its next walk sees the wrapper. */
-#ifdef HAK_FAULT_WRAPPER_LEARN_EVERY /* fault injection: every learning request walks */
-  wr_learn_skip = 0;
-#endif
-  if (!recheck) {
-    wr_entry_t* s0 = wr_get((uintptr_t)site, false);
-    if (s0 != NULL && atomic_load_explicit(&s0->state, memory_order_acquire) == WR_LEARNING &&
-        !atomic_load_explicit(&s0->wrapped, memory_order_relaxed) &&
-        atomic_load_explicit(&s0->seen, memory_order_relaxed) >= WR_LEARN_FULL) {
-      if (wr_learn_skip != 0) {
-        wr_learn_skip--;
-        atomic_fetch_add_explicit(&s0->seen, 1, memory_order_relaxed);
-        return site;
-      }
-#ifndef HAK_FAULT_WRAPPER_LEARN_EVERY
-      wr_learn_skip = WR_LEARN_SAMPLE - 1;
-#endif
-    }
-  }
   size_t own_slot = hak_site_own_slot(site);
   /* the site's slot as the entry point saw it (its frame's saved rbp is
    * the caller's), else from this function's frame (it has a frame
@@ -452,11 +420,7 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     _hak_site_own[hak_site_own_slot((const void*)result)] = (const void*)result;
     wr_wrapper_cache[own_slot] = first;
   }
-  if (result != (uintptr_t)site) {
-    if (first != NULL && !atomic_load_explicit(&first->wrapped, memory_order_relaxed))
-      atomic_store_explicit(&first->wrapped, true, memory_order_relaxed);
-    count_seen_through();
-  }
+  if (result != (uintptr_t)site) count_seen_through();
   return (const void*)result;
 #else
   (void)look_up;

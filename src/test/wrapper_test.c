@@ -186,10 +186,8 @@ TEST(a_helper_of_three_callers_stays_its_own_site) {
 }
 
 /* Five callers taking turns slowly (30 requests each in a row): the
- * wrapper is found when the fourth comes, after 90 requests, within the
- * walks a learning site samples (one in 8 of its requests past its first
- * 16).  (Review: a site decided after 64 requests from three callers
- * stayed plain.) */
+ * wrapper is found when the fourth comes, after 90 requests.  (Review: a
+ * site decided after 64 requests from three callers stayed plain.) */
 static const void* slow_site[5];
 #define SLOW(k) \
   __attribute__((noinline)) static void slow##k(void) { hak_free_at(wt_xmalloc_slow_turns(BIG), NULL); slow_site[k] = wt_last_ra; }
@@ -200,27 +198,11 @@ TEST(a_wrapper_whose_callers_come_slowly_is_found) {
   for (int k = 0; k < 5; k++)
     for (int r = 0; r < 30; r++) slow[k]();
   const void* wrapper_site = wt_last_site;
-  uint64_t late = allocs_of(wrapper_site) - 90; /* the fourth caller's before a walk saw it */
-  EXPECT_TRUE(allocs_of(wrapper_site) >= 90 && late < 8);
-  EXPECT_EQ_U(allocs_of(slow_site[3]), 30 - late);
+  EXPECT_EQ_U(allocs_of(wrapper_site), 90);
+  EXPECT_EQ_U(allocs_of(slow_site[3]), 30);
   EXPECT_EQ_U(allocs_of(slow_site[4]), 30);
   for (int k = 0; k < 5; k++) slow[k]();
-  for (int k = 0; k < 5; k++) EXPECT_EQ_U(allocs_of(slow_site[k]), k < 3 ? 1 : 31 - (k == 3 ? late : 0));
-}
-
-/* A site of its own still learning walks the stack for its first 16
- * requests, then for one in 8 (a walk: ~900 instructions; a short
- * program's few large requests were all walks). */
-__attribute__((noinline)) static void own_site_requests(int n) {
-  for (int i = 0; i < n; i++) hak_free_at(hak_malloc(BIG), NULL);
-}
-TEST(a_learning_site_walks_for_one_request_in_eight) {
-  uint64_t before = stats().sites_walks;
-  own_site_requests(400);
-  uint64_t walks = stats().sites_walks - before;
-  /* 16, then 384 / 8, and the rechecks (one in 256 resolutions) */
-  EXPECT_TRUE(walks >= 16 + 384 / 8 && walks <= 16 + 384 / 8 + 4);
-  if (walks < 64 || walks > 68) fprintf(stderr, "walks %llu\n", (unsigned long long)walks);
+  for (int k = 0; k < 5; k++) EXPECT_EQ_U(allocs_of(slow_site[k]), k < 3 ? 1 : 31);
 }
 
 /* A step that fails once (an alloca of 100 KiB in a frame: beyond a step's
