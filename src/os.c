@@ -152,17 +152,10 @@ static void os_unmap_counted(void* addr, size_t size) {
 }
 
 /* A mapping of size bytes whose address is a multiple of align.  First try
- * the hinted address, rounded up to align: right after the previous
- * aligned mapping, the first in a region of its own (from 2 TiB, at a
- * random multiple of 4 MiB below 3 TiB: the kernel's own choice, below the
- * libraries, is rarely aligned, and a miss costs three more calls, two
- * munmaps and a mapping twice the size); otherwise over-map by align and
- * trim both ends. */
-#define OS_HINT_BASE ((uintptr_t)2 << 40)
+ * the hinted address (usually right after the previous aligned mapping);
+ * otherwise over-map by align and trim both ends. */
 static void* os_alloc_aligned(size_t size, size_t align) {
   uintptr_t hint = atomic_load_explicit(&os_hint, memory_order_relaxed);
-  if (hint == 0) hint = OS_HINT_BASE + (uintptr_t)(_hak_os_random() % (1u << 18)) * ((uintptr_t)4 << 20);
-  hint = (hint + align - 1) & ~(uintptr_t)(align - 1); /* sanitizers' runtimes drop hints outside their application ranges */
   hak_atomic_add(_hak_os_map_count, 1);
   uint8_t* p;
   KEEP_ERRNO(p = _hak_os->map((void*)hint, size));
