@@ -264,6 +264,27 @@ void _hak_site_stats(hak_stats_t* st) {
   st->sites_sampled = atomic_load(&site_samples);
 }
 
+/* The entries the index's slots name, one bit each; returns the slots
+ * that name no entry or one already named (the checker's count).  With
+ * free_claims (a fork child: their threads are gone) claimed slots become
+ * free. */
+static size_t sites_named(uint64_t named[SITE_SLOTS / 64], bool free_claims) {
+  size_t bad = 0;
+  memset(named, 0, SITE_SLOTS / 8);
+  for (size_t i = 0; i < SITE_INDEX; i++) {
+    uint16_t x = atomic_load_explicit(&site_index[i], memory_order_acquire);
+    if (x == SITE_CLAIMED && free_claims) atomic_store_explicit(&site_index[i], 0, memory_order_relaxed);
+    if (x == 0 || x == SITE_CLAIMED) continue;
+    if (x > SITE_SLOTS || (named[(x - 1) / 64] >> ((x - 1) % 64) & 1)) {
+      bad++;
+      continue;
+    }
+    named[(x - 1) / 64] |= (uint64_t)1 << ((x - 1) % 64);
+  }
+  return bad;
+}
+static bool site_named(const uint64_t named[SITE_SLOTS / 64], size_t i) { return named[i / 64] >> (i % 64) & 1; }
+
 /* Fork child: a site lock held by a thread that did not survive would stay
  * held (the site never learns or resets again).  Its epoch may be half
  * updated: it is dropped. */
@@ -271,15 +292,11 @@ void _hak_site_fork_child(void) {
   /* a slot claimed by a vanished thread: free again.  Its entry stays
    * taken, named by no slot: its key is dropped, or the site would be
    * listed twice once it is seen again (review K) */
-  uint64_t named[SITE_SLOTS / 64] = {0};
-  for (size_t i = 0; i < SITE_INDEX; i++) {
-    uint16_t x = atomic_load_explicit(&site_index[i], memory_order_relaxed);
-    if (x == SITE_CLAIMED) atomic_store_explicit(&site_index[i], 0, memory_order_relaxed);
-    else if (x != 0) named[(x - 1) / 64] |= (uint64_t)1 << ((x - 1) % 64);
-  }
+  uint64_t named[SITE_SLOTS / 64];
+  sites_named(named, true);
   uint32_t used = atomic_load_explicit(&sites_used, memory_order_relaxed);
   for (size_t i = 0; i < used; i++)
-    if (!(named[i / 64] >> (i % 64) & 1)) atomic_store_explicit(&sites[i].key, 0, memory_order_relaxed);
+    if (!site_named(named, i)) atomic_store_explicit(&sites[i].key, 0, memory_order_relaxed);
   for (size_t i = 0; i < used; i++) {
 #ifndef HAK_FAULT_FORK_SITE_LOCKS /* fault injection: held locks stay held */
     if (atomic_load_explicit(&sites[i].lock, memory_order_relaxed) != 0) {
@@ -330,20 +347,11 @@ size_t hak_sites_get(hak_site_info_t* out, size_t max) {
  * exploration stays within its budget (learn.h's invariant). */
 size_t _hak_site_check(void) {
   size_t bad = 0;
-  uint64_t named[SITE_SLOTS / 64] = {0};
-  for (size_t i = 0; i < SITE_INDEX; i++) {
-    uint16_t x = atomic_load_explicit(&site_index[i], memory_order_acquire);
-    if (x == 0 || x == SITE_CLAIMED) continue;
-    if (x > SITE_SLOTS || (named[(x - 1) / 64] >> ((x - 1) % 64) & 1)) {
-      bad++;
-      continue;
-    }
-    named[(x - 1) / 64] |= (uint64_t)1 << ((x - 1) % 64);
-  }
+  uint64_t named[SITE_SLOTS / 64];
+  bad += sites_named(named, false);
   /* after the index: a slot names an entry only once it is counted */
   uint32_t used = atomic_load_explicit(&sites_used, memory_order_acquire);
-  for (size_t i = 0; i < SITE_SLOTS; i++)
-    if (i >= used && (named[i / 64] >> (i % 64) & 1)) bad++;
+  for (size_t i = used; i < SITE_SLOTS; i++) bad += site_named(named, i);
   for (size_t i = 0; i < used; i++) {
     if (_hak_site_trylock(&sites[i])) {
       const hak_budget_t* b = &sites[i].budget;
