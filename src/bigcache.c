@@ -120,10 +120,30 @@ static void bc_expire_row(_Atomic(uintptr_t)* row, int cls, uint64_t now) {
   }
 }
 
+/* The classes holding blocks, one bit each: sweeps visit only their rows
+ * (bc_count is never below the blocks in a class's slots, so a class it
+ * says is empty has none).  A program using one or two classes sweeps a
+ * ninth or two of the table: `vm`'s 2 MiB loop spent ~600 instructions a
+ * put on rows of empty classes. */
+static unsigned bc_classes_held(void) {
+  unsigned m = 0;
+  for (int c = 0; c < BC_ROWS; c++)
+    if (atomic_load_explicit(&bc_count[c], memory_order_relaxed) != 0) m |= 1u << c;
+#ifdef HAK_FAULT_SWEEP_ONE_CLASS /* fault injection: the sweeps visit the smallest held class only */
+  m &= -m;
+#endif
+  return m;
+}
+
 static void bc_sweep_some(uint64_t now) {
+  unsigned held = bc_classes_held();
+  if (held == 0) return;
   uint32_t start = atomic_fetch_add(&bc_sweep_cursor, BC_SITES / 16) % BC_SITES;
   for (uint32_t s = start; s < start + BC_SITES / 16; s++)
-    for (int c = 0; c < BC_ROWS; c++) bc_expire_row(bc_slots[s % BC_SITES][c], c, now);
+    for (unsigned m = held; m != 0; m &= m - 1) {
+      int c = __builtin_ctz(m);
+      bc_expire_row(bc_slots[s % BC_SITES][c], c, now);
+    }
 }
 
 /* Evicts the block cached longest ago (any row); false if none. */
@@ -288,8 +308,12 @@ bool _hak_bigcache_put(hak_huge_t* h) {
  * comes); true if blocks are still cached. */
 bool _hak_bigcache_expire(uint64_t now) {
   if (atomic_load_explicit(&bc_bytes, memory_order_relaxed) == 0) return false;
+  unsigned held = bc_classes_held();
   for (int s = 0; s < BC_SITES; s++)
-    for (int c = 0; c < BC_ROWS; c++) bc_expire_row(bc_slots[s][c], c, now);
+    for (unsigned m = held; m != 0; m &= m - 1) {
+      int c = __builtin_ctz(m);
+      bc_expire_row(bc_slots[s][c], c, now);
+    }
   return atomic_load_explicit(&bc_bytes, memory_order_relaxed) != 0;
 }
 

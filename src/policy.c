@@ -175,7 +175,9 @@ static void policy_ready(void) {
   _hak_elo_init(&pol.elo, seed);
   _hak_rng_seed(&pol.rng, seed ^ 0x5bd1e995u);
   _hak_lifecycle_init(&pol.lc, _hak_os->now_ns());
-  _hak_p99_reset(&pol.p99);
+  /* pol.p99 and pol.mix start zero (static, and ready happens once): no
+   * reset here, whose 2 KiB memset was most of a program's first large
+   * request's learning cost */
   pol.window_start = _hak_os->now_ns();
   pol.ready = true;
 }

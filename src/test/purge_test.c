@@ -227,20 +227,34 @@ TEST(retained_mappings_are_decommitted_after_the_delay) {
   _hak_options[HAK_OPT_BIGCACHE_BYTES] = budget;
 }
 
-/* BigCache's expiry runs from small and large activity too. */
+/* BigCache's expiry runs from small and large activity too, and reaches
+ * every row that holds a block: one block of each class (512 KiB .. 16
+ * MiB) and one past them, each from a site of its own (the sweeps visit
+ * only the classes that hold blocks: a class left out stays cached). */
 TEST(bigcache_expires_without_huge_calls) {
   setup();
+  long threshold = _hak_options[HAK_OPT_HUGE_THRESHOLD], mode = _hak_options[HAK_OPT_MODE];
+  _hak_options[HAK_OPT_HUGE_THRESHOLD] = 256 << 10; /* 512 KiB blocks are huge */
+  _hak_options[HAK_OPT_MODE] = 0;                   /* the fixed threshold */
   keep(100);
-  char* h = hak_malloc(3 << 20);
-  ASSERT_NOT_NULL(h);
-  hak_free(h); /* cached */
-  hak_stats_t st;
+  static const size_t sizes[] = {512u << 10, 1u << 20, 2u << 20, 3u << 20, 4u << 20, 6u << 20, 8u << 20, 16u << 20, 20u << 20};
+  enum { N = sizeof(sizes) / sizeof(sizes[0]) };
+  static int sites[N];
+  hak_stats_t st, st0;
+  hak_stats_get(&st0);
+  static char* blocks[N];
+  for (int i = 0; i < N; i++) ASSERT_NOT_NULL(blocks[i] = hak_alloc_at(sizes[i], &sites[i]));
+  for (int i = 0; i < N; i++) hak_free_at(blocks[i], &sites[i]); /* cached */
   hak_stats_get(&st);
-  EXPECT_TRUE(st.bigcache_bytes > 0);
+  EXPECT_EQ_U(st.bigcache_puts - st0.bigcache_puts, N); /* every one cached */
+  EXPECT_EQ_U(st.bigcache_evictions - st0.bigcache_evictions, 0);
+  EXPECT_TRUE(st.bigcache_bytes >= (uint64_t)(60u << 20)); /* 60.5 MiB */
   activity(80, (uint64_t)hak_option(HAK_OPT_BIGCACHE_EXPIRY_MS) / 20);
   hak_stats_get(&st);
   EXPECT_EQ_U(st.bigcache_bytes, 0);
   EXPECT_EQ_U(bad_advice, 0);
+  _hak_options[HAK_OPT_HUGE_THRESHOLD] = threshold;
+  _hak_options[HAK_OPT_MODE] = mode;
   teardown();
 }
 
