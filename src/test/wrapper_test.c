@@ -205,6 +205,43 @@ TEST(a_wrapper_whose_callers_come_slowly_is_found) {
   for (int k = 0; k < 5; k++) EXPECT_EQ_U(allocs_of(slow_site[k]), k < 3 ? 1 : 31);
 }
 
+/* A site of its own still learning walks the whole stack for its first 16
+ * requests, then for one in 8 drawn at random; the others learn only its
+ * own caller (a whole walk: ~700 instructions; a short program's few large
+ * requests were all whole walks).  A whole walk drawn stands for the
+ * requests that did not walk at the levels above the site: they decide
+ * with it (after its 1,024th request), and then the site resolves from the
+ * thread's cache but for the rechecks.  On a thread of its own: the frames
+ * above are the thread's start, which every walk sees whole. */
+__attribute__((noinline)) static void own_site_requests(int n) {
+  for (int i = 0; i < n; i++) hak_free_at(hak_malloc(BIG), NULL);
+}
+static uint64_t walks_learning, walks_decided;
+static void* own_site_thread(void* arg) {
+  (void)arg;
+  static const int phase[3] = {400, 800, 512}; /* one call instruction: one entry above the site */
+  uint64_t at[4];
+  for (int k = 0; k < 3; k++) {
+    at[k] = stats().sites_walks;
+    own_site_requests(phase[k]);
+  }
+  at[3] = stats().sites_walks;
+  walks_learning = at[1] - at[0];
+  walks_decided = at[3] - at[2];
+  return NULL;
+}
+TEST(a_learning_site_walks_whole_for_about_one_request_in_eight) {
+  pthread_t t;
+  ASSERT_TRUE(pthread_create(&t, NULL, own_site_thread, NULL) == 0);
+  pthread_join(t, NULL);
+  /* 16, then ~384 / 8 (a random draw), and the rechecks (1 in 256) */
+  if (walks_learning < 16 + 24 || walks_learning > 16 + 96 || walks_decided > 4)
+    fprintf(stderr, "walks while learning %llu, after %llu\n", (unsigned long long)walks_learning,
+            (unsigned long long)walks_decided);
+  EXPECT_TRUE(walks_learning >= 16 + 24 && walks_learning <= 16 + 96);
+  EXPECT_TRUE(walks_decided <= 4);
+}
+
 /* A step that fails once (an alloca of 100 KiB in a frame: beyond a step's
  * bound) decides nothing: afterwards the requests still reach the
  * wrapper's callers.  (Review: the walk marked the entry below the failed
