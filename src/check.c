@@ -327,12 +327,7 @@ HAK_NO_SANITIZE static size_t check_mappings(uint64_t live_expected, size_t* tra
           atomic_load_explicit(&h->state, memory_order_relaxed) != HAK_HUGE_LIVE)
         continue;
       if (++found == 2) bad += violation("two live huge headers in one mapping", at, off, 0);
-      /* a block a thread that gave up at the fork gate was moving (grow,
-       * gather: its header already says the new mapping) is one of the
-       * transits the child allows for (mt_test's slow forks under TSan with
-       * HAKMEM_SECURE=2, once they gave up ~580 times a run) */
-      else if (!_hak_huge_header_valid(h, extent) && (*transits == 0 || (*transits)-- == 0))
-        bad += violation("live huge header invalid for its mapping", at, h->size, h->map_size);
+      else if (!_hak_huge_header_valid(h, extent)) bad += violation("live huge header invalid for its mapping", at, h->size, h->map_size);
     }
     live += found;
     i += chunks - 1;

@@ -124,8 +124,12 @@ static void* huge_init(uint8_t* base, size_t map_size, size_t offset, size_t blo
   h->site = (uintptr_t)site;
   h->drained = 0;
   h->probe = 0;
-  atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
   h->checksum = huge_checksum(h);
+  /* live last (release: its fields and checksum first): a fork child
+   * whose snapshot cut a thread that gave up at the gate here finds the
+   * header not live yet, or whole (mt_test's slow forks under TSan with
+   * HAKMEM_SECURE=2: live with its checksum not yet written) */
+  atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_release);
   /* sanitizer builds: nothing past the block is the program's */
   hak_track_noaccess((uint8_t*)h + HAK_HUGE_HEADER + h->size, huge_guard_at(0, block_end, map_size) - block_end);
   hak_atomic_add(huge_allocs, 1);
