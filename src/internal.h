@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h> /* ssize_t */
 
 #include "track.h"
 #include "types.h"
@@ -199,6 +200,7 @@ HAK_INTERNAL bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns); /* true: t
 HAK_INTERNAL int _hak_os_resident(const void* page);
 /* the checker: copies n bytes at addr; false if they cannot be read */
 HAK_INTERNAL bool _hak_os_peek(const void* addr, void* out, size_t n);
+HAK_INTERNAL ssize_t _hak_os_write(int fd, const void* buf, size_t n); /* write(2), not a cancellation point */
 /* the loader: .eh_frame_hdr of the object containing pc, or NULL */
 HAK_INTERNAL const uint8_t* _hak_os_eh_frame_hdr(uintptr_t pc);
 

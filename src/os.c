@@ -16,6 +16,26 @@
 
 #include "internal.h"
 
+/* Files hakmem reads (/proc, sysfs) and writes (reports): raw system calls,
+ * never libc's open, read, pread, write or close, which are cancellation
+ * points.  malloc and free are not (glibc's are not; programs cancel
+ * threads that allocate): review L's cancel1-3.c, a thread with a cancel
+ * pending died in open() inside free (its 20 MiB never went back) or
+ * under huge_lock (every later huge malloc and fork hung). */
+#ifndef HAK_FAULT_CANCELLABLE_IO
+static int sys_open(const char* path) { return (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0); }
+static ssize_t sys_read(int fd, void* buf, size_t n) { return syscall(SYS_read, fd, buf, n); }
+static ssize_t sys_pread(int fd, void* buf, size_t n, off_t at) { return syscall(SYS_pread64, fd, buf, n, at); }
+static void sys_close(int fd) { syscall(SYS_close, fd); }
+ssize_t _hak_os_write(int fd, const void* buf, size_t n) { return syscall(SYS_write, fd, buf, n); }
+#else /* fault injection: libc's calls, cancellation points */
+static int sys_open(const char* path) { return open(path, O_RDONLY | O_CLOEXEC); }
+static ssize_t sys_read(int fd, void* buf, size_t n) { return read(fd, buf, n); }
+static ssize_t sys_pread(int fd, void* buf, size_t n, off_t at) { return pread(fd, buf, n, at); }
+static void sys_close(int fd) { close(fd); }
+ssize_t _hak_os_write(int fd, const void* buf, size_t n) { return write(fd, buf, n); }
+#endif
+
 static void* os_map(void* hint, size_t size) {
   void* p = mmap(hint, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   return p == MAP_FAILED ? NULL : p;
@@ -105,10 +125,10 @@ HAK_NO_SANITIZE bool _hak_os_peek(const void* addr, void* out, size_t n) {
       memcpy(out, addr, n);
       ok = true;
 #else
-      ok = write(fd[1], addr, n) == (ssize_t)n && read(fd[0], out, n) == (ssize_t)n;
+      ok = _hak_os_write(fd[1], addr, n) == (ssize_t)n && sys_read(fd[0], out, n) == (ssize_t)n;
 #endif
-      close(fd[0]);
-      close(fd[1]);
+      sys_close(fd[0]);
+      sys_close(fd[1]);
     }
   });
   return ok;
@@ -272,14 +292,14 @@ size_t _hak_os_written_pages(void* addr, size_t size) {
   size_t n = (size < (size_t)512 * 4096 ? size : (size_t)512 * 4096) / 4096, got = 0;
   bool ok = false;
   KEEP_ERRNO({
-    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    int fd = sys_open("/proc/self/pagemap");
     ok = fd >= 0;
     for (size_t at = 0; ok && at < n; at += 64) {
       size_t k = n - at < 64 ? n - at : 64;
-      ok = pread(fd, e, k * 8, (off_t)(((uintptr_t)addr / 4096 + at) * 8)) == (ssize_t)(k * 8);
+      ok = sys_pread(fd, e, k * 8, (off_t)(((uintptr_t)addr / 4096 + at) * 8)) == (ssize_t)(k * 8);
       for (size_t i = 0; ok && i < k; i++) got += (e[i] >> 63 & 1) && (e[i] >> 56 & 1);
     }
-    if (fd >= 0) close(fd);
+    if (fd >= 0) sys_close(fd);
   });
 #ifdef HAK_FAULT_THP_PROBE_MINCORE /* fault injection: pages only read count as written */
   ok = false;
@@ -380,13 +400,13 @@ bool _hak_os_is_main_thread(void) { return syscall(SYS_gettid) == getpid(); }
 static bool maps_lookup(uintptr_t addr, uintptr_t* lo, uintptr_t* hi) {
   char buf[512];
   bool found = false, skipping = false; /* skipping: the rest of a line longer than buf */
-  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  int fd = sys_open("/proc/self/maps");
   if (fd < 0) return false;
   size_t len = 0;
   bool eof = false;
   while (!found && !(eof && len == 0)) {
     if (!eof) {
-      ssize_t n = read(fd, buf + len, sizeof(buf) - len);
+      ssize_t n = sys_read(fd, buf + len, sizeof(buf) - len);
       if (n <= 0) eof = true;
       else len += (size_t)n;
     }
@@ -410,7 +430,7 @@ static bool maps_lookup(uintptr_t addr, uintptr_t* lo, uintptr_t* hi) {
     memmove(buf, buf + used, len - used);
     len -= used;
   }
-  close(fd);
+  sys_close(fd);
   return found;
 }
 
@@ -460,10 +480,10 @@ bool _hak_os_thp_always(void) {
   char buf[128];
   ssize_t n = -1;
   KEEP_ERRNO({
-    int fd = open("/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY | O_CLOEXEC);
+    int fd = sys_open("/sys/kernel/mm/transparent_hugepage/enabled");
     if (fd >= 0) {
-      n = read(fd, buf, sizeof(buf) - 1);
-      close(fd);
+      n = sys_read(fd, buf, sizeof(buf) - 1);
+      sys_close(fd);
     }
   });
   if (n <= 0) return false;

@@ -5,11 +5,13 @@
  * also runs under TSan and ASan.  Liveness bugs are bounded by alarm() in a
  * child: a hang is reported as a hang instead of timing out the test. */
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <string.h>
 #include <time.h>
 
 #include "src/hakmem.h"
@@ -874,5 +876,58 @@ TEST(reentrant_initialization_does_not_spin) {
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0 && strstr(out, "HANG") == NULL);
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fprintf(stderr, "child status %d, stderr: %s\n", st, out);
 }
+
+/* ---- no allocator call is a cancellation point ----------------------------
+ * POSIX lets malloc and free be cancellation points, but glibc's are not
+ * and programs rely on it (a thread cancelled at its next read must not
+ * die inside free holding a lock).  A thread with a cancel pending calls
+ * every tier, including what reads /proc: a new thread's first large
+ * request looks its stack up in /proc/self/maps (wrapper.c), and the free
+ * of a densely written block of 20 MiB reads /proc/self/pagemap for the
+ * site's huge-page verdict (site.c).  Review L's cancel1-3.c: the thread
+ * died in open() or read(): in free, its 20 MiB never went back; under
+ * huge_lock (a gather asking the verdict), every later huge malloc and
+ * fork hung. */
+static _Atomic int cancel_stage;
+static void* cancel_pending_worker(void* arg) {
+  (void)arg;
+  pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+  while (atomic_load(&cancel_stage) == 0) sched_yield(); /* until the cancel is pending */
+  pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);   /* deferred: acted on at a cancellation point */
+  void* s = hak_malloc(100);
+  hak_free(s);
+  atomic_store(&cancel_stage, 2);
+  void* l = hak_malloc(300 << 10); /* large: the stack's extent */
+  hak_free(l);
+  atomic_store(&cancel_stage, 3);
+  for (int i = 0; i < 3; i++) {
+    char* h = hak_malloc(20u << 20); /* huge: a dense block's verdict at its free */
+    if (h == NULL) return NULL;
+    memset(h, 1, 20u << 20);
+    hak_free(h);
+  }
+  atomic_store(&cancel_stage, 4);
+  pthread_testcancel();
+  return NULL;
+}
+static void cancel_pending(void) {
+  pthread_t t;
+  CHILD_CHECK(pthread_create(&t, NULL, cancel_pending_worker, NULL) == 0);
+  CHILD_CHECK(pthread_cancel(t) == 0);
+  atomic_store(&cancel_stage, 1);
+  void* ret = NULL;
+  CHILD_CHECK(pthread_join(t, &ret) == 0);
+  if (atomic_load(&cancel_stage) != 4) fprintf(stderr, "cancelled at stage %d\n", atomic_load(&cancel_stage));
+  CHILD_CHECK(atomic_load(&cancel_stage) == 4 && ret == PTHREAD_CANCELED);
+  char* h = hak_malloc(20u << 20); /* no lock left held */
+  CHILD_CHECK(h != NULL);
+  hak_free(h);
+  hak_stats_t st;
+  hak_stats_get(&st);
+  CHILD_CHECK(st.served_huge == st.freed_huge); /* the worker's frees went through */
+  CHILD_CHECK(hak_check_heap() == 0);
+  _exit(0);
+}
+TEST(a_thread_with_a_cancel_pending_is_never_cancelled_inside_the_allocator) { EXPECT_CHILD_OK(cancel_pending, 30); }
 
 TEST_MAIN()
