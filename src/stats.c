@@ -252,6 +252,10 @@ int _hak_trim(void) {
   hak_stats_get(&a);
   hak_collect();
   hak_stats_get(&b);
+  /* unmapped, advised from the batch queue, or decommitted in place */
+#ifndef HAK_FAULT_TRIM_IGNORES_PURGE /* fault injection: the first version counted unmaps and batch advice only */
+  if (b.purge_bytes > a.purge_bytes) return 1;
+#endif
   return b.os_mapped_bytes < a.os_mapped_bytes || b.batch_bytes_advised > a.batch_bytes_advised;
 }
 
