@@ -339,6 +339,7 @@ bool _hak_init(void) {
 __attribute__((constructor)) static void hak_constructor(void) {
   _hak_init();
   _hak_options_init(); /* no-op unless the first read came before environ */
+  _hak_stats_note_stderr();
   _hak_fast_limit = HAK_SMALL_MAX;
   _hak_wrapper_init();
   _hak_site_init();

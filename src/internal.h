@@ -201,6 +201,7 @@ HAK_INTERNAL int _hak_os_resident(const void* page);
 /* the checker: copies n bytes at addr; false if they cannot be read */
 HAK_INTERNAL bool _hak_os_peek(const void* addr, void* out, size_t n);
 HAK_INTERNAL ssize_t _hak_os_write(int fd, const void* buf, size_t n); /* write(2), not a cancellation point */
+HAK_INTERNAL uint64_t _hak_os_fd_id(int fd); /* the file fd is (never 0), 0: none */
 /* the loader: .eh_frame_hdr of the object containing pc, or NULL */
 HAK_INTERNAL const uint8_t* _hak_os_eh_frame_hdr(uintptr_t pc);
 
@@ -612,6 +613,7 @@ HAK_INTERNAL const char* _hak_check_first(void); /* first violation found by the
 #endif
 
 /* ---- stats.c ------------------------------------------------------------ */
+HAK_INTERNAL void _hak_stats_note_stderr(void); /* the constructor: the stderr exit statistics may go to */
 HAK_INTERNAL void _hak_stats_at_exit(void);
 /* glibc's mallinfo2 in hakmem's terms (bytes mapped, not bytes live):
  * arena: segments (small and large tiers), owned and cached; fordblks: the

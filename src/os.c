@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -373,6 +374,16 @@ bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns) {
 
 
 /* The working directory into buf (no allocation); false if it does not fit. */
+/* What file fd is (device and inode, mixed; never 0), or 0 if none. */
+uint64_t _hak_os_fd_id(int fd) {
+  struct stat st;
+  int r;
+  KEEP_ERRNO(r = (int)syscall(SYS_fstat, fd, &st));
+  if (r != 0) return 0;
+  uint64_t id = ((uint64_t)st.st_dev * 0x9e3779b97f4a7c15ull) ^ (uint64_t)st.st_ino;
+  return id != 0 ? id : 1;
+}
+
 bool _hak_os_cwd(char* buf, size_t size) {
   int saved = errno;
   bool ok = getcwd(buf, size - 1) != NULL;

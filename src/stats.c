@@ -259,12 +259,23 @@ int _hak_trim(void) {
   return b.os_mapped_bytes < a.os_mapped_bytes || b.batch_bytes_advised > a.batch_bytes_advised;
 }
 
+/* The stderr the program started with: exit statistics without a file go
+ * there only if fd 2 is still that file.  A program that closed stderr
+ * and opened a data file on fd 2 found 70 lines of statistics appended to
+ * it (review L's fd2.c); one that closes stderr at exit (gnulib's
+ * close_stdout: sort, xz) gets none: HAKMEM_STATS_FILE catches them. */
+static uint64_t stderr_id;
+void _hak_stats_note_stderr(void) { stderr_id = _hak_os_fd_id(STDERR_FILENO); }
+
 /* HAKMEM_STATS=1|json: print at exit, to stderr or appended to
  * HAKMEM_STATS_FILE (one line per process for json). */
 void _hak_stats_at_exit(void) {
   long mode = hak_option(HAK_OPT_STATS);
   if (mode == 0) return;
   int fd = STDERR_FILENO;
+#ifndef HAK_FAULT_STATS_ANY_STDERR /* fault injection: whatever fd 2 is at exit */
+  if (_hak_stats_file == NULL && (stderr_id == 0 || _hak_os_fd_id(STDERR_FILENO) != stderr_id)) return;
+#endif
   if (_hak_stats_file != NULL) {
 #ifdef HAK_FAULT_STATS_FOLLOWS_SYMLINK /* fault injection */
     fd = open(_hak_stats_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);

@@ -821,6 +821,7 @@ static void exit_with_lock_held(void) {
   _hak_segment_lock(true);
   _hak_madvq_lock(true);
   _hak_policy_lock(true);
+  _hak_stats_note_stderr(); /* the pipe the test reads is this child's stderr from the start */
   _hak_stats_at_exit(); /* what the destructor runs at exit */
 }
 TEST(exit_statistics_never_wait_for_a_lock) {

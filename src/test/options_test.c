@@ -147,6 +147,36 @@ TEST(stats_file_survives_environment_rewrite) {
   unlink(stats_path);
 }
 
+/* Exit statistics without a file go to the stderr the program started
+ * with, never to a file it opened on fd 2 after closing stderr (review L's
+ * fd2.c: 70 lines of statistics appended to a data file). */
+static char data_path[64];
+static void reopen_fd2_then_exit(void* arg) {
+  (void)arg;
+  _hak_options[HAK_OPT_STATS] = 1;
+  _hak_stats_note_stderr(); /* the pipe: this child's stderr from its start */
+  _hak_stats_at_exit();     /* printed: the same stderr */
+  close(2);
+  int fd = open(data_path, O_WRONLY | O_APPEND);
+  if (fd != 2) _exit(7);
+  _hak_stats_at_exit(); /* fd 2 is a data file now: nothing */
+  _exit(0);
+}
+TEST(exit_statistics_never_go_to_a_file_opened_on_fd_2) {
+  strcpy(data_path, "/tmp/hakmem-fd2-XXXXXX");
+  int fd = mkstemp(data_path);
+  ASSERT_TRUE(fd >= 0);
+  close(fd);
+  char out[16384];
+  int st = hak_run_child(reopen_fd2_then_exit, NULL, out, sizeof(out));
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  EXPECT_TRUE(strstr(out, "hakmem statistics") != NULL);
+  struct stat sb;
+  EXPECT_TRUE(stat(data_path, &sb) == 0);
+  EXPECT_EQ_U((uint64_t)sb.st_size, 0);
+  unlink(data_path);
+}
+
 /* A relative path names a file in the directory the program started in,
  * even if it changes directory before it exits (found by the review). */
 static char start_dir[256], other_dir[256];
