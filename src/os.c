@@ -29,12 +29,20 @@ static ssize_t sys_read(int fd, void* buf, size_t n) { return syscall(SYS_read, 
 static ssize_t sys_pread(int fd, void* buf, size_t n, off_t at) { return syscall(SYS_pread64, fd, buf, n, at); }
 static void sys_close(int fd) { syscall(SYS_close, fd); }
 ssize_t _hak_os_write(int fd, const void* buf, size_t n) { return syscall(SYS_write, fd, buf, n); }
+int _hak_os_open_append(const char* path, bool follow) {
+  return (int)syscall(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0644);
+}
+void _hak_os_close(int fd) { syscall(SYS_close, fd); }
 #else /* fault injection: libc's calls, cancellation points */
 static int sys_open(const char* path) { return open(path, O_RDONLY | O_CLOEXEC); }
 static ssize_t sys_read(int fd, void* buf, size_t n) { return read(fd, buf, n); }
 static ssize_t sys_pread(int fd, void* buf, size_t n, off_t at) { return pread(fd, buf, n, at); }
 static void sys_close(int fd) { close(fd); }
 ssize_t _hak_os_write(int fd, const void* buf, size_t n) { return write(fd, buf, n); }
+int _hak_os_open_append(const char* path, bool follow) {
+  return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0644);
+}
+void _hak_os_close(int fd) { close(fd); }
 #endif
 
 static void* os_map(void* hint, size_t size) {

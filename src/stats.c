@@ -266,27 +266,35 @@ int _hak_trim(void) {
  * close_stdout: sort, xz) gets none: HAKMEM_STATS_FILE catches them. */
 static uint64_t stderr_id;
 void _hak_stats_note_stderr(void) { stderr_id = _hak_os_fd_id(STDERR_FILENO); }
+static bool stderr_is_original(void) {
+#ifdef HAK_FAULT_STATS_ANY_STDERR /* fault injection: whatever fd 2 is at exit */
+  return true;
+#endif
+  return stderr_id != 0 && _hak_os_fd_id(STDERR_FILENO) == stderr_id;
+}
 
 /* HAKMEM_STATS=1|json: print at exit, to stderr or appended to
- * HAKMEM_STATS_FILE (one line per process for json). */
+ * HAKMEM_STATS_FILE (one line per process for json); a file that cannot
+ * be opened falls back to stderr, under the same rule.  The file is opened
+ * and closed with raw system calls: a cancel pending on the exiting
+ * thread must not act there (review M's c2.c: exit(7) from a thread with
+ * a cancel pending hung, or from main returned 0). */
 void _hak_stats_at_exit(void) {
   long mode = hak_option(HAK_OPT_STATS);
   if (mode == 0) return;
-  int fd = STDERR_FILENO;
-#ifndef HAK_FAULT_STATS_ANY_STDERR /* fault injection: whatever fd 2 is at exit */
-  if (_hak_stats_file == NULL && (stderr_id == 0 || _hak_os_fd_id(STDERR_FILENO) != stderr_id)) return;
-#endif
+  int fd = -1;
   if (_hak_stats_file != NULL) {
 #ifdef HAK_FAULT_STATS_FOLLOWS_SYMLINK /* fault injection */
-    fd = open(_hak_stats_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    fd = _hak_os_open_append(_hak_stats_file, true);
 #else
-    fd = open(_hak_stats_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
+    fd = _hak_os_open_append(_hak_stats_file, false);
 #endif
-    if (fd < 0) {
-      _hak_warning("cannot open HAKMEM_STATS_FILE ", _hak_stats_file);
-      fd = STDERR_FILENO;
-    }
+    if (fd < 0 && stderr_is_original()) _hak_warning("cannot open HAKMEM_STATS_FILE ", _hak_stats_file);
+  }
+  if (fd < 0) {
+    if (!stderr_is_original()) return;
+    fd = STDERR_FILENO;
   }
   hak_stats_print(fd, mode == 2);
-  if (fd != STDERR_FILENO) close(fd);
+  if (fd != STDERR_FILENO) _hak_os_close(fd);
 }

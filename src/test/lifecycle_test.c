@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 
 #include "src/hakmem.h"
 #include "src/internal.h"
@@ -930,5 +931,30 @@ static void cancel_pending(void) {
   _exit(0);
 }
 TEST(a_thread_with_a_cancel_pending_is_never_cancelled_inside_the_allocator) { EXPECT_CHILD_OK(cancel_pending, 30); }
+
+/* ... nor where the exit statistics go to their file (review M's c2.c:
+ * exit(7) with a cancel pending returned 0, or hung from a thread). */
+static char cancel_stats_path[64];
+static void exit_stats_with_cancel_pending(void) {
+  _hak_options[HAK_OPT_STATS] = 2;
+  _hak_stats_file = cancel_stats_path;
+  pthread_cancel(pthread_self()); /* deferred: pending until a cancellation point */
+  _hak_stats_at_exit();           /* what the destructor runs at exit */
+  _exit(7);
+}
+TEST(exit_statistics_to_a_file_are_no_cancellation_point) {
+  strcpy(cancel_stats_path, "/tmp/hakmem-cancel-XXXXXX");
+  int fd = mkstemp(cancel_stats_path);
+  ASSERT_TRUE(fd >= 0);
+  close(fd);
+  char out[4096];
+  hak_bounded_fn = exit_stats_with_cancel_pending;
+  hak_bounded_secs = 10;
+  int st = hak_run_child(hak_bounded_child, NULL, out, sizeof(out));
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 7);
+  struct stat sb;
+  EXPECT_TRUE(stat(cancel_stats_path, &sb) == 0 && sb.st_size > 100);
+  unlink(cancel_stats_path);
+}
 
 TEST_MAIN()

@@ -128,6 +128,7 @@ static void rewrite_env_then_exit(void* arg) {
   char* v = getenv("HAKMEM_STATS_FILE");
   memset(v, 'x', strlen(v)); /* the title overwrites the environment strings */
   _hak_options[HAK_OPT_STATS] = 2;
+  _hak_stats_note_stderr(); /* the pipe the test reads: this child's stderr from its start */
   _hak_stats_at_exit();
 }
 TEST(stats_file_survives_environment_rewrite) {
@@ -160,6 +161,8 @@ static void reopen_fd2_then_exit(void* arg) {
   int fd = open(data_path, O_WRONLY | O_APPEND);
   if (fd != 2) _exit(7);
   _hak_stats_at_exit(); /* fd 2 is a data file now: nothing */
+  _hak_stats_file = "/nonexistent/hakmem/stats"; /* cannot be opened: no falling back to that fd 2 either */
+  _hak_stats_at_exit();
   _exit(0);
 }
 TEST(exit_statistics_never_go_to_a_file_opened_on_fd_2) {
