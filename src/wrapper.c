@@ -32,11 +32,11 @@
  *   instructions): +6 instructions a request from a site of its own, +115
  *   through a wrapper (its caller known to be its own: one step, cached
  *   per thread).  While a site learns (its first 1,024 requests) a whole
- *   walk costs ~700; past the first 16, one request in 8, drawn at
- *   random, walks whole and the others learn the first learning entry's
- *   caller only (~350): a whole walk counts 8 for the levels above it, so
- *   they decide with it (100 requests of 2 MiB: 27 whole walks, 4,853 ->
- *   4,399 instructions a request).  A walk that found a wrapper above the
+ *   walk costs ~700; once 64 requests in a row met no new caller, one in
+ *   8, drawn at random, walks whole and the others learn the first
+ *   learning entry's caller only (~350): a whole walk counts 8 for the
+ *   levels above it, so they decide with it (a site's 400 requests: 107
+ *   whole walks instead of 400).  A walk that found a wrapper above the
  *   site makes every later one whole.
  * - Safety: every read is a return address or a saved rbp the rules point
  *   to, inside the stack the thread runs on: below __libc_stack_end within
@@ -71,13 +71,17 @@
 #define WR_LEARN 1024 /* requests a site records callers from */
 #endif
 #define WR_CALLERS 4   /* different callers that make it a wrapper */
-/* A learning site with no wrapper found above it walks every level for its
- * first WR_LEARN_FULL requests, then for one request in WR_LEARN_SAMPLE
- * drawn at random (a per-thread xorshift: a countdown aliased with callers
- * and sites taking turns, review K); its other requests learn only the
- * site's own callers (one level, ~1/3 of a walk), so a wrapper is found as
- * soon as its callers come, and only the levels above learn more slowly. */
-#define WR_LEARN_FULL 16
+/* A walk's first learning entry, with no wrapper found above the site,
+ * walks every level until WR_LEARN_QUIET of its requests in a row found no
+ * caller new to any level (start-up callers that come once are all seen:
+ * review M's w2.c), then for one request in WR_LEARN_SAMPLE drawn at random
+ * (a per-thread xorshift, seeded per thread: a countdown aliased with
+ * callers and sites taking turns, review K; one seed for all threads made
+ * every thread's first six draws shallow, review M); its other requests
+ * learn only its own callers (one level, ~1/2 of a walk), so a wrapper
+ * among them is found as soon as they come, and a caller new to a level
+ * above (seen by a drawn walk) makes it walk whole again. */
+#define WR_LEARN_QUIET 64
 #define WR_LEARN_SAMPLE 8
 #define WR_DEPTH 4     /* levels looked at above a site, or above a wrapper's caller */
 #define WR_CLIMB 8     /* hakmem's own frames stepped to reach the site */
@@ -106,6 +110,7 @@ typedef struct {
   _Atomic(uint32_t) state;
   _Atomic(uint32_t) seen;
   _Atomic(bool) wrapped; /* a walk from it found a wrapper above it: always walked whole */
+  _Atomic(uint32_t) quiet_from; /* seen when a walk from it last met a new caller */
   hak_cfa_rule_t rule; /* written before the entry is in its slot */
   uintptr_t func;      /* the start of its function (0: no rule) */
   _Atomic(uintptr_t) callers[WR_CALLERS]; /* the functions that called it */
@@ -271,14 +276,16 @@ HAK_NO_SANITIZE_STACK static bool wr_step(const wr_entry_t* e, wr_frame_t* f) {
  * chain, two or three plain.  A decided entry met by a rechecking walk
  * (plain, chain, own) that sees a new function learns again (wr_generation
  * tells the threads to drop what they cached). */
-static uint32_t wr_learn(wr_entry_t* e, uint32_t state, uintptr_t caller, uint32_t weight, int* distinct) {
+static uint32_t wr_learn(wr_entry_t* e, uint32_t state, uintptr_t caller, uint32_t weight, int* distinct, bool* fresh) {
   int n = 0;
   bool known = false;
   for (int i = 0; i < WR_CALLERS; i++) {
     uintptr_t c = atomic_load_explicit(&e->callers[i], memory_order_relaxed);
     if (c == 0 && !known &&
-        atomic_compare_exchange_strong_explicit(&e->callers[i], &c, caller, memory_order_relaxed, memory_order_relaxed))
+        atomic_compare_exchange_strong_explicit(&e->callers[i], &c, caller, memory_order_relaxed, memory_order_relaxed)) {
       c = caller;
+      *fresh = true;
+    }
     known |= c == caller;
     n += c != 0; /* every caller recorded, wherever this one is */
 #ifdef HAK_FAULT_WRAPPER_POSITION_COUNT /* fault injection: the caller's position taken for their number */
@@ -379,6 +386,8 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
    * walk then): whole at random, one request in WR_LEARN_SAMPLE, else it
    * stops once that entry learned its caller (shallow) */
   bool shallow = false, drawn = false, wrapped = first == NULL || atomic_load_explicit(&first->wrapped, memory_order_relaxed);
+  bool fresh = false;       /* a caller new to its level was recorded */
+  wr_entry_t* learner = NULL; /* the walk's first learning entry */
   int drawn_depth = 0;
   int depth = 0;
   for (;; depth++) {
@@ -391,15 +400,20 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     }
     uint32_t state = atomic_load_explicit(&e->state, memory_order_acquire);
     if (tail == NULL && state != WR_WRAPPER) tail = e, tail_depth = depth;
-    if (state == WR_LEARNING && !recheck && !wrapped && !drawn && !shallow &&
-        atomic_load_explicit(&e->seen, memory_order_relaxed) >= WR_LEARN_FULL) {
-      uint32_t x = wr_rng != 0 ? wr_rng : 0x9e3779b9u; /* the same sequence in every thread */
-      x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-      wr_rng = x;
+    if (state == WR_LEARNING && learner == NULL) {
+      learner = e;
+      uint32_t seen = atomic_load_explicit(&e->seen, memory_order_relaxed);
+      if (!recheck && !wrapped && seen - atomic_load_explicit(&e->quiet_from, memory_order_relaxed) >= WR_LEARN_QUIET) {
+        uint32_t x = wr_rng;
+        if (x == 0) x = (uint32_t)(((uintptr_t)&wr_rng >> 4) ^ ((uintptr_t)&wr_rng >> 36)) * 0x9e3779b9u ^ (uint32_t)_hak_os_tid();
+        if (x == 0) x = 1;
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        wr_rng = x;
 #ifndef HAK_FAULT_WRAPPER_LEARN_EVERY /* fault injection: every learning request walks whole */
-      shallow = x % WR_LEARN_SAMPLE != 0;
+        shallow = x % WR_LEARN_SAMPLE != 0;
 #endif
-      drawn = !shallow, drawn_depth = depth;
+        drawn = !shallow, drawn_depth = depth;
+      }
     }
     bool walks = state == WR_LEARNING || state == WR_CHAIN || state == WR_WRAPPER;
     bool rechecks = recheck && (state == WR_PLAIN || state == WR_CHAIN || state == WR_OWN);
@@ -431,9 +445,9 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
       }
       int distinct;
 #ifdef HAK_FAULT_WRAPPER_BY_ADDRESS /* fault injection: every call instruction is a caller of its own */
-      state = wr_learn(e, state, caller, weight, &distinct);
+      state = wr_learn(e, state, caller, weight, &distinct, &fresh);
 #else
-      state = wr_learn(e, state, ce->func != 0 ? ce->func : caller, weight, &distinct);
+      state = wr_learn(e, state, ce->func != 0 ? ce->func : caller, weight, &distinct, &fresh);
 #endif
       if (state == WR_PLAIN || state == WR_OWN) break;
       if (state == WR_LEARNING) { /* one caller so far: a chain so far */
@@ -453,6 +467,10 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     e = ce;
   }
   if (!shallow) count_walk();
+#ifndef HAK_FAULT_WRAPPER_QUIET_IGNORED /* fault injection: sampled from the first requests on, new callers or not */
+  if (fresh && learner != NULL) /* a caller new to some level: walk whole for a while */
+    atomic_store_explicit(&learner->quiet_from, atomic_load_explicit(&learner->seen, memory_order_relaxed), memory_order_relaxed);
+#endif
   wr_sync_caches(); /* this walk may have taken a decision back */
   uint32_t chain = WR_CHAIN;
   if (tail != NULL && decided && atomic_load_explicit(&tail->state, memory_order_relaxed) == WR_CHAIN)

@@ -38,6 +38,17 @@ WRAPPER(wt_xmalloc_clone)
 WRAPPER(wt_xmalloc_late)
 WRAPPER(wt_xmalloc_small)
 WRAPPER(wt_xmalloc_fork)
+WRAPPER(wt_inner_startup)
+
+/* A wrapper above a helper only it calls (PyMem_RawMalloc above
+ * _PyMem_RawMalloc): the site is the helper's call, the wrapper is one
+ * level up. */
+__attribute__((noinline)) void* wt_outer_startup(size_t n) {
+  wt_last_outer_ra = __builtin_return_address(0);
+  void* p = wt_inner_startup(n);
+  if (p == NULL) abort();
+  return p;
+}
 
 /* Runs fn on the stack below top with the usual inline asm: this
  * function's rules (rsp plus its frame, no frame pointer) do not know rsp

@@ -22,6 +22,8 @@ void* wt_xmalloc_clone(size_t n);
 void* wt_xmalloc_late(size_t n);
 void* wt_xmalloc_small(size_t n);
 void* wt_xmalloc_fork(size_t n);
+void* wt_inner_startup(size_t n);
+void* wt_outer_startup(size_t n); /* calls wt_inner_startup */
 /* calls wt_xmalloc_under_alloca with pad bytes of alloca in its frame */
 void* wt_alloca_caller(size_t n, size_t pad);
 void* wt_outer_fp(size_t n, size_t scratch);
