@@ -25,8 +25,16 @@
  * under huge_lock (every later huge malloc and fork hung). */
 #ifndef HAK_FAULT_CANCELLABLE_IO
 static int sys_open(const char* path) { return (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0); }
-static ssize_t sys_read(int fd, void* buf, size_t n) { return syscall(SYS_read, fd, buf, n); }
-static ssize_t sys_pread(int fd, void* buf, size_t n, off_t at) { return syscall(SYS_pread64, fd, buf, n, at); }
+static ssize_t sys_read(int fd, void* buf, size_t n) {
+  ssize_t r = syscall(SYS_read, fd, buf, n);
+  if (r > 0) hak_track_defined(buf, (size_t)r); /* MemorySanitizer: the kernel wrote them */
+  return r;
+}
+static ssize_t sys_pread(int fd, void* buf, size_t n, off_t at) {
+  ssize_t r = syscall(SYS_pread64, fd, buf, n, at);
+  if (r > 0) hak_track_defined(buf, (size_t)r);
+  return r;
+}
 static void sys_close(int fd) { syscall(SYS_close, fd); }
 ssize_t _hak_os_write(int fd, const void* buf, size_t n) { return syscall(SYS_write, fd, buf, n); }
 int _hak_os_open_append(const char* path, bool follow) {
@@ -388,6 +396,7 @@ uint64_t _hak_os_fd_id(int fd) {
   int r;
   KEEP_ERRNO(r = (int)syscall(SYS_fstat, fd, &st));
   if (r != 0) return 0;
+  hak_track_defined(&st, sizeof(st));
   uint64_t id = ((uint64_t)st.st_dev * 0x9e3779b97f4a7c15ull) ^ (uint64_t)st.st_ino;
   return id != 0 ? id : 1;
 }

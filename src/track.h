@@ -206,6 +206,9 @@ static inline void hak_track_defined(void* p, size_t n) {
 #ifdef HAK_TRACK_VALGRIND
   VALGRIND_MAKE_MEM_DEFINED(p, n);
 #endif
+#ifdef HAK_TRACK_MSAN /* also what a raw system call wrote: MSan sees only libc's wrappers */
+  __msan_unpoison(p, n);
+#endif
 }
 
 /* Around the checker's and the misuse paths' deliberate reads of memory
