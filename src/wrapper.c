@@ -31,13 +31,7 @@
  *   paths.  Measured (callgrind, malloc(1.5 MiB)/free at ~1,160
  *   instructions): +6 instructions a request from a site of its own, +115
  *   through a wrapper (its caller known to be its own: one step, cached
- *   per thread).  While a site learns (its first 1,024 requests) a whole
- *   walk costs ~700; once 64 requests in a row met no new caller, one in
- *   8, drawn at random, walks whole and the others learn the first
- *   learning entry's caller only (~350): a whole walk counts 8 for the
- *   levels above it, so they decide with it (a site's 400 requests: 107
- *   whole walks instead of 400).  A walk that found a wrapper above the
- *   site makes every later one whole.
+ *   per thread), a few hundred while a site learns.
  * - Safety: every read is a return address or a saved rbp the rules point
  *   to, inside the stack the thread runs on: below __libc_stack_end within
  *   RLIMIT_STACK on the main thread's own stack, else within the readable
@@ -71,18 +65,6 @@
 #define WR_LEARN 1024 /* requests a site records callers from */
 #endif
 #define WR_CALLERS 4   /* different callers that make it a wrapper */
-/* A walk's first learning entry, with no wrapper found above the site,
- * walks every level until WR_LEARN_QUIET of its requests in a row found no
- * caller new to any level (start-up callers that come once are all seen:
- * review M's w2.c), then for one request in WR_LEARN_SAMPLE drawn at random
- * (a per-thread xorshift, seeded per thread: a countdown aliased with
- * callers and sites taking turns, review K; one seed for all threads made
- * every thread's first six draws shallow, review M); its other requests
- * learn only its own callers (one level, ~1/2 of a walk), so a wrapper
- * among them is found as soon as they come, and a caller new to a level
- * above (seen by a drawn walk) makes it walk whole again. */
-#define WR_LEARN_QUIET 64
-#define WR_LEARN_SAMPLE 8
 #define WR_DEPTH 4     /* levels looked at above a site, or above a wrapper's caller */
 #define WR_CLIMB 8     /* hakmem's own frames stepped to reach the site */
 #define WR_FRAME_MAX (64 * 1024) /* a step further up: not believed */
@@ -109,8 +91,6 @@ typedef struct {
   _Atomic(uintptr_t) ra;
   _Atomic(uint32_t) state;
   _Atomic(uint32_t) seen;
-  _Atomic(bool) wrapped; /* a walk from it found a wrapper above it: always walked whole */
-  _Atomic(uint32_t) quiet_from; /* seen when a walk from it last met a new caller */
   hak_cfa_rule_t rule; /* written before the entry is in its slot */
   uintptr_t func;      /* the start of its function (0: no rule) */
   _Atomic(uintptr_t) callers[WR_CALLERS]; /* the functions that called it */
@@ -136,7 +116,6 @@ static __thread wr_entry_t* wr_wrapper_cache[HAK_SITE_OWN_CACHE];
 __thread uint32_t _hak_site_recheck;
 static _Atomic(uint32_t) wr_generation;  /* decisions taken back */
 static __thread uint32_t wr_tls_generation; /* ... when this thread's caches were good */
-static __thread uint32_t wr_rng; /* xorshift32 state: which learning requests walk whole */
 static _Atomic(uint64_t) st_wrappers; /* seen_through, unresolved: per heap */
 
 static void count_seen_through(void) {
@@ -276,16 +255,14 @@ HAK_NO_SANITIZE_STACK static bool wr_step(const wr_entry_t* e, wr_frame_t* f) {
  * chain, two or three plain.  A decided entry met by a rechecking walk
  * (plain, chain, own) that sees a new function learns again (wr_generation
  * tells the threads to drop what they cached). */
-static uint32_t wr_learn(wr_entry_t* e, uint32_t state, uintptr_t caller, uint32_t weight, int* distinct, bool* fresh) {
+static uint32_t wr_learn(wr_entry_t* e, uint32_t state, uintptr_t caller, int* distinct) {
   int n = 0;
   bool known = false;
   for (int i = 0; i < WR_CALLERS; i++) {
     uintptr_t c = atomic_load_explicit(&e->callers[i], memory_order_relaxed);
     if (c == 0 && !known &&
-        atomic_compare_exchange_strong_explicit(&e->callers[i], &c, caller, memory_order_relaxed, memory_order_relaxed)) {
+        atomic_compare_exchange_strong_explicit(&e->callers[i], &c, caller, memory_order_relaxed, memory_order_relaxed))
       c = caller;
-      *fresh = true;
-    }
     known |= c == caller;
     n += c != 0; /* every caller recorded, wherever this one is */
 #ifdef HAK_FAULT_WRAPPER_POSITION_COUNT /* fault injection: the caller's position taken for their number */
@@ -303,7 +280,7 @@ static uint32_t wr_learn(wr_entry_t* e, uint32_t state, uintptr_t caller, uint32
     atomic_fetch_add(&wr_generation, 1);
     state = WR_LEARNING;
   }
-  uint32_t seen = atomic_fetch_add_explicit(&e->seen, weight, memory_order_relaxed) + weight;
+  uint32_t seen = atomic_fetch_add_explicit(&e->seen, 1, memory_order_relaxed) + 1;
   if (n >= WR_CALLERS) {
     if (atomic_compare_exchange_strong(&e->state, &state, WR_WRAPPER)) hak_atomic_add(st_wrappers, 1);
     return WR_WRAPPER;
@@ -372,6 +349,7 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
       }
     }
   }
+  count_walk();
   /* up the callers: through wrappers and the functions only one caller
    * calls (they are that caller's), to the caller of the topmost wrapper.
    * A decided walk that found no wrapper above an entry marks it own: the
@@ -381,14 +359,6 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
   int tail_depth = 0;
   bool decided = true; /* every entry from tail on is decided, and the walk saw all it needs */
   wr_entry_t* e = wr_get((uintptr_t)site, look_up), *first = e;
-  /* at the walk's first learning entry past its first requests (WR_LEARN_FULL),
-   * unless a wrapper was found above the site (every request needs the
-   * walk then): whole at random, one request in WR_LEARN_SAMPLE, else it
-   * stops once that entry learned its caller (shallow) */
-  bool shallow = false, drawn = false, wrapped = first == NULL || atomic_load_explicit(&first->wrapped, memory_order_relaxed);
-  bool fresh = false;       /* a caller new to its level was recorded */
-  wr_entry_t* learner = NULL; /* the walk's first learning entry */
-  int drawn_depth = 0;
   int depth = 0;
   for (;; depth++) {
     /* WR_DEPTH levels from the site or, above a wrapper, from the entry
@@ -400,21 +370,6 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     }
     uint32_t state = atomic_load_explicit(&e->state, memory_order_acquire);
     if (tail == NULL && state != WR_WRAPPER) tail = e, tail_depth = depth;
-    if (state == WR_LEARNING && learner == NULL) {
-      learner = e;
-      uint32_t seen = atomic_load_explicit(&e->seen, memory_order_relaxed);
-      if (!recheck && !wrapped && seen - atomic_load_explicit(&e->quiet_from, memory_order_relaxed) >= WR_LEARN_QUIET) {
-        uint32_t x = wr_rng;
-        if (x == 0) x = (uint32_t)(((uintptr_t)&wr_rng >> 4) ^ ((uintptr_t)&wr_rng >> 36)) * 0x9e3779b9u ^ (uint32_t)_hak_os_tid();
-        if (x == 0) x = 1;
-        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-        wr_rng = x;
-#ifndef HAK_FAULT_WRAPPER_LEARN_EVERY /* fault injection: every learning request walks whole */
-        shallow = x % WR_LEARN_SAMPLE != 0;
-#endif
-        drawn = !shallow, drawn_depth = depth;
-      }
-    }
     bool walks = state == WR_LEARNING || state == WR_CHAIN || state == WR_WRAPPER;
     bool rechecks = recheck && (state == WR_PLAIN || state == WR_CHAIN || state == WR_OWN);
     if (!walks && !rechecks) { /* plain, own, no rule */
@@ -430,13 +385,6 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     }
     uintptr_t caller = *f.at;
     if (caller < 4096) break; /* no caller: the first frame */
-    /* a walk drawn for the learning entry's unwalked requests stands for
-     * them above it: the levels above decide after as many requests as
-     * that entry */
-    uint32_t weight = drawn && depth > drawn_depth ? WR_LEARN_SAMPLE : 1;
-#ifdef HAK_FAULT_WRAPPER_WEIGHT_ONE /* fault injection: a drawn walk counts once above the site */
-    weight = 1;
-#endif
     wr_entry_t* ce = wr_get(caller, look_up);
     if (state != WR_WRAPPER) {
       if (ce == NULL) {
@@ -445,9 +393,9 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
       }
       int distinct;
 #ifdef HAK_FAULT_WRAPPER_BY_ADDRESS /* fault injection: every call instruction is a caller of its own */
-      state = wr_learn(e, state, caller, weight, &distinct, &fresh);
+      state = wr_learn(e, state, caller, &distinct);
 #else
-      state = wr_learn(e, state, ce->func != 0 ? ce->func : caller, weight, &distinct, &fresh);
+      state = wr_learn(e, state, ce->func != 0 ? ce->func : caller, &distinct);
 #endif
       if (state == WR_PLAIN || state == WR_OWN) break;
       if (state == WR_LEARNING) { /* one caller so far: a chain so far */
@@ -460,17 +408,9 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
       result = caller;
       tail = NULL;
       decided = true;
-    } else if (shallow) { /* the learning entry's caller learned: the levels above wait for a whole walk */
-      decided = false;
-      break;
     }
     e = ce;
   }
-  if (!shallow) count_walk();
-#ifndef HAK_FAULT_WRAPPER_QUIET_IGNORED /* fault injection: sampled from the first requests on, new callers or not */
-  if (fresh && learner != NULL) /* a caller new to some level: walk whole for a while */
-    atomic_store_explicit(&learner->quiet_from, atomic_load_explicit(&learner->seen, memory_order_relaxed), memory_order_relaxed);
-#endif
   wr_sync_caches(); /* this walk may have taken a decision back */
   uint32_t chain = WR_CHAIN;
   if (tail != NULL && decided && atomic_load_explicit(&tail->state, memory_order_relaxed) == WR_CHAIN)
@@ -480,11 +420,7 @@ HAK_NOINLINE HAK_NO_SANITIZE_STACK const void* _hak_site_see_through(const void*
     _hak_site_own[hak_site_own_slot((const void*)result)] = (const void*)result;
     wr_wrapper_cache[own_slot] = first;
   }
-  if (result != (uintptr_t)site) {
-    if (first != NULL && !atomic_load_explicit(&first->wrapped, memory_order_relaxed))
-      atomic_store_explicit(&first->wrapped, true, memory_order_relaxed);
-    count_seen_through();
-  }
+  if (result != (uintptr_t)site) count_seen_through();
   return (const void*)result;
 #else
   (void)look_up;

@@ -205,83 +205,24 @@ TEST(a_wrapper_whose_callers_come_slowly_is_found) {
   for (int k = 0; k < 5; k++) EXPECT_EQ_U(allocs_of(slow_site[k]), k < 3 ? 1 : 31);
 }
 
-/* A site of its own still learning walks the whole stack until 64 of its
- * requests in a row met no new caller, then for one in 8 drawn at random;
- * the others learn only its own caller (a whole walk: ~700 instructions; a
- * short program's few large requests were all whole walks).  A whole walk
- * drawn stands for the requests that did not walk at the levels above the
- * site: they decide with it (after its 1,024th request), and then the site
- * resolves from the thread's cache but for the rechecks.  On a thread of
- * its own: the frames above are the thread's start, which every walk sees
- * whole. */
-__attribute__((noinline)) static void own_site_requests(int n) {
-  for (int i = 0; i < n; i++) hak_free_at(hak_malloc(BIG), NULL);
-}
-static uint64_t walks_learning, walks_decided;
-static void* own_site_thread(void* arg) {
-  (void)arg;
-  static const int phase[3] = {400, 1600, 512}; /* one call instruction: one entry above the site */
-  uint64_t at[4];
-  for (int k = 0; k < 3; k++) {
-    at[k] = stats().sites_walks;
-    own_site_requests(phase[k]);
-  }
-  at[3] = stats().sites_walks;
-  walks_learning = at[1] - at[0];
-  walks_decided = at[3] - at[2];
-  return NULL;
-}
-TEST(a_learning_site_walks_whole_for_about_one_request_in_eight) {
-  pthread_t t;
-  ASSERT_TRUE(pthread_create(&t, NULL, own_site_thread, NULL) == 0);
-  pthread_join(t, NULL);
-  /* ~64, then ~336 / 8 (random draws: ~42, sd 6.5), and the rechecks (1 in 256) */
-  if (walks_learning < 72 || walks_learning > 180 || walks_decided > 4)
-    fprintf(stderr, "walks while learning %llu, after %llu\n", (unsigned long long)walks_learning,
-            (unsigned long long)walks_decided);
-  EXPECT_TRUE(walks_learning >= 72 && walks_learning <= 180);
-  EXPECT_TRUE(walks_decided <= 4);
-}
-
-/* A caller new to the site after its walks were sampled makes it walk
- * whole again (the levels above may have changed with it): 64 requests. */
-__attribute__((noinline)) static void learner_requests(int n) {
-  for (int i = 0; i < n; i++) hak_free_at(hak_malloc(BIG), NULL);
-}
-__attribute__((noinline)) static void learner_a(int n) { learner_requests(n); __asm__ volatile(""); }
-__attribute__((noinline)) static void learner_b(int n) { learner_requests(n); __asm__ volatile(""); }
-static uint64_t walks_after_new_caller;
-static void* new_caller_thread(void* arg) {
-  (void)arg;
-  learner_a(200); /* sampled from about its 65th */
-  learner_b(1);   /* a new caller */
-  uint64_t before = stats().sites_walks;
-  learner_a(64);
-  walks_after_new_caller = stats().sites_walks - before;
-  return NULL;
-}
-TEST(a_new_caller_makes_a_sampled_site_walk_whole_again) {
-  pthread_t t;
-  ASSERT_TRUE(pthread_create(&t, NULL, new_caller_thread, NULL) == 0);
-  pthread_join(t, NULL);
-  if (walks_after_new_caller < 56) fprintf(stderr, "whole walks after a new caller %llu of 64\n", (unsigned long long)walks_after_new_caller);
-  EXPECT_TRUE(walks_after_new_caller >= 56); /* ~8 if sampling went on */
-}
-
-/* A wrapper one level above the site whose callers each come once, at
- * start-up, after a run from one of them: found when they come, as when
- * every request walked whole.  (Review M's w2.c: with the learning walks
- * sampled from the site's 17th request, the same draws in every thread,
- * the wrapper was never found: its requests stayed the helper's.) */
+/* A wrapper one level above the site (PyMem_RawMalloc above
+ * _PyMem_RawMalloc) whose other callers each come once, after a run from
+ * one of them: found when they come, whenever they come, since every
+ * learning request walks the whole stack.  (Reviews M and N: learning walks
+ * sampled once a site was quiet missed them, in 18 of 20 runs when they came
+ * after 70 requests, for good: the site's 2,073 requests stayed the
+ * helper's.) */
 CALLERS(st, wt_outer_startup(BIG), wt_last_outer_ra)
-TEST(a_wrapper_above_a_helper_whose_callers_come_once_at_start_up_is_found) {
-  for (int r = 0; r < 20; r++) st0();
-  for (int k = 1; k < 4; k++) sts[k]();
+TEST(a_wrapper_above_a_helper_whose_callers_come_once_is_found) {
   for (int r = 0; r < 100; r++) st0();
+  for (int k = 1; k < 4; k++) sts[k]();
+  for (int r = 0; r < 200; r++) st0();
   const void* helper_site = wt_last_site;
-  if (allocs_of(st_site[0]) < 100) fprintf(stderr, "helper %llu, first caller %llu\n", (unsigned long long)allocs_of(helper_site), (unsigned long long)allocs_of(st_site[0]));
-  EXPECT_TRUE(allocs_of(st_site[0]) >= 100);
-  EXPECT_TRUE(allocs_of(helper_site) <= 24);
+  if (allocs_of(st_site[0]) < 200)
+    fprintf(stderr, "helper %llu, first caller %llu\n", (unsigned long long)allocs_of(helper_site),
+            (unsigned long long)allocs_of(st_site[0]));
+  EXPECT_TRUE(allocs_of(st_site[0]) >= 200);
+  EXPECT_TRUE(allocs_of(helper_site) <= 104);
 }
 
 /* A step that fails once (an alloca of 100 KiB in a frame: beyond a step's
