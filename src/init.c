@@ -324,6 +324,10 @@ bool _hak_init(void) {
   for (size_t i = 0; i < HAK_BINS; i++) _hak_heap_empty.direct[i] = &_hak_page_empty;
   _hak_harden_init();
   _hak_options_init();
+  /* the stderr exit statistics may go to: noted at the first allocation,
+   * before other libraries' constructors (one that opens a file on a
+   * closed fd 2 must not receive them, review N) */
+  _hak_stats_note_stderr();
   _hak_secure_init();
   _hak_fast_limit = HAK_SMALL_MAX;
   _hak_thp_always = _hak_os_thp_always();
@@ -339,7 +343,6 @@ bool _hak_init(void) {
 __attribute__((constructor)) static void hak_constructor(void) {
   _hak_init();
   _hak_options_init(); /* no-op unless the first read came before environ */
-  _hak_stats_note_stderr();
   _hak_fast_limit = HAK_SMALL_MAX;
   _hak_wrapper_init();
   _hak_site_init();

@@ -201,6 +201,7 @@ HAK_INTERNAL int _hak_os_resident(const void* page);
 /* the checker: copies n bytes at addr; false if they cannot be read */
 HAK_INTERNAL bool _hak_os_peek(const void* addr, void* out, size_t n);
 HAK_INTERNAL ssize_t _hak_os_write(int fd, const void* buf, size_t n); /* write(2), not a cancellation point */
+HAK_INTERNAL ssize_t _hak_os_write_report(int fd, const void* buf, size_t n); /* the same, never raising SIGPIPE */
 HAK_INTERNAL uint64_t _hak_os_fd_id(int fd); /* the file fd is (never 0), 0: none */
 HAK_INTERNAL int _hak_os_open_append(const char* path, bool follow); /* the statistics file, or -1 */
 HAK_INTERNAL void _hak_os_close(int fd);

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE /* RUSAGE_THREAD */
 #include <dlfcn.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <sys/auxv.h>
 #include <string.h>
@@ -37,8 +38,13 @@ static ssize_t sys_pread(int fd, void* buf, size_t n, off_t at) {
 }
 static void sys_close(int fd) { syscall(SYS_close, fd); }
 ssize_t _hak_os_write(int fd, const void* buf, size_t n) { return syscall(SYS_write, fd, buf, n); }
+/* Non-blocking while it opens (a FIFO with no reader: ENXIO, not an exit
+ * that waits forever, review N), blocking for the write. */
 int _hak_os_open_append(const char* path, bool follow) {
-  return (int)syscall(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0644);
+  int fd = (int)syscall(SYS_openat, AT_FDCWD, path,
+                        O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW), 0644);
+  if (fd >= 0) syscall(SYS_fcntl, fd, F_SETFL, O_APPEND);
+  return fd;
 }
 void _hak_os_close(int fd) { syscall(SYS_close, fd); }
 #else /* fault injection: libc's calls, cancellation points */
@@ -48,10 +54,35 @@ static ssize_t sys_pread(int fd, void* buf, size_t n, off_t at) { return pread(f
 static void sys_close(int fd) { close(fd); }
 ssize_t _hak_os_write(int fd, const void* buf, size_t n) { return write(fd, buf, n); }
 int _hak_os_open_append(const char* path, bool follow) {
-  return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW), 0644);
+  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW), 0644);
+  if (fd >= 0) fcntl(fd, F_SETFL, O_APPEND);
+  return fd;
 }
 void _hak_os_close(int fd) { close(fd); }
 #endif
+
+/* A report's write (errors, warnings, statistics): SIGPIPE blocked around
+ * it, and the one it raised taken back, so a reader that went away costs
+ * the report, not the process (review N: HAKMEM_STATS=1 into a closed pipe
+ * turned exit(7) into death by SIGPIPE, status 141). */
+#define KERNEL_SIGSET_BYTES 8
+ssize_t _hak_os_write_report(int fd, const void* buf, size_t n) {
+  uint64_t pipe_set = (uint64_t)1 << (SIGPIPE - 1), old = 0, pending = 0;
+#ifdef HAK_FAULT_REPORT_SIGPIPE /* fault injection: the write as it is */
+  return _hak_os_write(fd, buf, n);
+#endif
+  syscall(SYS_rt_sigprocmask, SIG_BLOCK, &pipe_set, &old, KERNEL_SIGSET_BYTES);
+  syscall(SYS_rt_sigpending, &pending, KERNEL_SIGSET_BYTES);
+  ssize_t r = _hak_os_write(fd, buf, n);
+  int err = errno;
+  if (r < 0 && err == EPIPE && !(pending & pipe_set)) {
+    struct timespec zero = {0, 0};
+    syscall(SYS_rt_sigtimedwait, &pipe_set, NULL, &zero, KERNEL_SIGSET_BYTES);
+  }
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, KERNEL_SIGSET_BYTES);
+  errno = err;
+  return r;
+}
 
 static void* os_map(void* hint, size_t size) {
   void* p = mmap(hint, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

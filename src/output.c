@@ -11,7 +11,7 @@ void _hak_out_flush(hak_out_t* o) {
   int saved_errno = errno; /* reports happen inside free, which keeps errno */
   size_t done = 0;
   while (done < o->len) {
-    ssize_t n = _hak_os_write(o->fd, o->buf + done, o->len - done); /* not a cancellation point */
+    ssize_t n = _hak_os_write_report(o->fd, o->buf + done, o->len - done); /* no cancellation, no SIGPIPE */
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     done += (size_t)n;

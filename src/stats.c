@@ -283,7 +283,13 @@ void _hak_stats_at_exit(void) {
   long mode = hak_option(HAK_OPT_STATS);
   if (mode == 0) return;
   int fd = -1;
-  if (_hak_stats_file != NULL) {
+  /* a file that names stderr itself (never opened: O_NOFOLLOW refuses
+   * /dev/stderr, a link) is fd 2 whatever it is now: asked for (review N) */
+  const char* f = _hak_stats_file;
+  bool named_stderr = f != NULL && (strcmp(f, "/dev/stderr") == 0 || strcmp(f, "/dev/fd/2") == 0 ||
+                                    strcmp(f, "/proc/self/fd/2") == 0);
+  if (named_stderr) fd = STDERR_FILENO;
+  else if (_hak_stats_file != NULL) {
 #ifdef HAK_FAULT_STATS_FOLLOWS_SYMLINK /* fault injection */
     fd = _hak_os_open_append(_hak_stats_file, true);
 #else

@@ -180,6 +180,47 @@ TEST(exit_statistics_never_go_to_a_file_opened_on_fd_2) {
   unlink(data_path);
 }
 
+/* HAKMEM_STATS_FILE=/dev/stderr is whatever fd 2 is at exit (a program
+ * that sends stderr to its log on purpose); a reader that went away costs
+ * the report, not the exit status (SIGPIPE); a FIFO nobody reads is no
+ * reason to hang at exit.  (Review N: 0 lines in the log; status 141; a
+ * hang.) */
+static void named_stderr_then_exit(void* arg) {
+  (void)arg;
+  _hak_options[HAK_OPT_STATS] = 1;
+  _hak_stats_file = "/dev/stderr"; /* fd 2: the test's pipe, not the stderr noted at start */
+  _hak_stats_at_exit();
+  _exit(7);
+}
+static char fifo_path[64];
+static void closed_pipe_and_fifo_then_exit(void) {
+  int p[2];
+  if (pipe(p) != 0) _exit(8);
+  close(p[0]);
+  dup2(p[1], 2);
+  _hak_stats_note_stderr();
+  _hak_options[HAK_OPT_STATS] = 1;
+  _hak_stats_at_exit(); /* EPIPE, not SIGPIPE */
+  _hak_stats_file = fifo_path;
+  _hak_stats_at_exit(); /* nobody reads it: no wait */
+  _exit(7);
+}
+TEST(exit_statistics_go_where_they_are_sent_and_never_block_or_kill) {
+  char out[16384];
+  int st = hak_run_child(named_stderr_then_exit, NULL, out, sizeof(out));
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 7);
+  EXPECT_TRUE(strstr(out, "hakmem statistics") != NULL);
+  snprintf(fifo_path, sizeof(fifo_path), "/tmp/hakmem-fifo-%d", (int)getpid());
+  unlink(fifo_path);
+  ASSERT_TRUE(mkfifo(fifo_path, 0600) == 0);
+  hak_bounded_fn = closed_pipe_and_fifo_then_exit;
+  hak_bounded_secs = 10;
+  st = hak_run_child(hak_bounded_child, NULL, out, sizeof(out));
+  if (WIFSIGNALED(st)) fprintf(stderr, "killed by signal %d\n", WTERMSIG(st));
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 7);
+  unlink(fifo_path);
+}
+
 /* A relative path names a file in the directory the program started in,
  * even if it changes directory before it exits (found by the review). */
 static char start_dir[256], other_dir[256];
