@@ -943,10 +943,7 @@ static void exit_stats_with_cancel_pending(void) {
   _exit(7);
 }
 TEST(exit_statistics_to_a_file_are_no_cancellation_point) {
-  strcpy(cancel_stats_path, "/tmp/hakmem-cancel-XXXXXX");
-  int fd = mkstemp(cancel_stats_path);
-  ASSERT_TRUE(fd >= 0);
-  close(fd);
+  ASSERT_TRUE(hak_temp_file(cancel_stats_path, sizeof(cancel_stats_path), "hakmem-cancel"));
   char out[4096];
   hak_bounded_fn = exit_stats_with_cancel_pending;
   hak_bounded_secs = 10;

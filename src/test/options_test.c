@@ -166,10 +166,7 @@ static void reopen_fd2_then_exit(void* arg) {
   _exit(0);
 }
 TEST(exit_statistics_never_go_to_a_file_opened_on_fd_2) {
-  strcpy(data_path, "/tmp/hakmem-fd2-XXXXXX");
-  int fd = mkstemp(data_path);
-  ASSERT_TRUE(fd >= 0);
-  close(fd);
+  ASSERT_TRUE(hak_temp_file(data_path, sizeof(data_path), "hakmem-fd2"));
   char out[16384];
   int st = hak_run_child(reopen_fd2_then_exit, NULL, out, sizeof(out));
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);

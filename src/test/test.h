@@ -7,6 +7,7 @@
 
 #include <inttypes.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +52,16 @@ static const char* hak_test_current;
 
 /* Runs fn(arg) in a child with stderr captured.  Returns the wait status and
  * copies the child's stderr into out (NUL terminated). */
+/* An empty file made for a test: path receives /tmp/<stem>-XXXXXX
+ * (cap >= strlen(stem) + 12); false if it could not be made. */
+static inline bool hak_temp_file(char* path, size_t cap, const char* stem) {
+  if (snprintf(path, cap, "/tmp/%s-XXXXXX", stem) >= (int)cap) return false;
+  int fd = mkstemp(path);
+  if (fd < 0) return false;
+  close(fd);
+  return true;
+}
+
 static inline int hak_run_child(void (*fn)(void*), void* arg, char* out, size_t cap) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
