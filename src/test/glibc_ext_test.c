@@ -5,6 +5,7 @@
 #include <malloc.h>
 
 #include "src/hakmem.h"
+#include "src/internal.h"
 #include "src/test/test.h"
 
 static hak_stats_t stats(void) {
@@ -36,6 +37,11 @@ TEST(malloc_trim_gives_hakmems_memory_back) {
 TEST(malloc_trim_counts_what_it_decommits_inside_live_segments) {
   enum { N = 1 << 19, KEEP = 4096 };
   static void* p[N];
+  /* no purge tick in between (HAKMEM_SECURE=2's frees are slow enough for
+   * the 25 ms delay to pass while they run: CI on a01121a, a tick had
+   * purged all but a few MiB before the trim) */
+  long delay = _hak_options[HAK_OPT_PURGE_DELAY_MS];
+  _hak_options[HAK_OPT_PURGE_DELAY_MS] = 3600 * 1000;
   malloc_trim(0); /* nothing cached from earlier tests */
   for (int i = 0; i < N; i++) p[i] = malloc(100); /* 16 segments of pages */
   for (int i = 0; i < N; i++)
@@ -46,6 +52,7 @@ TEST(malloc_trim_counts_what_it_decommits_inside_live_segments) {
   EXPECT_TRUE(b.purge_bytes - a.purge_bytes >= (16u << 20));
   EXPECT_EQ_U(b.os_mapped_bytes, a.os_mapped_bytes); /* nothing unmapped: segments stay */
   for (int i = 0; i < N; i += KEEP) free(p[i]);
+  _hak_options[HAK_OPT_PURGE_DELAY_MS] = delay;
 }
 
 TEST(mallinfo_describes_hakmems_heap) {
