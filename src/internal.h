@@ -616,7 +616,7 @@ HAK_INTERNAL const char* _hak_check_first(void); /* first violation found by the
 #endif
 
 /* ---- stats.c ------------------------------------------------------------ */
-HAK_INTERNAL void _hak_stats_note_stderr(void); /* the constructor: the stderr exit statistics may go to */
+HAK_INTERNAL void _hak_stats_note_stderr(void); /* at init: the stderr exit statistics may go to */
 HAK_INTERNAL void _hak_stats_at_exit(void);
 /* glibc's mallinfo2 in hakmem's terms (bytes mapped, not bytes live):
  * arena: segments (small and large tiers), owned and cached; fordblks: the

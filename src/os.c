@@ -4,8 +4,8 @@
 #define _GNU_SOURCE /* RUSAGE_THREAD */
 #include <dlfcn.h>
 #include <errno.h>
-#include <signal.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/auxv.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -25,41 +25,41 @@
  * pending died in open() inside free (its 20 MiB never went back) or
  * under huge_lock (every later huge malloc and fork hung). */
 #ifndef HAK_FAULT_CANCELLABLE_IO
-static int sys_open(const char* path) { return (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0); }
+#define RAW_OPEN(path, flags, mode) ((int)syscall(SYS_openat, AT_FDCWD, path, flags, mode))
+#define RAW_READ(fd, buf, n) syscall(SYS_read, fd, buf, n)
+#define RAW_PREAD(fd, buf, n, at) syscall(SYS_pread64, fd, buf, n, at)
+#define RAW_WRITE(fd, buf, n) syscall(SYS_write, fd, buf, n)
+#define RAW_CLOSE(fd) syscall(SYS_close, fd)
+#define RAW_SETFL(fd, flags) syscall(SYS_fcntl, fd, F_SETFL, flags)
+#else /* fault injection: libc's calls, cancellation points */
+#define RAW_OPEN(path, flags, mode) open(path, flags, mode)
+#define RAW_READ(fd, buf, n) read(fd, buf, n)
+#define RAW_PREAD(fd, buf, n, at) pread(fd, buf, n, at)
+#define RAW_WRITE(fd, buf, n) write(fd, buf, n)
+#define RAW_CLOSE(fd) close(fd)
+#define RAW_SETFL(fd, flags) fcntl(fd, F_SETFL, flags)
+#endif
+static int sys_open(const char* path) { return RAW_OPEN(path, O_RDONLY | O_CLOEXEC, 0); }
 static ssize_t sys_read(int fd, void* buf, size_t n) {
-  ssize_t r = syscall(SYS_read, fd, buf, n);
+  ssize_t r = RAW_READ(fd, buf, n);
   if (r > 0) hak_track_defined(buf, (size_t)r); /* MemorySanitizer: the kernel wrote them */
   return r;
 }
 static ssize_t sys_pread(int fd, void* buf, size_t n, off_t at) {
-  ssize_t r = syscall(SYS_pread64, fd, buf, n, at);
+  ssize_t r = RAW_PREAD(fd, buf, n, at);
   if (r > 0) hak_track_defined(buf, (size_t)r);
   return r;
 }
-static void sys_close(int fd) { syscall(SYS_close, fd); }
-ssize_t _hak_os_write(int fd, const void* buf, size_t n) { return syscall(SYS_write, fd, buf, n); }
+static void sys_close(int fd) { RAW_CLOSE(fd); }
+ssize_t _hak_os_write(int fd, const void* buf, size_t n) { return RAW_WRITE(fd, buf, n); }
 /* Non-blocking while it opens (a FIFO with no reader: ENXIO, not an exit
  * that waits forever, review N), blocking for the write. */
 int _hak_os_open_append(const char* path, bool follow) {
-  int fd = (int)syscall(SYS_openat, AT_FDCWD, path,
-                        O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW), 0644);
-  if (fd >= 0) syscall(SYS_fcntl, fd, F_SETFL, O_APPEND);
+  int fd = RAW_OPEN(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW), 0644);
+  if (fd >= 0) RAW_SETFL(fd, O_APPEND);
   return fd;
 }
-void _hak_os_close(int fd) { syscall(SYS_close, fd); }
-#else /* fault injection: libc's calls, cancellation points */
-static int sys_open(const char* path) { return open(path, O_RDONLY | O_CLOEXEC); }
-static ssize_t sys_read(int fd, void* buf, size_t n) { return read(fd, buf, n); }
-static ssize_t sys_pread(int fd, void* buf, size_t n, off_t at) { return pread(fd, buf, n, at); }
-static void sys_close(int fd) { close(fd); }
-ssize_t _hak_os_write(int fd, const void* buf, size_t n) { return write(fd, buf, n); }
-int _hak_os_open_append(const char* path, bool follow) {
-  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW), 0644);
-  if (fd >= 0) fcntl(fd, F_SETFL, O_APPEND);
-  return fd;
-}
-void _hak_os_close(int fd) { close(fd); }
-#endif
+void _hak_os_close(int fd) { sys_close(fd); }
 
 /* A report's write (errors, warnings, statistics): SIGPIPE blocked around
  * it, and the one it raised taken back, so a reader that went away costs
@@ -420,7 +420,6 @@ bool _hak_os_timedlock(pthread_mutex_t* m, uint64_t ns) {
 }
 
 
-/* The working directory into buf (no allocation); false if it does not fit. */
 /* What file fd is (device and inode, mixed; never 0), or 0 if none. */
 uint64_t _hak_os_fd_id(int fd) {
   struct stat st;
@@ -432,6 +431,7 @@ uint64_t _hak_os_fd_id(int fd) {
   return id != 0 ? id : 1;
 }
 
+/* The working directory into buf (no allocation); false if it does not fit. */
 bool _hak_os_cwd(char* buf, size_t size) {
   int saved = errno;
   bool ok = getcwd(buf, size - 1) != NULL;
