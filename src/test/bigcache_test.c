@@ -273,6 +273,77 @@ TEST(a_small_request_takes_the_front_of_a_larger_block_which_stays_cached_and_is
   EXPECT_EQ_U(hak_check_heap(), 0);
 }
 
+/* A block past the classes is cached only for its pages; once a gather
+ * has taken every whole frame of it, what is left (less than a frame, which
+ * no gather can take) is let go, not cached: twenty rounds of a 24 MiB
+ * block gathered from the one freed before it each move all 24 MiB, and
+ * the cache holds one block at a time (the reading of the cold scenario:
+ * such remnants filled the cache, and a gather that met eight of them gave
+ * up and faulted its whole block in). */
+TEST(a_block_past_the_classes_that_gave_its_last_whole_frame_is_let_go) {
+  setup(8, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  char* p = hak_alloc_at(24 * MiB, SITE(100));
+  memset(p, 0x44, 24 * MiB);
+  size_t usable = hak_usable_size(p);
+  hak_free_at(p, SITE(100));
+  for (int i = 1; i <= 20; i++) {
+    hak_stats_t a = stats();
+    char* q = hak_alloc_at(24 * MiB, SITE(100 + i));
+    hak_stats_t b = stats();
+    ASSERT_NOT_NULL(q);
+    EXPECT_EQ_U(b.bigcache_moved_bytes - a.bigcache_moved_bytes, 24 * MiB);
+    EXPECT_EQ_U(pages_holding(q, 24 * MiB, (char)(0x44 + i - 1)), 24 * MiB);
+    EXPECT_EQ_U(b.bigcache_bytes, 0); /* the remnant went to the kernel */
+    memset(q, 0x44 + i, 24 * MiB);
+    hak_free_at(q, SITE(100 + i));
+    EXPECT_EQ_U(stats().bigcache_bytes, usable);
+  }
+  EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+}
+
+/* Cached blocks with no whole frame left to give (a 3 MiB block whose
+ * first 2 MiB a gather took: it stays cached, a hit fills its front again)
+ * do not count against a gather's donors: eight of them ahead of a larger
+ * block that has the pages, and the request still gets all of its pages
+ * moved, none faulted in. */
+TEST(cached_blocks_with_no_whole_frame_to_give_do_not_stop_a_gather) {
+  setup(8, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  char* three[8];
+  for (int i = 0; i < 8; i++) {
+    three[i] = hak_alloc_at(3 * MiB, SITE(130 + i));
+    memset(three[i], 0x55, 3 * MiB);
+  }
+  for (int i = 0; i < 8; i++) hak_free_at(three[i], SITE(130 + i));
+  hak_stats_t a = stats();
+  char* sixteen = hak_alloc_at(16 * MiB, SITE(140)); /* 2 MiB from each: 1 MiB left in each */
+  hak_stats_t b = stats();
+  ASSERT_NOT_NULL(sixteen);
+  EXPECT_EQ_U(b.bigcache_moved_bytes - a.bigcache_moved_bytes, 16 * MiB);
+  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB);
+  memset(sixteen, 0x66, 16 * MiB);
+  hak_free_at(sixteen, SITE(140));
+  /* class 4 MiB: none cached, none up to twice it; the 3 MiB blocks come
+   * first as donors and have nothing to give, then the 16 MiB block */
+  a = stats();
+  char* four = hak_alloc_at(4 * MiB, SITE(141));
+  b = stats();
+  ASSERT_NOT_NULL(four);
+  EXPECT_EQ_U(b.bigcache_moved_bytes - a.bigcache_moved_bytes, 4 * MiB);
+  EXPECT_EQ_U(pages_holding(four, 4 * MiB, 0x66), 4 * MiB);
+  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB + 12 * MiB); /* the remnants stay, for hits */
+  hak_free_at(four, SITE(141));
+  /* a remnant served by a hit gets its front filled again */
+  a = stats();
+  char* again = hak_alloc_at(3 * MiB, SITE(130));
+  b = stats();
+  EXPECT_EQ_U(b.bigcache_moved_bytes - a.bigcache_moved_bytes, 2 * MiB);
+  EXPECT_EQ_U(resident_pages(again, 3 * MiB), 3 * MiB / 4096);
+  hak_free_at(again, SITE(130));
+  EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+}
+
 TEST(a_grown_block_gets_huge_pages_only_as_a_fresh_one_would) {
   setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
   char* three = hak_alloc_at(3 * MiB, SITE(40)); /* 2-4 MiB: advised huge pages */
