@@ -11,9 +11,10 @@
  *   was cached in the low 22 bits (milliseconds, modulo 2^22), so expiry
  *   never reads a block another thread may have taken; put and get claim
  *   slots with one compare-and-swap: thread-safe without a lock.
- * - Budget: at most HAKMEM_BIGCACHE_BYTES (64 MiB) cached in all, counting
- *   the memory each block may hold (bc_weight: its pages less those moved
- *   out of it); a
+ * - Budget: at most HAKMEM_BIGCACHE_BYTES (64 MiB) cached in all, or,
+ *   while the program frees huge blocks, what its live huge blocks held at
+ *   their peak less what they hold now (bc_budget), counting the memory
+ *   each block may hold (bc_weight: its pages less those moved out of it); a
  *   block that does not fit displaces the blocks cached longest ago (up to
  *   16; else it is evicted itself); those, the oldest block of a full row,
  *   and a block idle for HAKMEM_BIGCACHE_EXPIRY_MS (2 s) are evicted: to
@@ -91,6 +92,27 @@ static uintptr_t now_ms(uint64_t now_ns) { return (uintptr_t)(now_ns / 1000000u)
 static size_t bc_weight(const hak_huge_t* h) {
   size_t moved = (size_t)h->drained * 4096;
   return moved < h->size ? h->size - moved : 0;
+}
+
+/* The budget: HAKMEM_BIGCACHE_BYTES; while the program keeps freeing huge
+ * blocks (the last put less than a purge delay ago), up to twice that: as
+ * much as its live huge blocks held at their peak less what they hold now,
+ * so that what it caches, with what is live, stays within a footprint the
+ * program had when it caches it (the cold scenario: 4 live blocks of 2-24
+ * MiB, ~90 MiB at their peak, faulted ~30 MiB a second back in for want of
+ * a cache that could hold what the live blocks gave back).  No put for a
+ * purge delay: the peak settles to what is live, and the tick evicts the
+ * blocks past the option's budget, oldest first. */
+static _Atomic(uint64_t) bc_put_ns; /* the last put */
+static uint64_t bc_budget(bool busy) {
+  uint64_t opt = (uint64_t)hak_option(HAK_OPT_BIGCACHE_BYTES);
+#ifdef HAK_FAULT_BUDGET_FIXED /* fault injection: the option's budget only (the first version) */
+  busy = false;
+#endif
+  if (opt == 0 || !busy) return opt;
+  uint64_t live, peak = _hak_huge_live_peak(false, &live);
+  uint64_t b = peak > live + opt ? peak - live : opt;
+  return b < 2 * opt ? b : 2 * opt;
 }
 
 static hak_huge_t* slot_header(uintptr_t v, int cls) {
@@ -256,7 +278,8 @@ bool _hak_bigcache_put(hak_huge_t* h) {
   int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
   if ((atomic_fetch_add(&bc_put_count, 1) & 15) == 0) bc_sweep_some(now);
   bc_expire_row(row, cls, now);
-  uint64_t budget = (uint64_t)hak_option(HAK_OPT_BIGCACHE_BYTES);
+  uint64_t idle_ns = (uint64_t)hak_option(HAK_OPT_PURGE_DELAY_MS) * 1000000u;
+  uint64_t budget = bc_budget(now - atomic_exchange_explicit(&bc_put_ns, now, memory_order_relaxed) < idle_ns);
   uint64_t w = bc_weight(h);
   /* least recently cached out first: a newer block is likelier to be asked
    * for again (and a big one saves more faults than the small ones it
@@ -307,6 +330,11 @@ bool _hak_bigcache_put(hak_huge_t* h) {
 /* Every row's expiry (purge.c's tick: blocks expire even when no huge call
  * comes); true if blocks are still cached. */
 bool _hak_bigcache_expire(uint64_t now) {
+  uint64_t idle_ns = (uint64_t)hak_option(HAK_OPT_PURGE_DELAY_MS) * 1000000u;
+  bool busy = now - atomic_load_explicit(&bc_put_ns, memory_order_relaxed) < idle_ns;
+#ifndef HAK_FAULT_PEAK_NEVER_SETTLES /* fault injection: the budget stays at the peak's */
+  if (!busy) _hak_huge_live_peak(true, &(uint64_t){0});
+#endif
   if (atomic_load_explicit(&bc_bytes, memory_order_relaxed) == 0) return false;
   unsigned held = bc_classes_held();
   for (int s = 0; s < BC_SITES; s++)
@@ -314,6 +342,10 @@ bool _hak_bigcache_expire(uint64_t now) {
       int c = __builtin_ctz(m);
       bc_expire_row(bc_slots[s][c], c, now);
     }
+  /* past the budget (the peak's share of it settled): the oldest go */
+  uint64_t budget = bc_budget(busy);
+  for (int i = 0; i < BC_SITES && atomic_load_explicit(&bc_bytes, memory_order_relaxed) > budget; i++)
+    if (!bc_evict_oldest(now)) break;
   return atomic_load_explicit(&bc_bytes, memory_order_relaxed) != 0;
 }
 

@@ -46,6 +46,22 @@ void _hak_huge_lock(bool lock) {
 }
 void _hak_huge_fork_child(void) { pthread_mutex_unlock(&huge_lock.m); /* held since prepare */ }
 static _Atomic(uint64_t) huge_live_bytes; /* mapping bytes of live blocks */
+/* their usable bytes (what BigCache's weights count), and its high-water
+ * mark since BigCache last settled it (its budget: bigcache.c) */
+static _Atomic(uint64_t) huge_live_usable, huge_live_peak;
+
+static void huge_live_add(const hak_huge_t* h) {
+  atomic_fetch_add_explicit(&huge_live_bytes, h->map_size, memory_order_relaxed);
+  uint64_t live = atomic_fetch_add_explicit(&huge_live_usable, h->size, memory_order_relaxed) + h->size;
+  uint64_t peak = atomic_load_explicit(&huge_live_peak, memory_order_relaxed);
+  while (live > peak &&
+         !atomic_compare_exchange_weak_explicit(&huge_live_peak, &peak, live, memory_order_relaxed, memory_order_relaxed)) {
+  }
+}
+static void huge_live_sub(const hak_huge_t* h) {
+  atomic_fetch_sub_explicit(&huge_live_bytes, h->map_size, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&huge_live_usable, h->size, memory_order_relaxed);
+}
 static _Atomic(uintptr_t) recent[RECENT];
 static _Atomic(size_t) recent_next;
 
@@ -133,7 +149,7 @@ static void* huge_init(uint8_t* base, size_t map_size, size_t offset, size_t blo
   /* sanitizer builds: nothing past the block is the program's */
   hak_track_noaccess((uint8_t*)h + HAK_HUGE_HEADER + h->size, huge_guard_at(0, block_end, map_size) - block_end);
   hak_atomic_add(huge_allocs, 1);
-  hak_atomic_add(huge_live_bytes, map_size);
+  huge_live_add(h);
   return base + offset;
 }
 
@@ -433,7 +449,7 @@ static void* huge_alloc(size_t size, size_t align, const void* site, hak_site_t*
       h->site = (uintptr_t)site;
       atomic_store_explicit(&h->state, HAK_HUGE_LIVE, memory_order_relaxed);
       hak_atomic_add(huge_allocs, 1);
-      hak_atomic_add(huge_live_bytes, h->map_size);
+      huge_live_add(h);
 #if !HAK_TRACKING
       /* live first: a fork that waited for the refill's lock finds it live */
       if (h->drained != 0) huge_refill(h);
@@ -591,7 +607,7 @@ static size_t huge_free(void* p, hak_fn_t fn) {
   }
   size_t size = h->size;
   hak_atomic_add(huge_frees, 1);
-  atomic_fetch_sub_explicit(&huge_live_bytes, h->map_size, memory_order_relaxed);
+  huge_live_sub(h);
   hak_track_free(p, h->size, 0); /* before another thread can take it back */
   recent_note(p);
   if (_hak_secure >= 2) {
@@ -659,6 +675,7 @@ void* _hak_huge_realloc(void* p, size_t size) {
    * block's pages (huge_move). */
   uint8_t* base = (uint8_t*)old_base;
   if (!hak_lock(&huge_lock)) return NULL; /* a fork is pending: the copy path */
+  huge_live_sub(h); /* first, and added back after: the peak is not both */
   if (map_size < old_map) { /* in place: the tail goes, the guard moves in front of it */
     uintptr_t old_guard = huge_guard_at(old_base, h->offset + h->size, old_map);
     huge_guard(old_guard, false);
@@ -667,6 +684,7 @@ void* _hak_huge_realloc(void* p, size_t size) {
       _hak_segmap_clear(old_base, map_size);
       _hak_segmap_set(old_base, old_map, true); /* as it was */
       huge_guard(old_guard, true);
+      huge_live_add(h);
       hak_unlock(&huge_lock);
       return NULL;
     }
@@ -675,6 +693,7 @@ void* _hak_huge_realloc(void* p, size_t size) {
     uintptr_t site = h->site;
     base = huge_move(h, map_size, map_size - HAK_GUARD_SIZE);
     if (base == NULL) {
+      huge_live_add(h);
       hak_unlock(&huge_lock);
       return NULL;
     }
@@ -693,8 +712,7 @@ void* _hak_huge_realloc(void* p, size_t size) {
   h->map_size = map_size;
   h->size = map_size - offset - HAK_GUARD_SIZE;
   h->checksum = huge_checksum(h);
-  atomic_fetch_add_explicit(&huge_live_bytes, map_size, memory_order_relaxed);
-  atomic_fetch_sub_explicit(&huge_live_bytes, old_map, memory_order_relaxed);
+  huge_live_add(h);
   hak_unlock(&huge_lock);
   return base + offset;
 #endif
@@ -709,6 +727,12 @@ bool _hak_huge_recently_freed(const void* p) {
 }
 
 uint64_t _hak_huge_live_bytes(void) { return atomic_load_explicit(&huge_live_bytes, memory_order_relaxed); }
+
+uint64_t _hak_huge_live_peak(bool settle, uint64_t* live) {
+  *live = atomic_load_explicit(&huge_live_usable, memory_order_relaxed);
+  if (settle) atomic_store_explicit(&huge_live_peak, *live, memory_order_relaxed);
+  return atomic_load_explicit(&huge_live_peak, memory_order_relaxed);
+}
 
 void _hak_huge_stats(hak_stats_t* st) {
   st->served_huge = atomic_load(&huge_allocs);

@@ -444,6 +444,9 @@ HAK_INTERNAL hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn); /* NULL i
 HAK_INTERNAL bool _hak_huge_recently_freed(const void* p);
 HAK_INTERNAL void _hak_huge_stats(hak_stats_t* st);
 HAK_INTERNAL uint64_t _hak_huge_live_bytes(void);
+/* the high-water mark of the live blocks' usable bytes (BigCache's budget)
+ * and those bytes now; settle: the mark starts again from them */
+HAK_INTERNAL uint64_t _hak_huge_live_peak(bool settle, uint64_t* live);
 HAK_INTERNAL size_t _hak_huge_offset(size_t size, size_t align);
 HAK_INTERNAL size_t _hak_huge_usable(const void* p); /* p: a live huge block */
 HAK_INTERNAL void* _hak_huge_realloc(void* p, size_t size); /* NULL: copy instead */

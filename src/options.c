@@ -36,7 +36,7 @@ static const hak_option_desc_t option_descs[HAK_OPT_COUNT] = {
     [HAK_OPT_THP] = {"THP", 1, 0, 1, NULL, false,
                      "1: advise transparent huge pages for blocks of 2 MiB or more of a call site and size range whose last probed block had 3/4 of its first 2 MiB written (its first two blocks of at most 4 MiB meanwhile)", false},
     [HAK_OPT_BIGCACHE_BYTES] = {"BIGCACHE_BYTES", 64 * MiB, 0, 64 * 1024 * MiB, NULL, false,
-                                "bytes of freed huge blocks BigCache keeps mapped for reuse (the memory they may hold: their pages less those moved out)", false},
+                                "bytes of freed huge blocks BigCache keeps mapped for reuse (the memory they may hold: their pages less those moved out); during a burst of frees (each within PURGE_DELAY_MS of the last), up to twice this, as far as the live huge blocks' peak less what is live allows", false},
     [HAK_OPT_BIGCACHE_SLOTS] = {"BIGCACHE_SLOTS", 4, 0, 8, NULL, false,
                                 "blocks kept per (call site, size class)", false},
     [HAK_OPT_BIGCACHE_EXPIRY_MS] = {"BIGCACHE_EXPIRY_MS", 2000, 0, 3600000, NULL, false,

@@ -661,6 +661,7 @@ TEST(a_reused_mapping_keeps_vma_boundaries_on_frames_and_a_refused_move_leaves_n
   memset(x, 'X', 3 * MiB);
   EXPECT_EQ_U(off_frame_boundaries(x, 3 * MiB), 0);
   hak_free_at(x, SITE(92));
+  advance_ms(100);          /* a put a purge delay after the last: the option's budget */
   hak_free_at(y, SITE(90)); /* past the budget: the older blocks go to the batch queue */
   char* z = hak_aligned_alloc(1 * MiB, 5 * MiB); /* a retained mapping reused, another end */
   ASSERT_NOT_NULL(z);
@@ -795,7 +796,7 @@ TEST(budget_bounds_cached_bytes) {
   hak_stats_t a = stats();
   for (int i = 0; i < 3; i++) {
     hak_free_at(p[i], SITE(10 + i));
-    advance_ms(1);
+    advance_ms(100); /* a purge delay apart: the option's budget */
   }
   hak_stats_t b = stats();
   EXPECT_EQ_U(b.bigcache_bytes, 4 * MiB);
@@ -808,6 +809,46 @@ TEST(budget_bounds_cached_bytes) {
   hak_free_at(p[1], SITE(11));
   hak_free_at(p[2], SITE(12));
   EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
+}
+
+/* While frees follow each other (less than a purge delay apart), BigCache
+ * keeps what the live blocks give back up to their peak, at most twice its
+ * option: cached and live together stay within a footprint the program
+ * had.  A purge delay with no free, the tick settles the peak to what is
+ * live and evicts down to the option, oldest first; a later burst counts
+ * from the settled peak. */
+TEST(a_burst_of_frees_is_cached_up_to_the_live_peak_and_settles_after_a_purge_delay) {
+  setup(8, 8 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  char* p[10];
+  for (int i = 0; i < 10; i++) p[i] = hak_alloc_at(2 * MiB, SITE(150 + i)); /* 20 MiB live */
+  advance_ms(100); /* no put for a purge delay: the first free is the option's */
+  hak_stats_t a = stats();
+  for (int i = 0; i < 6; i++) hak_free_at(p[i], SITE(150 + i)), advance_ms(1);
+  hak_stats_t b = stats();
+  EXPECT_EQ_U(b.bigcache_bytes, 12 * MiB); /* 20 at the peak, 8 live */
+  EXPECT_EQ_U(b.bigcache_evictions - a.bigcache_evictions, 0);
+  for (int i = 6; i < 10; i++) hak_free_at(p[i], SITE(150 + i)), advance_ms(1);
+  b = stats();
+  EXPECT_EQ_U(b.bigcache_bytes, 16 * MiB); /* twice the option at most */
+  EXPECT_EQ_U(b.bigcache_evictions - a.bigcache_evictions, 2);
+  advance_ms(100);
+  _hak_bigcache_expire(fake_now); /* the purge tick */
+  b = stats();
+  EXPECT_EQ_U(b.bigcache_bytes, 8 * MiB);
+  EXPECT_EQ_U(b.bigcache_evictions - a.bigcache_evictions, 6);
+  /* a burst of 512 KiB blocks (nothing they hit or gather from): the peak
+   * counts from the settled one, 3 MiB, so the option's budget holds */
+  char* q[6];
+  for (int i = 0; i < 6; i++) q[i] = hak_alloc_at(512 << 10, SITE(170 + i));
+  a = stats();
+  for (int i = 0; i < 6; i++) hak_free_at(q[i], SITE(170 + i)), advance_ms(1);
+  b = stats();
+  EXPECT_EQ_U(b.bigcache_bytes, 7 * MiB);
+  EXPECT_EQ_U(b.bigcache_evictions - a.bigcache_evictions, 2); /* the two oldest 2 MiB blocks */
+  for (int i = 8; i < 10; i++) EXPECT_TRUE(hak_alloc_at(2 * MiB, SITE(150 + i)) == p[i]); /* the newest stay */
+  for (int i = 8; i < 10; i++) hak_free_at(p[i], SITE(150 + i));
+  EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
+  EXPECT_EQ_U(hak_check_heap(), 0);
 }
 
 TEST(idle_blocks_expire_to_the_batch_queue) {

@@ -83,8 +83,9 @@ TEST(cold_churn_is_released_in_batches_and_collect_returns_memory) {
   printf("churn: evictions %lu, flushes %lu, madvise calls %lu, taken back %lu, rss %ld -> %ld KiB\n",
          (unsigned long)ev, (unsigned long)flushes, (unsigned long)madv,
          (unsigned long)(b.batch_taken_back - a.batch_taken_back), before, after);
-  EXPECT_TRUE(ev > OPS / 8); /* beyond the budget: many blocks leave BigCache (a larger class, or
-                              * cached blocks' pages gathered, serve some of what missed before) */
+  EXPECT_TRUE(ev > OPS / 16); /* beyond the budget: many blocks leave BigCache (a larger class,
+                               * cached blocks' pages gathered, and a burst's budget up to the
+                               * live peak serve some of what missed before) */
   EXPECT_TRUE(flushes > 0);
   EXPECT_TRUE(flushes * 2 < ev);  /* batches, not one release per block */
   EXPECT_TRUE(madv * 3 <= ev);    /* and a third of the system calls or fewer (a quarter before
