@@ -93,9 +93,9 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         char* p = fz_live[k].p;
         int s = (int)(((uintptr_t)fz_live[k].site - 0x1000) / 64);
         fz_live[k].p = NULL;
-        peak = _hak_huge_live_peak(false, &live);
+        peak = _hak_huge_live_peak(&live);
         hak_free_at(p, fz_live[k].site);
-        _hak_huge_live_peak(false, &live);
+        _hak_huge_live_peak(&live);
         if (peak > live && peak - live > allowed) allowed = peak - live < 48u << 20 ? peak - live : 48u << 20;
         if (nfreed[s][cls[k]] < FREED_MAX) freed[s][cls[k]][nfreed[s][cls[k]]++] = p;
         break;

@@ -287,7 +287,9 @@ static void segment_misuse(hak_page_t* page, const void* p, hak_fn_t fn) {
     freed_slice = bs != 0 && off >= start && (off - start) % bs == 0;
   }
 #endif
-  if (at_block && (freed_slice || hak_tag_is_freed(p, hak_tag_peek(b))))
+  /* or a huge block freed lately whose mapping went and a segment took
+   * its range (a gather emptied it: huge.c) */
+  if ((at_block && (freed_slice || hak_tag_is_freed(p, hak_tag_peek(b)))) || _hak_huge_recently_freed(p))
     _hak_error(fn == HAK_FN_USABLE_SIZE ? HAK_ERR_FREED_USABLE_SIZE : HAK_ERR_DOUBLE_FREE, fn, p);
   else
     _hak_error(HAK_ERR_INVALID_FREE, fn, p);

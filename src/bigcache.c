@@ -95,22 +95,32 @@ static size_t bc_weight(const hak_huge_t* h) {
 }
 
 /* The budget: HAKMEM_BIGCACHE_BYTES; while the program keeps freeing huge
- * blocks (the last put less than a purge delay ago), up to twice that: as
- * much as its live huge blocks held at their peak less what they hold now,
- * so that what it caches, with what is live, stays within a footprint the
- * program had when it caches it (the cold scenario: 4 live blocks of 2-24
- * MiB, ~90 MiB at their peak, faulted ~30 MiB a second back in for want of
- * a cache that could hold what the live blocks gave back).  No put for a
- * purge delay: the peak settles to what is live, and the tick evicts the
- * blocks past the option's budget, oldest first. */
-static _Atomic(uint64_t) bc_put_ns; /* the last put */
+ * blocks (its last free less than a purge delay ago), up to twice that: as
+ * much as its live huge blocks held at their recent peak less what they
+ * hold now, so that what it caches, with what is live, stays within a
+ * footprint the program had when it caches it (the cold scenario: 4 live
+ * blocks of 2-24 MiB, ~90 MiB at their peak, faulted ~30 MiB a second back
+ * in for want of a cache that could hold what the live blocks gave back).
+ * Recent: the peak is kept per window of HAKMEM_BIGCACHE_EXPIRY_MS, this
+ * one and the last, so a spike long past stops counting (review P: a spike
+ * at startup kept 126 MiB cached under a steady free every 5 ms).  No free
+ * for a purge delay: the peak settles to what is live.  The tick rolls the
+ * windows and evicts what the budget no longer covers, oldest first.  A
+ * program that goes idle (no slow path: no tick) right after a burst keeps
+ * up to twice the option cached, as it keeps the option's worth after
+ * quieter frees. */
+static _Atomic(uint64_t) bc_free_ns, bc_window_ns; /* the last free's put; the window's start */
+static bool bc_busy(uint64_t now, uint64_t last) {
+  /* signed: another thread's later stamp is "just now", not long ago */
+  return (int64_t)(now - last) < (int64_t)hak_option(HAK_OPT_PURGE_DELAY_MS) * 1000000;
+}
 static uint64_t bc_budget(bool busy) {
   uint64_t opt = (uint64_t)hak_option(HAK_OPT_BIGCACHE_BYTES);
 #ifdef HAK_FAULT_BUDGET_FIXED /* fault injection: the option's budget only (the first version) */
   busy = false;
 #endif
   if (opt == 0 || !busy) return opt;
-  uint64_t live, peak = _hak_huge_live_peak(false, &live);
+  uint64_t live, peak = _hak_huge_live_peak(&live);
   uint64_t b = peak > live + opt ? peak - live : opt;
   return b < 2 * opt ? b : 2 * opt;
 }
@@ -269,7 +279,7 @@ hak_huge_t* _hak_bigcache_get_donor(size_t need) {
 /* Keeps a freed block (state FREED, cls >= 0, site = the row's site);
  * false if it did not fit and must go to the batch queue (counted as an
  * eviction). */
-bool _hak_bigcache_put(hak_huge_t* h) {
+bool _hak_bigcache_put(hak_huge_t* h, bool freed) {
   uint64_t now = _hak_os->now_ns();
   uintptr_t v = h->base | now_ms(now);
   int cls = h->cls >= 0 ? h->cls : BC_PAST;
@@ -278,8 +288,9 @@ bool _hak_bigcache_put(hak_huge_t* h) {
   int slots = (int)hak_option(HAK_OPT_BIGCACHE_SLOTS);
   if ((atomic_fetch_add(&bc_put_count, 1) & 15) == 0) bc_sweep_some(now);
   bc_expire_row(row, cls, now);
-  uint64_t idle_ns = (uint64_t)hak_option(HAK_OPT_PURGE_DELAY_MS) * 1000000u;
-  uint64_t budget = bc_budget(now - atomic_exchange_explicit(&bc_put_ns, now, memory_order_relaxed) < idle_ns);
+  /* a put of a gather's donor (freed: false) is no free of the program's */
+  uint64_t budget = bc_budget(freed ? bc_busy(now, atomic_exchange_explicit(&bc_free_ns, now, memory_order_relaxed))
+                                    : bc_busy(now, atomic_load_explicit(&bc_free_ns, memory_order_relaxed)));
   uint64_t w = bc_weight(h);
   /* least recently cached out first: a newer block is likelier to be asked
    * for again (and a big one saves more faults than the small ones it
@@ -330,11 +341,20 @@ bool _hak_bigcache_put(hak_huge_t* h) {
 /* Every row's expiry (purge.c's tick: blocks expire even when no huge call
  * comes); true if blocks are still cached. */
 bool _hak_bigcache_expire(uint64_t now) {
-  uint64_t idle_ns = (uint64_t)hak_option(HAK_OPT_PURGE_DELAY_MS) * 1000000u;
-  bool busy = now - atomic_load_explicit(&bc_put_ns, memory_order_relaxed) < idle_ns;
-#ifndef HAK_FAULT_PEAK_NEVER_SETTLES /* fault injection: the budget stays at the peak's */
-  if (!busy) _hak_huge_live_peak(true, &(uint64_t){0});
+  bool busy = bc_busy(now, atomic_load_explicit(&bc_free_ns, memory_order_relaxed));
+  uint64_t w = atomic_load_explicit(&bc_window_ns, memory_order_relaxed);
+  uint64_t window_ns = (uint64_t)hak_option(HAK_OPT_BIGCACHE_EXPIRY_MS) * 1000000u;
+  if (!busy) {
+#ifndef HAK_FAULT_PEAK_NEVER_SETTLES /* fault injection: an idle spell keeps the peak */
+    _hak_huge_live_roll(true);
 #endif
+    atomic_store_explicit(&bc_window_ns, now, memory_order_relaxed);
+  } else if ((int64_t)(now - w) >= (int64_t)window_ns &&
+             atomic_compare_exchange_strong_explicit(&bc_window_ns, &w, now, memory_order_relaxed, memory_order_relaxed)) {
+#ifndef HAK_FAULT_PEAK_NEVER_ROLLS /* fault injection: one window forever (the first version) */
+    _hak_huge_live_roll(false);
+#endif
+  }
   if (atomic_load_explicit(&bc_bytes, memory_order_relaxed) == 0) return false;
   unsigned held = bc_classes_held();
   for (int s = 0; s < BC_SITES; s++)

@@ -47,8 +47,9 @@ void _hak_huge_lock(bool lock) {
 void _hak_huge_fork_child(void) { pthread_mutex_unlock(&huge_lock.m); /* held since prepare */ }
 static _Atomic(uint64_t) huge_live_bytes; /* mapping bytes of live blocks */
 /* their usable bytes (what BigCache's weights count), and its high-water
- * mark since BigCache last settled it (its budget: bigcache.c) */
-static _Atomic(uint64_t) huge_live_usable, huge_live_peak;
+ * marks in this window and the one before (BigCache's budget and its
+ * windows: bigcache.c) */
+static _Atomic(uint64_t) huge_live_usable, huge_live_peak, huge_live_peak_prev;
 
 static void huge_live_add(const hak_huge_t* h) {
   atomic_fetch_add_explicit(&huge_live_bytes, h->map_size, memory_order_relaxed);
@@ -198,7 +199,7 @@ static _Atomic(uint64_t) huge_moved_bytes;
 #if !HAK_TRACKING
 /* A cached block back to BigCache, or to the batch queue if it has no room. */
 static void huge_recache(hak_huge_t* h) {
-  if (!_hak_bigcache_put(h)) _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
+  if (!_hak_bigcache_put(h, false)) _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
 }
 
 /* Pages move in steps of one 2 MiB frame, each one VMA: every VMA boundary
@@ -300,7 +301,7 @@ static size_t huge_take(hak_huge_t* d, uintptr_t dst, size_t want, bool* kept, s
 }
 
 #define GATHER_DONORS 8 /* cached blocks a request may take pages from */
-#define GATHER_ASIDE 16 /* and those it may find with no whole frame to give */
+#define GATHER_ASIDE 64 /* and those it may find with no whole frame to give */
 
 /* Fills [block + filled, block + need) with cached blocks' pages, from
  * donor d (if not NULL) and then from BigCache; filled and need are on
@@ -628,7 +629,7 @@ static size_t huge_free(void* p, hak_fn_t fn) {
     cacheable = h->cls >= 0;
 #endif
     h->drained = 0;
-    if (cacheable && _hak_bigcache_put(h)) return size;
+    if (cacheable && _hak_bigcache_put(h, true)) return size;
   }
   _hak_madvq_push(h->base, h->map_size, h->offset + h->size, h->size + 4096);
   return size;
@@ -728,10 +729,17 @@ bool _hak_huge_recently_freed(const void* p) {
 
 uint64_t _hak_huge_live_bytes(void) { return atomic_load_explicit(&huge_live_bytes, memory_order_relaxed); }
 
-uint64_t _hak_huge_live_peak(bool settle, uint64_t* live) {
+uint64_t _hak_huge_live_peak(uint64_t* live) {
   *live = atomic_load_explicit(&huge_live_usable, memory_order_relaxed);
-  if (settle) atomic_store_explicit(&huge_live_peak, *live, memory_order_relaxed);
-  return atomic_load_explicit(&huge_live_peak, memory_order_relaxed);
+  uint64_t a = atomic_load_explicit(&huge_live_peak, memory_order_relaxed);
+  uint64_t b = atomic_load_explicit(&huge_live_peak_prev, memory_order_relaxed);
+  return a > b ? a : b;
+}
+
+void _hak_huge_live_roll(bool settle) {
+  uint64_t live = atomic_load_explicit(&huge_live_usable, memory_order_relaxed);
+  uint64_t peak = atomic_exchange_explicit(&huge_live_peak, live, memory_order_relaxed);
+  atomic_store_explicit(&huge_live_peak_prev, settle ? live : peak, memory_order_relaxed);
 }
 
 void _hak_huge_stats(hak_stats_t* st) {

@@ -444,9 +444,12 @@ HAK_INTERNAL hak_huge_t* _hak_huge_header(const void* p, hak_fn_t fn); /* NULL i
 HAK_INTERNAL bool _hak_huge_recently_freed(const void* p);
 HAK_INTERNAL void _hak_huge_stats(hak_stats_t* st);
 HAK_INTERNAL uint64_t _hak_huge_live_bytes(void);
-/* the high-water mark of the live blocks' usable bytes (BigCache's budget)
- * and those bytes now; settle: the mark starts again from them */
-HAK_INTERNAL uint64_t _hak_huge_live_peak(bool settle, uint64_t* live);
+/* the high-water mark of the live blocks' usable bytes over this window and
+ * the one before (BigCache's budget), and *live: those bytes now */
+HAK_INTERNAL uint64_t _hak_huge_live_peak(uint64_t* live);
+/* a new window: the mark starts again from the live bytes, and the last
+ * window's is kept (settle: forgotten too) */
+HAK_INTERNAL void _hak_huge_live_roll(bool settle);
 HAK_INTERNAL size_t _hak_huge_offset(size_t size, size_t align);
 HAK_INTERNAL size_t _hak_huge_usable(const void* p); /* p: a live huge block */
 HAK_INTERNAL void* _hak_huge_realloc(void* p, size_t size); /* NULL: copy instead */
@@ -460,7 +463,7 @@ HAK_INTERNAL hak_huge_t* _hak_bigcache_get(const void* site, int cls);
 HAK_INTERNAL hak_huge_t* _hak_bigcache_get_donor(size_t need); /* pages to move (huge.c) */
 HAK_INTERNAL void _hak_huge_lock(bool lock); /* fork */
 HAK_INTERNAL void _hak_huge_fork_child(void);
-HAK_INTERNAL bool _hak_bigcache_put(hak_huge_t* h);
+HAK_INTERNAL bool _hak_bigcache_put(hak_huge_t* h, bool freed); /* freed: by the program (a burst's put) */
 HAK_INTERNAL void _hak_bigcache_drain(void);
 HAK_INTERNAL size_t _hak_bigcache_check(size_t* cached); /* violations; blocks cached */
 HAK_INTERNAL void _hak_bigcache_stats(hak_stats_t* st);
