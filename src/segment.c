@@ -120,26 +120,6 @@ static hak_segment_t* segment_alloc(hak_heap_t* heap) {
  * segment back soon (a block spanning much of a segment, freed and
  * allocated in turn: the sites scenario; bursts a few milliseconds apart). */
 #define CACHE_MAX 256
-/* A burst of releases (each within a purge delay of the last: a heap
- * freeing much of itself at once) is cached whole, up to CACHE_BURST: the
- * freeing thread does not pay the munmaps (their page-table teardown is
- * most of the cost: //verify:bench large's final frees of 4,000 blocks
- * took 30 ms unmapping ~500 segments, 1 ms cached), and a heap that grows
- * again soon takes them back.  The tick unmaps the surplus once it has been
- * idle a purge delay.  A program that goes idle right after such a burst,
- * with no slow-path call to run the tick, keeps them. */
-#define CACHE_BURST 1024
-static size_t cache_limit(void);
-static _Atomic(uint64_t) last_release_ns;
-static size_t cache_admit(uint64_t now) {
-  uint64_t last = atomic_exchange_explicit(&last_release_ns, now, memory_order_relaxed);
-  bool burst = (int64_t)(now - last) < (int64_t)hak_option(HAK_OPT_PURGE_DELAY_MS) * 1000000;
-#ifdef HAK_FAULT_SEGMENT_BURST_UNCACHED /* fault injection: a burst's releases unmapped past the limit (the first version) */
-  burst = false;
-#endif
-  size_t limit = cache_limit();
-  return burst && limit != 0 && limit < CACHE_BURST ? CACHE_BURST : limit;
-}
 static size_t cache_limit(void) {
   size_t min = (size_t)hak_option(HAK_OPT_SEGMENT_CACHE);
   size_t share = atomic_load_explicit(&seg_current, memory_order_relaxed) / 8;
@@ -170,15 +150,14 @@ static void segment_release(hak_heap_t* heap, hak_segment_t* seg) {
   atomic_fetch_sub(&seg_current, 1);
   seg->heap = NULL;
   seg->prev = NULL;
-  uint64_t now = _hak_os->now_ns();
   if (hak_lock(&seg_lock)) { /* else a fork is pending: straight to the OS */
-    bool cached = seg_cache_count < cache_admit(now);
+    bool cached = seg_cache_count < cache_limit();
     if (cached) {
       seg->next = seg_cache;
       seg_cache = seg;
       seg_cache_count++;
       seg->aged_mask = 0;
-      seg->cached_ms = (uint32_t)(now / 1000000u); /* its idle time in the cache starts now */
+      seg->cached_ms = (uint32_t)(_hak_os->now_ns() / 1000000u); /* its idle time in the cache starts now */
     }
     /* the caches' tick purges it, and unmaps a surplus: the heap shrinking
      * (this release) can make the cache one, though this one went to the OS */
@@ -291,11 +270,10 @@ void _hak_segment_free_slices(hak_heap_t* heap, hak_page_t* page, bool idle) {
     _hak_segment_release(heap, seg);
 }
 
-/* The caches' purge tick (purge.c, at now_ns): unmaps the segments beyond
- * cache_limit() that have been cached a purge delay (a burst's, or the
- * cache grew with a heap that has shrunk since: unmapping is cheaper than
- * purging first), and purges the others cached that long (all: every
- * one, and every surplus segment).  The
+/* The caches' purge tick (purge.c, at now_ns): purges the cached segments
+ * cached a purge delay or longer (all: every one), and
+ * unmaps those beyond cache_limit() that are clean and have been cached two
+ * purge delays (the cache grew with a heap that has shrunk since).  The
  * madvise calls run under seg_lock (CACHE_MAX segments at most); true while
  * a later tick has work. */
 static bool segment_purge_cached(uint64_t now_ns, bool all) {
@@ -303,7 +281,7 @@ static bool segment_purge_cached(uint64_t now_ns, bool all) {
   hak_segment_t* surplus = NULL;
   if (!hak_lock(&seg_lock)) return true; /* a fork is pending: later */
   size_t keep = cache_limit();
-  uint32_t now_ms = (uint32_t)(now_ns / 1000000u), idle_ms = (uint32_t)hak_option(HAK_OPT_PURGE_DELAY_MS);
+  uint32_t now_ms = (uint32_t)(now_ns / 1000000u), idle_ms = 2 * (uint32_t)hak_option(HAK_OPT_PURGE_DELAY_MS);
   uint32_t purge_ms = (uint32_t)hak_option(HAK_OPT_PURGE_DELAY_MS);
   bool purge_all = all;
 #ifdef HAK_FAULT_SEGMENT_CACHE_UNPURGED /* fault injection: cached segments keep their pages */
@@ -311,8 +289,11 @@ static bool segment_purge_cached(uint64_t now_ns, bool all) {
 #endif
   for (hak_segment_t** link = &seg_cache; *link != NULL;) {
     hak_segment_t* seg = *link;
+    if (seg->dirty_mask != 0 && (purge_all || (uint32_t)(now_ms - seg->cached_ms) >= purge_ms))
+      _hak_purge_segment(seg, true);
+    more |= seg->dirty_mask != 0;
 #ifndef HAK_FAULT_SEGMENT_CACHE_KEPT /* fault injection: the cache never shrinks back */
-    if (seg_cache_count > keep && (all || (uint32_t)(now_ms - seg->cached_ms) >= idle_ms)) {
+    if (seg->dirty_mask == 0 && seg_cache_count > keep && (all || (uint32_t)(now_ms - seg->cached_ms) >= idle_ms)) {
 #else
     if (false && (all || (uint32_t)(now_ms - seg->cached_ms) >= idle_ms)) {
 #endif
@@ -322,9 +303,6 @@ static bool segment_purge_cached(uint64_t now_ns, bool all) {
       surplus = seg;
       continue;
     }
-    if (seg->dirty_mask != 0 && (purge_all || (uint32_t)(now_ms - seg->cached_ms) >= purge_ms))
-      _hak_purge_segment(seg, true);
-    more |= seg->dirty_mask != 0;
     link = &seg->next;
   }
   more |= seg_cache_count > keep; /* surplus not idle long enough yet */

@@ -379,11 +379,11 @@ TEST(a_kept_page_serves_another_bin_before_fresh_memory) {
 }
 
 /* 600 blocks of 1 MiB (3 per segment, 200 segments; one page each
- * touched) freed at once: the releases come in a burst, and the cache
- * keeps every segment (segment.c, CACHE_BURST: the freeing thread pays no
- * munmap), so the same blocks again map none; once the heap stays small,
- * the surplus is unmapped when it has been idle a purge delay, back to the
- * option's count. */
+ * touched) freed: the cache keeps more than HAKMEM_SEGMENT_CACHE empty
+ * segments while the heap is large (an eighth of the segments in use at
+ * each release), so the same blocks again map fewer segments; once the heap
+ * stays small, the surplus is unmapped after it has been idle and purged,
+ * back to the option's count. */
 TEST(the_segment_cache_follows_the_heap_and_shrinks_back_when_idle) {
   setup();
   _hak_options[HAK_OPT_PURGE_DELAY_MS] = 4 * DELAY_MS; /* longer than the caches' 100 ms tick */
@@ -406,14 +406,14 @@ TEST(the_segment_cache_follows_the_heap_and_shrinks_back_when_idle) {
     hak_stats_get(&st);
     cached[round] = st.segments_cached;
   }
-  EXPECT_TRUE(cached[0] >= N / 3 - 2 && cached[0] <= N / 3); /* all but the heap's own */
+  EXPECT_TRUE(cached[0] >= 16 && cached[0] <= N / 3 / 8);
   EXPECT_EQ_U(cached[1], cached[0]);
   EXPECT_TRUE(mmaps[1] + cached[0] / 2 <= mmaps[0]); /* the cached ones were reused */
-  activity(10, DELAY_MS / 5); /* half a delay (two ticks): nothing unmapped yet */
+  activity(20, DELAY_MS / 5); /* one delay (four ticks): nothing unmapped yet */
   hak_stats_t st;
   hak_stats_get(&st);
   EXPECT_EQ_U(st.segments_cached, cached[1]);
-  activity(100, DELAY_MS / 5); /* five delays more */
+  activity(100, DELAY_MS / 5); /* five more */
   hak_stats_get(&st);
   EXPECT_EQ_U(st.segments_cached, (uint64_t)hak_option(HAK_OPT_SEGMENT_CACHE));
   EXPECT_EQ_U(bad_advice, 0);
