@@ -233,6 +233,9 @@ static size_t check_heap(const hak_heap_t* heap, bool quiet) {
     if (d != &_hak_page_empty && (d->heap != heap || d->bin != b || d->kind != HAK_SLICE_SMALL))
       bad += violation("direct page of another bin or heap", d, d->bin, (uint64_t)b);
   }
+  for (size_t i = 0; i <= HAK_SMALL_FAST_MAX / HAK_ALIGN; i++)
+    if (heap->direct_sz[i] != heap->direct[_hak_bin_lut[i]])
+      bad += violation("direct page by size is not its bin's", heap->direct_sz[i], i, _hak_bin_lut[i]);
   bad += check_queue(heap, &heap->full, true, -1, &queued, &kept, quiet);
   if (kept != heap->kept_bytes || kept > HAK_KEEP_BYTES)
     bad += violation("kept pages' bytes disagree with kept_bytes, or past the bound", heap, kept, heap->kept_bytes);

@@ -35,7 +35,8 @@ __thread hak_heap_t* _hak_heap_tls __attribute__((tls_model("initial-exec"))) = 
 /* this thread's exit destructor has run: allocations borrow a heap */
 static __thread bool thread_exited __attribute__((tls_model("initial-exec")));
 
-hak_heap_t _hak_heap_empty = {.direct = {[0 ... HAK_BINS - 1] = &_hak_page_empty}};
+hak_heap_t _hak_heap_empty = {.direct = {[0 ... HAK_BINS - 1] = &_hak_page_empty},
+                               .direct_sz = {[0 ... HAK_SMALL_FAST_MAX / HAK_ALIGN] = &_hak_page_empty}};
 _Atomic(bool) _hak_heaps_dirty;
 
 static hak_mutex_t heap_lock = HAK_MUTEX_INIT(HAK_LOCK_HEAP); /* heaps_free + meta */
@@ -70,7 +71,7 @@ void* _hak_meta_alloc(size_t size) {
 }
 
 static void heap_reset_direct(hak_heap_t* heap) {
-  for (size_t i = 0; i < HAK_BINS; i++) heap->direct[i] = &_hak_page_empty;
+  for (size_t i = 0; i < HAK_BINS; i++) hak_heap_set_direct(heap, i, &_hak_page_empty);
 }
 
 /* ---- abandoning and taking heaps --------------------------------------- */

@@ -321,7 +321,7 @@ bool _hak_init(void) {
     return true;
   }
   init_self = true;
-  for (size_t i = 0; i < HAK_BINS; i++) _hak_heap_empty.direct[i] = &_hak_page_empty;
+  for (size_t i = 0; i < HAK_BINS; i++) hak_heap_set_direct(&_hak_heap_empty, i, &_hak_page_empty);
   _hak_harden_init();
   _hak_options_init();
   /* the stderr exit statistics may go to: noted at the first allocation,

@@ -359,6 +359,20 @@ HAK_INTERNAL void _hak_heap_lock(bool lock);        /* fork; tests          */
 HAK_INTERNAL void _hak_heap_fork_child(void);
 HAK_INTERNAL void _hak_remote_heapless_stats(hak_stats_t* st); /* alloc.c */
 HAK_INTERNAL bool _hak_heaps_purge_abandoned(uint64_t now, bool all); /* true: more later */
+/* The page bin allocates from, in direct[] and in the direct_sz[] slots of
+ * the sizes up to 1 KiB that map to it: (size of the bin below, size of the
+ * bin] in steps of 16 (bin sizes are multiples of 16).  Slow paths only. */
+#define HAK_BIN_FAST_LAST 19 /* the bin of 1 KiB */
+HAK_INTERNAL extern const uint8_t _hak_bin_slot[HAK_BIN_FAST_LAST + 2]; /* bin b: [slot[b], slot[b + 1]) */
+static inline void hak_heap_set_direct(hak_heap_t* heap, size_t bin, hak_page_t* page) {
+  heap->direct[bin] = page;
+  if (bin > HAK_BIN_FAST_LAST) return;
+  size_t end = _hak_bin_slot[bin + 1];
+#ifdef HAK_FAULT_DIRECT_SZ_STALE /* fault injection: the size slots forget the last size of the bin */
+  if (end > _hak_bin_slot[bin] + 1u) end--;
+#endif
+  for (size_t i = _hak_bin_slot[bin]; i < end; i++) heap->direct_sz[i] = page;
+}
 
 /* ---- harden.c: keys, encoded links, heap-corruption reports -------------- */
 typedef struct hak_keys_s {
@@ -740,11 +754,10 @@ __attribute__((always_inline)) static inline void* hak_pop_direct(hak_heap_t* he
  * call, so no callee-saved register is pushed). */
 __attribute__((always_inline)) static inline void* hak_alloc_fast(size_t size, const void* site) {
   hak_heap_t* heap = _hak_heap_tls;
-  size_t bin;
-  if (hak_likely(size <= HAK_SMALL_FAST_MAX)) bin = _hak_bin_lut[(size + HAK_ALIGN - 1) / HAK_ALIGN];
-  else if (size <= _hak_fast_limit) bin = hak_bin_of_mid(size); /* 5 more instructions */
+  hak_page_t* page;
+  if (hak_likely(size <= HAK_SMALL_FAST_MAX)) page = heap->direct_sz[(size + HAK_ALIGN - 1) / HAK_ALIGN];
+  else if (size <= _hak_fast_limit) page = heap->direct[hak_bin_of_mid(size)]; /* 5 more instructions */
   else return _hak_alloc_generic(heap, size, 0, site);
-  hak_page_t* page = heap->direct[bin];
   hak_block_t* b = page->free;
   if (hak_likely(b != NULL)) {
     hak_block_t* next = hak_block_next(b);

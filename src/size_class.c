@@ -3,10 +3,14 @@
  *   bins 0..7    16, 32, ..., 128
  *   bin 8+4k+j   2^(7+k) + (j+1) * 2^(5+k)        k = 0..9, j = 0..3
  * Pages hold at least 8 blocks: 1 slice (64 KiB) for blocks <= 8 KiB,
- * 4 slices up to 32 KiB, 16 slices (1 MiB) up to 128 KiB. */
+ * 4 slices up to 32 KiB, 16 slices (1 MiB) up to 128 KiB.  (512 KiB pages
+ * from 4 KiB refilled mid less, but a few blocks kept of a freed population
+ * pinned 512 KiB each: review R's sparse.c, 134 MiB peak against 83; the
+ * refill's rule for pages of few blocks does it instead: page.c.) */
 #include "internal.h"
 
 _Static_assert(HAK_BINS == 8 + 4 * 10, "bin count");
+_Static_assert(HAK_BIN_FAST_LAST == 8 + 4 * 2 + 3, "the bin of 1 KiB (internal.h)");
 
 size_t _hak_bin_size(size_t bin) {
   if (bin < 8) return (bin + 1) * 16;
@@ -21,20 +25,9 @@ size_t _hak_bin_of(size_t size) {
   return 8 + (b - 7) * 4 + ((s >> (b - 2)) & 3);
 }
 
-/* A page of a bin: 64 KiB up to 4 KiB blocks (16 or more), 512 KiB up to
- * 32 KiB (16 to 102), 1 MiB beyond (8 to 32).  A page of few blocks gets
- * few of them freed back before the bin's refill moves on: //verify:bench
- * mid (1,000 live blocks of 2-32 KiB, freed at random) refilled on 40 % of
- * its allocations with pages of 64 KiB up to 8 KiB and 256 KiB up to 32
- * KiB (8 to 25 blocks), 20 % with these: 61 -> 49 ns (mimalloc 53), peak
- * RSS 13.4 -> 13.8 MiB (mimalloc 14.8).  Pages are carved as they fill, so
- * a bigger page costs address space, not memory. */
 size_t _hak_bin_slices(size_t bin) {
   size_t bs = _hak_bin_size(bin);
-#ifdef HAK_FAULT_PAGES_OF_EIGHT /* fault injection: the first sizes (8 blocks a page from 8 KiB) */
   return bs <= 8192 ? 1 : bs <= 32768 ? 4 : 16;
-#endif
-  return bs <= 4096 ? 1 : bs <= 32768 ? 8 : 16;
 }
 
 /* The smallest bin whose blocks are >= size and all aligned to align (page
@@ -46,6 +39,11 @@ size_t _hak_bin_aligned(size_t size, size_t align) {
     if ((_hak_bin_size(bin) & (align - 1)) == 0) return bin;
   return HAK_BINS;
 }
+
+/* The direct_sz slots of each bin up to 1 KiB (internal.h): the slots i
+ * with _hak_bin_lut[i] == b are [_hak_bin_slot[b], _hak_bin_slot[b + 1]). */
+const uint8_t _hak_bin_slot[HAK_BIN_FAST_LAST + 2] = {0,  2,  3,  4,  5,  6,  7,  8,  9,  11, 13,
+                                                      15, 17, 21, 25, 29, 33, 41, 49, 57, 65};
 
 /* _hak_bin_lut[(size + 15) / 16] == _hak_bin_of(size) for size <= 1 KiB. */
 #define L4(a, b, c, d) a, b, c, d

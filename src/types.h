@@ -213,10 +213,14 @@ typedef struct hak_heap_counters_s {
  * on the abandoned list, when only remote frees and the holder of the heap
  * lock touch it: heap.c).
  * Invariants: direct[b] is a page of bin b on bins[b] or &_hak_page_empty;
+ *   direct_sz[i] == direct[bin of size i * 16] (i <= 64);
  *   every page on bins[b] has bin b and in_full == 0; every page on full has
  *   in_full == 1; every segment on segments has heap == this. */
 typedef struct hak_heap_s {
-  hak_page_t* direct[HAK_BINS];   /* the page each bin allocates from      */
+  /* the page each bin allocates from; and by (size + 15) / 16 up to 1 KiB,
+   * so that a small malloc loads its page with no size-class lookup */
+  hak_page_t* direct_sz[HAK_SMALL_FAST_MAX / HAK_ALIGN + 1];
+  hak_page_t* direct[HAK_BINS];
   hak_page_queue_t bins[HAK_BINS];
   hak_page_queue_t full;
   hak_segment_t* segments;

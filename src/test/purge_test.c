@@ -634,6 +634,54 @@ TEST(a_page_with_a_sixteenth_free_is_reused_before_a_new_page) {
   teardown();
 }
 
+/* A page of few blocks (16 KiB ones: 16 a page) is taken by a refill with 4
+ * free, not with one: five full pages, one block freed in each of the
+ * first four and four in the fifth; once the bin leaves its current page,
+ * its next blocks come from the fifth page (the first rule took the first
+ * page with a block free, and refilled again at the next allocation:
+ * page.c, FEW_BLOCKS). */
+TEST(a_page_of_few_blocks_is_taken_with_four_free_not_one) {
+  setup();
+  enum { N = 256, SZ = 16 << 10 };
+  static char* blocks[N];
+  hak_page_t* pages[6] = {NULL};
+  int n = 0, k = 0;
+  while (k < 6) { /* until the bin allocates from a sixth page */
+    ASSERT_TRUE(n < N);
+    blocks[n] = hak_malloc(SZ);
+    ASSERT_NOT_NULL(blocks[n]);
+    hak_page_t* pg = hak_page_of(blocks[n++]);
+    if (k == 0 || pages[k - 1] != pg) pages[k++] = pg;
+  }
+  ASSERT_TRUE(pages[0]->reserved < 64 && pages[0]->reserved >= 8);
+  for (int q = 0; q < 5; q++) { /* four blocks free in the fifth, then one in each of the first four */
+    int p = (q + 4) % 5, freed = 0;
+    for (int i = 0; i < n && freed < (p == 4 ? 4 : 1); i++)
+      if (blocks[i] != NULL && hak_page_of(blocks[i]) == pages[p]) hak_free(blocks[i]), blocks[i] = NULL, freed++;
+  }
+  hak_stats_t st;
+  hak_stats_get(&st);
+  uint64_t refills0 = st.pages_refills;
+  char* next = NULL;
+  for (;;) { /* the current page's blocks, then the refill's */
+    ASSERT_TRUE(n < N);
+    next = blocks[n++] = hak_malloc(SZ);
+    ASSERT_NOT_NULL(next);
+    if (hak_page_of(next) != pages[5]) break;
+  }
+  EXPECT_TRUE(hak_page_of(next) == pages[4]);
+  for (int i = 0; i < 3; i++) { /* its other three free blocks: no refill */
+    ASSERT_TRUE(n < N);
+    blocks[n] = hak_malloc(SZ);
+    EXPECT_TRUE(hak_page_of(blocks[n++]) == pages[4]);
+  }
+  hak_stats_get(&st);
+  EXPECT_EQ_U(st.pages_refills - refills0, 1);
+  for (int i = 0; i < n; i++) hak_free(blocks[i]);
+  EXPECT_EQ_U(hak_check_heap(), 0);
+  teardown();
+}
+
 /* At most HAK_KEEP_BYTES of empty pages per heap: 16 MiB of 1 KiB blocks
  * freed, the rest of the pages retired at once; hak_collect retires the
  * kept ones too. */

@@ -21,17 +21,27 @@ TEST(every_size_gets_the_smallest_class_that_fits) {
   EXPECT_EQ_U(_hak_bin_size(HAK_BINS - 1), HAK_SMALL_MAX);
 }
 
-/* Pages hold 16 blocks or more up to 32 KiB (a page of few blocks makes the
- * bin refill every few allocations: size_class.c), 8 beyond. */
-TEST(classes_are_aligned_increasing_and_pages_hold_sixteen_up_to_32k) {
+TEST(classes_are_aligned_increasing_and_pages_hold_eight) {
   for (size_t b = 0; b < HAK_BINS; b++) {
     size_t bs = _hak_bin_size(b);
     EXPECT_EQ_U(bs % 16, 0);
     if (b > 0) EXPECT_TRUE(bs > _hak_bin_size(b - 1));
     size_t slices = _hak_bin_slices(b);
-    EXPECT_TRUE(slices == 1 || slices == 8 || slices == 16);
-    EXPECT_TRUE((slices << HAK_SLICE_SHIFT) / bs >= (bs <= 32768 ? 16u : 8u));
+    EXPECT_TRUE(slices == 1 || slices == 4 || slices == 16);
+    EXPECT_TRUE((slices << HAK_SLICE_SHIFT) / bs >= 8);
   }
+}
+
+/* The direct_sz slots of each bin (internal.h, hak_heap_set_direct) are
+ * exactly the lookup table's. */
+TEST(each_bins_size_slots_are_the_lookup_tables) {
+  for (size_t i = 0; i <= HAK_SMALL_FAST_MAX / HAK_ALIGN; i++) {
+    size_t b = _hak_bin_lut[i];
+    EXPECT_TRUE(b <= HAK_BIN_FAST_LAST);
+    EXPECT_TRUE(_hak_bin_slot[b] <= i && i < _hak_bin_slot[b + 1]);
+  }
+  EXPECT_EQ_U(_hak_bin_slot[0], 0);
+  EXPECT_EQ_U(_hak_bin_slot[HAK_BIN_FAST_LAST + 1], HAK_SMALL_FAST_MAX / HAK_ALIGN + 1);
 }
 
 TEST(aligned_bins) {
