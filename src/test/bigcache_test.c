@@ -304,13 +304,13 @@ TEST(a_block_past_the_classes_that_gave_its_last_whole_frame_is_let_go) {
 
 /* Cached blocks with no whole frame left to give (a 3 MiB block whose
  * first 2 MiB a gather took: it stays cached, a hit fills its front again)
- * do not count against a gather's donors: 24 of them ahead of a larger
- * block that has the pages (more than the eight donors, and than the 16 set
- * aside at first: review P), and the request still gets all of its pages
- * moved, none faulted in. */
+ * do not count against a gather's donors: 72 of them ahead of a larger
+ * block that has the pages (more than the eight donors, than the 16 set
+ * aside at first, review P, and than the 64 after it, review R), and the
+ * request still gets all of its pages moved, none faulted in. */
 TEST(cached_blocks_with_no_whole_frame_to_give_do_not_stop_a_gather) {
   setup(8, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
-  enum { N = 24 };
+  enum { N = 72 };
   char* three[N];
   for (int i = 0; i < N; i++) {
     three[i] = hak_alloc_at(3 * MiB, SITE(200 + i));
@@ -1004,6 +1004,42 @@ TEST(double_free_of_a_cached_block_is_reported) {
   EXPECT_EQ_U(b.errors_double_free - a.errors_double_free, 1);
   EXPECT_EQ_U(b.bigcache_puts - a.bigcache_puts, 1);
   EXPECT_EQ_U(_hak_bigcache_check(&(size_t){0}), 0);
+  _hak_options[HAK_OPT_ON_ERROR] = 0;
+}
+
+/* A huge block freed and unmapped whose range another huge block's mapping
+ * took since: a second free of its pointer (inside the new block, not its
+ * start) is a double free, not a wild pointer (review R's dfree2.c; the
+ * recently-freed ring tells).  The new mapping is put there by a map that
+ * takes the old range's address. */
+static uintptr_t map_at;
+static void* map_at_fixed(void* hint, size_t size) {
+  if (map_at == 0) return _hak_os_default.map(hint, size); /* once */
+  void* p = mmap((void*)map_at, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  map_at = 0;
+  return p == MAP_FAILED ? NULL : p;
+}
+TEST(a_second_free_of_a_huge_block_whose_range_another_took_is_a_double_free) {
+  setup(4, 256 * MiB, 100000, 1024 * MiB, 256, 100000, 1024 * MiB);
+  _hak_options[HAK_OPT_ON_ERROR] = 1; /* report and go on */
+  char* p = hak_alloc_at(24 * MiB, SITE(250));
+  ASSERT_NOT_NULL(p);
+  uintptr_t base = (uintptr_t)p - _hak_huge_offset(24 * MiB, 0);
+  hak_free_at(p, SITE(250));
+  hak_collect(); /* unmapped */
+  map_at = base;
+  fake_os.map = map_at_fixed;
+  char* q = hak_alloc_at(40 * MiB, SITE(251)); /* its mapping starts where p's did */
+  fake_os.map = _hak_os_default.map;
+  ASSERT_NOT_NULL(q);
+  ASSERT_TRUE((uintptr_t)q < (uintptr_t)p && (uintptr_t)p < (uintptr_t)q + 40 * MiB);
+  hak_stats_t a = stats();
+  hak_free_at(p, SITE(250));
+  hak_stats_t b = stats();
+  EXPECT_EQ_U(b.errors_double_free - a.errors_double_free, 1);
+  EXPECT_EQ_U(b.errors_invalid_free - a.errors_invalid_free, 0);
+  hak_free_at(q, SITE(251));
+  EXPECT_EQ_U(hak_check_heap(), 0);
   _hak_options[HAK_OPT_ON_ERROR] = 0;
 }
 
