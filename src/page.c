@@ -597,14 +597,15 @@ void* _hak_page_alloc_secure(hak_heap_t* heap, size_t bin) {
  * 1/64 small's time doubles (pages of big blocks then serve a few
  * allocations per refill). */
 #define PAGE_SEARCH 8
-/* Pages of fewer blocks (more than 1 KiB each) are taken with 4 free (a
- * quarter of a page of 8 to 15), and failing that the one with the most
- * free of those searched if it has 2, before a new page: 1/PAGE_TAKE of
- * them is a block or none, and //verify:bench mid (1,000 live blocks of
- * 2-32 KiB freed at random) refilled on 40 % of its allocations, moving to
- * a page with one block free each time; 16 % with this rule: 58 -> 49 ns
- * (mimalloc 50), peak RSS 13.4 -> 14.2 MiB (mimalloc 14.8). */
-#define FEW_BLOCKS 64
+/* Pages of fewer than 32 blocks (more than 2 KiB each) are taken with 2
+ * free, not 1: 1/PAGE_TAKE of them is a block or none, and //verify:bench
+ * mid (1,000 live blocks of 2-32 KiB freed at random) refilled on 40 % of
+ * its allocations, moving to a page with one block free each time; 17 %
+ * with this rule: 58 -> 49 ns (mimalloc 50), peak RSS 13.4 -> 14.2 MiB
+ * (mimalloc 14.8).  (4 free, or the page with the most among 8, cost review
+ * S's churn of 1-2 KiB blocks 12-30 %, and a bin whose pages each had 2-3
+ * free a search of 16 pages per refill: 5x.) */
+#define FEW_BLOCKS 32
 #ifndef HAK_FAULT_PAGE_TAKE_EIGHTH /* fault injection: the first threshold */
 #define PAGE_TAKE 16
 #else
@@ -629,7 +630,7 @@ void* _hak_page_alloc_small(hak_heap_t* heap, size_t bin) {
       if (page->free == NULL && cap < page->reserved) page_extend(page);
       uint32_t need = page->reserved / PAGE_TAKE;
 #ifndef HAK_FAULT_FEW_BLOCKS_ANY /* fault injection: any free block will do (the first rule) */
-      if (page->reserved < FEW_BLOCKS) need = page->reserved / 4 < 4 ? page->reserved / 4 : 4;
+      if (page->reserved < FEW_BLOCKS) need = 2;
 #endif
       if (avail >= need && page->free != NULL) return page_pop(heap, page);
       if (avail > best_free) best = page, best_free = avail;
@@ -642,7 +643,6 @@ void* _hak_page_alloc_small(hak_heap_t* heap, size_t bin) {
     hak_heap_set_direct(heap, bin, &_hak_page_empty);
     if (attempt == 0) _hak_heap_sweep_full(heap);
   }
-  if (best != NULL && best->reserved < FEW_BLOCKS && best_free >= 2 && best->free != NULL) return page_pop(heap, best);
   hak_page_t* page = page_new(heap, bin);
   if (page == NULL) {
     if (best == NULL) return NULL;

@@ -634,13 +634,13 @@ TEST(a_page_with_a_sixteenth_free_is_reused_before_a_new_page) {
   teardown();
 }
 
-/* A page of few blocks (16 KiB ones: 16 a page) is taken by a refill with 4
+/* A page of few blocks (16 KiB ones: 16 a page) is taken by a refill with 2
  * free, not with one: five full pages, one block freed in each of the
  * first four and four in the fifth; once the bin leaves its current page,
  * its next blocks come from the fifth page (the first rule took the first
  * page with a block free, and refilled again at the next allocation:
  * page.c, FEW_BLOCKS). */
-TEST(a_page_of_few_blocks_is_taken_with_four_free_not_one) {
+TEST(a_page_of_few_blocks_is_taken_with_two_free_not_one) {
   setup();
   enum { N = 256, SZ = 16 << 10 };
   static char* blocks[N];
