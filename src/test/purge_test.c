@@ -593,6 +593,30 @@ TEST(an_emptied_page_is_kept_for_its_bin_then_retired_and_purged) {
   teardown();
 }
 
+/* Blocks of size into blocks[*n..] until the bin allocates from its k-th
+ * page; pages[0..k-1]: the pages in the order the bin took them.  False if
+ * cap blocks did not do. */
+static bool fill_pages(char** blocks, int* n, int cap, size_t size, hak_page_t** pages, int k) {
+  for (int got = 0; got < k;) {
+    if (*n >= cap) return false;
+    blocks[*n] = hak_malloc(size);
+    if (blocks[*n] == NULL) return false;
+    hak_page_t* pg = hak_page_of(blocks[(*n)++]);
+    if (got == 0 || pages[got - 1] != pg) pages[got++] = pg;
+  }
+  return true;
+}
+
+/* Blocks of size into blocks[*n..] while they come from page (the bin's
+ * current one): the first from elsewhere, where the refill went, or NULL. */
+static char* alloc_past_page(char** blocks, int* n, int cap, size_t size, const hak_page_t* page) {
+  while (*n < cap) {
+    char* p = blocks[(*n)++] = hak_malloc(size);
+    if (p == NULL || hak_page_of(p) != page) return p;
+  }
+  return NULL;
+}
+
 /* A refill takes a page with 1/16 of its blocks free before it sets up a
  * new page (in slices that may never have been touched): the 80-byte bin
  * left two pages behind (each with less than 1/16 left), then free blocks
@@ -603,14 +627,8 @@ TEST(a_page_with_a_sixteenth_free_is_reused_before_a_new_page) {
   enum { N = 8192 };
   static char* blocks[N];
   hak_page_t* pages[3] = {NULL, NULL, NULL};
-  int n = 0, k = 0;
-  while (k < 3) { /* until the bin allocates from a third page */
-    ASSERT_TRUE(n < N);
-    blocks[n] = hak_malloc(80);
-    ASSERT_NOT_NULL(blocks[n]);
-    hak_page_t* pg = hak_page_of(blocks[n++]);
-    if (k == 0 || pages[k - 1] != pg) pages[k++] = pg;
-  }
+  int n = 0;
+  ASSERT_TRUE(fill_pages(blocks, &n, N, 80, pages, 3)); /* until the bin allocates from a third page */
   hak_page_t* first = pages[0];
   uint32_t want = first->reserved / 12; /* free or carvable: between 1/16 and 1/8 */
   for (int i = 0; i < n && first->reserved - first->used < want; i++)
@@ -619,13 +637,8 @@ TEST(a_page_with_a_sixteenth_free_is_reused_before_a_new_page) {
   hak_stats_t st;
   hak_stats_get(&st);
   uint64_t init0 = st.pages_initialized;
-  char* next = NULL;
-  for (;;) { /* the current page's blocks, then the refill's */
-    ASSERT_TRUE(n < N);
-    next = blocks[n++] = hak_malloc(80);
-    ASSERT_NOT_NULL(next);
-    if (hak_page_of(next) != pages[2]) break;
-  }
+  char* next = alloc_past_page(blocks, &n, N, 80, pages[2]); /* the current page's blocks, then the refill's */
+  ASSERT_NOT_NULL(next);
   EXPECT_TRUE(hak_page_of(next) == first);
   hak_stats_get(&st);
   EXPECT_EQ_U(st.pages_initialized, init0);
@@ -645,15 +658,9 @@ TEST(a_page_of_few_blocks_is_taken_with_two_free_not_one) {
   enum { N = 256, SZ = 16 << 10 };
   static char* blocks[N];
   hak_page_t* pages[6] = {NULL};
-  int n = 0, k = 0;
-  while (k < 6) { /* until the bin allocates from a sixth page */
-    ASSERT_TRUE(n < N);
-    blocks[n] = hak_malloc(SZ);
-    ASSERT_NOT_NULL(blocks[n]);
-    hak_page_t* pg = hak_page_of(blocks[n++]);
-    if (k == 0 || pages[k - 1] != pg) pages[k++] = pg;
-  }
-  ASSERT_TRUE(pages[0]->reserved < 64 && pages[0]->reserved >= 8);
+  int n = 0;
+  ASSERT_TRUE(fill_pages(blocks, &n, N, SZ, pages, 6)); /* until the bin allocates from a sixth page */
+  ASSERT_TRUE(pages[0]->reserved < 32 && pages[0]->reserved >= 8); /* page.c's FEW_BLOCKS */
   for (int q = 0; q < 5; q++) { /* four blocks free in the fifth, then one in each of the first four */
     int p = (q + 4) % 5, freed = 0;
     for (int i = 0; i < n && freed < (p == 4 ? 4 : 1); i++)
@@ -662,13 +669,8 @@ TEST(a_page_of_few_blocks_is_taken_with_two_free_not_one) {
   hak_stats_t st;
   hak_stats_get(&st);
   uint64_t refills0 = st.pages_refills;
-  char* next = NULL;
-  for (;;) { /* the current page's blocks, then the refill's */
-    ASSERT_TRUE(n < N);
-    next = blocks[n++] = hak_malloc(SZ);
-    ASSERT_NOT_NULL(next);
-    if (hak_page_of(next) != pages[5]) break;
-  }
+  char* next = alloc_past_page(blocks, &n, N, SZ, pages[5]); /* the current page's blocks, then the refill's */
+  ASSERT_NOT_NULL(next);
   EXPECT_TRUE(hak_page_of(next) == pages[4]);
   for (int i = 0; i < 3; i++) { /* its other three free blocks: no refill */
     ASSERT_TRUE(n < N);
