@@ -289,8 +289,9 @@ bool _hak_bigcache_put(hak_huge_t* h, bool freed) {
   if ((atomic_fetch_add(&bc_put_count, 1) & 15) == 0) bc_sweep_some(now);
   bc_expire_row(row, cls, now);
   /* a put of a gather's donor (freed: false) is no free of the program's */
-  uint64_t budget = bc_budget(freed ? bc_busy(now, atomic_exchange_explicit(&bc_free_ns, now, memory_order_relaxed))
-                                    : bc_busy(now, atomic_load_explicit(&bc_free_ns, memory_order_relaxed)));
+  uint64_t last = freed ? atomic_exchange_explicit(&bc_free_ns, now, memory_order_relaxed)
+                        : atomic_load_explicit(&bc_free_ns, memory_order_relaxed);
+  uint64_t budget = bc_budget(bc_busy(now, last));
   uint64_t w = bc_weight(h);
   /* least recently cached out first: a newer block is likelier to be asked
    * for again (and a big one saves more faults than the small ones it

@@ -359,11 +359,11 @@ HAK_INTERNAL void _hak_heap_lock(bool lock);        /* fork; tests          */
 HAK_INTERNAL void _hak_heap_fork_child(void);
 HAK_INTERNAL void _hak_remote_heapless_stats(hak_stats_t* st); /* alloc.c */
 HAK_INTERNAL bool _hak_heaps_purge_abandoned(uint64_t now, bool all); /* true: more later */
+#define HAK_BIN_FAST_LAST 19 /* the bin of 1 KiB */
+HAK_INTERNAL extern const uint8_t _hak_bin_slot[HAK_BIN_FAST_LAST + 2]; /* bin b: [slot[b], slot[b + 1]) */
 /* The page bin allocates from, in direct[] and in the direct_sz[] slots of
  * the sizes up to 1 KiB that map to it: (size of the bin below, size of the
  * bin] in steps of 16 (bin sizes are multiples of 16).  Slow paths only. */
-#define HAK_BIN_FAST_LAST 19 /* the bin of 1 KiB */
-HAK_INTERNAL extern const uint8_t _hak_bin_slot[HAK_BIN_FAST_LAST + 2]; /* bin b: [slot[b], slot[b + 1]) */
 static inline void hak_heap_set_direct(hak_heap_t* heap, size_t bin, hak_page_t* page) {
   heap->direct[bin] = page;
   if (bin > HAK_BIN_FAST_LAST) return;
@@ -689,9 +689,10 @@ HAK_NO_SANITIZE static inline uintptr_t hak_tag_peek(const void* p) {
 /* ---------------------------------------------------------------------------
  * Fast paths.
  *
- * Allocation, sizes <= 1 KiB: 39 instructions on x86-64 in libhakmem.so
- * (clang -O2, counted with objdump): TLS load, size-class table lookup,
- * two dependent loads, the pop's checks (19 of the 38: link decode, freed
+ * Allocation, sizes <= 1 KiB: 38 instructions on x86-64 in libhakmem.so
+ * (clang -O2, counted with objdump): TLS load, the size's page (direct_sz:
+ * no size-class lookup on the way), two dependent loads, the pop's checks
+ * (19 of the 38: link decode, freed
  * tag, same-page test, harden.c), three stores, one counter add.  No lock,
  * no atomic RMW, no frame (shim.c has none); the exits are tail calls to
  * _hak_alloc_generic, which also initializes the thread.
